@@ -1,0 +1,74 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both install what they need: a venv in .venv, mosquitto (apt-get), buf and
+# the Node hook server's packages (npm, pinned).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF_VERSION := 1.75.0
+TOOLS := .tools
+BUF := $(TOOLS)/node_modules/.bin/buf
+GEN_DIR := upparat/hooks/v1
+PROTO := proto/upparat/hooks/v1/hooks.proto
+
+.PHONY: test demo bench venv deps mosquitto node-deps generate check-generated lint typecheck buflint pytest clean
+
+test: deps check-generated lint typecheck buflint pytest
+
+demo: deps
+	$(PY) -m upparat.demo
+
+bench: deps
+	$(PY) bench/run.py
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+deps: venv mosquitto node-deps
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  echo "installing mosquitto with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto) >/dev/null; }
+
+node-deps: $(TOOLS)/.installed hookservers/node/node_modules/.installed
+
+$(TOOLS)/.installed:
+	mkdir -p $(TOOLS)
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+	touch $@
+
+hookservers/node/node_modules/.installed: hookservers/node/package.json
+	@if command -v npm >/dev/null 2>&1 && test -f hookservers/node/package-lock.json; then \
+	  cd hookservers/node && npm ci --silent --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "node hook server: npm or package-lock.json missing, its tests will be skipped"; fi
+
+# Regenerate the committed protobuf/gRPC code from the contract.
+generate: venv
+	$(PY) -m upparat.hooks.codegen --out $(GEN_DIR)
+
+check-generated: venv
+	$(PY) -m upparat.hooks.codegen --check $(GEN_DIR)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+buflint: node-deps
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+pytest: venv mosquitto
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) $(TOOLS) hookservers/node/node_modules

@@ -1,0 +1,152 @@
+"""Commands: imperatives the core returns for the runtime to carry out.
+
+The runtime hands each one to exactly one driver (MQTT via the AWS edge, hook
+client, downloader, timers, journal, logger). Pure data.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from upparat.core.model import (
+    CallId,
+    ClientToken,
+    DownloadId,
+    HookContext,
+    HookKind,
+    JobId,
+    JobStatus,
+    JournalRecord,
+    LogLevel,
+    TimerKind,
+)
+
+
+@attrs.frozen(kw_only=True)
+class SubscribeJobTopics:
+    """Subscribe to notify and every reply topic we use; answered by `SubscriptionsAcked`."""
+
+
+@attrs.frozen(kw_only=True)
+class RequestPendingJobs:
+    """Publish to `jobs/get`."""
+
+    client_token: ClientToken
+
+
+@attrs.frozen(kw_only=True)
+class DescribeJob:
+    """Publish to `jobs/<jobId>/get`."""
+
+    job_id: JobId
+    client_token: ClientToken
+
+
+@attrs.frozen(kw_only=True)
+class UpdateJob:
+    """Publish to `jobs/<jobId>/update`. The edge sanitises status_details to the AWS limits."""
+
+    job_id: JobId
+    status: JobStatus
+    status_details: tuple[tuple[str, str], ...]
+    client_token: ClientToken
+    step_timeout_minutes: int | None = None
+    expected_version: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CallHook:
+    call_id: CallId
+    hook: HookKind
+    context: HookContext
+    timeout: float
+    """Deadline of the RPC in seconds."""
+    file_path: str | None = None
+    """Install only."""
+
+
+@attrs.frozen(kw_only=True)
+class CancelHook:
+    call_id: CallId
+
+
+@attrs.frozen(kw_only=True)
+class StartDownload:
+    """Download `url` to `<download_location>/<job_id>`, resuming a partial file."""
+
+    download_id: DownloadId
+    job_id: JobId
+    url: str
+    sha256: str | None = None
+    size: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CancelDownload:
+    download_id: DownloadId
+    discard: bool = True
+    """Remove the partial file (job cancelled); False keeps it for a resume (shutdown)."""
+
+
+@attrs.frozen(kw_only=True)
+class DiscardDownload:
+    """Remove the file of a job (finished, failed or cancelled)."""
+
+    job_id: JobId
+
+
+@attrs.frozen(kw_only=True)
+class SetTimer:
+    """Fire `TimerFired(timer, token)` after `delay` seconds; replaces a timer of that kind."""
+
+    timer: TimerKind
+    token: int
+    delay: float
+
+
+@attrs.frozen(kw_only=True)
+class CancelTimer:
+    timer: TimerKind
+
+
+@attrs.frozen(kw_only=True)
+class Persist:
+    """Write the journal atomically before carrying out the next command (None clears it)."""
+
+    record: JournalRecord | None
+
+
+@attrs.frozen(kw_only=True)
+class Log:
+    level: LogLevel
+    message: str
+    job_id: JobId | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SignalReady:
+    """The first pending-jobs fetch is done: tell systemd READY=1."""
+
+
+@attrs.frozen(kw_only=True)
+class Exit:
+    """Shutdown is complete: disconnect and end the process with status 0."""
+
+
+Command = (
+    SubscribeJobTopics
+    | RequestPendingJobs
+    | DescribeJob
+    | UpdateJob
+    | CallHook
+    | CancelHook
+    | StartDownload
+    | CancelDownload
+    | DiscardDownload
+    | SetTimer
+    | CancelTimer
+    | Persist
+    | Log
+    | SignalReady
+    | Exit
+)

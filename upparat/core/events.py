@@ -1,0 +1,260 @@
+"""Events: past-tense facts the drivers hand to the core.
+
+The AWS edge, the MQTT, hook and download drivers, the timer and the signal
+handler produce these; `upparat.core.machine.step` consumes them. Pure data.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from upparat.core.model import (
+    CallId,
+    ClientToken,
+    DownloadFailure,
+    DownloadId,
+    HookKind,
+    JobExecution,
+    JobId,
+    JobStatus,
+    JobSummary,
+    JournalRecord,
+    RejectCode,
+    TimerKind,
+)
+
+
+@attrs.frozen(kw_only=True)
+class Started:
+    """The daemon started; `journal` is what the last run persisted (None if nothing)."""
+
+    journal: JournalRecord | None = None
+
+
+@attrs.frozen(kw_only=True)
+class MqttConnected:
+    """The MQTT session is up (first connect or reconnect)."""
+
+
+@attrs.frozen(kw_only=True)
+class MqttDisconnected:
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class SubscriptionsAcked:
+    """The broker acknowledged (SUBACK) every subscription of `SubscribeJobTopics`."""
+
+
+@attrs.frozen(kw_only=True)
+class PendingJobsListed:
+    """`get/accepted`: the pending executions of this thing (all job ids, any prefix)."""
+
+    in_progress: tuple[JobSummary, ...]
+    queued: tuple[JobSummary, ...]
+    client_token: ClientToken | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JobsChanged:
+    """`notify`: the pending executions changed (all job ids, any prefix)."""
+
+    in_progress: tuple[JobSummary, ...]
+    queued: tuple[JobSummary, ...]
+
+
+@attrs.frozen(kw_only=True)
+class JobDescribed:
+    """`<jobId>/get/accepted`."""
+
+    execution: JobExecution
+    client_token: ClientToken | None = None
+
+
+class RequestKind(enum.Enum):
+    GET_PENDING = "get_pending"
+    DESCRIBE = "describe"
+    UPDATE = "update"
+
+
+@attrs.frozen(kw_only=True)
+class RequestRejected:
+    """A `.../rejected` reply to one of our requests."""
+
+    request: RequestKind
+    job_id: JobId | None
+    code: RejectCode
+    message: str
+    client_token: ClientToken | None = None
+    current_status: JobStatus | None = None
+    """executionState.status when the service sent it."""
+
+
+@attrs.frozen(kw_only=True)
+class UpdateAccepted:
+    """`<jobId>/update/accepted`."""
+
+    job_id: JobId
+    client_token: ClientToken | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PayloadIgnored:
+    """A message on one of our topics that could not be used, and why."""
+
+    topic: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class HookServerInfo:
+    """GetInfo answered: the hooks the server implements."""
+
+    hooks: frozenset[HookKind]
+    server_name: str = ""
+    server_version: str = ""
+
+
+# --- hook call results -------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class HookSuccess:
+    value: str = ""
+    """GetVersion: the installed version. Others: empty or a message."""
+    message: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class HookRetryLater:
+    retry_after: float | None = None
+    """The server's hint in seconds, if any."""
+    message: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class HookFailure:
+    reason: str
+    """Machine-readable, UPPER_SNAKE (UNSPECIFIED outcome → `OUTCOME_UNSPECIFIED`)."""
+    message: str = ""
+    detail: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class HookUnavailable:
+    """The hook server could not be reached (gRPC UNAVAILABLE)."""
+
+    detail: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class HookDeadlineExceeded:
+    """The call's deadline passed."""
+
+
+@attrs.frozen(kw_only=True)
+class HookUnimplemented:
+    """The server does not implement this hook: like a hook missing from a 1.12 config."""
+
+
+HookResult = (
+    HookSuccess
+    | HookRetryLater
+    | HookFailure
+    | HookUnavailable
+    | HookDeadlineExceeded
+    | HookUnimplemented
+)
+
+
+@attrs.frozen(kw_only=True)
+class HookProgressed:
+    """An Install progress line."""
+
+    call_id: CallId
+    line: str
+    percent: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class HookFinished:
+    call_id: CallId
+    hook: HookKind
+    result: HookResult
+
+
+# --- downloads ----------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class DownloadProgressed:
+    download_id: DownloadId
+    bytes_done: int
+    total: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DownloadRetrying:
+    """A transient error; the driver retries by itself after `delay` seconds."""
+
+    download_id: DownloadId
+    attempt: int
+    reason: str
+    delay: float
+
+
+@attrs.frozen(kw_only=True)
+class DownloadCompleted:
+    """The file is complete, verified (when the document gave sha256/size) and fsynced."""
+
+    download_id: DownloadId
+    path: str
+    size: int
+    sha256: str
+
+
+@attrs.frozen(kw_only=True)
+class DownloadFailed:
+    download_id: DownloadId
+    failure: DownloadFailure
+    message: str
+
+
+# --- time and process ---------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TimerFired:
+    timer: TimerKind
+    token: int
+    """The token of the `SetTimer` that asked for it; a stale token is ignored."""
+
+
+@attrs.frozen(kw_only=True)
+class ShutdownRequested:
+    """SIGTERM / SIGINT."""
+
+
+Event = (
+    Started
+    | MqttConnected
+    | MqttDisconnected
+    | SubscriptionsAcked
+    | PendingJobsListed
+    | JobsChanged
+    | JobDescribed
+    | RequestRejected
+    | UpdateAccepted
+    | PayloadIgnored
+    | HookServerInfo
+    | HookProgressed
+    | HookFinished
+    | DownloadProgressed
+    | DownloadRetrying
+    | DownloadCompleted
+    | DownloadFailed
+    | TimerFired
+    | ShutdownRequested
+)

@@ -1,0 +1,194 @@
+"""Values shared by the core's events, commands and states.
+
+Pure data only: no I/O, no clock, no logging. Everything here is frozen.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NewType
+
+import attrs
+
+JobId = NewType("JobId", str)
+"""An AWS IoT job id that passed the edge's check (`[a-zA-Z0-9_-]{1,64}`)."""
+
+ThingName = NewType("ThingName", str)
+ClientToken = NewType("ClientToken", str)
+CallId = NewType("CallId", int)
+"""Identifies one hook call; events of a cancelled or superseded call are ignored."""
+DownloadId = NewType("DownloadId", int)
+"""Identifies one download; events of a cancelled or superseded download are ignored."""
+
+
+class JobStatus(enum.Enum):
+    QUEUED = "QUEUED"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+    TIMED_OUT = "TIMED_OUT"
+    REMOVED = "REMOVED"
+    CANCELED = "CANCELED"
+
+
+class RejectCode(enum.Enum):
+    """Error codes of AWS IoT Jobs `.../rejected` replies."""
+
+    INVALID_TOPIC = "InvalidTopic"
+    INVALID_JSON = "InvalidJson"
+    INVALID_REQUEST = "InvalidRequest"
+    INVALID_STATE_TRANSITION = "InvalidStateTransition"
+    RESOURCE_NOT_FOUND = "ResourceNotFound"
+    VERSION_MISMATCH = "VersionMismatch"
+    INTERNAL_ERROR = "InternalError"
+    REQUEST_THROTTLED = "RequestThrottled"
+    TERMINAL_STATE_REACHED = "TerminalStateReached"
+    UNKNOWN = "Unknown"
+    """A code this version does not know; treated like the non-retryable ones."""
+
+
+class HookKind(enum.Enum):
+    VERSION = "version"
+    DOWNLOAD = "download"
+    INSTALL = "install"
+    RESTART = "restart"
+    READY = "ready"
+
+
+@attrs.frozen(kw_only=True)
+class JobSummary:
+    """One pending execution as listed by get/accepted and notify."""
+
+    job_id: JobId
+    queued_at: int
+    started_at: int | None = None
+    last_updated_at: int | None = None
+    version_number: int | None = None
+    execution_number: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JobDocument:
+    """An upparat job document that passed structural checks at the edge."""
+
+    file: str
+    version: str
+    force: bool = False
+    meta: str | None = None
+    sha256: str | None = None
+    """Lower-case hex, 64 characters, when given."""
+    size: int | None = None
+    """Bytes, when given (>= 0)."""
+
+
+@attrs.frozen(kw_only=True)
+class InvalidJobDocument:
+    """A job document that cannot be run; `field` names the culprit."""
+
+    field: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class JobExecution:
+    """A described execution (`<jobId>/get/accepted`)."""
+
+    job_id: JobId
+    status: JobStatus
+    status_details: tuple[tuple[str, str], ...] = ()
+    """statusDetails as sorted (key, value) pairs."""
+    document: JobDocument | InvalidJobDocument
+    version_number: int | None = None
+    execution_number: int | None = None
+    queued_at: int | None = None
+
+    def detail(self, key: str) -> str | None:
+        for k, v in self.status_details:
+            if k == key:
+                return v
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class HookContext:
+    """What every hook call carries (mirrors the proto's JobContext)."""
+
+    job_id: JobId
+    meta: str
+    attempt: int
+    """1-based."""
+    elapsed: float
+    """Seconds since the first attempt of this hook in this phase."""
+    force: bool
+
+
+class DownloadFailure(enum.Enum):
+    URL_EXPIRED = "url_expired"
+    """HTTP 403: the pre-signed URL expired; describe the job again."""
+    HTTP_ERROR = "http_error"
+    """A non-retryable HTTP status (4xx other than 403/429)."""
+    VERIFICATION_FAILED = "verification_failed"
+    """sha256 or size differ from the job document."""
+    INSUFFICIENT_DISK_SPACE = "insufficient_disk_space"
+    BAD_URL = "bad_url"
+    """Scheme not allowed or URL unusable; refused before any I/O."""
+    IO_ERROR = "io_error"
+    """Local file system error other than a full disk."""
+
+
+class TimerKind(enum.Enum):
+    HOOK_RETRY = "hook_retry"
+    PROGRESS_FLUSH = "progress_flush"
+    UPDATE_RETRY = "update_retry"
+    REQUEST_RETRY = "request_retry"
+    """A request (get / describe) that got no answer in time."""
+    SHUTDOWN = "shutdown"
+
+
+class Phase(enum.Enum):
+    """Where a job stands, as written to the journal."""
+
+    CHECKING_VERSION = "checking_version"
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"
+    RESTARTING = "restarting"
+    """`reboot_start` was accepted by the cloud and the restart hook was called."""
+    VERIFYING = "verifying"
+
+
+@attrs.frozen(kw_only=True)
+class JournalRecord:
+    """What must survive a crash or reboot (written by the runtime on `Persist`)."""
+
+    job_id: JobId
+    phase: Phase
+    restart_count: int = 0
+    """How many times the device came back in `reboot_start` for this job."""
+
+
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """The core's configuration: plain numbers, read once by the runtime."""
+
+    job_prefix: str = "upparat_"
+    retry_interval: float = 60.0
+    """Seconds between RETRY_LATER attempts of a hook."""
+    max_retries: int = 60
+    hook_timeout: float = 3600.0
+    install_timeout: float = 3600.0
+    hook_unavailable_timeout: float = 3600.0
+    progress_interval: float = 10.0
+    step_timeout_minutes: int | None = None
+    max_restarts: int = 3
+    verify_soft_restart: bool = True
+    allow_http: bool = False
+    request_timeout: float = 30.0
+    """Seconds to wait for a reply to get / describe / update before asking again."""

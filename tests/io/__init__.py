@@ -1,0 +1,1 @@
+"""Tests of the drivers in `upparat.io`, against real sockets, files and servers."""

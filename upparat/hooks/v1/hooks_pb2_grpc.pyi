@@ -28,7 +28,7 @@ gRPC status codes, and what the daemon does with each:
                      the job's retries and does not change `attempt`.
   DEADLINE_EXCEEDED  The daemon's deadline for the call ran out. That
                      attempt is over and the job FAILS with reason
-                     `<hook>_hook_timed_out` (e.g. `install_hook_timed_out`).
+                     `<hook>_hook_timed_out` (e.g. `installation_hook_timed_out`).
   CANCELLED          That attempt is over without a result. The daemon
                      cancels calls itself (job cancelled, daemon stopping)
                      and carries on from that cause.

@@ -49,8 +49,16 @@ InboundEvent = (
 MAX_PAYLOAD_BYTES = 128 * 1024
 """AWS IoT message broker limit; anything larger did not come from the service."""
 
+MAX_JSON_DEPTH = 64
+"""Real jobs payloads nest a few levels. The limit is checked before `json.loads`, whose C
+decoder recurses once per level: on a small thread stack (musl: 128 KiB) a deep payload
+could crash the process before Python's recursion limit is reached."""
+
 MAX_FILE_URL_CHARS = 2048
 
+# A JSON string (possessive, and ending at the end of the text when unterminated, so the
+# scan stays linear on any input) or one bracket.
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)|[\[\]{}]', re.DOTALL)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _REJECT_CODES = {code.value: code for code in RejectCode if code is not RejectCode.UNKNOWN}
 _STATUSES = {status.value: status for status in JobStatus}
@@ -298,13 +306,28 @@ def _load(payload: bytes) -> JsonObject:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as err:
         _fail(f"payload is not UTF-8 ({err.reason} at byte {err.start})")
+    if _nesting(text) > MAX_JSON_DEPTH:
+        _fail(f"payload JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = cast(object, json.loads(text, parse_constant=_reject_constant))
-    except RecursionError:
+    except RecursionError:  # belt and braces: _nesting is a cheap scan, not a parser
         _fail("payload JSON is nested too deeply")
     except ValueError as err:  # JSONDecodeError, and integers too long to convert
         _fail(f"payload is not JSON: {err}")
     return _object(value, "payload")
+
+
+def _nesting(text: str) -> int:
+    """How deep the arrays and objects of `text` nest (brackets inside strings ignored)."""
+    depth = deepest = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        ch = match.group()[0]
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> NoReturn:

@@ -1,0 +1,1182 @@
+"""HTTP(S) download driver: carries out StartDownload / CancelDownload / DiscardDownload.
+
+Owns the files in the download folder (`<job id>` plus its `<job id>.meta.json` sidecar),
+one transfer thread at a time, and the one place where socket, TLS, HTTP and file system
+errors become `Download*` events. It retries transient errors by itself; it decides nothing
+about the job (what a failure means is the core's business).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import errno
+import hashlib
+import http.client
+import json
+import logging
+import os
+import random
+import re
+import select
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+import urllib.request
+from base64 import b64encode
+from collections.abc import Callable
+from pathlib import Path
+from typing import assert_never
+
+import attrs
+
+import upparat
+from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
+from upparat.core.events import (
+    DownloadCompleted,
+    DownloadFailed,
+    DownloadProgressed,
+    DownloadRetrying,
+    Event,
+)
+from upparat.core.model import DownloadFailure, DownloadId, JobId
+
+log = logging.getLogger("upparat.download")
+
+DownloadCommand = StartDownload | CancelDownload | DiscardDownload
+StatVfs = Callable[[str], os.statvfs_result]
+
+MAX_REDIRECTS = 5
+PROGRESS_INTERVAL = 0.5
+"""Seconds between two DownloadProgressed events of one download (plus one at the end)."""
+FSYNC_INTERVAL = 8 * 1024 * 1024
+"""Bytes written between two fdatasync calls: bounds what a power cut can lose, cheaply."""
+CANCEL_POLL = 0.2
+"""Seconds between two looks at the cancel flag while a connect is pending."""
+
+_JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_SIDECAR_SUFFIX = ".meta.json"
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,1024}")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host[:port]/path` of `url`: no credentials, query string or fragment.
+
+    Pre-signed URLs carry their signature in the query string; this is the only form of a
+    URL that may reach a log line or an event message.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Url:
+    """A URL that passed `_parse_url`: safe to put on a request line."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    """Without the query: what identifies the object in the sidecar."""
+    target: str
+    """Path and query: the request target when talking to the origin."""
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def absolute(self) -> str:
+        """The absolute-URI form (RFC 9112 section 3.2.2), for requests through a proxy."""
+        return f"{self.scheme}://{self.netloc}{self.target}"
+
+    @property
+    def redacted(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.path}"
+
+
+@attrs.frozen(kw_only=True)
+class _BadUrl:
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class _Proxy:
+    host: str
+    port: int
+    headers: tuple[tuple[str, str], ...] = ()
+    """Proxy-Authorization when the proxy URL carried credentials."""
+
+
+@attrs.frozen(kw_only=True)
+class _Sidecar:
+    """What the partial file was started from: resuming needs the same object."""
+
+    path: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @property
+    def validator(self) -> str | None:
+        """What goes into If-Range (RFC 9110 section 13.1.5 wants a strong validator)."""
+        if self.etag is not None and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+
+@attrs.frozen(kw_only=True)
+class _Done:
+    """The body ended and the file holds what the server says the object is."""
+
+
+@attrs.frozen(kw_only=True)
+class _Retry:
+    reason: str
+    retry_after: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Redirect:
+    location: str
+
+
+@attrs.frozen(kw_only=True)
+class _Failed:
+    failure: DownloadFailure
+    message: str
+
+
+_Outcome = _Done | _Retry | _Failed
+_Response = _Outcome | _Redirect
+
+
+class _Cancelled(Exception):
+    """The download was cancelled; unwinds the transfer thread without an event."""
+
+
+class _LocalError(Exception):
+    """An OSError of the local file system (as opposed to the network)."""
+
+    def __init__(self, what: str, error: OSError) -> None:
+        super().__init__(f"{what}: {error.strerror or error}")
+        self.error = error
+
+
+def _parse_url(url: str, *, allow_http: bool) -> _Url | _BadUrl:
+    schemes = ("https", "http") if allow_http else ("https",)
+    if not url.isascii() or re.search(r"[\x00-\x20\x7f]", url):
+        return _BadUrl(reason="the URL contains spaces, control or non-ASCII characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError as e:
+        return _BadUrl(reason=f"unparseable URL ({e})")
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        allowed = " or ".join(f"{s}:" for s in schemes)
+        return _BadUrl(reason=f"scheme {scheme or '(none)'}: is not allowed, expected {allowed}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return _BadUrl(reason="URLs with embedded credentials are refused")
+    if not host:
+        return _BadUrl(reason="the URL has no host")
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    path = parts.path or "/"
+    target = f"{path}?{parts.query}" if parts.query else path
+    return _Url(scheme=scheme, host=host, port=port, path=path, target=target)
+
+
+def _parse_proxy(proxy: str) -> _Proxy | _BadUrl:
+    if "://" not in proxy:
+        proxy = f"http://{proxy}"  # like curl: a bare host:port is an HTTP proxy
+    try:
+        parts = urllib.parse.urlsplit(proxy)
+        host = parts.hostname
+        port = parts.port or 80
+    except ValueError as e:
+        return _BadUrl(reason=f"unparseable proxy URL ({e})")
+    if parts.scheme.lower() != "http" or not host:
+        return _BadUrl(reason=f"proxy {redact_url(proxy)} is not an http:// proxy")
+    headers: tuple[tuple[str, str], ...] = ()
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        token = b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers = (("Proxy-Authorization", f"Basic {token}"),)
+    return _Proxy(host=host, port=port, headers=headers)
+
+
+def _parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (RFC 9110 section 10.2.3), None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _read_sidecar(path: Path) -> _Sidecar | None:
+    """The sidecar beside a partial file; None when absent or not ours (then start over)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    fields: dict[str, str | None] = {}
+    for key in ("path", "etag", "last_modified"):
+        value = raw.get(key)
+        if value is not None and not (isinstance(value, str) and _HEADER_VALUE.fullmatch(value)):
+            return None
+        fields[key] = value
+    obj_path = fields["path"]
+    if obj_path is None:
+        return None
+    return _Sidecar(path=obj_path, etag=fields["etag"], last_modified=fields["last_modified"])
+
+
+def _header_value(value: str | None) -> str | None:
+    if value is None or not _HEADER_VALUE.fullmatch(value):
+        return None
+    return value
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+# --- the partial file ---------------------------------------------------------------------
+
+
+class _PartFile:
+    """The file of one job: appended to, hashed as it grows, fdatasynced every few MiB.
+
+    Every OSError leaves here as `_LocalError`, so a full disk is never mistaken for a
+    network error.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self._fd = os.open(path, flags, 0o600)
+            self.size = os.fstat(self._fd).st_size
+        except OSError as e:
+            raise _LocalError(f"cannot open {path}", e) from e
+        self._hasher: hashlib._Hash | None = hashlib.sha256() if self.size == 0 else None
+        self._unsynced = 0
+
+    def hasher(self, view: memoryview, cancel: threading.Event) -> hashlib._Hash:
+        """The sha256 of what the file holds, re-reading an earlier prefix once."""
+        if self._hasher is None:
+            hasher = hashlib.sha256()
+            offset = 0
+            try:
+                while offset < self.size:
+                    if cancel.is_set():
+                        raise _Cancelled
+                    n = os.preadv(self._fd, [view[: min(len(view), self.size - offset)]], offset)
+                    if n == 0:
+                        break
+                    hasher.update(view[:n])
+                    offset += n
+            except OSError as e:
+                raise _LocalError(f"cannot read {self.path}", e) from e
+            self._hasher = hasher
+        return self._hasher
+
+    def write(self, data: memoryview) -> None:
+        assert self._hasher is not None, "hasher() must be called before appending"
+        self._hasher.update(data)
+        try:
+            _write_all(self._fd, data)
+            self.size += len(data)
+            self._unsynced += len(data)
+            if self._unsynced >= FSYNC_INTERVAL:
+                os.fdatasync(self._fd)
+                self._unsynced = 0
+        except OSError as e:
+            raise _LocalError(f"cannot write {self.path}", e) from e
+
+    def reset(self) -> None:
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError as e:
+            raise _LocalError(f"cannot truncate {self.path}", e) from e
+        self.size = 0
+        self._unsynced = 0
+        self._hasher = hashlib.sha256()
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise _LocalError(f"cannot fsync {self.path}", e) from e
+        self._unsynced = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# --- connections --------------------------------------------------------------------------
+
+_Opener = Callable[[tuple[str, int], float | None, tuple[str, int] | None], socket.socket]
+
+
+_SockAddr = tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
+
+
+class _Connection(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int, *, opener: _Opener) -> None:
+        super().__init__(host, port)
+        # CPython's hook for how the TCP connection is made (used by its own tests); ours
+        # connects without blocking so that a cancel is seen while a SYN goes unanswered.
+        self._create_connection = opener
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, *, context: ssl.SSLContext, opener: _Opener) -> None:
+        super().__init__(host, port, context=context)
+        self._create_connection = opener
+
+
+# --- one download -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Options:
+    allow_http: bool
+    proxy: str | None
+    min_speed: int
+    min_speed_time: float
+    max_speed: int | None
+    chunk_size: int
+    connect_timeout: float
+    read_timeout: float
+    backoff_base: float
+    backoff_cap: float
+
+
+class _Transfer:
+    """One download in its own thread, from StartDownload to its last event or a cancel."""
+
+    def __init__(
+        self,
+        command: StartDownload,
+        folder: Path,
+        options: _Options,
+        on_event: Callable[[Event], None],
+        rng: random.Random,
+        statvfs: StatVfs,
+        ssl_context: ssl.SSLContext,
+    ) -> None:
+        self.command = command
+        self.download_id: DownloadId = command.download_id
+        self.job_id: JobId = command.job_id
+        self._folder = folder
+        self._opt = options
+        self._on_event = on_event
+        self._rng = rng
+        self._statvfs = statvfs
+        self._ssl_context = ssl_context
+        # Guards `cancelled`, the event callback and the creation of files, so that after
+        # cancel() returns no event is sent and no file of this job is created.
+        self._lock = threading.RLock()
+        self._cancel = threading.Event()
+        self._wake: socket.socket | None = None
+        self._part: _PartFile | None = None
+        self._sidecar: _Sidecar | None = None
+        self._failures = 0
+        self._total: int | None = command.size
+        self._buffer = bytearray(options.chunk_size)
+        self.thread = threading.Thread(
+            target=self._run, name=f"download-{command.download_id}", daemon=True
+        )
+
+    # -- control, from the runtime's thread --
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancel.set()
+            wake = self._wake
+        if wake is not None:
+            # shutdown() on a dup of the socket wakes a recv() blocked in the transfer
+            # thread, TLS or not, without touching objects that thread is using.
+            # OSError: not connected (yet or any more), so nothing blocks on it.
+            with contextlib.suppress(OSError):
+                wake.shutdown(socket.SHUT_RDWR)
+        if self.thread.ident is not None and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=1.0)
+            if self.thread.is_alive():
+                log.warning(
+                    "download %s of job %s: cancelled, its thread is still in a blocking call"
+                    " (DNS?); it will send nothing more",
+                    self.download_id,
+                    self.job_id,
+                )
+
+    # -- the thread --
+
+    def _run(self) -> None:
+        try:
+            outcome = self._download()
+            match outcome:
+                case _Done():
+                    pass  # _finish sent DownloadCompleted itself, after the fsync
+                case _Failed(failure=failure, message=message):
+                    log.error("download %s of job %s: %s", self.download_id, self.job_id, message)
+                    self._emit(
+                        DownloadFailed(
+                            download_id=self.download_id, failure=failure, message=message
+                        )
+                    )
+                case _:
+                    assert_never(outcome)
+        except _Cancelled:
+            log.info("download %s of job %s: cancelled", self.download_id, self.job_id)
+        except Exception as e:  # a bug here must still end the download with an event
+            log.exception("download %s of job %s: internal error", self.download_id, self.job_id)
+            failed = DownloadFailed(
+                download_id=self.download_id,
+                failure=DownloadFailure.IO_ERROR,
+                message=f"internal error in the download driver: {e!r}",
+            )
+            with self._lock:
+                if not self._cancel.is_set():
+                    self._on_event(failed)
+        finally:
+            if self._part is not None:
+                self._part.close()
+            self._release_wake()
+
+    def _emit(self, event: Event) -> None:
+        with self._lock:
+            if self._cancel.is_set():
+                raise _Cancelled
+            self._on_event(event)
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled
+
+    def _download(self) -> _Done | _Failed:
+        cmd = self.command
+        url = _parse_url(cmd.url, allow_http=self._opt.allow_http)
+        if isinstance(url, _BadUrl):
+            return _Failed(
+                failure=DownloadFailure.BAD_URL, message=f"{redact_url(cmd.url)}: {url.reason}"
+            )
+        if self._opt.proxy is not None:
+            proxy = _parse_proxy(self._opt.proxy)
+            if isinstance(proxy, _BadUrl):
+                return _Failed(failure=DownloadFailure.BAD_URL, message=proxy.reason)
+        if not _JOB_ID.fullmatch(cmd.job_id):
+            # The AWS edge checked it already; it becomes a file name here, so check again.
+            return _Failed(
+                failure=DownloadFailure.IO_ERROR,
+                message=f"refusing job id {cmd.job_id!r} as a file name: expected [a-zA-Z0-9_-]{{1,64}}",
+            )
+        log.info(
+            "download %s of job %s: starting from %s", self.download_id, self.job_id, url.redacted
+        )
+        try:
+            self._prepare_folder()
+            return self._loop(url)
+        except _LocalError as e:
+            return self._local_failure(e)
+
+    def _prepare_folder(self) -> None:
+        folder = self._folder
+        with self._lock:
+            self._check_cancel()
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise _LocalError(f"cannot create {folder}", e) from e
+        keep = {self.job_id, self.job_id + _SIDECAR_SUFFIX}
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            raise _LocalError(f"cannot list {folder}", e) from e
+        for entry in entries:
+            # Like upparat 1.12: leftovers of earlier jobs go. Only regular files right here;
+            # a symlink is not followed, a directory not entered.
+            if entry.name in keep or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                os.unlink(entry.path)
+                log.info("removed %s, left over from an earlier job", entry.path)
+            except OSError as e:
+                log.warning("cannot remove %s: %s", entry.path, e.strerror)
+
+    @property
+    def _path(self) -> Path:
+        return self._folder / self.job_id
+
+    @property
+    def _sidecar_path(self) -> Path:
+        return self._folder / (self.job_id + _SIDECAR_SUFFIX)
+
+    def _open_part(self, url: _Url) -> _PartFile:
+        with self._lock:
+            self._check_cancel()
+            part = _PartFile(self._path)
+        self._part = part
+        if part.size > 0:
+            sidecar = _read_sidecar(self._sidecar_path)
+            if sidecar is None or sidecar.validator is None or sidecar.path != url.path:
+                why = (
+                    "it has no usable sidecar"
+                    if sidecar is None or sidecar.validator is None
+                    else f"it was started from {sidecar.path}"
+                )
+                log.info(
+                    "download %s of job %s: discarding %d bytes of an earlier attempt: %s",
+                    self.download_id,
+                    self.job_id,
+                    part.size,
+                    why,
+                )
+                part.reset()
+            else:
+                self._sidecar = sidecar
+        return part
+
+    def _write_sidecar(self, sidecar: _Sidecar) -> None:
+        data = json.dumps(attrs.asdict(sidecar)).encode()
+        tmp = self._sidecar_path.with_name(self._sidecar_path.name + ".tmp")
+        with self._lock:
+            self._check_cancel()
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                try:
+                    _write_all(fd, memoryview(data))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, self._sidecar_path)
+            except OSError as e:
+                raise _LocalError(f"cannot write {self._sidecar_path}", e) from e
+        self._sidecar = sidecar
+
+    def _remove_files(self) -> None:
+        for path in (self._path, self._sidecar_path):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("cannot remove %s: %s", path, e.strerror)
+
+    def _local_failure(self, e: _LocalError) -> _Failed:
+        if e.error.errno in (errno.ENOSPC, errno.EDQUOT):
+            done = self._part.size if self._part is not None else 0
+            self._remove_files()
+            return _Failed(
+                failure=DownloadFailure.INSUFFICIENT_DISK_SPACE,
+                message=f"disk full in {self._folder} after {done} of "
+                f"{self._total if self._total is not None else 'unknown'} bytes "
+                f"({self._free_space_text()}); the partial file was removed",
+            )
+        return _Failed(failure=DownloadFailure.IO_ERROR, message=str(e))
+
+    def _free_space(self) -> int:
+        try:
+            st = self._statvfs(str(self._folder))
+        except OSError as e:
+            raise _LocalError(f"cannot statvfs {self._folder}", e) from e
+        return st.f_bavail * st.f_frsize
+
+    def _free_space_text(self) -> str:
+        try:
+            return f"{self._free_space()} bytes free"
+        except _LocalError:
+            return "free space unknown"
+
+    def _check_space(self, total: int, done: int) -> _Failed | None:
+        need = total - done
+        free = self._free_space()
+        if need <= free:
+            return None
+        return _Failed(
+            failure=DownloadFailure.INSUFFICIENT_DISK_SPACE,
+            message=f"need {need} more bytes in {self._folder} for {total} bytes, "
+            f"only {free} available: free space or use another download location",
+        )
+
+    # -- the retry loop --
+
+    def _loop(self, url: _Url) -> _Done | _Failed:
+        part = self._open_part(url)
+        if self.command.size is not None:
+            if part.size > self.command.size:
+                part.reset()
+            short = self._check_space(self.command.size, part.size)
+            if short is not None:
+                return short
+        while True:
+            self._check_cancel()
+            try:
+                outcome = self._attempt(url, part)
+            except (OSError, http.client.HTTPException) as e:
+                # A cancel shuts the socket down: that error is the cancel, not the network.
+                self._check_cancel()
+                outcome = _Retry(reason=_describe(e))
+            match outcome:
+                case _Done():
+                    return self._finish(part)
+                case _Failed(failure=DownloadFailure.VERIFICATION_FAILED):
+                    self._remove_files()
+                    return outcome
+                case _Failed():
+                    return outcome
+                case _Retry(reason=reason, retry_after=retry_after):
+                    self._backoff(reason, retry_after)
+                case _:
+                    assert_never(outcome)
+
+    def _backoff(self, reason: str, retry_after: float | None) -> None:
+        self._failures += 1
+        ceiling = min(self._opt.backoff_cap, self._opt.backoff_base * 2 ** (self._failures - 1))
+        delay = self._rng.uniform(0.0, ceiling)  # "full jitter"
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._opt.backoff_cap))
+        log.warning(
+            "download %s of job %s: %s; retry %d in %.2f s",
+            self.download_id,
+            self.job_id,
+            reason,
+            self._failures,
+            delay,
+        )
+        self._emit(
+            DownloadRetrying(
+                download_id=self.download_id, attempt=self._failures, reason=reason, delay=delay
+            )
+        )
+        if self._cancel.wait(delay):
+            raise _Cancelled
+
+    def _finish(self, part: _PartFile) -> _Done | _Failed:
+        cmd = self.command
+        actual = part.hasher(memoryview(self._buffer), self._cancel).hexdigest()
+        if cmd.size is not None and part.size != cmd.size:
+            self._remove_files()
+            return _Failed(
+                failure=DownloadFailure.VERIFICATION_FAILED,
+                message=f"size: expected {cmd.size} bytes, got {part.size}",
+            )
+        if cmd.sha256 is not None and actual != cmd.sha256.lower():
+            self._remove_files()
+            return _Failed(
+                failure=DownloadFailure.VERIFICATION_FAILED,
+                message=f"sha256: expected {cmd.sha256.lower()}, got {actual}",
+            )
+        part.sync()
+        self._emit(
+            DownloadProgressed(download_id=self.download_id, bytes_done=part.size, total=part.size)
+        )
+        log.info(
+            "download %s of job %s: complete, %d bytes, sha256 %s",
+            self.download_id,
+            self.job_id,
+            part.size,
+            actual,
+        )
+        self._emit(
+            DownloadCompleted(
+                download_id=self.download_id, path=str(part.path), size=part.size, sha256=actual
+            )
+        )
+        return _Done()
+
+    # -- one request (and its redirects) --
+
+    def _attempt(self, url: _Url, part: _PartFile) -> _Outcome:
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            conn, target, headers = self._connection(current)
+            try:
+                if part.size > 0 and self._sidecar is not None:
+                    headers["Range"] = f"bytes={part.size}-"
+                    validator = self._sidecar.validator
+                    if validator is not None:
+                        headers["If-Range"] = validator
+                conn.request("GET", target, headers=headers)
+                response = self._response(conn.getresponse(), url, part)
+            finally:
+                conn.close()
+                self._release_wake()
+            match response:
+                case _Redirect(location=location):
+                    joined = urllib.parse.urljoin(current.absolute, location)
+                    parsed = _parse_url(joined, allow_http=self._opt.allow_http)
+                    if isinstance(parsed, _BadUrl):
+                        return _Failed(
+                            failure=DownloadFailure.BAD_URL,
+                            message=f"redirect to {redact_url(joined)} refused: {parsed.reason}",
+                        )
+                    log.info(
+                        "download %s of job %s: redirected to %s",
+                        self.download_id,
+                        self.job_id,
+                        parsed.redacted,
+                    )
+                    current = parsed
+                case _:
+                    return response
+        return _Failed(
+            failure=DownloadFailure.HTTP_ERROR,
+            message=f"more than {MAX_REDIRECTS} redirects from {url.redacted}",
+        )
+
+    def _connection(self, url: _Url) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+        proxy = self._proxy_for(url)
+        headers = {"User-Agent": f"upparat/{upparat.__version__}"}
+        conn: http.client.HTTPConnection
+        if url.scheme == "https":
+            host, port = (url.host, url.port) if proxy is None else (proxy.host, proxy.port)
+            conn = _TLSConnection(host, port, context=self._ssl_context, opener=self._open_socket)
+            if proxy is not None:
+                conn.set_tunnel(url.host, url.port, headers=dict(proxy.headers))
+            return conn, url.target, headers
+        if proxy is None:
+            return _Connection(url.host, url.port, opener=self._open_socket), url.target, headers
+        headers.update(proxy.headers)
+        conn = _Connection(proxy.host, proxy.port, opener=self._open_socket)
+        return conn, url.absolute, headers
+
+    def _proxy_for(self, url: _Url) -> _Proxy | None:
+        # NO_PROXY applies to the explicit proxy too, as it does for curl's --proxy.
+        if urllib.request.proxy_bypass(f"{url.host}:{url.port}"):
+            return None
+        configured = self._opt.proxy or urllib.request.getproxies().get(url.scheme)
+        if not configured:
+            return None
+        proxy = _parse_proxy(configured)
+        if isinstance(proxy, _BadUrl):
+            log.warning("ignoring the %s proxy from the environment: %s", url.scheme, proxy.reason)
+            return None
+        return proxy
+
+    def _open_socket(
+        self,
+        address: tuple[str, int],
+        timeout: float | None = None,
+        source_address: tuple[str, int] | None = None,
+    ) -> socket.socket:
+        """Connect like socket.create_connection, but see a cancel while a connect waits."""
+        host, port = address
+        # getaddrinfo cannot be interrupted: a cancel during a slow DNS lookup is seen after it.
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        error: OSError = OSError(f"no address for {host}")
+        for family, kind, proto, _, sockaddr in infos:
+            self._check_cancel()
+            sock = socket.socket(family, kind, proto)
+            try:
+                self._connect(sock, sockaddr)
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            sock.settimeout(self._io_timeout)
+            with self._lock:
+                if self._cancel.is_set():
+                    sock.close()
+                    raise _Cancelled
+                self._wake = sock.dup()
+            return sock
+        raise error
+
+    def _connect(self, sock: socket.socket, sockaddr: _SockAddr) -> None:
+        sock.setblocking(False)
+        code = sock.connect_ex(sockaddr)
+        if code not in (0, errno.EINPROGRESS):
+            raise OSError(code, os.strerror(code))
+        deadline = time.monotonic() + self._opt.connect_timeout
+        while code != 0:
+            self._check_cancel()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"connect timed out after {self._opt.connect_timeout:g} s")
+            _, writable, _ = select.select([], [sock], [], min(left, CANCEL_POLL))
+            if writable:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code != 0:
+                    raise OSError(code, os.strerror(code))
+                break
+
+    @property
+    def _io_timeout(self) -> float:
+        if self._opt.min_speed > 0:
+            return min(self._opt.read_timeout, self._opt.min_speed_time)
+        return self._opt.read_timeout
+
+    def _release_wake(self) -> None:
+        with self._lock:
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.close()
+
+    def _response(self, resp: http.client.HTTPResponse, url: _Url, part: _PartFile) -> _Response:
+        status = resp.status
+        what = f"HTTP {status} {resp.reason}".strip()
+        if status in _REDIRECTS:
+            location = resp.getheader("Location")
+            if location:
+                return _Redirect(location=location)
+            return _Failed(
+                failure=DownloadFailure.HTTP_ERROR,
+                message=f"{what} without a Location from {url.redacted}",
+            )
+        if status == 403:
+            return _Failed(
+                failure=DownloadFailure.URL_EXPIRED,
+                message=f"{what} from {url.redacted}: the pre-signed URL expired or is not valid;"
+                " describe the job again for a fresh one",
+            )
+        if status in (408, 429) or 500 <= status <= 599:
+            retry_after = _parse_retry_after(resp.getheader("Retry-After"), time.time())
+            return _Retry(reason=what, retry_after=retry_after)
+        if status == 416:
+            return self._unsatisfiable(resp, part)
+        if status == 200:
+            return self._full(resp, url, part)
+        if status == 206:
+            return self._partial(resp, url, part)
+        return _Failed(failure=DownloadFailure.HTTP_ERROR, message=f"{what} from {url.redacted}")
+
+    def _unsatisfiable(self, resp: http.client.HTTPResponse, part: _PartFile) -> _Outcome:
+        """416 to our Range: the file may be complete already (RFC 9110 section 15.5.17)."""
+        match = _UNSATISFIED_RANGE.fullmatch(resp.getheader("Content-Range", "").strip())
+        total = int(match.group(1)) if match else self.command.size
+        if part.size > 0 and total == part.size:
+            return _Done()
+        log.info(
+            "download %s of job %s: the server holds %s bytes, we hold %d: starting over",
+            self.download_id,
+            self.job_id,
+            total if total is not None else "an unknown number of",
+            part.size,
+        )
+        part.reset()
+        return _Retry(reason=f"HTTP 416 for a range from {part.size}: starting over")
+
+    def _full(self, resp: http.client.HTTPResponse, url: _Url, part: _PartFile) -> _Outcome:
+        if part.size > 0:
+            log.info(
+                "download %s of job %s: the server sent the whole object (Range ignored or object"
+                " changed): starting over",
+                self.download_id,
+                self.job_id,
+            )
+            part.reset()
+        total = None if resp.chunked else resp.length
+        early = self._check_total(total, part)
+        if early is not None:
+            return early
+        self._write_sidecar(self._sidecar_from(resp, url))
+        return self._stream(resp, part)
+
+    def _partial(self, resp: http.client.HTTPResponse, url: _Url, part: _PartFile) -> _Outcome:
+        match = _CONTENT_RANGE.fullmatch(resp.getheader("Content-Range", "").strip())
+        if match is None:
+            part.reset()
+            return _Retry(reason="HTTP 206 without a usable Content-Range: starting over")
+        start, end = int(match.group(1)), int(match.group(2))
+        total = None if match.group(3) == "*" else int(match.group(3))
+        length = None if resp.chunked else resp.length
+        if start != part.size or end < start or (length is not None and length != end - start + 1):
+            part.reset()
+            return _Retry(
+                reason=f"HTTP 206 with Content-Range {match.group(0)!r} and Content-Length"
+                f" {length} for a range from {start}: starting over"
+            )
+        seen = self._sidecar_from(resp, url)
+        if self._sidecar is not None and seen.etag and self._sidecar.etag not in (None, seen.etag):
+            # A server that ignores If-Range: never splice two objects together.
+            part.reset()
+            return _Retry(reason=f"the object changed (ETag {seen.etag}): starting over")
+        early = self._check_total(total, part)
+        if early is not None:
+            return early
+        part.hasher(
+            memoryview(self._buffer), self._cancel
+        )  # re-hash the prefix before appending to it
+        return self._stream(resp, part)
+
+    def _sidecar_from(self, resp: http.client.HTTPResponse, url: _Url) -> _Sidecar:
+        return _Sidecar(
+            path=url.path,
+            etag=_header_value(resp.getheader("ETag")),
+            last_modified=_header_value(resp.getheader("Last-Modified")),
+        )
+
+    def _check_total(self, total: int | None, part: _PartFile) -> _Failed | None:
+        size = self.command.size
+        if total is not None and size is not None and total != size:
+            return _Failed(
+                failure=DownloadFailure.VERIFICATION_FAILED,
+                message=f"size: expected {size} bytes (job document), the server sends {total}",
+            )
+        if total is not None:
+            self._total = total
+            return self._check_space(total, part.size)
+        return None
+
+    def _stream(self, resp: http.client.HTTPResponse, part: _PartFile) -> _Outcome:
+        """Append the body to the file; constant memory, one buffer reused throughout."""
+        opt = self._opt
+        view = memoryview(self._buffer)
+        chunk = len(view)
+        if opt.max_speed is not None:
+            chunk = min(chunk, max(4096, opt.max_speed // 8))
+        read: Callable[[memoryview], int]
+        if resp.chunked:
+
+            def read(into: memoryview) -> int:
+                data = resp.read1(len(into))
+                into[: len(data)] = data
+                return len(data)
+
+        else:
+            # One recv() straight into our buffer (HTTPResponse.readinto would wait for the
+            # buffer to fill, hiding a slow or stalled server).
+            read = resp.fp.readinto1
+        remaining = None if resp.chunked else resp.length
+        limit = self.command.size
+        monotonic = time.monotonic
+        cancel = self._cancel
+        start = monotonic()
+        received = 0
+        next_progress = start + PROGRESS_INTERVAL
+        sample_start, sample_bytes = start, 0
+        sample_len = min(1.0, opt.min_speed_time / 2)
+        low_since: float | None = None
+        while remaining is None or remaining > 0:
+            n = read(view[: chunk if remaining is None else min(chunk, remaining)])
+            if cancel.is_set():
+                raise _Cancelled
+            if not n:
+                break
+            part.write(view[:n])
+            self._failures = 0  # a successful chunk resets the backoff
+            received += n
+            sample_bytes += n
+            if remaining is not None:
+                remaining -= n
+            if limit is not None and part.size > limit:
+                return _Failed(
+                    failure=DownloadFailure.VERIFICATION_FAILED,
+                    message=f"size: expected {limit} bytes, the server sent more",
+                )
+            now = monotonic()
+            if now >= next_progress:
+                next_progress = now + PROGRESS_INTERVAL
+                self._emit(
+                    DownloadProgressed(
+                        download_id=self.download_id, bytes_done=part.size, total=self._total
+                    )
+                )
+            if opt.min_speed > 0 and now - sample_start >= sample_len:
+                # Like curl --speed-limit/--speed-time: slow for a whole period → reconnect.
+                if sample_bytes / (now - sample_start) < opt.min_speed:
+                    low_since = sample_start if low_since is None else low_since
+                    if now - low_since >= opt.min_speed_time:
+                        return _Retry(
+                            reason=f"slower than {opt.min_speed} B/s for"
+                            f" {opt.min_speed_time:g} s: reconnecting"
+                        )
+                else:
+                    low_since = None
+                sample_start, sample_bytes = now, 0
+            if opt.max_speed is not None:
+                ahead = start + received / opt.max_speed - now
+                if ahead > 0 and cancel.wait(ahead):
+                    raise _Cancelled
+        if remaining:
+            return _Retry(
+                reason=f"connection closed after {received} of {received + remaining} bytes"
+            )
+        return _Done()
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return f"timed out ({e})" if str(e) else "timed out"
+    text = str(e) or "no detail"
+    return f"{type(e).__name__}: {text}"
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+
+class Downloader:
+    """Executes the download commands; one download at a time, each in its own thread.
+
+    Events go to `on_event` from the download's thread. After `execute(CancelDownload)`
+    returns, nothing more is sent for that download.
+    """
+
+    def __init__(
+        self,
+        download_location: Path,
+        on_event: Callable[[Event], None],
+        *,
+        allow_http: bool = False,
+        proxy: str | None = None,
+        min_speed: int = 1024,
+        min_speed_time: float = 60.0,
+        max_speed: int | None = None,
+        chunk_size: int = 1024 * 1024,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 60.0,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 64.0,
+        rng: random.Random | None = None,
+        statvfs: StatVfs = os.statvfs,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if chunk_size < 4096:
+            raise ValueError(f"download: chunk_size must be at least 4096 bytes, got {chunk_size}")
+        if max_speed is not None and max_speed <= 0:
+            raise ValueError(f"download: max_speed must be positive, got {max_speed}")
+        if max_speed is not None and min_speed > max_speed:
+            raise ValueError(
+                f"download: min_speed ({min_speed} B/s) above max_speed ({max_speed} B/s)"
+                " would reconnect forever"
+            )
+        if min_speed > 0 and min_speed_time <= 0:
+            raise ValueError(f"download: min_speed_time must be positive, got {min_speed_time}")
+        self._folder = download_location
+        self._on_event = on_event
+        self._options = _Options(
+            allow_http=allow_http,
+            proxy=proxy,
+            min_speed=min_speed,
+            min_speed_time=min_speed_time,
+            max_speed=max_speed,
+            chunk_size=chunk_size,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
+        self._rng = rng if rng is not None else random.Random()
+        self._statvfs = statvfs
+        self._ssl_context = ssl_context if ssl_context is not None else ssl.create_default_context()
+        self._lock = threading.Lock()
+        self._current: _Transfer | None = None
+        self._closed = False
+
+    def execute(self, command: DownloadCommand) -> None:
+        match command:
+            case StartDownload():
+                self._start(command)
+            case CancelDownload(download_id=download_id, discard=discard):
+                self._cancel(download_id, discard)
+            case DiscardDownload(job_id=job_id):
+                self._discard(job_id)
+            case _:
+                assert_never(command)
+
+    def close(self) -> None:
+        """Stop any download, keeping its partial file for a resume."""
+        with self._lock:
+            self._closed = True
+            current, self._current = self._current, None
+        if current is not None:
+            current.cancel()
+
+    def _start(self, command: StartDownload) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("download: StartDownload after close()")
+            previous, self._current = self._current, None
+        if previous is not None:
+            log.info(
+                "download %s of job %s: superseded by download %s",
+                previous.download_id,
+                previous.job_id,
+                command.download_id,
+            )
+            previous.cancel()
+        transfer = _Transfer(
+            command,
+            self._folder,
+            self._options,
+            self._on_event,
+            self._rng,
+            self._statvfs,
+            self._ssl_context,
+        )
+        with self._lock:
+            self._current = transfer
+        transfer.thread.start()
+
+    def _cancel(self, download_id: DownloadId, discard: bool) -> None:
+        with self._lock:
+            current = self._current
+            if current is None or current.download_id != download_id:
+                log.debug("download %s: cancel of a download that is not running", download_id)
+                return
+            self._current = None
+        current.cancel()
+        if discard:
+            self._remove(current.job_id)
+
+    def _discard(self, job_id: JobId) -> None:
+        if not _JOB_ID.fullmatch(job_id):
+            log.warning("download: not removing files of job id %r: not a valid job id", job_id)
+            return
+        with self._lock:
+            current = self._current
+            if current is not None and current.job_id == job_id:
+                self._current = None
+            else:
+                current = None
+        if current is not None:
+            current.cancel()
+        self._remove(job_id)
+
+    def _remove(self, job_id: JobId) -> None:
+        for name in (job_id, job_id + _SIDECAR_SUFFIX, job_id + _SIDECAR_SUFFIX + ".tmp"):
+            path = self._folder / name
+            try:
+                path.unlink()
+                log.info("download: removed %s", path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("download: cannot remove %s: %s", path, e.strerror)

@@ -31,9 +31,9 @@ def test_ready_arrives(systemd_socket: socket.socket) -> None:
 
 def test_each_call_is_one_datagram(systemd_socket: socket.socket) -> None:
     assert notify("WATCHDOG=1")
-    assert notify("STATUS=job upparat_1: downloading 40% – größe")
+    assert notify("STATUS=job upparat_1: downloading 40%, größe")
     assert systemd_socket.recv(4096) == b"WATCHDOG=1"
-    assert systemd_socket.recv(4096) == "STATUS=job upparat_1: downloading 40% – größe".encode()
+    assert systemd_socket.recv(4096) == "STATUS=job upparat_1: downloading 40%, größe".encode()
 
 
 def test_abstract_namespace(monkeypatch: pytest.MonkeyPatch) -> None:

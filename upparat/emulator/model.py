@@ -521,7 +521,7 @@ class JobsModel:
     def create_job(
         self,
         job_id: str,
-        document: Mapping[str, JsonValue],
+        document: Mapping[str, object],
         targets: Iterable[str],
         now: float,
         sign: Signer,

@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from upparat.emulator.clock import Clock, SystemClock
-from upparat.emulator.control import serve_control
+from upparat.emulator.control import no_delay, serve_control
 from upparat.emulator.model import EmulatorError, Execution, Job, JobsModel, Publish, Result
 from upparat.emulator.presign import MAX_EXPIRES_IN, DefaultSigner, Signer
 from upparat.emulator.wire import (
@@ -264,6 +264,7 @@ class JobsEmulator:
         if reason_code.is_failure:
             log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
+        no_delay(client)
         # Subscribe on every connect: the session is clean, so a broker restart forgets us.
         _, mid = client.subscribe([(JOBS_FILTER, 1), (f"{self.control_prefix}/control/+", 1)])
         self._subscribe_mid = mid
@@ -446,7 +447,7 @@ class JobsEmulator:
     def create_job(
         self,
         job_id: str,
-        document: Mapping[str, JsonValue],
+        document: Mapping[str, object],
         targets: Iterable[str],
         presigned_expires_in: int = MAX_EXPIRES_IN,
         in_progress_timeout_minutes: int | None = None,

@@ -151,6 +151,11 @@ class Device:
 
     # ---- receiving ---------------------------------------------------------------------
 
+    def checkpoint(self) -> int:
+        """A mark after everything the emulator published so far has arrived."""
+        self.barrier()
+        return self.mark()
+
     def mark(self) -> int:
         with self._cond:
             return len(self._messages)

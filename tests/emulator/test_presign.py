@@ -1,0 +1,132 @@
+"""${aws:iot:s3-presigned-url:...} placeholders: signed afresh on every document request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.emulator.device import Device
+from tests.support.procs import Mosquitto
+from upparat.emulator import DefaultSigner, EmulatorError, FakeClock, JobsEmulator
+
+URL = "https://bucket.s3.amazonaws.com/fw/image-2.0.bin"
+DOC = {
+    "operation": "install",
+    "url": f"${{aws:iot:s3-presigned-url:{URL}}}",
+    "files": [
+        {"url": "${aws:iot:s3-presigned-url:https://b/one}", "size": 10},
+        "prefix ${aws:iot:s3-presigned-url:https://b/two} suffix",
+    ],
+    "${aws:iot:s3-presigned-url:https://b/key}": "keys are not substituted",
+    "plain": "https://example.invalid/not-a-placeholder",
+}
+
+
+class ExpiringSigner:
+    """Hands out numbered URLs that say when they expire, by the emulator's clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[str, int]] = []  # n in a URL: its place in this list
+
+    def __call__(self, url: str, expires_in: int) -> str:
+        self.calls.append((url, expires_in))
+        return f"{url}?n={len(self.calls)}&expires={int(self.clock.now()) + expires_in}"
+
+
+@pytest.fixture
+def signer(clock: FakeClock) -> ExpiringSigner:
+    return ExpiringSigner(clock)
+
+
+@pytest.fixture
+def signed(broker: Mosquitto, clock: FakeClock, signer: ExpiringSigner) -> Iterator[JobsEmulator]:
+    with JobsEmulator(
+        "127.0.0.1", broker.port, clock=clock, signer=signer, tick_interval=None
+    ) as em:
+        yield em
+
+
+@pytest.fixture
+def dev(broker: Mosquitto, signed: JobsEmulator) -> Iterator[Device]:
+    with Device(broker.port) as d:
+        yield d
+
+
+def test_default_signer_gives_a_fresh_url_on_every_describe(
+    emulator: JobsEmulator, device: Device
+) -> None:
+    emulator.create_job("fw-1", DOC, ["dev-1"])
+    first = device.accepted("fw-1/get")["execution"]["jobDocument"]
+    second = device.accepted("fw-1/get")["execution"]["jobDocument"]
+    for doc in (first, second):
+        assert doc["url"].startswith(URL + "?")
+        assert "X-Amz-Expires=3600" in doc["url"]
+        assert "X-Amz-Signature=" in doc["url"]
+        assert "X-Amz-Date=20231114T221320Z" in doc["url"]  # the fake clock's START
+    assert first["url"] != second["url"]
+
+
+def test_every_placeholder_in_every_string_value_is_signed(
+    signed: JobsEmulator, dev: Device, signer: ExpiringSigner, clock: FakeClock
+) -> None:
+    signed.create_job("fw-1", DOC, ["dev-1"], presigned_expires_in=120)
+    signer.calls.clear()
+    doc = dev.accepted("fw-1/get")["execution"]["jobDocument"]
+    expires = int(clock.now()) + 120
+    assert doc == {
+        "operation": "install",
+        "url": f"{URL}?n=1&expires={expires}",
+        "files": [
+            {"url": f"https://b/one?n=2&expires={expires}", "size": 10},
+            f"prefix https://b/two?n=3&expires={expires} suffix",
+        ],
+        "${aws:iot:s3-presigned-url:https://b/key}": "keys are not substituted",
+        "plain": "https://example.invalid/not-a-placeholder",
+    }
+    assert signer.calls == [(URL, 120), ("https://b/one", 120), ("https://b/two", 120)]
+
+
+def test_each_document_request_signs_again_with_the_clock_of_that_moment(
+    signed: JobsEmulator, dev: Device, clock: FakeClock
+) -> None:
+    signed.create_job("fw-1", {"url": f"${{aws:iot:s3-presigned-url:{URL}}}"}, ["dev-1"], 60)
+    urls: list[Any] = []
+    urls.append(dev.accepted("fw-1/get")["execution"]["jobDocument"]["url"])
+    clock.advance(100)  # the first URL has expired by now
+    urls.append(dev.accepted("$next/get")["execution"]["jobDocument"]["url"])
+    urls.append(dev.accepted("start-next")["execution"]["jobDocument"]["url"])
+    _, body = dev.update("fw-1", status="IN_PROGRESS", includeJobDocument=True)
+    urls.append(body["jobDocument"]["url"])
+    t0 = int(clock.now()) - 100
+    assert urls[0].endswith(f"expires={t0 + 60}")
+    assert all(u.endswith(f"expires={t0 + 160}") for u in urls[1:])
+    assert len(set(urls)) == len(urls)
+
+
+def test_notify_next_carries_a_signed_document(signed: JobsEmulator, dev: Device) -> None:
+    start = dev.checkpoint()
+    signed.create_job("fw-1", DOC, ["dev-1"])
+    doc = dev.wait("notify-next", since=start).body["execution"]["jobDocument"]
+    assert doc["url"].startswith(f"{URL}?n=")
+
+
+def test_the_stored_document_keeps_its_placeholders(signed: JobsEmulator, dev: Device) -> None:
+    signed.create_job("fw-1", DOC, ["dev-1"])
+    dev.accepted("fw-1/get")
+    assert signed.job("fw-1").document_json() == DOC
+
+
+@pytest.mark.parametrize("expires_in", [59, 3601, 0])
+def test_presigned_expiry_must_be_60_to_3600(emulator: JobsEmulator, expires_in: int) -> None:
+    with pytest.raises(EmulatorError, match="60-3600"):
+        emulator.create_job("fw-1", DOC, ["dev-1"], presigned_expires_in=expires_in)
+    assert emulator.list_jobs() == []
+
+
+def test_default_signer_respects_an_existing_query() -> None:
+    signed = DefaultSigner(FakeClock(0))("https://b/x?versionId=3", 60)
+    assert signed.startswith("https://b/x?versionId=3&X-Amz-Algorithm=AWS4-HMAC-SHA256&")
+    assert "X-Amz-Date=19700101T000000Z" in signed

@@ -251,6 +251,17 @@ class JobsEmulator:
         client = self._client
         return client is not None and client.is_connected()
 
+    @property
+    def serving(self) -> bool:
+        """Connected and subscribed: requests published now will be answered."""
+        return self.connected and self._ready.is_set()
+
+    @property
+    def held_requests(self) -> int:
+        """Requests waiting for resume() (see pause())."""
+        with self._cond:
+            return len(self._held)
+
     # ---- paho callbacks (network thread) -------------------------------------------------
 
     def _on_connect(
@@ -294,6 +305,7 @@ class JobsEmulator:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._ready.clear()
         if not self._stopping.is_set():
             log.warning("lost the broker (%s); reconnecting", reason_code)
 

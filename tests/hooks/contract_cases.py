@@ -1,0 +1,936 @@
+"""Contract cases for hook servers that run upparat 1.12 hook scripts.
+
+Owns the behaviour every such server must show on the wire (hooks.proto plus the 1.12
+script conventions), independent of the language it is written in. Holds no test of
+one implementation's internals; those live next to the implementation's own tests.
+
+How to run the cases against an implementation
+----------------------------------------------
+An implementation is a command line that takes ``-c <config>`` and reads the INI
+file upparat-hookserver reads: ``[hooks] version/download/install/restart/ready``
+(script paths) and ``endpoint``, ``[hookserver] listen, cancel_grace_period,
+default_retry_after, socket_mode, script_path``. Subclass `HookServerContract` in a
+``test_*.py`` module and override the ``implementation`` fixture::
+
+    class TestNodeHookServer(HookServerContract):
+        @pytest.fixture
+        def implementation(self) -> Implementation:
+            return Implementation(name="node", argv=lambda conf: ["node", "server.js", "-c", str(conf)])
+
+or parametrise ``implementation`` over several. The ``hook_server`` fixture then
+gives a `HookServerFactory`: ``hook_server.start({"version": "echo 1.0"})`` writes the
+scripts (``#!/bin/sh`` bodies), the config and a unix socket path under ``tmp_path``,
+starts the server as a subprocess, waits for grpc.health.v1 SERVING and returns a
+`RunningHookServer`. Every process started is killed by PID when the test ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2
+
+from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
+START_TIMEOUT = 15.0
+CALL_TIMEOUT = 10.0
+GRACE = 1.0
+"""cancel_grace_period written into every config unless a case sets another."""
+SECRET_ENV = "UPPARAT_TEST_SECRET"
+"""Set in the server's environment; a script must never see it."""
+HOOK_NAMES = ("version", "download", "install", "restart", "ready")
+HOOK_SERVICE = "upparat.hooks.v1.HookService"
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """How to start one hook server implementation."""
+
+    name: str
+    argv: Callable[[Path], list[str]]
+    """The command line for a config file path."""
+    skip_reason: Callable[[], str | None] = lambda: None
+    """Why this implementation cannot run here (e.g. node missing), or None."""
+
+
+SHELL = Implementation(
+    name="shell",
+    argv=lambda conf: [sys.executable, "-m", "hookservers.shell.server", "-c", str(conf)],
+)
+"""The reference implementation, hookservers/shell."""
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+def pid_gone(pid: int) -> bool:
+    """True when `pid` no longer runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return fields[0] in ("Z", "X")
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Waits until every pid is gone; returns those still running after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if not pid_gone(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def kill_pid(pid: int) -> None:
+    """SIGKILL one process we know by PID (cleanup after a failed case)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_file(path: Path, timeout: float = 5.0) -> str:
+    """The content of `path` once it exists and ends with a newline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if path.exists():
+            text = path.read_text()
+            if text.endswith("\n"):
+                return text
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not written within {timeout} s")
+        time.sleep(0.02)
+
+
+def read_pids(path: Path, count: int, timeout: float = 5.0) -> list[int]:
+    """`count` PIDs, one a line, from a file a script writes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            if len(lines) >= count:
+                return [int(ln) for ln in lines[:count]]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not list {count} pids within {timeout} s")
+        time.sleep(0.02)
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+def job(
+    *,
+    job_id: str = "upparat_job-1",
+    meta: str = "",
+    attempt: int = 1,
+    elapsed: float = 0.0,
+    force: bool = False,
+) -> hooks_pb2.JobContext:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(elapsed * 1e9))
+    return hooks_pb2.JobContext(job_id=job_id, meta=meta, attempt=attempt, elapsed=d, force=force)
+
+
+@dataclasses.dataclass
+class InstallOutcome:
+    """What one Install stream delivered."""
+
+    progress: list[hooks_pb2.InstallProgress]
+    result: hooks_pb2.HookResult | None
+    after_result: int
+    """Messages after the result (the contract says 0)."""
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> int:
+    # The typed stubs of grpc_health lack HealthStub.Check; the method path is the standard one.
+    check = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    reply = check(health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT)
+    return int(reply.status)
+
+
+# --- servers ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunningHookServer:
+    """One hook server process listening on a unix socket in the test's tmp_path."""
+
+    proc: subprocess.Popen[bytes]
+    socket_path: Path
+    config_path: Path
+    workdir: Path
+    log_path: Path
+    scripts: dict[str, Path]
+    _channel: grpc.Channel | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.endpoint)
+        return self._channel
+
+    def new_channel(self) -> grpc.Channel:
+        """A channel of its own (closing it cancels its calls)."""
+        return grpc.insecure_channel(self.endpoint)
+
+    def hooks(self, channel: grpc.Channel | None = None) -> hooks_pb2_grpc.HookServiceStub:
+        return hooks_pb2_grpc.HookServiceStub(channel or self.channel())
+
+    def identity(self) -> hooks_pb2_grpc.IdentityServiceStub:
+        return hooks_pb2_grpc.IdentityServiceStub(self.channel())
+
+    def health(self, service: str = "") -> int:
+        """grpc.health.v1 Check: the ServingStatus of `service` ("" is the whole server)."""
+        return health_status(self.channel(), service)
+
+    def install(
+        self,
+        *,
+        context: hooks_pb2.JobContext | None = None,
+        file_path: str = "/tmp/firmware.raucb",
+        timeout: float = CALL_TIMEOUT,
+    ) -> InstallOutcome:
+        call = self.hooks().Install(
+            hooks_pb2.InstallRequest(context=context or job(), file_path=file_path),
+            timeout=timeout,
+        )
+        progress: list[hooks_pb2.InstallProgress] = []
+        result: hooks_pb2.HookResult | None = None
+        after = 0
+        for message in call:
+            if result is not None:
+                after += 1
+            elif message.HasField("result"):
+                result = message.result
+            elif message.HasField("progress"):
+                progress.append(message.progress)
+        return InstallOutcome(progress=progress, result=result, after_result=after)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+class HookServerFactory:
+    """Writes scripts and configs under one directory and starts hook servers there."""
+
+    def __init__(self, implementation: Implementation, workdir: Path) -> None:
+        self.implementation = implementation
+        self.workdir = workdir
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._servers: list[RunningHookServer] = []
+        self._count = 0
+
+    def write_script(self, name: str, body: str) -> Path:
+        """An executable ``#!/bin/sh`` script (or `body` as is when it has a shebang)."""
+        path = self.workdir / "scripts" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = textwrap.dedent(body).lstrip("\n")
+        if not text.startswith("#!"):
+            text = "#!/bin/sh\n" + text
+        path.write_text(text)
+        path.chmod(0o755)
+        return path
+
+    def write_config(
+        self,
+        hooks: Mapping[str, str | Path],
+        *,
+        socket_path: Path,
+        options: Mapping[str, str] | None = None,
+        extra: str = "",
+    ) -> Path:
+        """The INI file: `hooks` maps a hook name to a script path; `options` go to [hookserver]."""
+        self._count += 1
+        conf = self.workdir / f"hookserver-{self._count}.conf"
+        hookserver = {"cancel_grace_period": f"{GRACE:g}", **(options or {})}
+        lines = ["[hooks]", f"endpoint = unix://{socket_path}"]
+        lines += [f"{name} = {path}" for name, path in hooks.items()]
+        lines += ["", "[hookserver]"] + [f"{k} = {v}" for k, v in hookserver.items()]
+        conf.write_text("\n".join(lines) + "\n" + extra)
+        return conf
+
+    def spawn(self, conf: Path, *, log_name: str | None = None) -> subprocess.Popen[bytes]:
+        """Starts the implementation on `conf`; the process is killed when the test ends."""
+        reason = self.implementation.skip_reason()
+        if reason is not None:
+            pytest.skip(reason)
+        log_path = self.workdir / (log_name or f"{conf.stem}.log")
+        env = {**os.environ, SECRET_ENV: "do-not-leak"}
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                self.implementation.argv(conf),
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._procs.append(proc)
+        return proc
+
+    def socket_path(self) -> Path:
+        # sun_path is 108 bytes: pytest's tmp_path can be longer, so keep the name short.
+        return self.workdir / f"h{self._count + 1}.sock"
+
+    def start(
+        self,
+        scripts: Mapping[str, str | Path],
+        *,
+        options: Mapping[str, str] | None = None,
+        socket_path: Path | None = None,
+    ) -> RunningHookServer:
+        """A server with `scripts` (hook name → ``/bin/sh`` body, or an existing Path)."""
+        paths: dict[str, Path] = {}
+        for name, script in scripts.items():
+            assert name in HOOK_NAMES, name
+            if isinstance(script, Path):
+                paths[name] = script
+            else:
+                paths[name] = self.write_script(f"{name}-{self._count + 1}.sh", script)
+        sock = socket_path or self.socket_path()
+        conf = self.write_config(paths, socket_path=sock, options=options)
+        proc = self.spawn(conf)
+        server = RunningHookServer(
+            proc=proc,
+            socket_path=sock,
+            config_path=conf,
+            workdir=self.workdir,
+            log_path=self.workdir / f"{conf.stem}.log",
+            scripts=paths,
+        )
+        self._servers.append(server)
+        self.wait_serving(server)
+        return server
+
+    def run_to_exit(self, conf: Path, timeout: float = START_TIMEOUT) -> tuple[int, str]:
+        """Runs the implementation on `conf` expecting it to exit; (status, output)."""
+        proc = self.spawn(conf)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.implementation.name} hook server did not exit on {conf}")
+        return code, (self.workdir / f"{conf.stem}.log").read_text(errors="replace")
+
+    def wait_serving(self, server: RunningHookServer) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if server.proc.poll() is not None:
+                pytest.fail(
+                    f"hook server exited with {server.proc.returncode} at start:\n{server.log()}"
+                )
+            if server.socket_path.exists():
+                try:
+                    if server.health() == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"hook server not SERVING after {START_TIMEOUT} s:\n{server.log()}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for proc in self._procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=GRACE + 5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def hook_server_factory(
+    implementation: Implementation, workdir: Path
+) -> Iterator[HookServerFactory]:
+    factory = HookServerFactory(implementation, workdir)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@contextlib.contextmanager
+def killing_pids_afterwards(pidfile: Path) -> Iterator[None]:
+    """Kills (by PID) whatever the script listed in `pidfile`, should a case fail."""
+    try:
+        yield
+    finally:
+        if pidfile.exists():
+            for line in pidfile.read_text().split():
+                if line.isdigit():
+                    kill_pid(int(line))
+
+
+def call_in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Runs `fn` in a thread; the list gets its return value or exception."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 - handed to the test to assert on
+            out.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def rpc_code(exc: object) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+# --- the cases -------------------------------------------------------------------------
+
+TREE_SCRIPT = """
+    # A process tree: a child that would outlive us, both PIDs recorded in $3/pids.
+    {trap}
+    sleep 1000 &
+    echo $$ > "$3/pids.tmp"
+    echo $! >> "$3/pids.tmp"
+    mv "$3/pids.tmp" "$3/pids"
+    echo started
+    wait
+"""
+
+
+class HookServerContract:
+    """Every case here must hold for every implementation (see the module docstring)."""
+
+    @pytest.fixture
+    def implementation(self) -> Implementation:
+        return SHELL
+
+    @pytest.fixture
+    def hook_server(
+        self, implementation: Implementation, tmp_path: Path
+    ) -> Iterator[HookServerFactory]:
+        with hook_server_factory(implementation, tmp_path) as factory:
+            yield factory
+
+    # -- identity and health ------------------------------------------------------------
+
+    def test_health_is_serving(self, hook_server: HookServerFactory) -> None:
+        server = hook_server.start({"version": "echo 1.0"})
+
+        assert server.health() == health_pb2.HealthCheckResponse.SERVING
+        assert server.health(HOOK_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+
+    def test_get_info_lists_exactly_the_configured_hooks(
+        self, hook_server: HookServerFactory
+    ) -> None:
+        server = hook_server.start({"version": "echo 1.0", "install": "exit 0"})
+
+        info = server.identity().GetInfo(hooks_pb2.GetInfoRequest(), timeout=CALL_TIMEOUT)
+
+        assert set(info.hooks) == {hooks_pb2.HOOK_VERSION, hooks_pb2.HOOK_INSTALL}
+        assert "v1" in info.api_versions
+        assert info.server_name
+        assert info.server_version
+
+    def test_unconfigured_hooks_answer_unimplemented(self, hook_server: HookServerFactory) -> None:
+        server = hook_server.start({"version": "echo 1.0"})
+        stub = server.hooks()
+
+        calls: list[Callable[[], object]] = [
+            lambda: stub.CheckDownload(
+                hooks_pb2.CheckDownloadRequest(context=job()), timeout=CALL_TIMEOUT
+            ),
+            lambda: server.install(),
+            lambda: stub.Restart(hooks_pb2.RestartRequest(context=job()), timeout=CALL_TIMEOUT),
+            lambda: stub.CheckReady(
+                hooks_pb2.CheckReadyRequest(context=job()), timeout=CALL_TIMEOUT
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert rpc_code(err.value) == grpc.StatusCode.UNIMPLEMENTED
+
+    # -- exit codes ---------------------------------------------------------------------
+
+    def test_exit_0_is_success_and_the_last_stdout_line_is_the_version(
+        self, hook_server: HookServerFactory
+    ) -> None:
+        server = hook_server.start({"version": "echo reading\necho '  2024.05.1  '\necho\n"})
+
+        reply = server.hooks().GetVersion(
+            hooks_pb2.GetVersionRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert reply.version == "2024.05.1"
+        assert reply.result.reason == ""
+
+    def test_version_success_without_output_is_not_a_success(
+        self, hook_server: HookServerFactory
+    ) -> None:
+        server = hook_server.start({"version": "exit 0"})
+
+        reply = server.hooks().GetVersion(
+            hooks_pb2.GetVersionRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert reply.result.reason
+
+    def test_exit_0_message_is_the_last_stdout_line(self, hook_server: HookServerFactory) -> None:
+        server = hook_server.start({"ready": "echo checking\necho all services up\n"})
+
+        reply = server.hooks().CheckReady(
+            hooks_pb2.CheckReadyRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert reply.result.message == "all services up"
+
+    def test_exit_3_is_retry_later_without_a_hint(self, hook_server: HookServerFactory) -> None:
+        server = hook_server.start({"download": "echo metered link\nexit 3\n"})
+
+        reply = server.hooks().CheckDownload(
+            hooks_pb2.CheckDownloadRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+        assert not reply.result.HasField("retry_after")
+
+    def test_exit_3_with_retry_after_line_gives_the_hint(
+        self, hook_server: HookServerFactory
+    ) -> None:
+        server = hook_server.start({"download": "echo metered link\necho retry-after=90\nexit 3\n"})
+
+        reply = server.hooks().CheckDownload(
+            hooks_pb2.CheckDownloadRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+        assert reply.result.HasField("retry_after")
+        assert reply.result.retry_after.ToTimedelta().total_seconds() == 90
+
+    def test_exit_3_uses_default_retry_after(self, hook_server: HookServerFactory) -> None:
+        server = hook_server.start({"ready": "exit 3"}, options={"default_retry_after": "45"})
+
+        reply = server.hooks().CheckReady(
+            hooks_pb2.CheckReadyRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+        assert reply.result.retry_after.ToTimedelta().total_seconds() == 45
+
+    def test_nonzero_exit_is_failure_with_code_and_stderr_tail(
+        self, hook_server: HookServerFactory
+    ) -> None:
+        # 3000 bytes of stderr before the last line: only the tail (1 KiB) is kept.
+        server = hook_server.start(
+            {
+                "install": """
+                    i=0
+                    while [ $i -lt 100 ]; do echo "noise line $i ........................" >&2; i=$((i+1)); done
+                    echo "rauc: bundle signature invalid" >&2
+                    exit 1
+                """
+            }
+        )
+
+        outcome = server.install()
+
+        assert outcome.result is not None
+        assert outcome.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert outcome.result.reason == "HOOK_EXIT_NONZERO"
+        assert "1" in outcome.result.message
+        assert outcome.result.detail.rstrip().endswith("rauc: bundle signature invalid")
+        assert len(outcome.result.detail.encode()) <= 1024
+        assert "noise line 0 " not in outcome.result.detail
+
+    def test_exit_2_is_failure_too(self, hook_server: HookServerFactory) -> None:
+        server = hook_server.start({"restart": "exit 2"})
+
+        reply = server.hooks().Restart(
+            hooks_pb2.RestartRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert reply.result.reason == "HOOK_EXIT_NONZERO"
+        assert "2" in reply.result.message
+
+    def test_death_by_signal_is_failure_naming_the_signal(
+        self, hook_server: HookServerFactory
+    ) -> None:
+        server = hook_server.start({"ready": "echo going down\nkill -KILL $$\n"})
+
+        reply = server.hooks().CheckReady(
+            hooks_pb2.CheckReadyRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert reply.result.reason == "HOOK_KILLED_BY_SIGNAL"
+        assert "SIGKILL" in reply.result.message
+
+    # -- arguments and environment (upparat 1.12's conventions) -------------------------
+
+    @pytest.mark.parametrize("hook", HOOK_NAMES)
+    def test_arguments_are_those_of_upparat_1_12(
+        self, hook_server: HookServerFactory, tmp_path: Path, hook: str
+    ) -> None:
+        record = SCRIPTS_DIR / "record_call.sh"
+        server = hook_server.start({hook: record})
+        out = tmp_path / f"record-{hook}"
+        out.mkdir()
+        # $1 = whole seconds since the first call, $2 = retries so far (attempt - 1),
+        # $3 = meta; install adds $4 = file, restart adds $4 = force ("True" or "").
+        ctx = job(meta=str(out), attempt=3, elapsed=12.7, force=True)
+        stub = server.hooks()
+        match hook:
+            case "version":
+                stub.GetVersion(hooks_pb2.GetVersionRequest(context=ctx), timeout=CALL_TIMEOUT)
+                expected = ["12", "2", str(out)]
+            case "download":
+                stub.CheckDownload(
+                    hooks_pb2.CheckDownloadRequest(context=ctx), timeout=CALL_TIMEOUT
+                )
+                expected = ["12", "2", str(out)]
+            case "install":
+                server.install(context=ctx, file_path="/var/cache/upparat/upparat_job-1")
+                expected = ["12", "2", str(out), "/var/cache/upparat/upparat_job-1"]
+            case "restart":
+                stub.Restart(hooks_pb2.RestartRequest(context=ctx), timeout=CALL_TIMEOUT)
+                expected = ["12", "2", str(out), "True"]
+            case "ready":
+                stub.CheckReady(hooks_pb2.CheckReadyRequest(context=ctx), timeout=CALL_TIMEOUT)
+                expected = ["12", "2", str(out)]
+            case _:
+                raise AssertionError(hook)
+
+        assert wait_for_file(out / "args").splitlines() == expected
+
+    def test_restart_without_force_passes_an_empty_fourth_argument(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        server = hook_server.start({"restart": SCRIPTS_DIR / "record_call.sh"})
+
+        server.hooks().Restart(
+            hooks_pb2.RestartRequest(context=job(meta=str(tmp_path), force=False)),
+            timeout=CALL_TIMEOUT,
+        )
+
+        assert wait_for_file(tmp_path / "args").splitlines() == ["0", "0", str(tmp_path), ""]
+
+    def test_script_gets_a_clean_environment_and_dev_null_stdin(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        server = hook_server.start({"install": SCRIPTS_DIR / "record_call.sh"})
+
+        server.install(
+            context=job(job_id="upparat_env", meta=str(tmp_path), attempt=2, force=True),
+            file_path="/data/f",
+        )
+
+        env = dict(
+            line.split("=", 1)
+            for line in wait_for_file(tmp_path / "env").splitlines()
+            if "=" in line
+        )
+        assert SECRET_ENV not in env
+        assert env["UPPARAT_JOB_ID"] == "upparat_env"
+        assert env["UPPARAT_HOOK"] == "install"
+        assert env["UPPARAT_ATTEMPT"] == "2"
+        assert env["UPPARAT_FORCE"] == "1"
+        assert env["UPPARAT_META"] == str(tmp_path)
+        assert env["LANG"] == "C.UTF-8"
+        assert "/usr/bin" in env["PATH"].split(":")
+        assert env["HOME"]
+        assert wait_for_file(tmp_path / "stdin") == "/dev/null\n"
+
+    # -- install progress ---------------------------------------------------------------
+
+    def test_install_streams_stdout_lines_as_progress_then_one_result(
+        self, hook_server: HookServerFactory
+    ) -> None:
+        server = hook_server.start(
+            {
+                "install": """
+                    echo "Installing"
+                    sleep 0.3
+                    echo "50%"
+                    sleep 0.3
+                    echo
+                    echo "Done!"
+                """
+            }
+        )
+
+        outcome = server.install()
+
+        assert [p.line for p in outcome.progress] == ["Installing", "50%", "Done!"]
+        assert outcome.result is not None
+        assert outcome.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert outcome.result.message == "Done!"
+        assert outcome.after_result == 0
+
+    def test_install_progress_arrives_while_the_script_runs(
+        self, hook_server: HookServerFactory
+    ) -> None:
+        server = hook_server.start({"install": "echo first\nsleep 3\necho second\n"})
+        call = server.hooks().Install(
+            hooks_pb2.InstallRequest(context=job(), file_path="/f"), timeout=CALL_TIMEOUT
+        )
+        started = time.monotonic()
+
+        first = next(call)
+        waited = time.monotonic() - started
+        call.cancel()
+
+        assert first.progress.line == "first"
+        assert waited < 2.5
+
+    # -- cancellation, deadlines, the daemon going away ---------------------------------
+
+    @pytest.mark.parametrize("ignore_term", [False, True], ids=["term", "term-ignored"])
+    def test_cancel_kills_the_whole_process_tree(
+        self, hook_server: HookServerFactory, tmp_path: Path, ignore_term: bool
+    ) -> None:
+        trap = "trap '' TERM" if ignore_term else ""
+        server = hook_server.start({"install": TREE_SCRIPT.format(trap=trap)})
+        pidfile = tmp_path / "pids"
+        with killing_pids_afterwards(pidfile):
+            call = server.hooks().Install(
+                hooks_pb2.InstallRequest(context=job(meta=str(tmp_path)), file_path="/f"),
+                timeout=30,
+            )
+            assert next(call).progress.line == "started"
+            pids = read_pids(pidfile, 2)
+
+            call.cancel()
+
+            assert wait_gone(pids, GRACE + 1) == []
+
+    def test_cancel_of_a_unary_call_kills_the_script(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        server = hook_server.start({"restart": TREE_SCRIPT.format(trap="")})
+        pidfile = tmp_path / "pids"
+        with killing_pids_afterwards(pidfile):
+            future = server.hooks().Restart.future(
+                hooks_pb2.RestartRequest(context=job(meta=str(tmp_path))), timeout=30
+            )
+            pids = read_pids(pidfile, 2)
+
+            future.cancel()
+
+            assert wait_gone(pids, GRACE + 1) == []
+
+    def test_deadline_kills_the_script(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        server = hook_server.start({"ready": TREE_SCRIPT.format(trap="")})
+        pidfile = tmp_path / "pids"
+        with killing_pids_afterwards(pidfile):
+            with pytest.raises(grpc.RpcError) as err:
+                server.hooks().CheckReady(
+                    hooks_pb2.CheckReadyRequest(context=job(meta=str(tmp_path))), timeout=1.0
+                )
+            assert rpc_code(err.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+            pids = read_pids(pidfile, 2)
+
+            assert wait_gone(pids, GRACE + 1) == []
+
+    def test_daemon_going_away_kills_the_script(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        server = hook_server.start({"install": TREE_SCRIPT.format(trap="")})
+        pidfile = tmp_path / "pids"
+        client = (
+            "import sys, grpc\n"
+            "from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc\n"
+            "stub = hooks_pb2_grpc.HookServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
+            "ctx = hooks_pb2.JobContext(job_id='j', meta=sys.argv[2], attempt=1)\n"
+            "for m in stub.Install(hooks_pb2.InstallRequest(context=ctx, file_path='/f')):\n"
+            "    print(m.progress.line, flush=True)\n"
+        )
+        with killing_pids_afterwards(pidfile):
+            daemon = subprocess.Popen(
+                [sys.executable, "-c", client, server.endpoint, str(tmp_path)],
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+            )
+            try:
+                pids = read_pids(pidfile, 2, timeout=START_TIMEOUT)
+            finally:
+                daemon.kill()  # by PID: the daemon dies without cancelling anything
+                daemon.wait()
+
+            assert wait_gone(pids, GRACE + 1) == []
+
+    def test_sigterm_to_the_server_kills_running_scripts_and_exits(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        server = hook_server.start({"install": TREE_SCRIPT.format(trap="trap '' TERM")})
+        pidfile = tmp_path / "pids"
+        with killing_pids_afterwards(pidfile):
+            thread, out = call_in_thread(lambda: server.install(context=job(meta=str(tmp_path))))
+            pids = read_pids(pidfile, 2)
+
+            server.proc.send_signal(signal.SIGTERM)
+
+            assert wait_gone(pids, GRACE + 1) == []
+            assert server.proc.wait(timeout=GRACE + 5) == 0
+            thread.join(5)
+            # The daemon must not fail the job because the server went down: UNAVAILABLE.
+            assert rpc_code(out[0]) == grpc.StatusCode.UNAVAILABLE, out
+
+    # -- one call per hook ---------------------------------------------------------------
+
+    def test_a_second_call_of_a_running_hook_is_aborted(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        gate = tmp_path / "gate"
+        server = hook_server.start(
+            {
+                "install": f"""
+                    echo started
+                    while [ ! -e {gate} ]; do sleep 0.05; done
+                    echo done
+                """
+            }
+        )
+        first = server.hooks().Install(
+            hooks_pb2.InstallRequest(context=job(), file_path="/f"), timeout=CALL_TIMEOUT
+        )
+        assert next(first).progress.line == "started"
+
+        with pytest.raises(grpc.RpcError) as err:
+            server.install(context=job(attempt=2))
+        assert rpc_code(err.value) == grpc.StatusCode.ABORTED
+
+        gate.touch()
+        rest = list(first)
+        assert rest[-1].result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        again = server.install()  # free again once the first run is over
+        assert again.result is not None
+        assert again.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+
+    def test_different_hooks_run_at_the_same_time(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        gate = tmp_path / "gate"
+        server = hook_server.start(
+            {
+                "install": f"echo started\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n",
+                "version": "echo 1.0",
+            }
+        )
+        first = server.hooks().Install(
+            hooks_pb2.InstallRequest(context=job(), file_path="/f"), timeout=CALL_TIMEOUT
+        )
+        assert next(first).progress.line == "started"
+
+        reply = server.hooks().GetVersion(
+            hooks_pb2.GetVersionRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.version == "1.0"
+        gate.touch()
+        assert list(first)[-1].result.outcome == hooks_pb2.OUTCOME_SUCCESS
+
+    # -- start-up checks and the socket --------------------------------------------------
+
+    def test_missing_script_exits_2_naming_hook_and_path(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        missing = tmp_path / "nope" / "install.sh"
+        version = hook_server.write_script("version.sh", "echo 1")
+        conf = hook_server.write_config(
+            {"version": version, "install": missing}, socket_path=hook_server.socket_path()
+        )
+
+        code, output = hook_server.run_to_exit(conf)
+
+        assert code == 2
+        assert "install" in output
+        assert str(missing) in output
+
+    def test_script_that_is_not_executable_exits_2(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        script = hook_server.write_script("ready.sh", "exit 0")
+        script.chmod(0o644)
+        conf = hook_server.write_config({"ready": script}, socket_path=hook_server.socket_path())
+
+        code, output = hook_server.run_to_exit(conf)
+
+        assert code == 2
+        assert "ready" in output
+        assert str(script) in output
+
+    def test_socket_mode_is_0660(self, hook_server: HookServerFactory) -> None:
+        server = hook_server.start({"version": "echo 1"})
+
+        mode = server.socket_path.stat().st_mode
+
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o660
+
+    def test_a_stale_socket_file_is_replaced(self, hook_server: HookServerFactory) -> None:
+        first = hook_server.start({"version": "echo 1"})
+        sock = first.socket_path
+        first.close()
+        first.proc.kill()  # by PID; SIGKILL leaves the socket file behind
+        first.proc.wait()
+        assert sock.exists()
+
+        second = hook_server.start({"version": "echo 2"}, socket_path=sock)
+        reply = second.hooks().GetVersion(
+            hooks_pb2.GetVersionRequest(context=job()), timeout=CALL_TIMEOUT
+        )
+
+        assert reply.version == "2"
+
+    def test_a_path_that_is_not_a_socket_is_not_deleted(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        precious = tmp_path / "precious.sock"
+        precious.write_text("not a socket\n")
+        conf = hook_server.write_config(
+            {"version": hook_server.write_script("v.sh", "echo 1")}, socket_path=precious
+        )
+
+        code, output = hook_server.run_to_exit(conf)
+
+        assert code != 0
+        assert str(precious) in output
+        assert precious.read_text() == "not a socket\n"

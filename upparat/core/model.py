@@ -167,6 +167,47 @@ class JournalRecord:
     """How many times the device came back in `reboot_start` for this job."""
 
 
+class ReportedState(enum.Enum):
+    """The `state` value of the statusDetails the core reports (names of upparat 1.12 kept)."""
+
+    # IN_PROGRESS
+    DOWNLOAD_START = "download_start"
+    DOWNLOAD_PROGRESS = "download_progress"
+    DOWNLOAD_RETRYING = "download_retrying"
+    DOWNLOAD_INTERRUPT = "download_interrupt"
+    INSTALLATION_START = "installation_start"
+    INSTALLATION_PROGRESS = "installation_progress"
+    REBOOT_START = "reboot_start"
+    # SUCCEEDED
+    VERSION_ALREADY_INSTALLED = "version_already_installed"
+    NO_INSTALLATION_HOOK_PROVIDED = "no_installation_hook_provided"
+    NO_RESTART_HOOK_PROVIDED = "no_restart_hook_provided"
+    COMPLETE_SOFT_RESTART = "complete_soft_restart"
+    COMPLETE_NO_VERSION_CHECK = "complete_no_version_check"
+    COMPLETE_NO_READY_CHECK = "complete_no_ready_check"
+    COMPLETE_READY = "complete_ready"
+    # FAILED
+    ERROR_MULTIPLE_IN_PROGRESS = "error_multiple_in_progress"
+    VERSION_MISMATCH = "version_mismatch"
+    REBOOT_LOOP = "reboot_loop"
+    DOWNLOAD_FAILED = "download_failed"
+    DOWNLOAD_VERIFICATION_FAILED = "download_verification_failed"
+    INSUFFICIENT_DISK_SPACE = "insufficient_disk_space"
+    HOOK_SERVER_UNAVAILABLE = "hook_server_unavailable"
+    VERSION_HOOK_FAILED = "version_hook_failed"
+    DOWNLOAD_HOOK_FAILED = "download_hook_failed"
+    INSTALLATION_HOOK_FAILED = "installation_hook_failed"
+    RESTART_HOOK_FAILED = "restart_hook_failed"
+    READY_HOOK_FAILED = "ready_hook_failed"
+    VERSION_HOOK_TIMED_OUT = "version_hook_timed_out"
+    DOWNLOAD_HOOK_TIMED_OUT = "download_hook_timed_out"
+    INSTALLATION_HOOK_TIMED_OUT = "installation_hook_timed_out"
+    RESTART_HOOK_TIMED_OUT = "restart_hook_timed_out"
+    READY_HOOK_TIMED_OUT = "ready_hook_timed_out"
+    # REJECTED
+    INVALID_JOB_DOCUMENT = "invalid_job_document"
+
+
 class LogLevel(enum.Enum):
     DEBUG = "debug"
     INFO = "info"
@@ -192,3 +233,6 @@ class Settings:
     allow_http: bool = False
     request_timeout: float = 30.0
     """Seconds to wait for a reply to get / describe / update before asking again."""
+    restart_timeout: float = 600.0
+    """Seconds to wait for the daemon to be stopped after the hook server went away during
+    Restart; after that the installation is verified as after a soft restart."""

@@ -1,0 +1,1823 @@
+"""Every transition rule of the upparat job lifecycle: `step(state, event, now)`.
+
+Pure: no I/O, no clock, no threads and no logging calls (log lines are `Log` commands).
+The map of stages and transitions is in README.md next to this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import assert_never
+
+import attrs
+
+from upparat.core.commands import (
+    CallHook,
+    CancelDownload,
+    CancelHook,
+    Command,
+    DescribeJob,
+    DiscardDownload,
+    Exit,
+    Log,
+    Persist,
+    RequestPendingJobs,
+    SetTimer,
+    SignalReady,
+    StartDownload,
+    SubscribeJobTopics,
+    UpdateJob,
+)
+from upparat.core.events import (
+    DownloadCompleted,
+    DownloadFailed,
+    DownloadProgressed,
+    DownloadRetrying,
+    Event,
+    HookDeadlineExceeded,
+    HookFailure,
+    HookFinished,
+    HookProgressed,
+    HookResult,
+    HookRetryLater,
+    HookServerInfo,
+    HookSuccess,
+    HookUnavailable,
+    HookUnimplemented,
+    JobDescribed,
+    JobsChanged,
+    MqttConnected,
+    MqttDisconnected,
+    PayloadIgnored,
+    PendingJobsListed,
+    RequestKind,
+    RequestRejected,
+    ShutdownRequested,
+    Started,
+    SubscriptionsAcked,
+    TimerFired,
+    UpdateAccepted,
+)
+from upparat.core.model import (
+    CallId,
+    ClientToken,
+    DownloadFailure,
+    DownloadId,
+    HookContext,
+    HookKind,
+    InvalidJobDocument,
+    JobDocument,
+    JobExecution,
+    JobId,
+    JobStatus,
+    JobSummary,
+    JournalRecord,
+    LogLevel,
+    Phase,
+    RejectCode,
+    ReportedState,
+    Settings,
+    TimerKind,
+)
+
+UNAVAILABLE_FIRST_DELAY = 1.0
+"""Seconds before calling an unreachable hook server again; doubles up to the cap."""
+UNAVAILABLE_MAX_DELAY = 60.0
+BACKOFF_MAX_DELAY = 60.0
+"""Cap of the exponential backoff after RequestThrottled / InternalError."""
+RETRY_AFTER_CAP = 10
+"""A hook's retry_after hint is capped at this many retry_intervals."""
+MAX_DETAIL_CHARS = 1024
+"""AWS limit of one statusDetails value; the edge counts UTF-16 units and trims further."""
+MAX_URL_REFUSALS = 3
+"""Fresh URLs refused with HTTP 403 in a row before the download fails (not an expiry then)."""
+MAX_TOKENS_KEPT = 4
+"""Client tokens of one update remembered for matching late replies to earlier sends."""
+TOKEN_PREFIX = "upparat-"
+
+
+# --- values inside states ------------------------------------------------------
+
+
+class Link(enum.Enum):
+    """The MQTT session as far as publishing is concerned."""
+
+    DOWN = "down"
+    SUBSCRIBING = "subscribing"
+    """Connected; SubscribeJobTopics sent, SUBACK not yet seen: do not publish yet."""
+    UP = "up"
+
+
+class VerifyOrigin(enum.Enum):
+    """Why the installation is being verified; names the success without any check."""
+
+    AFTER_BOOT = "after_boot"
+    """The cloud shows `reboot_start`: the device (or the daemon) came back."""
+    SOFT_RESTART = "soft_restart"
+    """Restart returned and the daemon lives on."""
+    NO_RESTART_HOOK = "no_restart_hook"
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """A get / describe we sent and whose reply we wait for."""
+
+    token: ClientToken
+    timer: int
+    """Token of the REQUEST_RETRY timer that sends it again."""
+    attempt: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class Running:
+    call_id: CallId
+
+
+@attrs.frozen(kw_only=True)
+class Sleeping:
+    """Waiting for the HOOK_RETRY timer `timer` before calling again."""
+
+    timer: int
+
+
+@attrs.frozen(kw_only=True)
+class Outage:
+    """The hook server has been unreachable since `since`; next wait is `delay`."""
+
+    since: float
+    delay: float
+
+
+@attrs.frozen(kw_only=True)
+class Call:
+    """One hook of one job, over all its attempts."""
+
+    hook: HookKind
+    attempt: int
+    """1-based; grows by one per RETRY_LATER, not per UNAVAILABLE."""
+    started_at: float
+    pending: Running | Sleeping
+    outage: Outage | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Deferred:
+    """A progress report held back by the throttle until PROGRESS_FLUSH `timer` fires."""
+
+    details: tuple[tuple[str, str], ...]
+    percent: int | None
+    timer: int
+
+
+@attrs.frozen(kw_only=True)
+class Reporter:
+    """Throttle of IN_PROGRESS progress reports (phase changes bypass it and reset it)."""
+
+    last_sent_at: float | None = None
+    last_percent: int | None = None
+    deferred: Deferred | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """The job being worked on, in every job stage."""
+
+    job_id: JobId
+    document: JobDocument
+    reporter: Reporter = Reporter()
+    check: Request | None = None
+    """A pending-jobs request sent after a reconnect to see whether the job is still pending."""
+
+
+@attrs.frozen(kw_only=True)
+class Update:
+    job_id: JobId
+    status: JobStatus
+    details: tuple[tuple[str, str], ...]
+
+    @property
+    def terminal(self) -> bool:
+        return self.status is not JobStatus.IN_PROGRESS
+
+
+@attrs.frozen(kw_only=True)
+class Sent:
+    """The head update was published; waiting for accepted / rejected (or UPDATE_RETRY)."""
+
+    update: Update
+    tokens: tuple[ClientToken, ...]
+    timer: int
+    attempt: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class Backoff:
+    """The head update was throttled; UPDATE_RETRY `timer` sends it again."""
+
+    update: Update
+    tokens: tuple[ClientToken, ...]
+    timer: int
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class Outbox:
+    """Job updates, sent one at a time and in order, so the cloud never sees them reordered."""
+
+    queue: tuple[Update, ...] = ()
+    head: Sent | Backoff | None = None
+
+
+# --- stages: one class per state of the lifecycle --------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Booting:
+    """Waiting for `Started` (and with it the journal of the last run)."""
+
+
+@attrs.frozen(kw_only=True)
+class FetchingJobs:
+    """Asking for the pending executions. `request` is None until it can be sent
+    (link up and every earlier update answered, so the list already reflects them)."""
+
+    request: Request | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Idle:
+    """No upparat job pending: waiting for a notification."""
+
+
+@attrs.frozen(kw_only=True)
+class Describing:
+    """A job was selected; waiting for its execution and job document."""
+
+    job_id: JobId
+    request: Request | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CheckingVersion:
+    """Version hook before the update: is the version already installed?"""
+
+    job: Job
+    call: Call
+
+
+@attrs.frozen(kw_only=True)
+class CheckingDownload:
+    """Download hook: may the download start now?"""
+
+    job: Job
+    call: Call
+
+
+@attrs.frozen(kw_only=True)
+class Downloading:
+    job: Job
+    download_id: DownloadId
+    refusals: int = 0
+    """URL_EXPIRED failures in a row without any progress in between."""
+
+
+@attrs.frozen(kw_only=True)
+class RefreshingUrl:
+    """The pre-signed URL expired: describing the job again for a fresh one."""
+
+    job: Job
+    refusals: int
+    request: Request | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Installing:
+    job: Job
+    call: Call
+    path: str
+
+
+@attrs.frozen(kw_only=True)
+class ReportingReboot:
+    """`reboot_start` is queued or sent; Restart is called only once the cloud accepted it,
+    because it is what the device reads after it boots."""
+
+    job: Job
+
+
+@attrs.frozen(kw_only=True)
+class Restarting:
+    job: Job
+    call: Call
+
+
+@attrs.frozen(kw_only=True)
+class AwaitingReboot:
+    """The hook server went away during Restart: the restart is under way and the daemon
+    expects to be stopped. HOOK_RETRY `timer` (restart_timeout) verifies if it is not."""
+
+    job: Job
+    timer: int
+
+
+@attrs.frozen(kw_only=True)
+class VerifyingVersion:
+    job: Job
+    call: Call
+    origin: VerifyOrigin
+
+
+@attrs.frozen(kw_only=True)
+class VerifyingReady:
+    job: Job
+    call: Call
+    origin: VerifyOrigin
+    version_checked: bool
+
+
+@attrs.frozen(kw_only=True)
+class ShuttingDown:
+    """Work is cancelled; waiting for the final reports until SHUTDOWN `timer` fires."""
+
+    timer: int
+
+
+@attrs.frozen(kw_only=True)
+class Stopped:
+    """`Exit` was emitted; every later event is ignored."""
+
+
+HookStage = (
+    CheckingVersion | CheckingDownload | Installing | Restarting | VerifyingVersion | VerifyingReady
+)
+"""Stages waiting for a hook."""
+CheckStage = HookStage | Downloading | ReportingReboot | AwaitingReboot
+"""Job stages that check after a reconnect whether their job is still pending."""
+JobStage = CheckStage | RefreshingUrl
+"""Stages working on a job (they all carry `job`)."""
+Stage = Booting | FetchingJobs | Idle | Describing | JobStage | ShuttingDown | Stopped
+
+
+@attrs.frozen(kw_only=True)
+class State:
+    """The whole core: the stage plus what outlives a stage."""
+
+    settings: Settings
+    stage: Stage
+    link: Link = Link.DOWN
+    serial: int = 0
+    """Source of client tokens, call ids, download ids and timer tokens."""
+    journal: JournalRecord | None = None
+    """What the last `Persist` wrote (or what `Started` read)."""
+    absent_hooks: frozenset[HookKind] = frozenset()
+    """Hooks the server does not implement (HookServerInfo, or UNIMPLEMENTED answers)."""
+    outbox: Outbox = Outbox()
+    ready_signalled: bool = False
+
+
+Out = tuple[State, list[Command]]
+
+
+def initial_state(settings: Settings) -> State:
+    return State(settings=settings, stage=Booting())
+
+
+def step(state: State, event: Event, now: float) -> tuple[State, tuple[Command, ...]]:
+    """Apply one event; return the next state and the commands to carry out, in order."""
+    if isinstance(state.stage, Stopped):
+        return state, ()
+    state, commands = _dispatch(state, event, now)
+    state, more = _pump(state, now)
+    return state, (*commands, *more)
+
+
+def _dispatch(state: State, event: Event, now: float) -> Out:
+    match event:
+        case Started():
+            return _on_started(state, event)
+        case MqttConnected():
+            state = _forget_requests(attrs.evolve(state, link=Link.SUBSCRIBING))
+            return state, [SubscribeJobTopics(), _log(LogLevel.INFO, "MQTT connected")]
+        case MqttDisconnected(reason=reason):
+            state = _forget_requests(attrs.evolve(state, link=Link.DOWN))
+            return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}")]
+        case SubscriptionsAcked():
+            return _on_subscribed(state)
+        case PendingJobsListed():
+            return _on_pending_listed(state, event, now)
+        case JobsChanged():
+            return _on_jobs_changed(state, event, now)
+        case JobDescribed():
+            return _on_described(state, event, now)
+        case RequestRejected():
+            return _on_rejected(state, event, now)
+        case UpdateAccepted():
+            return _on_update_accepted(state, event)
+        case PayloadIgnored(topic=topic, reason=reason):
+            return state, [_log(LogLevel.WARNING, f"ignored a message on {topic}: {reason}")]
+        case HookServerInfo():
+            return _on_hook_server_info(state, event)
+        case HookProgressed():
+            return _on_hook_progressed(state, event, now)
+        case HookFinished():
+            return _on_hook_finished(state, event, now)
+        case DownloadProgressed() | DownloadRetrying() | DownloadCompleted() | DownloadFailed():
+            return _on_download(state, event, now)
+        case TimerFired():
+            return _on_timer(state, event, now)
+        case ShutdownRequested():
+            return _on_shutdown(state)
+        case _:
+            assert_never(event)
+
+
+# --- connection and start ---------------------------------------------------------
+
+
+def _on_started(state: State, event: Started) -> Out:
+    if not isinstance(state.stage, Booting):
+        return state, [_log(LogLevel.DEBUG, "a second Started was ignored")]
+    journal = event.journal
+    if journal is None:
+        note = "no journal"
+    else:
+        note = (
+            f"journal: job {journal.job_id} in phase {journal.phase.value}, "
+            f"{journal.restart_count} restart(s)"
+        )
+    state = attrs.evolve(state, journal=journal, stage=FetchingJobs())
+    return state, [_log(LogLevel.INFO, f"started; {note}")]
+
+
+def _forget_requests(state: State) -> State:
+    """A new or lost session: replies to earlier requests may never come, so ask again."""
+    stage = state.stage
+    match stage:
+        case FetchingJobs() | Describing() | RefreshingUrl():
+            stage = attrs.evolve(stage, request=None)
+        case (
+            CheckingVersion()
+            | CheckingDownload()
+            | Downloading()
+            | Installing()
+            | ReportingReboot()
+            | Restarting()
+            | AwaitingReboot()
+            | VerifyingVersion()
+            | VerifyingReady()
+        ):
+            stage = attrs.evolve(stage, job=attrs.evolve(stage.job, check=None))
+        case Booting() | Idle() | ShuttingDown() | Stopped():
+            pass
+        case _:
+            assert_never(stage)
+    return attrs.evolve(state, stage=stage, outbox=_requeue(state.outbox))
+
+
+def _on_subscribed(state: State) -> Out:
+    if state.link is not Link.SUBSCRIBING:
+        return state, [_log(LogLevel.DEBUG, "a SUBACK without a pending subscribe was ignored")]
+    state = attrs.evolve(state, link=Link.UP)
+    stage = state.stage
+    match stage:
+        case Idle():
+            # Notifications sent while we were away are lost: fetch the list again.
+            return attrs.evolve(state, stage=FetchingJobs()), []
+        case (
+            CheckingVersion()
+            | CheckingDownload()
+            | Downloading()
+            | Installing()
+            | ReportingReboot()
+            | Restarting()
+            | AwaitingReboot()
+            | VerifyingVersion()
+            | VerifyingReady()
+        ):
+            # The job may have been cancelled while we were away.
+            state, request, commands = _send_get(state)
+            job = attrs.evolve(stage.job, check=request)
+            return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
+        case (
+            Booting() | FetchingJobs() | Describing() | RefreshingUrl() | ShuttingDown() | Stopped()
+        ):
+            return state, []  # _pump sends what these stages wait for
+        case _:
+            assert_never(stage)
+
+
+# --- pending jobs, selection, description -------------------------------------------
+
+
+def _on_pending_listed(state: State, event: PendingJobsListed, now: float) -> Out:
+    stage = state.stage
+    token = event.client_token
+    if isinstance(stage, FetchingJobs):
+        if stage.request is None or token != stage.request.token:
+            return state, [_log(LogLevel.DEBUG, "a stale pending-jobs reply was ignored")]
+        commands: list[Command] = []
+        if not state.ready_signalled:
+            state = attrs.evolve(state, ready_signalled=True)
+            commands.append(SignalReady())
+        journal = state.journal
+        listed = {s.job_id for s in (*event.in_progress, *event.queued)}
+        if journal is not None and journal.job_id not in listed:
+            # The journal's job ended while we were down (cancelled, timed out).
+            state = attrs.evolve(state, journal=None)
+            commands.append(Persist(record=None))
+        state, more = _select(state, event.in_progress, event.queued)
+        return state, [*commands, *more]
+    if isinstance(stage, CheckStage):
+        check = stage.job.check
+        if check is None or token != check.token:
+            return state, [_log(LogLevel.DEBUG, "a stale pending-jobs reply was ignored")]
+        job = attrs.evolve(stage.job, check=None)
+        state = attrs.evolve(state, stage=attrs.evolve(stage, job=job))
+        return _check_listed(state, event.in_progress, event.queued, now)
+    return state, [_log(LogLevel.DEBUG, "an unrequested pending-jobs reply was ignored")]
+
+
+def _on_jobs_changed(state: State, event: JobsChanged, now: float) -> Out:
+    stage = state.stage
+    match stage:
+        case FetchingJobs(request=request):
+            if request is None:
+                return state, []
+            # The reply in flight may predate this change: ask again (its reply is stale now).
+            return attrs.evolve(state, stage=FetchingJobs()), []
+        case Idle():
+            return _select(state, event.in_progress, event.queued)
+        case Describing(job_id=job_id):
+            if _listed(job_id, event.in_progress, event.queued):
+                return state, []
+            message = f"job {job_id}: no longer pending while being described; starting over"
+            return attrs.evolve(state, stage=FetchingJobs()), [_log(LogLevel.INFO, message)]
+        case (
+            CheckingVersion()
+            | CheckingDownload()
+            | Downloading()
+            | RefreshingUrl()
+            | Installing()
+            | ReportingReboot()
+            | Restarting()
+            | AwaitingReboot()
+            | VerifyingVersion()
+            | VerifyingReady()
+        ):
+            return _check_listed(state, event.in_progress, event.queued, now)
+        case Booting() | ShuttingDown() | Stopped():
+            return state, []
+        case _:
+            assert_never(stage)
+
+
+def _ours(state: State, summaries: Iterable[JobSummary]) -> list[JobSummary]:
+    prefix = state.settings.job_prefix
+    seen: dict[JobId, JobSummary] = {}
+    for summary in summaries:
+        if summary.job_id.startswith(prefix) and summary.job_id not in seen:
+            seen[summary.job_id] = summary
+    return list(seen.values())
+
+
+def _listed(job_id: JobId, in_progress: Iterable[JobSummary], queued: Iterable[JobSummary]) -> bool:
+    return any(s.job_id == job_id for s in (*in_progress, *queued))
+
+
+def _select(
+    state: State, in_progress: tuple[JobSummary, ...], queued: tuple[JobSummary, ...]
+) -> Out:
+    """1.12's rule: the IN_PROGRESS upparat job first, else the oldest QUEUED one."""
+    running = _ours(state, in_progress)
+    waiting = sorted(_ours(state, queued), key=lambda s: (s.queued_at, s.job_id))
+    if len(running) > 1:
+        ids = ", ".join(s.job_id for s in running)
+        message = f"more than one upparat job is IN_PROGRESS ({ids}); failing all of them"
+        commands: list[Command] = [_log(LogLevel.ERROR, message)]
+        details = _details(ReportedState.ERROR_MULTIPLE_IN_PROGRESS, message)
+        for summary in running:
+            update = Update(job_id=summary.job_id, status=JobStatus.FAILED, details=details)
+            state, more = _enqueue(state, update)
+            commands += more
+        return attrs.evolve(state, stage=FetchingJobs()), commands
+    if running or waiting:
+        chosen = (running or waiting)[0].job_id
+        which = "in progress" if running else "queued"
+        message = f"job {chosen}: selected ({which}); describing it"
+        return attrs.evolve(state, stage=Describing(job_id=chosen)), [
+            _log(LogLevel.INFO, message, chosen)
+        ]
+    message = "no pending upparat job; waiting for notifications"
+    return attrs.evolve(state, stage=Idle()), [_log(LogLevel.INFO, message)]
+
+
+def _check_listed(
+    state: State, in_progress: tuple[JobSummary, ...], queued: tuple[JobSummary, ...], now: float
+) -> Out:
+    stage = state.stage
+    if not isinstance(stage, JobStage) or _listed(stage.job.job_id, in_progress, queued):
+        return state, []
+    why = "is no longer pending (cancelled, removed, timed out or ended); stopping"
+    return _abandon(state, stage, why, ended=True)
+
+
+def _on_described(state: State, event: JobDescribed, now: float) -> Out:
+    stage = state.stage
+    execution = event.execution
+    if isinstance(stage, Describing):
+        request = stage.request
+        if request is None or event.client_token != request.token:
+            return state, [_log(LogLevel.DEBUG, "a stale describe reply was ignored")]
+        if execution.job_id != stage.job_id:
+            return state, [_log(LogLevel.DEBUG, "a describe reply for another job was ignored")]
+        return _take_job(state, execution, now)
+    if isinstance(stage, RefreshingUrl):
+        request = stage.request
+        if request is None or event.client_token != request.token:
+            return state, [_log(LogLevel.DEBUG, "a stale describe reply was ignored")]
+        if execution.job_id != stage.job.job_id:
+            return state, [_log(LogLevel.DEBUG, "a describe reply for another job was ignored")]
+        return _refreshed(state, stage, execution, now)
+    return state, [_log(LogLevel.DEBUG, "an unrequested describe reply was ignored")]
+
+
+def _pending(status: JobStatus) -> bool:
+    return status in (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
+
+
+def _document(state: State, execution: JobExecution) -> JobDocument | InvalidJobDocument:
+    document = execution.document
+    if isinstance(document, InvalidJobDocument):
+        return document
+    allowed = ("https", "http") if state.settings.allow_http else ("https",)
+    scheme, separator, rest = document.file.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0]
+    if not separator or scheme.lower() not in allowed or not host:
+        expected = " or ".join(f"{s}://" for s in allowed)
+        got = f"a {scheme}:// URL" if separator else "no URL"
+        return InvalidJobDocument(field="file", reason=f"must be an {expected} URL, got {got}")
+    return document
+
+
+def _take_job(state: State, execution: JobExecution, now: float) -> Out:
+    job_id = execution.job_id
+    if not _pending(execution.status):
+        message = f"job {job_id}: is {execution.status.value} now; starting over"
+        return attrs.evolve(state, stage=FetchingJobs()), [_log(LogLevel.INFO, message, job_id)]
+    document = _document(state, execution)
+    if isinstance(document, InvalidJobDocument):
+        message = f"invalid job document: field '{document.field}' {document.reason}"
+        details = _details(ReportedState.INVALID_JOB_DOCUMENT, message)
+        return _finish(state, job_id, JobStatus.REJECTED, details)
+    job = Job(job_id=job_id, document=document)
+    state_detail = execution.detail("state")
+    if (
+        execution.status is JobStatus.IN_PROGRESS
+        and state_detail == ReportedState.REBOOT_START.value
+    ):
+        return _back_from_restart(state, job, now)
+    if execution.status is JobStatus.IN_PROGRESS:
+        note = f"resuming (it was at {state_detail or 'an unknown state'})"
+    else:
+        note = f"starting the update to version {document.version!r}"
+    state, commands = _persist(state, job_id, Phase.CHECKING_VERSION)
+    commands.append(_log(LogLevel.INFO, f"job {job_id}: {note}", job_id))
+    if document.force or HookKind.VERSION in state.absent_hooks:
+        state, more = _download_phase(state, job, now)
+    else:
+        state, call, more = _start_call(state, job, HookKind.VERSION, now)
+        state = attrs.evolve(state, stage=CheckingVersion(job=job, call=call))
+    return state, [*commands, *more]
+
+
+def _back_from_restart(state: State, job: Job, now: float) -> Out:
+    """The cloud shows `reboot_start`: the restart happened; count it against boot loops."""
+    journal = state.journal
+    same_restart = (
+        journal is not None
+        and journal.job_id == job.job_id
+        and journal.phase in (Phase.RESTARTING, Phase.VERIFYING)
+    )
+    count = journal.restart_count + 1 if journal is not None and same_restart else 1
+    record = JournalRecord(job_id=job.job_id, phase=Phase.VERIFYING, restart_count=count)
+    state = attrs.evolve(state, journal=record)
+    commands: list[Command] = [
+        Persist(record=record),
+        _log(LogLevel.INFO, f"job {job.job_id}: back from the restart (boot {count})", job.job_id),
+    ]
+    limit = state.settings.max_restarts
+    if count > limit:
+        message = (
+            f"the device came back in reboot_start {count} times without becoming ready "
+            f"(max_restarts is {limit})"
+        )
+        details = _details(ReportedState.REBOOT_LOOP, message)
+        state, more = _finish(state, job.job_id, JobStatus.FAILED, details)
+    else:
+        state, more = _verify(state, job, VerifyOrigin.AFTER_BOOT, now)
+    return state, [*commands, *more]
+
+
+# --- phases -----------------------------------------------------------------------------
+
+
+def _download_phase(state: State, job: Job, now: float) -> Out:
+    if job.document.force or HookKind.DOWNLOAD in state.absent_hooks:
+        return _start_download(state, job, now, refusals=0)
+    state, call, commands = _start_call(state, job, HookKind.DOWNLOAD, now)
+    return attrs.evolve(state, stage=CheckingDownload(job=job, call=call)), commands
+
+
+def _start_download(state: State, job: Job, now: float, *, refusals: int) -> Out:
+    state, commands = _persist(state, job.job_id, Phase.DOWNLOADING)
+    state, job, more = _report_phase(state, job, ReportedState.DOWNLOAD_START, "", now)
+    state, serial = _next(state)
+    download_id = DownloadId(serial)
+    document = job.document
+    start = StartDownload(
+        download_id=download_id,
+        job_id=job.job_id,
+        url=document.file,
+        sha256=document.sha256,
+        size=document.size,
+    )
+    message = f"job {job.job_id}: downloading {_redact(document.file)}"
+    state = attrs.evolve(
+        state, stage=Downloading(job=job, download_id=download_id, refusals=refusals)
+    )
+    return state, [*commands, *more, start, _log(LogLevel.INFO, message, job.job_id)]
+
+
+def _install_phase(state: State, job: Job, path: str, now: float) -> Out:
+    state, commands = _persist(state, job.job_id, Phase.INSTALLING)
+    if HookKind.INSTALL in state.absent_hooks:
+        state, more = _no_install_hook(state, job)
+        return state, [*commands, *more]
+    state, job, more = _report_phase(state, job, ReportedState.INSTALLATION_START, "", now)
+    state, call, calls = _start_call(state, job, HookKind.INSTALL, now, file_path=path)
+    state = attrs.evolve(state, stage=Installing(job=job, call=call, path=path))
+    return state, [*commands, *more, *calls]
+
+
+def _no_install_hook(state: State, job: Job) -> Out:
+    # The file itself may be the deliverable: keep it (1.12 did too).
+    details = _details(ReportedState.NO_INSTALLATION_HOOK_PROVIDED, "")
+    return _finish(state, job.job_id, JobStatus.SUCCEEDED, details, keep_file=True)
+
+
+def _restart_phase(state: State, job: Job, now: float) -> Out:
+    if HookKind.RESTART in state.absent_hooks:
+        return _verify(state, job, VerifyOrigin.NO_RESTART_HOOK, now)
+    state, job, commands = _report_phase(state, job, ReportedState.REBOOT_START, "", now)
+    return attrs.evolve(state, stage=ReportingReboot(job=job)), commands
+
+
+def _restart(state: State, job: Job, now: float) -> Out:
+    """`reboot_start` was accepted: persist, then call Restart (which may end the process)."""
+    if HookKind.RESTART in state.absent_hooks:
+        return _verify(state, job, VerifyOrigin.NO_RESTART_HOOK, now)
+    state, persist = _persist_restarting(state, job.job_id)
+    state, call, commands = _start_call(state, job, HookKind.RESTART, now)
+    message = f"job {job.job_id}: reboot_start accepted; restarting"
+    state = attrs.evolve(state, stage=Restarting(job=job, call=call))
+    return state, [persist, _log(LogLevel.INFO, message, job.job_id), *commands]
+
+
+def _persist_restarting(state: State, job_id: JobId) -> tuple[State, Persist]:
+    journal = state.journal
+    count = journal.restart_count if journal is not None and journal.job_id == job_id else 0
+    record = JournalRecord(job_id=job_id, phase=Phase.RESTARTING, restart_count=count)
+    return attrs.evolve(state, journal=record), Persist(record=record)
+
+
+def _await_reboot(state: State, stage: Restarting, detail: str) -> Out:
+    state, timer = _next(state)
+    delay = state.settings.restart_timeout
+    job = stage.job
+    message = (
+        f"job {job.job_id}: the hook server went away during Restart ({detail}); "
+        f"expecting to be stopped, verifying in {delay:.0f} s otherwise"
+    )
+    state = attrs.evolve(state, stage=AwaitingReboot(job=job, timer=timer))
+    return state, [
+        SetTimer(timer=TimerKind.HOOK_RETRY, token=timer, delay=delay),
+        _log(LogLevel.INFO, message, job.job_id),
+    ]
+
+
+def _verify(state: State, job: Job, origin: VerifyOrigin, now: float) -> Out:
+    """Version, then ready; 1.12 skipped the ready hook without a version hook, we do not."""
+    if origin is not VerifyOrigin.AFTER_BOOT and not state.settings.verify_soft_restart:
+        # verify_soft_restart = False: upparat 1.12 reported success without any check.
+        return _succeed_unchecked(state, job, origin)
+    state, commands = _persist(state, job.job_id, Phase.VERIFYING)
+    if HookKind.VERSION in state.absent_hooks:
+        state, more = _check_ready(state, job, origin, now, version_checked=False)
+        return state, [*commands, *more]
+    state, call, more = _start_call(state, job, HookKind.VERSION, now)
+    state = attrs.evolve(state, stage=VerifyingVersion(job=job, call=call, origin=origin))
+    return state, [*commands, *more]
+
+
+def _check_ready(
+    state: State, job: Job, origin: VerifyOrigin, now: float, *, version_checked: bool
+) -> Out:
+    if HookKind.READY not in state.absent_hooks:
+        state, call, commands = _start_call(state, job, HookKind.READY, now)
+        stage = VerifyingReady(job=job, call=call, origin=origin, version_checked=version_checked)
+        return attrs.evolve(state, stage=stage), commands
+    if version_checked:
+        details = _details(ReportedState.COMPLETE_NO_READY_CHECK, "")
+        return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
+    return _succeed_unchecked(state, job, origin)
+
+
+def _succeed_unchecked(state: State, job: Job, origin: VerifyOrigin) -> Out:
+    match origin:
+        case VerifyOrigin.AFTER_BOOT:
+            reported = ReportedState.COMPLETE_NO_VERSION_CHECK
+        case VerifyOrigin.SOFT_RESTART:
+            reported = ReportedState.COMPLETE_SOFT_RESTART
+        case VerifyOrigin.NO_RESTART_HOOK:
+            reported = ReportedState.NO_RESTART_HOOK_PROVIDED
+        case _:
+            assert_never(origin)
+    return _finish(state, job.job_id, JobStatus.SUCCEEDED, _details(reported, ""))
+
+
+def _finish(
+    state: State,
+    job_id: JobId,
+    status: JobStatus,
+    details: tuple[tuple[str, str], ...],
+    *,
+    keep_file: bool = False,
+) -> Out:
+    """The job ends: report it (the report must reach the cloud), forget it, fetch again."""
+    commands: list[Command] = []
+    if not keep_file:
+        commands.append(DiscardDownload(job_id=job_id))
+    state, more = _enqueue(state, Update(job_id=job_id, status=status, details=details))
+    commands += more
+    state = attrs.evolve(state, journal=None, stage=FetchingJobs())
+    commands.append(Persist(record=None))
+    summary = ", ".join(f"{k}={v}" for k, v in details)
+    level = LogLevel.INFO if status is JobStatus.SUCCEEDED else LogLevel.ERROR
+    commands.append(_log(level, f"job {job_id}: {status.value} ({summary})", job_id))
+    return state, commands
+
+
+def _abandon(state: State, stage: JobStage, why: str, *, ended: bool) -> Out:
+    """Stop working on the job. `ended`: it is over in the cloud (remove its files and
+    journal); otherwise it stays resumable and the next fetch picks it up again."""
+    job_id = stage.job.job_id
+    commands = _stop_work(stage, discard=ended)
+    if ended:
+        outbox = state.outbox
+        queue = tuple(u for u in outbox.queue if u.terminal or u.job_id != job_id)
+        state = attrs.evolve(state, outbox=attrs.evolve(outbox, queue=queue), journal=None)
+        if not isinstance(stage, Downloading):
+            commands.append(DiscardDownload(job_id=job_id))
+        commands.append(Persist(record=None))
+    commands.append(_log(LogLevel.WARNING, f"job {job_id}: {why}", job_id))
+    return attrs.evolve(state, stage=FetchingJobs()), commands
+
+
+def _stop_work(stage: JobStage, *, discard: bool) -> list[Command]:
+    match stage:
+        case (
+            CheckingVersion()
+            | CheckingDownload()
+            | Installing()
+            | Restarting()
+            | VerifyingVersion()
+            | VerifyingReady()
+        ):
+            pending = stage.call.pending
+            if isinstance(pending, Running):
+                return [CancelHook(call_id=pending.call_id)]
+            return []
+        case Downloading(download_id=download_id):
+            return [CancelDownload(download_id=download_id, discard=discard)]
+        case RefreshingUrl() | ReportingReboot() | AwaitingReboot():
+            return []
+        case _:
+            assert_never(stage)
+
+
+def _persist(state: State, job_id: JobId, phase: Phase) -> Out:
+    """Journal the phase (keeping the restart count of the same job); skip if unchanged."""
+    journal = state.journal
+    count = journal.restart_count if journal is not None and journal.job_id == job_id else 0
+    record = JournalRecord(job_id=job_id, phase=phase, restart_count=count)
+    if record == journal:
+        return state, []
+    return attrs.evolve(state, journal=record), [Persist(record=record)]
+
+
+# --- hooks ------------------------------------------------------------------------------
+
+
+def _start_call(
+    state: State, job: Job, hook: HookKind, now: float, *, file_path: str | None = None
+) -> tuple[State, Call, list[Command]]:
+    call = Call(hook=hook, attempt=1, started_at=now, pending=Sleeping(timer=0))
+    return _invoke(state, job, call, now, file_path)
+
+
+def _invoke(
+    state: State, job: Job, call: Call, now: float, file_path: str | None
+) -> tuple[State, Call, list[Command]]:
+    state, serial = _next(state)
+    call_id = CallId(serial)
+    settings = state.settings
+    document = job.document
+    context = HookContext(
+        job_id=job.job_id,
+        meta=document.meta or "",
+        attempt=call.attempt,
+        elapsed=max(0.0, now - call.started_at),
+        force=document.force,
+    )
+    timeout = settings.install_timeout if call.hook is HookKind.INSTALL else settings.hook_timeout
+    command = CallHook(
+        call_id=call_id, hook=call.hook, context=context, timeout=timeout, file_path=file_path
+    )
+    return state, attrs.evolve(call, pending=Running(call_id=call_id)), [command]
+
+
+@attrs.frozen(kw_only=True)
+class _Succeeded:
+    value: str
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class _Again:
+    call: Call
+    commands: tuple[Command, ...]
+
+
+@attrs.frozen(kw_only=True)
+class _GaveUp:
+    reported: ReportedState
+    message: str
+    reason: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class _Absent:
+    pass
+
+
+_Answer = _Succeeded | _Again | _GaveUp | _Absent
+
+
+def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
+    stage = state.stage
+    if not isinstance(stage, HookStage):
+        return state, [_log(LogLevel.DEBUG, f"result of unknown hook call {event.call_id}")]
+    call = stage.call
+    pending = call.pending
+    if (
+        not isinstance(pending, Running)
+        or pending.call_id != event.call_id
+        or call.hook is not event.hook
+    ):
+        return state, [_log(LogLevel.DEBUG, f"result of unknown hook call {event.call_id}")]
+    if isinstance(stage, Restarting) and isinstance(event.result, HookUnavailable):
+        # A restart that takes the hook server down ends the call; not a failure.
+        return _await_reboot(state, stage, event.result.detail)
+    state, answer = _judge(state, stage.job, call, event.result, now)
+    job_id = stage.job.job_id
+    match answer:
+        case _Again(call=again, commands=scheduled):
+            return attrs.evolve(state, stage=attrs.evolve(stage, call=again)), list(scheduled)
+        case _GaveUp(reported=reported, message=message, reason=reason):
+            details = _details(reported, message, reason=reason)
+            return _finish(state, job_id, JobStatus.FAILED, details)
+        case _Succeeded(value=value, message=message):
+            return _hook_succeeded(state, stage, value, message, now)
+        case _Absent():
+            message = (
+                f"job {job_id}: the hook server does not implement the {_hook_name(call.hook)}"
+            )
+            state, commands = _hook_absent(state, stage, now)
+            return state, [_log(LogLevel.INFO, message, job_id), *commands]
+        case _:
+            assert_never(answer)
+
+
+def _judge(
+    state: State, job: Job, call: Call, result: HookResult, now: float
+) -> tuple[State, _Answer]:
+    """What a hook's answer means, the same for every hook."""
+    settings = state.settings
+    name = _hook_name(call.hook)
+    elapsed = now - call.started_at
+    match result:
+        case HookSuccess(value=value, message=message):
+            return state, _Succeeded(value=value, message=message)
+        case HookRetryLater(retry_after=retry_after, message=message):
+            if call.attempt > settings.max_retries:
+                text = (
+                    f"gave up on the {name} after {call.attempt} attempts in {elapsed:.0f} s "
+                    f"of RETRY_LATER" + (f": {message}" if message else "")
+                )
+                return state, _GaveUp(reported=_failed_state(call.hook), message=text)
+            delay = settings.retry_interval
+            if retry_after is not None:
+                delay = max(0.0, min(retry_after, RETRY_AFTER_CAP * settings.retry_interval))
+            state, timer = _next(state)
+            again = attrs.evolve(
+                call, attempt=call.attempt + 1, outage=None, pending=Sleeping(timer=timer)
+            )
+            log = f"job {job.job_id}: the {name} asks to retry in {delay:.0f} s"
+            commands = (
+                SetTimer(timer=TimerKind.HOOK_RETRY, token=timer, delay=delay),
+                _log(LogLevel.INFO, log + (f": {message}" if message else ""), job.job_id),
+            )
+            return state, _Again(call=again, commands=commands)
+        case HookFailure(reason=reason, message=message):
+            return state, _GaveUp(
+                reported=_failed_state(call.hook), message=message or reason, reason=reason
+            )
+        case HookUnavailable(detail=detail):
+            outage = call.outage
+            since = now if outage is None else outage.since
+            limit = settings.hook_unavailable_timeout
+            if now - since >= limit:
+                text = f"the hook server was unreachable for {now - since:.0f} s ({detail})"
+                return state, _GaveUp(reported=ReportedState.HOOK_SERVER_UNAVAILABLE, message=text)
+            delay = (
+                UNAVAILABLE_FIRST_DELAY
+                if outage is None
+                else min(UNAVAILABLE_MAX_DELAY, outage.delay * 2)
+            )
+            state, timer = _next(state)
+            # Unavailable does not spend a retry: `attempt` stays.
+            again = attrs.evolve(
+                call, outage=Outage(since=since, delay=delay), pending=Sleeping(timer=timer)
+            )
+            log = f"job {job.job_id}: hook server unreachable ({detail}); calling again in {delay:.0f} s"
+            commands = (
+                SetTimer(timer=TimerKind.HOOK_RETRY, token=timer, delay=delay),
+                _log(LogLevel.WARNING, log, job.job_id),
+            )
+            return state, _Again(call=again, commands=commands)
+        case HookDeadlineExceeded():
+            timeout = (
+                settings.install_timeout if call.hook is HookKind.INSTALL else settings.hook_timeout
+            )
+            text = f"the {name} did not answer within {timeout:.0f} s"
+            return state, _GaveUp(reported=_timed_out_state(call.hook), message=text)
+        case HookUnimplemented():
+            return attrs.evolve(state, absent_hooks=state.absent_hooks | {call.hook}), _Absent()
+        case _:
+            assert_never(result)
+
+
+def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, now: float) -> Out:
+    job = stage.job
+    version = job.document.version
+    match stage:
+        case CheckingVersion():
+            if value == version:
+                details = _details(
+                    ReportedState.VERSION_ALREADY_INSTALLED, f"version {version!r} is installed"
+                )
+                return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
+            note = f"job {job.job_id}: installed version is {value!r}; updating to {version!r}"
+            state, commands = _download_phase(state, job, now)
+            return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
+        case CheckingDownload():
+            return _start_download(state, job, now, refusals=0)
+        case Installing():
+            note = f"job {job.job_id}: installed" + (f": {message}" if message else "")
+            state, commands = _restart_phase(state, job, now)
+            return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
+        case Restarting(job=job):
+            note = f"job {job.job_id}: restart done and the daemon lives on (soft restart)"
+            state, commands = _verify(state, job, VerifyOrigin.SOFT_RESTART, now)
+            return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
+        case VerifyingVersion(origin=origin):
+            if value != version:
+                text = f"Expected version '{version}', got '{value}'"
+                details = _details(ReportedState.VERSION_MISMATCH, text)
+                return _finish(state, job.job_id, JobStatus.FAILED, details)
+            return _check_ready(state, job, origin, now, version_checked=True)
+        case VerifyingReady():
+            details = _details(ReportedState.COMPLETE_READY, message)
+            return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
+        case _:
+            assert_never(stage)
+
+
+def _hook_absent(state: State, stage: HookStage, now: float) -> Out:
+    job = stage.job
+    match stage:
+        case CheckingVersion():
+            return _download_phase(state, job, now)
+        case CheckingDownload():
+            return _start_download(state, job, now, refusals=0)
+        case Installing():
+            return _no_install_hook(state, job)
+        case Restarting():
+            return _verify(state, job, VerifyOrigin.NO_RESTART_HOOK, now)
+        case VerifyingVersion(origin=origin):
+            return _check_ready(state, job, origin, now, version_checked=False)
+        case VerifyingReady(origin=origin, version_checked=version_checked):
+            if version_checked:
+                details = _details(ReportedState.COMPLETE_NO_READY_CHECK, "")
+                return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
+            return _succeed_unchecked(state, job, origin)
+        case _:
+            assert_never(stage)
+
+
+def _recall(state: State, stage: HookStage, now: float) -> Out:
+    """The HOOK_RETRY timer fired: call the same hook again."""
+    commands: list[Command] = []
+    file_path: str | None = None
+    if isinstance(stage, Installing):
+        file_path = stage.path
+    if isinstance(stage, Restarting):
+        # Restart may end the process: the journal must be on disk first.
+        state, persist = _persist_restarting(state, stage.job.job_id)
+        commands.append(persist)
+    state, call, more = _invoke(state, stage.job, stage.call, now, file_path)
+    return attrs.evolve(state, stage=attrs.evolve(stage, call=call)), [*commands, *more]
+
+
+def _on_hook_progressed(state: State, event: HookProgressed, now: float) -> Out:
+    stage = state.stage
+    if not isinstance(stage, Installing):
+        return state, []
+    pending = stage.call.pending
+    if not isinstance(pending, Running) or pending.call_id != event.call_id:
+        return state, []
+    percent = None if event.percent is None else max(0, min(100, event.percent))
+    details = _details(ReportedState.INSTALLATION_PROGRESS, event.line, progress=percent)
+    state, job, commands = _report_progress(state, stage.job, details, percent, now)
+    return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
+
+
+def _on_hook_server_info(state: State, event: HookServerInfo) -> Out:
+    absent = frozenset(HookKind) - event.hooks
+    hooks = ", ".join(sorted(h.value for h in event.hooks)) or "none"
+    who = f"{event.server_name} {event.server_version}".strip() or "hook server"
+    message = f"{who} implements: {hooks}"
+    return attrs.evolve(state, absent_hooks=absent), [_log(LogLevel.INFO, message)]
+
+
+def _hook_name(hook: HookKind) -> str:
+    return f"{hook.value} hook"
+
+
+def _failed_state(hook: HookKind) -> ReportedState:
+    match hook:
+        case HookKind.VERSION:
+            return ReportedState.VERSION_HOOK_FAILED
+        case HookKind.DOWNLOAD:
+            return ReportedState.DOWNLOAD_HOOK_FAILED
+        case HookKind.INSTALL:
+            return ReportedState.INSTALLATION_HOOK_FAILED
+        case HookKind.RESTART:
+            return ReportedState.RESTART_HOOK_FAILED
+        case HookKind.READY:
+            return ReportedState.READY_HOOK_FAILED
+        case _:
+            assert_never(hook)
+
+
+def _timed_out_state(hook: HookKind) -> ReportedState:
+    match hook:
+        case HookKind.VERSION:
+            return ReportedState.VERSION_HOOK_TIMED_OUT
+        case HookKind.DOWNLOAD:
+            return ReportedState.DOWNLOAD_HOOK_TIMED_OUT
+        case HookKind.INSTALL:
+            return ReportedState.INSTALLATION_HOOK_TIMED_OUT
+        case HookKind.RESTART:
+            return ReportedState.RESTART_HOOK_TIMED_OUT
+        case HookKind.READY:
+            return ReportedState.READY_HOOK_TIMED_OUT
+        case _:
+            assert_never(hook)
+
+
+# --- downloads --------------------------------------------------------------------------
+
+DownloadEvent = DownloadProgressed | DownloadRetrying | DownloadCompleted | DownloadFailed
+
+
+def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
+    stage = state.stage
+    if not isinstance(stage, Downloading) or stage.download_id != event.download_id:
+        return state, [_log(LogLevel.DEBUG, f"event of unknown download {event.download_id}")]
+    job = stage.job
+    match event:
+        case DownloadProgressed(bytes_done=done, total=total):
+            total = job.document.size if total is None else total
+            percent = None if total is None or total <= 0 else max(0, min(100, done * 100 // total))
+            message = f"{done} of {total} bytes" if total is not None else f"{done} bytes"
+            details = _details(
+                ReportedState.DOWNLOAD_PROGRESS, message, progress=percent, bytes_done=done
+            )
+            state, job, commands = _report_progress(state, job, details, percent, now)
+            return attrs.evolve(state, stage=attrs.evolve(stage, job=job, refusals=0)), commands
+        case DownloadRetrying(attempt=attempt, reason=reason, delay=delay):
+            message = f"download attempt {attempt} failed ({reason}); retrying in {delay:.0f} s"
+            details = _details(ReportedState.DOWNLOAD_RETRYING, message)
+            state, job, commands = _report_progress(state, job, details, None, now)
+            commands.append(_log(LogLevel.WARNING, f"job {job.job_id}: {message}", job.job_id))
+            return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
+        case DownloadCompleted(path=path, size=size):
+            note = f"job {job.job_id}: downloaded {size} bytes to {path}"
+            state, commands = _install_phase(state, job, path, now)
+            return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
+        case DownloadFailed(failure=failure, message=message):
+            return _download_failed(state, stage, failure, message, now)
+        case _:
+            assert_never(event)
+
+
+def _download_failed(
+    state: State, stage: Downloading, failure: DownloadFailure, message: str, now: float
+) -> Out:
+    job = stage.job
+    match failure:
+        case DownloadFailure.URL_EXPIRED:
+            refusals = stage.refusals + 1
+            if refusals > MAX_URL_REFUSALS:
+                text = f"the download URL was refused {refusals} times in a row: {message}"
+                details = _details(ReportedState.DOWNLOAD_FAILED, text)
+                return _finish(state, job.job_id, JobStatus.FAILED, details)
+            text = "the download URL expired; asking for a fresh one"
+            state, job, commands = _report_phase(
+                state, job, ReportedState.DOWNLOAD_INTERRUPT, text, now
+            )
+            stage_next = RefreshingUrl(job=attrs.evolve(job, check=None), refusals=refusals)
+            commands.append(_log(LogLevel.INFO, f"job {job.job_id}: {text}", job.job_id))
+            return attrs.evolve(state, stage=stage_next), commands
+        case DownloadFailure.VERIFICATION_FAILED:
+            reported = ReportedState.DOWNLOAD_VERIFICATION_FAILED
+        case DownloadFailure.INSUFFICIENT_DISK_SPACE:
+            reported = ReportedState.INSUFFICIENT_DISK_SPACE
+        case DownloadFailure.HTTP_ERROR | DownloadFailure.BAD_URL | DownloadFailure.IO_ERROR:
+            reported = ReportedState.DOWNLOAD_FAILED
+        case _:
+            assert_never(failure)
+    return _finish(state, job.job_id, JobStatus.FAILED, _details(reported, message))
+
+
+def _refreshed(state: State, stage: RefreshingUrl, execution: JobExecution, now: float) -> Out:
+    job = stage.job
+    if not _pending(execution.status):
+        return _abandon(state, stage, f"is {execution.status.value} now; stopping", ended=True)
+    document = _document(state, execution)
+    if isinstance(document, InvalidJobDocument):
+        message = f"invalid job document: field '{document.field}' {document.reason}"
+        details = _details(ReportedState.INVALID_JOB_DOCUMENT, message)
+        return _finish(state, job.job_id, JobStatus.REJECTED, details)
+    job = attrs.evolve(job, document=document)
+    return _start_download(state, job, now, refusals=stage.refusals)
+
+
+# --- progress reports and the outbox ----------------------------------------------------
+
+
+def _details(
+    reported: ReportedState,
+    message: str,
+    *,
+    progress: int | None = None,
+    bytes_done: int | None = None,
+    reason: str = "",
+) -> tuple[tuple[str, str], ...]:
+    """statusDetails as 1.12 wrote them (`state`, `message`) plus what we know more."""
+    pairs = {"state": reported.value, "message": _clip(message) or "none"}
+    if progress is not None:
+        pairs["progress"] = str(progress)
+    if bytes_done is not None:
+        pairs["bytes"] = str(bytes_done)
+    if reason:
+        pairs["reason"] = _clip(reason)
+    return tuple(sorted(pairs.items()))
+
+
+def _clip(text: str) -> str:
+    text = text.strip()
+    if len(text) <= MAX_DETAIL_CHARS:
+        return text
+    return text[: MAX_DETAIL_CHARS - 1] + "…"
+
+
+def _report_phase(
+    state: State, job: Job, reported: ReportedState, message: str, now: float
+) -> tuple[State, Job, list[Command]]:
+    """A phase change: reported at once; it restarts the progress throttle."""
+    update = Update(
+        job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=_details(reported, message)
+    )
+    state, commands = _enqueue(state, update)
+    return state, attrs.evolve(job, reporter=Reporter(last_sent_at=now)), commands
+
+
+def _report_progress(
+    state: State,
+    job: Job,
+    details: tuple[tuple[str, str], ...],
+    percent: int | None,
+    now: float,
+) -> tuple[State, Job, list[Command]]:
+    """At most one progress report per progress_interval, none for less than 1 %."""
+    reporter = job.reporter
+    last = reporter.last_percent
+    if percent is not None and last is not None and percent - last < 1:
+        return state, job, []
+    interval = state.settings.progress_interval
+    sent_at = reporter.last_sent_at
+    if sent_at is None or now - sent_at >= interval:
+        update = Update(job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=details)
+        state, commands = _enqueue(state, update)
+        reporter = Reporter(last_sent_at=now, last_percent=last if percent is None else percent)
+        return state, attrs.evolve(job, reporter=reporter), commands
+    deferred = reporter.deferred
+    commands = []
+    if deferred is None:
+        state, timer = _next(state)
+        delay = max(0.0, sent_at + interval - now)
+        commands.append(SetTimer(timer=TimerKind.PROGRESS_FLUSH, token=timer, delay=delay))
+        deferred = Deferred(details=details, percent=percent, timer=timer)
+    else:
+        deferred = attrs.evolve(deferred, details=details, percent=percent)
+    return state, attrs.evolve(job, reporter=attrs.evolve(reporter, deferred=deferred)), commands
+
+
+def _flush_progress(state: State, stage: JobStage, now: float) -> Out:
+    reporter = stage.job.reporter
+    deferred = reporter.deferred
+    if deferred is None:
+        return state, []
+    job = stage.job
+    update = Update(job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=deferred.details)
+    state, commands = _enqueue(state, update)
+    last = reporter.last_percent if deferred.percent is None else deferred.percent
+    job = attrs.evolve(job, reporter=Reporter(last_sent_at=now, last_percent=last))
+    return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
+
+
+def _enqueue(state: State, update: Update) -> Out:
+    queue = state.outbox.queue
+    if (
+        not update.terminal
+        and queue
+        and not queue[-1].terminal
+        and queue[-1].job_id == update.job_id
+    ):
+        # Not sent yet and superseded: the newer report says more.
+        queue = queue[:-1]
+    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, queue=(*queue, update)))
+    return _flush(state)
+
+
+def _flush(state: State) -> Out:
+    """Send the next update if the link is up and none is waiting for its answer."""
+    outbox = state.outbox
+    if state.link is not Link.UP or outbox.head is not None or not outbox.queue:
+        return state, []
+    update, rest = outbox.queue[0], outbox.queue[1:]
+    state, token, commands = _publish(state, update)
+    state, timer = _next(state)
+    head = Sent(update=update, tokens=(token,), timer=timer)
+    commands.append(SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=_timeout(state)))
+    return attrs.evolve(state, outbox=Outbox(queue=rest, head=head)), commands
+
+
+def _publish(state: State, update: Update) -> tuple[State, ClientToken, list[Command]]:
+    state, token = _token(state)
+    step_timeout = (
+        state.settings.step_timeout_minutes if update.status is JobStatus.IN_PROGRESS else None
+    )
+    command = UpdateJob(
+        job_id=update.job_id,
+        status=update.status,
+        status_details=update.details,
+        client_token=token,
+        step_timeout_minutes=step_timeout,
+    )
+    return state, token, [command]
+
+
+def _requeue(outbox: Outbox) -> Outbox:
+    """The link went down: the head goes back to the queue, to be sent after reconnect."""
+    head = outbox.head
+    if head is None:
+        return outbox
+    return Outbox(queue=(head.update, *outbox.queue), head=None)
+
+
+def _head_matches(
+    head: Sent | Backoff | None, job_id: JobId | None, token: ClientToken | None
+) -> bool:
+    if head is None or token is None or token not in head.tokens:
+        return False
+    return job_id is None or job_id == head.update.job_id
+
+
+def _on_update_accepted(state: State, event: UpdateAccepted) -> Out:
+    head = state.outbox.head
+    if head is None or not _head_matches(head, event.job_id, event.client_token):
+        return state, [_log(LogLevel.DEBUG, f"a stale update reply for {event.job_id} was ignored")]
+    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=None))
+    update = head.update
+    text = dict(update.details).get("state", "")
+    return state, [
+        _log(
+            LogLevel.DEBUG,
+            f"job {update.job_id}: {update.status.value} {text} accepted",
+            update.job_id,
+        )
+    ]
+
+
+def _on_rejected(state: State, event: RequestRejected, now: float) -> Out:
+    match event.request:
+        case RequestKind.UPDATE:
+            return _update_rejected(state, event)
+        case RequestKind.GET_PENDING:
+            return _get_rejected(state, event)
+        case RequestKind.DESCRIBE:
+            return _describe_rejected(state, event)
+        case _:
+            assert_never(event.request)
+
+
+def _retryable(code: RejectCode) -> bool:
+    """AWS: retry RequestThrottled and InternalError only, with backoff."""
+    match code:
+        case RejectCode.REQUEST_THROTTLED | RejectCode.INTERNAL_ERROR:
+            return True
+        case (
+            RejectCode.INVALID_TOPIC
+            | RejectCode.INVALID_JSON
+            | RejectCode.INVALID_REQUEST
+            | RejectCode.INVALID_STATE_TRANSITION
+            | RejectCode.RESOURCE_NOT_FOUND
+            | RejectCode.VERSION_MISMATCH
+            | RejectCode.TERMINAL_STATE_REACHED
+            | RejectCode.UNKNOWN
+        ):
+            return False
+        case _:
+            assert_never(code)
+
+
+def _update_rejected(state: State, event: RequestRejected) -> Out:
+    head = state.outbox.head
+    if head is None or not _head_matches(head, event.job_id, event.client_token):
+        return state, [_log(LogLevel.DEBUG, "a stale update rejection was ignored")]
+    update = head.update
+    job_id = update.job_id
+    code = event.code
+    what = f"job {job_id}: update {update.status.value} rejected: {code.value} {event.message}"
+    if _retryable(code):
+        state, timer = _next(state)
+        delay = _backoff(head.attempt)
+        retry = Backoff(update=update, tokens=head.tokens, timer=timer, attempt=head.attempt + 1)
+        state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=retry))
+        return state, [
+            SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=delay),
+            _log(LogLevel.WARNING, f"{what}; sending again in {delay:.0f} s", job_id),
+        ]
+    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=None))
+    stage = state.stage
+    working_on_it = isinstance(stage, JobStage) and stage.job.job_id == job_id
+    final = code in (RejectCode.TERMINAL_STATE_REACHED, RejectCode.INVALID_STATE_TRANSITION)
+    if not (working_on_it and isinstance(stage, JobStage)):
+        return state, [_log(LogLevel.WARNING, what, job_id)]
+    if final:
+        # The job is over in the cloud (cancelled, or ended elsewhere): like a cancellation.
+        return _abandon(state, stage, f"{what}; stopping", ended=True)
+    return _abandon(state, stage, f"{what}; fetching the jobs again", ended=False)
+
+
+def _get_rejected(state: State, event: RequestRejected) -> Out:
+    stage = state.stage
+    token = event.client_token
+    what = f"pending-jobs request rejected: {event.code.value} {event.message}"
+    if isinstance(stage, FetchingJobs):
+        request = stage.request
+        if request is None or token != request.token:
+            return state, []
+        state, request, commands = _back_off(state, request, event.code)
+        commands.append(_log(LogLevel.WARNING, what))
+        return attrs.evolve(state, stage=FetchingJobs(request=request)), commands
+    if isinstance(stage, CheckStage):
+        check = stage.job.check
+        if check is None or token != check.token:
+            return state, []
+        # Only a check: notifications still tell us about a cancellation.
+        job = attrs.evolve(stage.job, check=None)
+        state = attrs.evolve(state, stage=attrs.evolve(stage, job=job))
+        return state, [_log(LogLevel.WARNING, what)]
+    return state, []
+
+
+def _describe_rejected(state: State, event: RequestRejected) -> Out:
+    stage = state.stage
+    token = event.client_token
+    what = f"describe rejected: {event.code.value} {event.message}"
+    if isinstance(stage, Describing):
+        request = stage.request
+        if request is None or token != request.token:
+            return state, []
+        if _retryable(event.code):
+            state, request, commands = _back_off(state, request, event.code)
+            stage_next: Stage = attrs.evolve(stage, request=request)
+            return attrs.evolve(state, stage=stage_next), commands
+        message = f"job {stage.job_id}: {what}; starting over"
+        return attrs.evolve(state, stage=FetchingJobs()), [
+            _log(LogLevel.WARNING, message, stage.job_id)
+        ]
+    if isinstance(stage, RefreshingUrl):
+        request = stage.request
+        if request is None or token != request.token:
+            return state, []
+        if _retryable(event.code):
+            state, request, commands = _back_off(state, request, event.code)
+            return attrs.evolve(state, stage=attrs.evolve(stage, request=request)), commands
+        return _abandon(state, stage, f"{what}; fetching the jobs again", ended=False)
+    return state, []
+
+
+def _back_off(
+    state: State, request: Request, code: RejectCode
+) -> tuple[State, Request, list[Command]]:
+    """Ask again after a backoff (throttling) or after request_timeout (anything else)."""
+    delay = _backoff(request.attempt) if _retryable(code) else _timeout(state)
+    state, timer = _next(state)
+    request = attrs.evolve(request, timer=timer, attempt=request.attempt + 1)
+    return state, request, [SetTimer(timer=TimerKind.REQUEST_RETRY, token=timer, delay=delay)]
+
+
+def _backoff(attempt: int) -> float:
+    return min(BACKOFF_MAX_DELAY, 2.0 ** max(0, min(attempt - 1, 16)))
+
+
+def _timeout(state: State) -> float:
+    return max(0.0, state.settings.request_timeout)
+
+
+def _send_get(state: State, attempt: int = 1) -> tuple[State, Request, list[Command]]:
+    state, token = _token(state)
+    state, timer = _next(state)
+    request = Request(token=token, timer=timer, attempt=attempt)
+    return (
+        state,
+        request,
+        [
+            RequestPendingJobs(client_token=token),
+            SetTimer(timer=TimerKind.REQUEST_RETRY, token=timer, delay=_timeout(state)),
+        ],
+    )
+
+
+def _send_describe(
+    state: State, job_id: JobId, attempt: int = 1
+) -> tuple[State, Request, list[Command]]:
+    state, token = _token(state)
+    state, timer = _next(state)
+    request = Request(token=token, timer=timer, attempt=attempt)
+    return (
+        state,
+        request,
+        [
+            DescribeJob(job_id=job_id, client_token=token),
+            SetTimer(timer=TimerKind.REQUEST_RETRY, token=timer, delay=_timeout(state)),
+        ],
+    )
+
+
+# --- timers -----------------------------------------------------------------------------
+
+
+def _on_timer(state: State, event: TimerFired, now: float) -> Out:
+    token = event.token
+    stage = state.stage
+    match event.timer:
+        case TimerKind.HOOK_RETRY:
+            if isinstance(stage, HookStage):
+                pending = stage.call.pending
+                if isinstance(pending, Sleeping) and pending.timer == token:
+                    return _recall(state, stage, now)
+            if isinstance(stage, AwaitingReboot) and stage.timer == token:
+                job = stage.job
+                message = (
+                    f"job {job.job_id}: not stopped within {state.settings.restart_timeout:.0f} s "
+                    "of the restart; verifying the installation"
+                )
+                state, commands = _verify(state, job, VerifyOrigin.SOFT_RESTART, now)
+                return state, [_log(LogLevel.INFO, message, job.job_id), *commands]
+        case TimerKind.PROGRESS_FLUSH:
+            if isinstance(stage, JobStage):
+                deferred = stage.job.reporter.deferred
+                if deferred is not None and deferred.timer == token:
+                    return _flush_progress(state, stage, now)
+        case TimerKind.UPDATE_RETRY:
+            head = state.outbox.head
+            if head is not None and head.timer == token:
+                return _resend_update(state, head)
+        case TimerKind.REQUEST_RETRY:
+            return _request_timer(state, token)
+        case TimerKind.SHUTDOWN:
+            if isinstance(stage, ShuttingDown) and stage.timer == token:
+                message = "gave up waiting for the last job reports to be accepted"
+                return _exit(state, [_log(LogLevel.WARNING, message)])
+        case _:
+            assert_never(event.timer)
+    return state, []
+
+
+def _resend_update(state: State, head: Sent | Backoff) -> Out:
+    if state.link is not Link.UP:
+        return attrs.evolve(state, outbox=_requeue(state.outbox)), []
+    state, token, commands = _publish(state, head.update)
+    state, timer = _next(state)
+    tokens = (*head.tokens, token)[-MAX_TOKENS_KEPT:]
+    sent = Sent(update=head.update, tokens=tokens, timer=timer, attempt=head.attempt)
+    commands.append(SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=_timeout(state)))
+    return attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=sent)), commands
+
+
+def _request_timer(state: State, token: int) -> Out:
+    """No reply in time (or a backoff ended): send the request again, with a new token."""
+    stage = state.stage
+    up = state.link is Link.UP
+    if isinstance(stage, FetchingJobs):
+        request = stage.request
+        if request is None or request.timer != token:
+            return state, []
+        if not up:
+            return attrs.evolve(state, stage=FetchingJobs()), []
+        state, request, commands = _send_get(state, request.attempt)
+        return attrs.evolve(state, stage=FetchingJobs(request=request)), commands
+    if isinstance(stage, Describing | RefreshingUrl):
+        request = stage.request
+        if request is None or request.timer != token:
+            return state, []
+        if not up:
+            return attrs.evolve(state, stage=attrs.evolve(stage, request=None)), []
+        job_id = stage.job_id if isinstance(stage, Describing) else stage.job.job_id
+        state, request, commands = _send_describe(state, job_id, request.attempt)
+        return attrs.evolve(state, stage=attrs.evolve(stage, request=request)), commands
+    if isinstance(stage, CheckStage):
+        check = stage.job.check
+        if check is None or check.timer != token:
+            return state, []
+        if up:
+            state, renewed, commands = _send_get(state, check.attempt)
+        else:
+            renewed, commands = None, []
+        job = attrs.evolve(stage.job, check=renewed)
+        return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
+    return state, []
+
+
+# --- shutdown ---------------------------------------------------------------------------
+
+
+def _on_shutdown(state: State) -> Out:
+    stage = state.stage
+    commands: list[Command] = [_log(LogLevel.INFO, "stop requested")]
+    match stage:
+        case ShuttingDown() | Stopped():
+            return _exit(state, [_log(LogLevel.INFO, "second stop request: exiting now")])
+        case Booting():
+            pass  # the journal was not read yet: nothing to persist, do not erase it
+        case (
+            CheckingVersion()
+            | CheckingDownload()
+            | Downloading()
+            | RefreshingUrl()
+            | Installing()
+            | ReportingReboot()
+            | Restarting()
+            | AwaitingReboot()
+            | VerifyingVersion()
+            | VerifyingReady()
+        ):
+            # Keep a partial download: the job resumes after the next start.
+            commands += _stop_work(stage, discard=False)
+            commands.append(Persist(record=state.journal))
+        case FetchingJobs() | Idle() | Describing():
+            commands.append(Persist(record=state.journal))
+        case _:
+            assert_never(stage)
+    # Progress reports can go; final reports must reach the cloud if at all possible.
+    outbox = state.outbox
+    outbox = attrs.evolve(outbox, queue=tuple(u for u in outbox.queue if u.terminal))
+    state = attrs.evolve(state, outbox=outbox)
+    if not _terminal_pending(outbox):
+        return _exit(state, commands)
+    state, timer = _next(state)
+    commands.append(SetTimer(timer=TimerKind.SHUTDOWN, token=timer, delay=_timeout(state)))
+    return attrs.evolve(state, stage=ShuttingDown(timer=timer)), commands
+
+
+def _terminal_pending(outbox: Outbox) -> bool:
+    head = outbox.head
+    return any(u.terminal for u in outbox.queue) or (head is not None and head.update.terminal)
+
+
+def _exit(state: State, commands: list[Command]) -> Out:
+    return attrs.evolve(state, stage=Stopped()), [*commands, Exit()]
+
+
+# --- after every event ------------------------------------------------------------------
+
+
+def _pump(state: State, now: float) -> Out:
+    """Send what the state waits to send, now that it may (h11's "re-derive" idea)."""
+    if isinstance(state.stage, Stopped):
+        return state, []
+    state, commands = _flush(state)
+    up = state.link is Link.UP
+    stage = state.stage
+    match stage:
+        case FetchingJobs(request=None):
+            outbox = state.outbox
+            if up and outbox.head is None and not outbox.queue:
+                state, request, more = _send_get(state)
+                return attrs.evolve(state, stage=FetchingJobs(request=request)), [
+                    *commands,
+                    *more,
+                ]
+        case Describing(request=None, job_id=job_id):
+            if up:
+                state, request, more = _send_describe(state, job_id)
+                stage = attrs.evolve(stage, request=request)
+                return attrs.evolve(state, stage=stage), [*commands, *more]
+        case RefreshingUrl(request=None, job=job):
+            if up:
+                state, request, more = _send_describe(state, job.job_id)
+                stage = attrs.evolve(stage, request=request)
+                return attrs.evolve(state, stage=stage), [*commands, *more]
+        case ReportingReboot(job=job):
+            if not _updates_pending(state.outbox, job.job_id):
+                state, more = _restart(state, job, now)
+                return state, [*commands, *more]
+        case ShuttingDown():
+            if not _terminal_pending(state.outbox):
+                return _exit(state, commands)
+        case (
+            Booting()
+            | FetchingJobs()
+            | Idle()
+            | Describing()
+            | RefreshingUrl()
+            | CheckingVersion()
+            | CheckingDownload()
+            | Downloading()
+            | Installing()
+            | Restarting()
+            | AwaitingReboot()
+            | VerifyingVersion()
+            | VerifyingReady()
+            | Stopped()
+        ):
+            pass
+        case _:
+            assert_never(stage)
+    return state, commands
+
+
+def _updates_pending(outbox: Outbox, job_id: JobId) -> bool:
+    head = outbox.head
+    return any(u.job_id == job_id for u in outbox.queue) or (
+        head is not None and head.update.job_id == job_id
+    )
+
+
+# --- small helpers ----------------------------------------------------------------------
+
+
+def _next(state: State) -> tuple[State, int]:
+    serial = state.serial + 1
+    return attrs.evolve(state, serial=serial), serial
+
+
+def _token(state: State) -> tuple[State, ClientToken]:
+    state, serial = _next(state)
+    return state, ClientToken(f"{TOKEN_PREFIX}{serial}")
+
+
+def _redact(url: str) -> str:
+    """No pre-signed query strings in logs: they are credentials."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def _log(level: LogLevel, message: str, job_id: JobId | None = None) -> Log:
+    return Log(level=level, message=message, job_id=job_id)

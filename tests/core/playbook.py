@@ -160,7 +160,7 @@ class Playbook:
         self.state, commands = machine.step(self.state, event, self.now)
         self.history += commands
         self.logs += [c for c in commands if isinstance(c, Log)]
-        out = [c for c in commands if not isinstance(c, Log)]
+        out: list[Command] = [c for c in commands if not isinstance(c, Log)]
         if self.auto_accept:
             for command in list(out):
                 if isinstance(command, UpdateJob):

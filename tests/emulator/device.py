@@ -104,6 +104,10 @@ class Device:
         data = json.dumps(payload) if isinstance(payload, dict) else payload
         self._client.publish(f"{self.prefix}/{suffix}", data, qos=1).wait_for_publish(TIMEOUT)
 
+    def publish_raw(self, topic: str, payload: bytes) -> None:
+        """Publish anywhere (e.g. the emulator's control topics)."""
+        self._client.publish(topic, payload, qos=1).wait_for_publish(TIMEOUT)
+
     def request(
         self, suffix: str, payload: dict[str, Any] | bytes | str | None = None
     ) -> tuple[str, dict[str, Any]]:

@@ -80,6 +80,12 @@ def serve_parser() -> argparse.ArgumentParser:
         default=0.2,
         help="how often timeouts are checked, in seconds (default 0.2)",
     )
+    parser.add_argument(
+        "--connect-timeout",
+        type=_positive,
+        default=10.0,
+        help="give up if the broker has not accepted us within this many seconds (default 10)",
+    )
     parser.add_argument("--client-id", help="MQTT client id (default upparat-emulator-<random>)")
     parser.add_argument(
         "--lenient-transitions",
@@ -263,7 +269,7 @@ def run_serve(argv: Sequence[str]) -> int:
             client_id=args.client_id,
             strict_transitions=not args.lenient_transitions,
         )
-        emulator.start()
+        emulator.start(timeout=args.connect_timeout)
     except (EmulatorError, ConnectionError) as e:
         print(f"upparat-emulator: {e}", file=sys.stderr)
         return 1

@@ -617,7 +617,9 @@ def test_a_bad_dsn_is_reported_without_its_key() -> None:
 
 def test_syntax_errors_are_config_errors() -> None:
     (message,) = problems("port = 1\n")
-    assert message.startswith("config: File contains no section headers.")
+    assert message == (
+        "config: File contains no section headers. file: '<config>', line: 1 'port = 1\\n'"
+    )
     (message,) = problems("[broker]\nport = 1\nport = 2\n")
     assert "option 'port' in section 'broker' already exists" in message
     (message,) = problems("[broker]\n[broker]\n")
@@ -662,6 +664,8 @@ def test_summary_and_repr_hide_secrets(tmp_path: Path) -> None:
         assert "SECRETKEYMATERIAL" not in shown
     assert "sentry_dsn=https://***@o1.ingest.sentry.io/77" in summary
     assert "proxy=http://user:***@proxy.example:3128" in summary
+    ipv6 = parse_config("[service]\nproxy = http://u:hunter2@[fd00::1]:3128\n")
+    assert "proxy=http://u:***@[fd00::1]:3128" in ipv6.redacted_summary()
     assert f"keyfile={keyfile}" in summary
     assert summary.splitlines()[0] == f"config: {tmp_path / 'upparat.conf'}"
     assert [line.split(" ", 1)[0] for line in summary.splitlines()[1:]] == [

@@ -122,6 +122,8 @@ def _redact_url_password(url: str) -> str:
         return url
     user = parts.username or ""
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     port = f":{parts.port}" if _safe_port(url) is not None else ""
     return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
 
@@ -339,7 +341,8 @@ def parse_config(
     try:
         parser.read_string(text, source=str(source) if source is not None else "<config>")
     except configparser.Error as e:
-        raise ConfigError((f"config: {e.message}",)) from e
+        # configparser's messages span lines; a problem is one line.
+        raise ConfigError((f"config: {' '.join(e.message.split())}",)) from e
     reader = _Reader(parser)
     reader.check_names()
     config = _build(reader, source, thing_name_override)

@@ -80,12 +80,16 @@ class Reply:
     """Honour Range / If-Range; False answers 200 with the whole object."""
     drop_after: int | None = None
     """Close the connection after this many body bytes."""
+    stall_after: int | None = None
+    """Send nothing more after this many body bytes, until the client gives up (at most 10 s)."""
     rate: int | None = None
     """Trickle the body at this many bytes per second."""
     chunked: bool = False
     """Transfer-Encoding: chunked instead of Content-Length."""
     range_shift: int = 0
     """Start a 206 this many bytes after the requested offset (a broken server)."""
+    if_range: bool = True
+    """Honour If-Range; False sends a 206 even when the validator differs (a broken server)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -178,7 +182,8 @@ class _OriginHandler(http.server.BaseHTTPRequestHandler):
         wanted = _RANGE.fullmatch(self.headers.get("Range", ""))
         if_range = self.headers.get("If-Range")
         validators = {v for v in (blob.etag, blob.last_modified) if v is not None}
-        if wanted and reply.ranges and (if_range is None or if_range in validators):
+        fresh = if_range is None or if_range in validators or not reply.if_range
+        if wanted and reply.ranges and fresh:
             start, status = int(wanted.group(1)), 206
             if start >= blob.size:
                 self._record(416)
@@ -212,8 +217,9 @@ class _OriginHandler(http.server.BaseHTTPRequestHandler):
 
     def _send_body(self, blob: Blob, start: int, reply: Reply) -> None:
         end = blob.size
-        if reply.drop_after is not None:
-            end = min(end, start + reply.drop_after)
+        cut = reply.drop_after if reply.drop_after is not None else reply.stall_after
+        if cut is not None:
+            end = min(end, start + cut)
         step = None if reply.rate is None else max(1, reply.rate // 20)
         for piece in blob.pieces(start, end):
             while piece:
@@ -222,11 +228,15 @@ class _OriginHandler(http.server.BaseHTTPRequestHandler):
                 piece = piece[len(part) :]
                 if reply.rate is not None:
                     time.sleep(len(part) / reply.rate)
-        if end < blob.size:
-            self.close_connection = True  # the drop: EOF before Content-Length bytes
+        if end == blob.size:
+            if reply.chunked:
+                self.wfile.write(b"0\r\n\r\n")
+            return
+        self.close_connection = True  # EOF before Content-Length bytes
+        if reply.stall_after is not None:
+            select.select([self.connection], [], [], 10.0)  # readable: the client closed
+        else:
             self.connection.shutdown(socket.SHUT_RDWR)
-        elif reply.chunked:
-            self.wfile.write(b"0\r\n\r\n")
 
     def _write(self, data: memoryview, chunked: bool) -> None:
         if chunked:

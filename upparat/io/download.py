@@ -13,6 +13,7 @@ import email.utils
 import errno
 import hashlib
 import http.client
+import importlib.metadata
 import json
 import logging
 import os
@@ -27,12 +28,12 @@ import urllib.parse
 import urllib.request
 from base64 import b64encode
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import assert_never
 
 import attrs
 
-import upparat
 from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
 from upparat.core.events import (
     DownloadCompleted,
@@ -62,6 +63,16 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,1024}")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _user_agent() -> str:
+    try:
+        return f"upparat/{importlib.metadata.version('upparat')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "upparat"
+
+
+_USER_AGENT = _user_agent()
 
 
 def redact_url(url: str) -> str:
@@ -279,8 +290,10 @@ def _write_all(fd: int, data: memoryview) -> None:
 class _PartFile:
     """The file of one job: appended to, hashed as it grows, fdatasynced every few MiB.
 
-    Every OSError leaves here as `_LocalError`, so a full disk is never mistaken for a
-    network error.
+    Hashing runs in a helper thread, overlapping the next recv and write (hashlib and
+    os.write both release the GIL): a view given to `write` is read until the next `write`
+    returns, so callers alternate between two buffers. Every OSError leaves here as
+    `_LocalError`, so a full disk is never mistaken for a network error.
     """
 
     def __init__(self, path: Path) -> None:
@@ -293,9 +306,12 @@ class _PartFile:
             raise _LocalError(f"cannot open {path}", e) from e
         self._hasher: hashlib._Hash | None = hashlib.sha256() if self.size == 0 else None
         self._unsynced = 0
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="download-sha256")
+        self._pending: Future[None] | None = None
 
     def hasher(self, view: memoryview, cancel: threading.Event) -> hashlib._Hash:
         """The sha256 of what the file holds, re-reading an earlier prefix once."""
+        self._settle()
         if self._hasher is None:
             hasher = hashlib.sha256()
             offset = 0
@@ -314,8 +330,8 @@ class _PartFile:
         return self._hasher
 
     def write(self, data: memoryview) -> None:
-        assert self._hasher is not None, "hasher() must be called before appending"
-        self._hasher.update(data)
+        hasher = self._hasher
+        assert hasher is not None, "hasher() must be called before appending"
         try:
             _write_all(self._fd, data)
             self.size += len(data)
@@ -325,8 +341,16 @@ class _PartFile:
                 self._unsynced = 0
         except OSError as e:
             raise _LocalError(f"cannot write {self.path}", e) from e
+        self._settle()  # the previous view is free again once its hash is done
+        self._pending = self._hashing.submit(hasher.update, data)
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def reset(self) -> None:
+        self._settle()
         try:
             os.ftruncate(self._fd, 0)
         except OSError as e:
@@ -343,6 +367,8 @@ class _PartFile:
         self._unsynced = 0
 
     def close(self) -> None:
+        self._hashing.shutdown(wait=True)
+        self._pending = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -418,7 +444,8 @@ class _Transfer:
         self._sidecar: _Sidecar | None = None
         self._failures = 0
         self._total: int | None = command.size
-        self._buffer = bytearray(options.chunk_size)
+        # Two buffers: one is hashed in the background while the other receives.
+        self._buffers = (bytearray(options.chunk_size), bytearray(options.chunk_size))
         self.thread = threading.Thread(
             target=self._run, name=f"download-{command.download_id}", daemon=True
         )
@@ -687,7 +714,7 @@ class _Transfer:
 
     def _finish(self, part: _PartFile) -> _Done | _Failed:
         cmd = self.command
-        actual = part.hasher(memoryview(self._buffer), self._cancel).hexdigest()
+        actual = part.hasher(memoryview(self._buffers[0]), self._cancel).hexdigest()
         if cmd.size is not None and part.size != cmd.size:
             self._remove_files()
             return _Failed(
@@ -760,7 +787,7 @@ class _Transfer:
 
     def _connection(self, url: _Url) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
         proxy = self._proxy_for(url)
-        headers = {"User-Agent": f"upparat/{upparat.__version__}"}
+        headers = {"User-Agent": _USER_AGENT}
         conn: http.client.HTTPConnection
         if url.scheme == "https":
             host, port = (url.host, url.port) if proxy is None else (proxy.host, proxy.port)
@@ -932,7 +959,7 @@ class _Transfer:
         if early is not None:
             return early
         part.hasher(
-            memoryview(self._buffer), self._cancel
+            memoryview(self._buffers[0]), self._cancel
         )  # re-hash the prefix before appending to it
         return self._stream(resp, part)
 
@@ -958,8 +985,9 @@ class _Transfer:
     def _stream(self, resp: http.client.HTTPResponse, part: _PartFile) -> _Outcome:
         """Append the body to the file; constant memory, one buffer reused throughout."""
         opt = self._opt
-        view = memoryview(self._buffer)
-        chunk = len(view)
+        views = (memoryview(self._buffers[0]), memoryview(self._buffers[1]))
+        which = 0
+        chunk = len(views[0])
         if opt.max_speed is not None:
             chunk = min(chunk, max(4096, opt.max_speed // 8))
         read: Callable[[memoryview], int]
@@ -985,6 +1013,8 @@ class _Transfer:
         sample_len = min(1.0, opt.min_speed_time / 2)
         low_since: float | None = None
         while remaining is None or remaining > 0:
+            view = views[which]
+            which ^= 1  # part.write() hashes this view in the background until the next write
             n = read(view[: chunk if remaining is None else min(chunk, remaining)])
             if cancel.is_set():
                 raise _Cancelled

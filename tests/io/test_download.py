@@ -1,0 +1,1022 @@
+"""The download driver against a real HTTP server (and proxy) on loopback.
+
+Each test scripts the server (tests/io/httpserver.py), runs one or two downloads and asserts
+what can be observed: events, files on disk, the requests and bytes the server saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import ssl
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+import upparat.io.download as download_module
+from tests.io.httpserver import Blob, ForwardProxy, Reply, ScriptedServer, serving
+from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
+from upparat.core.events import (
+    DownloadCompleted,
+    DownloadFailed,
+    DownloadProgressed,
+    DownloadRetrying,
+    Event,
+)
+from upparat.core.model import DownloadFailure, DownloadId, JobId
+from upparat.io.download import Downloader, redact_url
+
+SECRET = "s3cr3t"
+"""The signature in every test URL's query string: must never reach a log line or event."""
+CHUNK = 64 * 1024
+SIZE = 2_500_000
+JOB = JobId("job-1")
+
+DownloadEvent = DownloadProgressed | DownloadRetrying | DownloadCompleted | DownloadFailed
+E = TypeVar("E", bound=DownloadEvent)
+
+
+class Recorder:
+    """The `on_event` callback: keeps every event and lets a test wait for the last one."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def of(self, kind: type[E], download_id: int = 1) -> list[E]:
+        with self._cond:
+            return [e for e in self.events if isinstance(e, kind) and e.download_id == download_id]
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(predicate, timeout), f"timed out; events: {self.events}"
+
+    def end(
+        self, download_id: int = 1, timeout: float = 20.0
+    ) -> DownloadCompleted | DownloadFailed:
+        ends: list[DownloadCompleted | DownloadFailed] = []
+
+        def ended() -> bool:
+            ends[:] = [
+                e
+                for e in self.events
+                if isinstance(e, DownloadCompleted | DownloadFailed)
+                and e.download_id == download_id
+            ]
+            return bool(ends)
+
+        self.wait(ended, timeout)
+        assert len(ends) == 1, ends
+        return ends[0]
+
+    def completed(self, download_id: int = 1) -> DownloadCompleted:
+        end = self.end(download_id)
+        assert isinstance(end, DownloadCompleted), end
+        return end
+
+    def failed(self, download_id: int = 1) -> DownloadFailed:
+        end = self.end(download_id)
+        assert isinstance(end, DownloadFailed), end
+        return end
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG, logger="upparat.download")
+    yield
+    assert SECRET not in caplog.text
+
+
+@pytest.fixture
+def blob() -> Blob:
+    return Blob(size=SIZE)
+
+
+@pytest.fixture
+def server(blob: Blob) -> Iterator[ScriptedServer]:
+    srv = ScriptedServer(blob)
+    with serving(srv):
+        yield srv
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder()
+    yield rec
+    for event in rec.events:
+        assert SECRET not in repr(event)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return tmp_path / "downloads"
+
+
+Make = Callable[..., Downloader]
+
+
+@pytest.fixture
+def make(folder: Path, recorder: Recorder) -> Iterator[Make]:
+    """A Downloader with test-sized timeouts and backoff; closed after the test."""
+    made: list[Downloader] = []
+
+    def factory(**kwargs: Any) -> Downloader:
+        options: dict[str, Any] = {
+            "allow_http": True,
+            "chunk_size": CHUNK,
+            "backoff_base": 0.01,
+            "backoff_cap": 0.05,
+            "connect_timeout": 5.0,
+            "read_timeout": 5.0,
+        }
+        options.update(kwargs)
+        location = options.pop("download_location", folder)
+        downloader = Downloader(location, recorder, **options)
+        made.append(downloader)
+        return downloader
+
+    yield factory
+    for downloader in made:
+        downloader.close()
+
+
+def start(
+    downloader: Downloader,
+    url: str,
+    *,
+    download_id: int = 1,
+    job_id: str = JOB,
+    sha256: str | None = None,
+    size: int | None = None,
+) -> None:
+    downloader.execute(
+        StartDownload(
+            download_id=DownloadId(download_id),
+            job_id=JobId(job_id),
+            url=url,
+            sha256=sha256,
+            size=size,
+        )
+    )
+
+
+def sidecar(folder: Path, job_id: str = JOB) -> Path:
+    return folder / f"{job_id}.meta.json"
+
+
+# --- the normal case ------------------------------------------------------------------------
+
+
+def test_download_is_verified_and_reported(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    done = recorder.completed()
+    assert done == DownloadCompleted(
+        download_id=DownloadId(1), path=str(folder / JOB), size=blob.size, sha256=blob.sha256()
+    )
+    assert (folder / JOB).read_bytes() == blob.read()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / JOB).stat().st_mode) == 0o600
+    progress = recorder.of(DownloadProgressed)
+    assert progress[-1].bytes_done == blob.size
+    assert [p.bytes_done for p in progress] == sorted(p.bytes_done for p in progress)
+    assert [r.header("Range") for r in server.requests] == [None]
+    assert server.bytes_served == blob.size
+
+
+def test_without_document_hash_or_size_reports_what_it_got(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    start(make(), server.url())
+
+    done = recorder.completed()
+    assert (done.size, done.sha256) == (blob.size, blob.sha256())
+
+
+def test_a_chunked_response_is_read_to_its_end(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.default = Reply(chunked=True)
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed().sha256 == blob.sha256()
+
+
+def test_artifacts_of_earlier_jobs_are_removed_but_nothing_else(
+    make: Make, server: ScriptedServer, recorder: Recorder, folder: Path, tmp_path: Path
+) -> None:
+    folder.mkdir()
+    (folder / "old-job").write_bytes(b"old firmware")
+    (folder / "old-job.meta.json").write_text("{}")
+    (folder / "keep-dir").mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not ours")
+    (folder / "link").symlink_to(outside)
+
+    start(make(), server.url())
+    recorder.completed()
+
+    assert sorted(p.name for p in folder.iterdir()) == [
+        JOB,
+        f"{JOB}.meta.json",
+        "keep-dir",
+        "link",
+    ]
+    assert outside.read_text() == "not ours"
+
+
+def test_discard_download_removes_file_and_sidecar(
+    make: Make, server: ScriptedServer, recorder: Recorder, folder: Path
+) -> None:
+    downloader = make()
+    start(downloader, server.url())
+    recorder.completed()
+    assert (folder / JOB).exists()
+    assert sidecar(folder).exists()
+
+    downloader.execute(DiscardDownload(job_id=JOB))
+
+    assert list(folder.iterdir()) == []
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+def test_resume_after_a_dropped_connection(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.plan(Reply(drop_after=700_001))
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed().sha256 == blob.sha256()
+    first, second = server.requests
+    assert (first.status, second.status) == (200, 206)
+    assert second.header("Range") == "bytes=700001-"
+    assert second.header("If-Range") == '"v1"'
+    assert blob.size <= server.bytes_served <= blob.size + CHUNK
+    (retry,) = recorder.of(DownloadRetrying)
+    assert retry.attempt == 1
+    assert f"connection closed after 700001 of {blob.size} bytes" in retry.reason
+
+
+def test_a_server_that_ignores_range_makes_it_start_over(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    server.default = Reply(ranges=False)
+    server.plan(Reply(ranges=False, drop_after=500_000))
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert [(r.status, r.header("Range")) for r in server.requests] == [
+        (200, None),
+        (200, "bytes=500000-"),
+    ]
+    assert server.bytes_served == 500_000 + blob.size
+    assert (folder / JOB).read_bytes() == blob.read()
+
+
+def test_a_changed_object_is_never_spliced_onto_the_old_prefix(
+    make: Make, server: ScriptedServer, recorder: Recorder, folder: Path
+) -> None:
+    old = Blob(size=SIZE, seed=1, etag='"v1"')
+    new = Blob(size=SIZE, seed=2, etag='"v2"')
+    server.blob = new
+    server.plan(Reply(blob=old, drop_after=600_000))
+    start(make(), server.url(), sha256=new.sha256(), size=new.size)
+
+    assert recorder.completed().sha256 == new.sha256()
+    second = server.requests[1]
+    assert (second.header("If-Range"), second.status) == ('"v1"', 200)
+    assert (folder / JOB).read_bytes() == new.read()
+
+
+def test_a_server_that_ignores_if_range_is_caught_by_the_etag(
+    make: Make, server: ScriptedServer, recorder: Recorder
+) -> None:
+    old = Blob(size=SIZE, seed=1, etag='"v1"')
+    new = Blob(size=SIZE, seed=2, etag='"v2"')
+    server.blob = new
+    server.plan(Reply(blob=old, drop_after=600_000), Reply(if_range=False))
+    start(make(), server.url(), sha256=new.sha256(), size=new.size)
+
+    assert recorder.completed().sha256 == new.sha256()
+    assert [r.status for r in server.requests] == [200, 206, 200]
+    assert any("object changed" in r.reason for r in recorder.of(DownloadRetrying))
+
+
+def test_a_206_at_the_wrong_offset_makes_it_start_over(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.plan(Reply(drop_after=300_000), Reply(range_shift=5))
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert [(r.status, r.header("Range")) for r in server.requests] == [
+        (200, None),
+        (206, "bytes=300000-"),
+        (200, None),
+    ]
+
+
+def test_a_partial_file_of_another_object_path_is_not_resumed(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.plan(Reply(drop_after=300_000), Reply(status=403))
+    downloader = make()
+    start(downloader, server.url("/a.bin"))
+    assert recorder.failed().failure is DownloadFailure.URL_EXPIRED
+
+    start(downloader, server.url("/b.bin"), download_id=2, sha256=blob.sha256())
+
+    assert recorder.completed(2).sha256 == blob.sha256()
+    assert server.requests[-1].header("Range") is None
+
+
+def test_a_complete_file_is_verified_again_without_downloading(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    downloader = make()
+    start(downloader, server.url(), sha256=blob.sha256(), size=blob.size)
+    recorder.completed()
+
+    start(downloader, server.url(), download_id=2, sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed(2).sha256 == blob.sha256()
+    last = server.requests[-1]
+    assert (last.status, last.header("Range")) == (416, f"bytes={blob.size}-")
+    assert server.bytes_served == blob.size
+
+
+# --- verification -----------------------------------------------------------------------------
+
+
+def test_sha256_mismatch_fails_and_removes_the_file(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    wrong = "0" * 64
+    start(make(), server.url(), sha256=wrong, size=blob.size)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.VERIFICATION_FAILED
+    assert wrong in failed.message
+    assert blob.sha256() in failed.message
+    assert list(folder.iterdir()) == []
+
+
+def test_a_size_contradicting_content_length_fails_before_the_body(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    start(make(), server.url(), size=blob.size + 1)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.VERIFICATION_FAILED
+    assert str(blob.size + 1) in failed.message
+    assert str(blob.size) in failed.message
+    assert list(folder.iterdir()) == []
+    assert len(server.requests) == 1
+
+
+def test_a_short_body_of_unknown_length_fails_verification(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    server.default = Reply(chunked=True)
+    start(make(), server.url(), size=blob.size + 1)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.VERIFICATION_FAILED
+    assert f"expected {blob.size + 1} bytes, got {blob.size}" in failed.message
+    assert list(folder.iterdir()) == []
+
+
+def test_a_long_body_of_unknown_length_is_cut_short(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    server.default = Reply(chunked=True)
+    start(make(), server.url(), size=1000)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.VERIFICATION_FAILED
+    assert "expected 1000 bytes, the server sent more" in failed.message
+    assert list(folder.iterdir()) == []
+
+
+# --- HTTP errors ------------------------------------------------------------------------------
+
+
+def test_403_is_an_expired_url_and_keeps_the_partial_file_for_a_resume(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    server.plan(Reply(drop_after=400_000), Reply(status=403))
+    downloader = make()
+    start(downloader, server.url(), sha256=blob.sha256(), size=blob.size)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.URL_EXPIRED
+    assert "403" in failed.message
+    assert (folder / JOB).stat().st_size == 400_000
+    assert sidecar(folder).exists()
+
+    start(downloader, server.url(), download_id=2, sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed(2).sha256 == blob.sha256()
+    assert server.requests[-1].header("Range") == "bytes=400000-"
+    assert blob.size <= server.bytes_served <= blob.size + CHUNK
+
+
+def test_404_fails_at_once(make: Make, server: ScriptedServer, recorder: Recorder) -> None:
+    server.default = Reply(status=404)
+    start(make(), server.url())
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.HTTP_ERROR
+    assert "HTTP 404" in failed.message
+    assert len(server.requests) == 1
+    assert recorder.of(DownloadRetrying) == []
+
+
+def test_three_500s_then_success(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.plan(Reply(status=500), Reply(status=500), Reply(status=500))
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed().sha256 == blob.sha256()
+    retries = recorder.of(DownloadRetrying)
+    assert [(r.attempt, r.reason) for r in retries] == [
+        (n, "HTTP 500 Internal Server Error") for n in (1, 2, 3)
+    ]
+    assert all(0 <= r.delay <= 0.05 for r in retries)
+    assert len(server.requests) == 4
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "cap", "expected"),
+    [
+        pytest.param("1", 64.0, (1.0, 1.0), id="seconds"),
+        pytest.param("3600", 0.3, (0.3, 0.3), id="seconds-capped"),
+        pytest.param("in 3600 s", 0.3, (0.3, 0.3), id="http-date-capped"),
+        pytest.param("in 2 s", 64.0, (0.5, 2.0), id="http-date"),
+    ],
+)
+def test_429_honours_retry_after(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    retry_after: str,
+    cap: float,
+    expected: tuple[float, float],
+) -> None:
+    if retry_after.startswith("in "):  # an HTTP date, made now rather than at collection
+        seconds = float(retry_after.split()[1])
+        retry_after = email.utils.formatdate(time.time() + seconds, usegmt=True)
+    server.plan(Reply(status=429, headers=(("Retry-After", retry_after),)))
+    start(make(backoff_cap=cap), server.url(), sha256=blob.sha256())
+
+    recorder.completed()
+    (retry,) = recorder.of(DownloadRetrying)
+    assert retry.reason == "HTTP 429 Too Many Requests"
+    low, high = expected
+    assert low <= retry.delay <= high
+
+
+def test_connection_refused_is_retried_while_the_download_is_active(
+    make: Make, recorder: Recorder, server: ScriptedServer
+) -> None:
+    port = server.port
+    server.shutdown()
+    server.server_close()
+    downloader = make(backoff_base=0.01, backoff_cap=0.02)
+    start(downloader, f"http://127.0.0.1:{port}/firmware.bin?X-Amz-Signature={SECRET}")
+
+    recorder.wait(lambda: len(recorder.of(DownloadRetrying)) >= 5)
+    downloader.execute(CancelDownload(download_id=DownloadId(1)))
+
+    retries = recorder.of(DownloadRetrying)
+    assert [r.attempt for r in retries] == list(range(1, len(retries) + 1))
+    assert "ConnectionRefusedError" in retries[0].reason
+
+
+def test_redirects_are_followed(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.plan(
+        Reply(status=307, headers=(("Location", "/elsewhere/firmware.bin?X-Amz-Signature=x"),))
+    )
+    start(make(), server.url(), sha256=blob.sha256())
+
+    recorder.completed()
+    assert [r.target for r in server.requests] == [
+        f"/firmware.bin?X-Amz-Signature={SECRET}",
+        "/elsewhere/firmware.bin?X-Amz-Signature=x",
+    ]
+
+
+def test_too_many_redirects_fail(make: Make, server: ScriptedServer, recorder: Recorder) -> None:
+    server.default = Reply(status=302, headers=(("Location", "/again"),))
+    start(make(), server.url())
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.HTTP_ERROR
+    assert "more than 5 redirects" in failed.message
+    assert len(server.requests) == 6
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://h/"])
+def test_a_redirect_to_another_scheme_is_refused(
+    make: Make, server: ScriptedServer, recorder: Recorder, location: str
+) -> None:
+    server.plan(Reply(status=302, headers=(("Location", location),)))
+    start(make(), server.url())
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.BAD_URL
+    assert "redirect" in failed.message
+    assert len(server.requests) == 1
+
+
+# --- URLs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/firmware.bin",
+        "data:text/plain,firmware",
+        "javascript:alert(1)",
+        "https://user:password@127.0.0.1/firmware.bin",
+        "https://user@127.0.0.1/firmware.bin",
+        "https://[::1/firmware.bin",
+        "https://127.0.0.1:99999/firmware.bin",
+        "https:///firmware.bin",
+        "https://127.0.0.1/firm ware.bin",
+        "https://127.0.0.1/firmware.bin\r\nX-Injected: 1",
+        "https://hôst.example/firmware.bin",
+        "//127.0.0.1/firmware.bin",
+        "",
+    ],
+)
+def test_bad_urls_are_refused_before_any_io(
+    make: Make, recorder: Recorder, folder: Path, url: str
+) -> None:
+    start(make(allow_http=False), url)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.BAD_URL
+    assert not folder.exists()
+
+
+def test_http_is_refused_unless_allowed(
+    make: Make, server: ScriptedServer, recorder: Recorder, folder: Path
+) -> None:
+    start(make(allow_http=False), server.url())
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.BAD_URL
+    assert "expected https:" in failed.message
+    assert server.requests == []
+    assert not folder.exists()
+
+
+def test_a_job_id_unfit_for_a_file_name_is_refused(
+    make: Make, server: ScriptedServer, recorder: Recorder, folder: Path
+) -> None:
+    start(make(), server.url(), job_id="../escape")
+
+    assert recorder.failed().failure is DownloadFailure.IO_ERROR
+    assert server.requests == []
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        (
+            "https://bucket.s3.amazonaws.com/fw/v2.bin?X-Amz-Signature=abc&X-Amz-Credential=k",
+            "https://bucket.s3.amazonaws.com/fw/v2.bin",
+        ),
+        ("https://user:pw@host:8443/a/b?q=1#frag", "https://host:8443/a/b"),
+        ("http://[::1]:8080/x?y", "http://[::1]:8080/x"),
+        ("HTTPS://Host/Path", "https://host/Path"),
+        ("https://[::1/x?secret", "<unparseable URL>"),
+    ],
+)
+def test_redact_url(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+
+
+# --- speed, cancel, disk ----------------------------------------------------------------------
+
+
+def test_a_slow_transfer_reconnects_and_resumes(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.plan(Reply(rate=20_000))
+    start(make(min_speed=100_000, min_speed_time=0.5), server.url(), sha256=blob.sha256())
+
+    assert recorder.completed().sha256 == blob.sha256()
+    (retry,) = recorder.of(DownloadRetrying)
+    assert "slower than 100000 B/s for 0.5 s" in retry.reason
+    _, second = server.requests
+    resumed_at = int((second.header("Range") or "bytes=0-")[len("bytes=") : -1])
+    assert 0 < resumed_at < 100_000
+
+
+def test_a_stalled_transfer_times_out_and_resumes(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.plan(Reply(stall_after=200_000))
+    start(make(min_speed=0, read_timeout=0.3), server.url(), sha256=blob.sha256())
+
+    assert recorder.completed().sha256 == blob.sha256()
+    (retry,) = recorder.of(DownloadRetrying)
+    assert retry.reason.startswith("timed out")
+    assert server.requests[1].header("Range") == "bytes=200000-"
+
+
+def test_max_speed_caps_the_bandwidth(
+    make: Make, server: ScriptedServer, recorder: Recorder
+) -> None:
+    server.blob = Blob(size=600_000)
+    began = time.monotonic()
+    start(make(max_speed=1_000_000, min_speed=0), server.url())
+
+    recorder.completed()
+    # A lower bound cannot flake: 600 kB at 1 MB/s cannot take less than ~0.6 s.
+    assert time.monotonic() - began >= 0.5
+
+
+@pytest.mark.parametrize("discard", [True, False])
+def test_cancel_stops_the_transfer_at_once(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path, discard: bool
+) -> None:
+    server.default = Reply(rate=400_000)
+    downloader = make()
+    start(downloader, server.url(), sha256=blob.sha256())
+    recorder.wait(lambda: bool(recorder.of(DownloadProgressed)))
+
+    began = time.monotonic()
+    downloader.execute(CancelDownload(download_id=DownloadId(1), discard=discard))
+    assert time.monotonic() - began < 1.0
+
+    seen = len(recorder.events)
+    time.sleep(0.3)
+    assert len(recorder.events) == seen
+    assert not any(isinstance(e, DownloadCompleted | DownloadFailed) for e in recorder.events)
+    if discard:
+        assert list(folder.iterdir()) == []
+    else:
+        kept = (folder / JOB).stat().st_size
+        assert 0 < kept < blob.size
+        server.default = Reply()
+        start(downloader, server.url(), download_id=2, sha256=blob.sha256())
+        assert recorder.completed(2).sha256 == blob.sha256()
+        assert server.requests[-1].header("Range") == f"bytes={kept}-"
+
+
+def test_cancel_during_backoff_is_immediate(
+    make: Make, server: ScriptedServer, recorder: Recorder
+) -> None:
+    server.default = Reply(status=503)
+    downloader = make(backoff_base=30.0, backoff_cap=30.0, rng=_MaxRandom())
+    start(downloader, server.url())
+    recorder.wait(lambda: bool(recorder.of(DownloadRetrying)))
+
+    began = time.monotonic()
+    downloader.execute(CancelDownload(download_id=DownloadId(1)))
+    assert time.monotonic() - began < 1.0
+    assert len(server.requests) == 1
+
+
+class _MaxRandom:
+    """An rng whose full jitter is always the ceiling."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_a_new_download_supersedes_the_running_one(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    server.plan(Reply(rate=200_000))
+    downloader = make()
+    start(downloader, server.url(), job_id="job-a")
+    recorder.wait(lambda: bool(recorder.of(DownloadProgressed, 1)))
+
+    start(downloader, server.url(), download_id=2, job_id="job-b", sha256=blob.sha256())
+
+    assert recorder.completed(2).sha256 == blob.sha256()
+    assert not any(
+        isinstance(e, DownloadCompleted | DownloadFailed) and e.download_id == 1
+        for e in recorder.events
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["job-b", "job-b.meta.json"]
+
+
+def _statvfs_with(free: int) -> Callable[[str], os.statvfs_result]:
+    def statvfs(path: str) -> os.statvfs_result:
+        real = os.statvfs(path)
+        values = list(real)
+        values[4] = free // real.f_frsize  # f_bavail
+        return os.statvfs_result(values)
+
+    return statvfs
+
+
+def test_too_little_space_for_the_document_size_fails_before_the_request(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    start(make(statvfs=_statvfs_with(0)), server.url(), size=blob.size)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.INSUFFICIENT_DISK_SPACE
+    assert f"need {blob.size} more bytes" in failed.message
+    assert "only 0 available" in failed.message
+    assert server.requests == []
+
+
+def test_too_little_space_for_the_content_length_fails_before_the_body(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    start(make(statvfs=_statvfs_with(0)), server.url())
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.INSUFFICIENT_DISK_SPACE
+    assert f"need {blob.size} more bytes" in failed.message
+    assert len(server.requests) == 1
+
+
+@contextlib.contextmanager
+def _tiny_tmpfs(path: Path, size: int) -> Iterator[bool]:
+    """Mount a tmpfs of `size` bytes at `path`; yields False where mounting is not allowed."""
+    path.mkdir()
+    mounted = (
+        shutil.which("mount") is not None
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+def test_a_full_disk_during_the_download_removes_the_partial_file(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with _tiny_tmpfs(tmp_path / "tiny", 1024 * 1024) as mounted:
+        location = tmp_path / "tiny" / "downloads"
+        if not mounted:  # no CAP_SYS_ADMIN: a write that fails like a full disk does
+            written = [0]
+            real_write_all = download_module._write_all
+
+            def write_all(fd: int, data: memoryview) -> None:
+                if written[0] + len(data) > 1024 * 1024:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                real_write_all(fd, data)
+                written[0] += len(data)
+
+            monkeypatch.setattr(download_module, "_write_all", write_all)
+        # statvfs says there is room, so only the write itself can find the disk full.
+        downloader = make(download_location=location, statvfs=_statvfs_with(10 * SIZE))
+        start(downloader, server.url(), sha256=blob.sha256(), size=blob.size)
+
+        failed = recorder.failed()
+        assert failed.failure is DownloadFailure.INSUFFICIENT_DISK_SPACE
+        assert f"of {blob.size} bytes" in failed.message
+        assert list(location.iterdir()) == []
+
+
+# --- proxies ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy() -> Iterator[ForwardProxy]:
+    prx = ForwardProxy()
+    with serving(prx):
+        yield prx
+
+
+def test_the_proxy_parameter_is_used_with_absolute_uris(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, proxy: ForwardProxy
+) -> None:
+    start(make(proxy=proxy.url), server.url(), sha256=blob.sha256())
+
+    recorder.completed()
+    (seen,) = proxy.requests
+    assert seen.target == server.url()
+    assert [r.target for r in server.requests] == [f"/firmware.bin?X-Amz-Signature={SECRET}"]
+
+
+def test_http_proxy_from_the_environment(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    proxy: ForwardProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    start(make(), server.url(), sha256=blob.sha256())
+
+    recorder.completed()
+    assert [r.target for r in proxy.requests] == [server.url()]
+
+
+def test_the_proxy_parameter_wins_over_the_environment(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    proxy: ForwardProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    start(make(proxy=proxy.url), server.url(), sha256=blob.sha256())
+
+    recorder.completed()
+    assert len(proxy.requests) == 1
+    assert recorder.of(DownloadRetrying) == []
+
+
+def test_no_proxy_bypasses_the_proxy(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    proxy: ForwardProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    start(make(), server.url(), sha256=blob.sha256())
+
+    recorder.completed()
+    assert proxy.requests == []
+    assert len(server.requests) == 1
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` (its own CA)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize("via_proxy", [False, True])
+def test_https_directly_and_through_a_connect_tunnel(
+    make: Make,
+    blob: Blob,
+    recorder: Recorder,
+    proxy: ForwardProxy,
+    certificate: tuple[Path, Path],
+    via_proxy: bool,
+) -> None:
+    cert, key = certificate
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    srv = ScriptedServer(blob, tls=server_tls)
+    srv.plan(Reply(drop_after=300_000))
+    with serving(srv):
+        options: dict[str, Any] = {"allow_http": False, "ssl_context": client_tls}
+        if via_proxy:
+            options["proxy"] = proxy.url
+        start(make(**options), srv.url(), sha256=blob.sha256(), size=blob.size)
+
+        assert recorder.completed().sha256 == blob.sha256()
+    assert srv.requests[-1].header("Range") == "bytes=300000-"
+    if via_proxy:
+        assert [(r.method, r.target) for r in proxy.requests] == [
+            ("CONNECT", f"localhost:{srv.port}")
+        ] * 2
+    else:
+        assert proxy.requests == []
+
+
+def test_an_untrusted_certificate_is_retried_not_accepted(
+    make: Make, blob: Blob, recorder: Recorder, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    srv = ScriptedServer(blob, tls=server_tls)
+    with serving(srv):
+        downloader = make(allow_http=False)  # the system's CAs: ours is not among them
+        start(downloader, srv.url())
+        recorder.wait(lambda: bool(recorder.of(DownloadRetrying)))
+        downloader.execute(CancelDownload(download_id=DownloadId(1)))
+
+    assert "CERTIFICATE_VERIFY_FAILED" in recorder.of(DownloadRetrying)[0].reason
+    assert srv.requests == []
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+BIG = 1024 * 1024 * 1024
+
+
+def test_memory_stays_flat_for_a_1_gib_download(
+    make: Make, recorder: Recorder, folder: Path
+) -> None:
+    big = Blob(size=BIG)
+    expected = big.sha256()
+    srv = ScriptedServer(big)
+    with serving(srv):
+        downloader = make(chunk_size=1024 * 1024)
+        before = _rss()
+        peak = before
+        start(downloader, srv.url(), sha256=expected, size=BIG)
+        done: list[Event] = []
+
+        def finished() -> bool:
+            done[:] = [e for e in recorder.events if isinstance(e, DownloadCompleted)]
+            return bool(done) or any(isinstance(e, DownloadFailed) for e in recorder.events)
+
+        deadline = time.monotonic() + 60
+        while not finished() and time.monotonic() < deadline:
+            peak = max(peak, _rss())
+            time.sleep(0.05)
+        peak = max(peak, _rss())
+
+    assert recorder.completed().sha256 == expected
+    assert peak - before < 20 * 1024 * 1024, f"RSS grew by {(peak - before) >> 20} MiB"
+    assert (folder / JOB).stat().st_size == BIG
+    (folder / JOB).unlink()
+
+
+def test_hash_helper_matches_hashlib() -> None:
+    small = Blob(size=3 * 1024 * 1024 + 11)
+    assert small.sha256() == hashlib.sha256(small.read()).hexdigest()

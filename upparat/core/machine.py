@@ -478,12 +478,13 @@ def _forget_requests(state: State) -> State:
 def _on_subscribed(state: State) -> Out:
     if state.link is not Link.SUBSCRIBING:
         return state, [_log(LogLevel.DEBUG, "a SUBACK without a pending subscribe was ignored")]
-    state = attrs.evolve(state, link=Link.UP)
+    # What was queued while we were away goes out first, in order.
+    state, flushed = _flush(attrs.evolve(state, link=Link.UP))
     stage = state.stage
     match stage:
         case Idle():
             # Notifications sent while we were away are lost: fetch the list again.
-            return attrs.evolve(state, stage=FetchingJobs()), []
+            return attrs.evolve(state, stage=FetchingJobs()), flushed
         case (
             CheckingVersion()
             | CheckingDownload()
@@ -498,11 +499,11 @@ def _on_subscribed(state: State) -> Out:
             # The job may have been cancelled while we were away.
             state, request, commands = _send_get(state)
             job = attrs.evolve(stage.job, check=request)
-            return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
+            return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), [*flushed, *commands]
         case (
             Booting() | FetchingJobs() | Describing() | RefreshingUrl() | ShuttingDown() | Stopped()
         ):
-            return state, []  # _pump sends what these stages wait for
+            return state, flushed  # _pump sends what these stages wait for
         case _:
             assert_never(stage)
 

@@ -1,0 +1,293 @@
+"""Start, reconnect, fetching and selecting jobs, describing the selected one."""
+
+from __future__ import annotations
+
+from tests.core.playbook import (
+    FOREIGN,
+    JOB,
+    OTHER,
+    Playbook,
+    execution,
+    failed,
+    kinds,
+    like,
+    summary,
+)
+from upparat.core import machine
+from upparat.core.commands import (
+    CallHook,
+    DescribeJob,
+    Persist,
+    RequestPendingJobs,
+    SetTimer,
+    SignalReady,
+    SubscribeJobTopics,
+    UpdateJob,
+)
+from upparat.core.events import (
+    JobDescribed,
+    MqttConnected,
+    MqttDisconnected,
+    PendingJobsListed,
+    RequestKind,
+    Started,
+    SubscriptionsAcked,
+    TimerFired,
+)
+from upparat.core.model import (
+    ClientToken,
+    HookKind,
+    JobId,
+    JobStatus,
+    JournalRecord,
+    Phase,
+    RejectCode,
+    Settings,
+    TimerKind,
+)
+
+
+def test_start_subscribes_then_requests_pending_jobs_once_acknowledged() -> None:
+    p = Playbook()
+    assert p.feed(Started()) == []
+    assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
+    assert p.feed(SubscriptionsAcked()) == [
+        like(RequestPendingJobs),
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=30.0),
+    ]
+
+
+def test_connection_before_started_waits_for_the_journal() -> None:
+    p = Playbook()
+    assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
+    assert p.feed(SubscriptionsAcked()) == []
+    assert kinds(p.feed(Started())) == [RequestPendingJobs, SetTimer]
+
+
+def test_nothing_is_published_before_the_subscription_is_acknowledged() -> None:
+    p = Playbook()
+    p.feed(Started())
+    assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
+    assert p.feed(TimerFired(timer=TimerKind.REQUEST_RETRY, token=1)) == []
+
+
+def test_every_reconnect_subscribes_and_fetches_again_with_a_new_token() -> None:
+    p = Playbook()
+    p.boot()
+    first = p.last(RequestPendingJobs).client_token
+    assert p.feed(MqttDisconnected(reason="keepalive")) == []
+    assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
+    assert kinds(p.feed(SubscriptionsAcked())) == [RequestPendingJobs, SetTimer]
+    second = p.last(RequestPendingJobs).client_token
+    assert second != first
+    # The reply to the request of the old session is stale now.
+    stale = PendingJobsListed(in_progress=(), queued=(summary(),), client_token=first)
+    assert p.feed(stale) == []
+    assert isinstance(p.stage, machine.FetchingJobs)
+
+
+def test_a_duplicate_suback_is_ignored() -> None:
+    p = Playbook()
+    p.boot()
+    assert p.feed(SubscriptionsAcked()) == []
+
+
+def test_the_first_completed_fetch_signals_ready_once() -> None:
+    p = Playbook()
+    p.boot()
+    assert p.list_jobs() == [SignalReady()]
+    assert isinstance(p.stage, machine.Idle)
+    p.feed(MqttDisconnected(reason="x"))
+    p.feed(MqttConnected())
+    p.feed(SubscriptionsAcked())
+    assert p.list_jobs() == []
+
+
+def test_no_pending_job_waits_for_notifications() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs()
+    assert isinstance(p.stage, machine.Idle)
+    assert p.notify(queued=[summary(FOREIGN)]) == []
+    assert p.notify(queued=[summary(JOB)]) == [
+        like(DescribeJob, job_id=JOB),
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY),
+    ]
+
+
+def test_reconnect_while_idle_fetches_again() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs()
+    p.feed(MqttDisconnected(reason="x"))
+    p.feed(MqttConnected())
+    assert kinds(p.feed(SubscriptionsAcked())) == [RequestPendingJobs, SetTimer]
+
+
+def test_jobs_without_the_prefix_are_never_touched() -> None:
+    p = Playbook()
+    p.boot()
+    out = p.list_jobs(in_progress=[summary(FOREIGN)], queued=[summary(JobId("x_upparat_3"))])
+    assert out == [SignalReady()]
+    assert isinstance(p.stage, machine.Idle)
+
+
+def test_the_prefix_comes_from_the_settings() -> None:
+    p = Playbook(Settings(job_prefix="fw-"))
+    p.boot()
+    p.list_jobs(queued=[summary(JOB), summary(JobId("fw-7"))])
+    assert p.last(DescribeJob).job_id == "fw-7"
+
+
+def test_an_in_progress_job_is_selected_before_queued_ones() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(in_progress=[summary(OTHER, 500)], queued=[summary(JOB, 1)])
+    assert p.last(DescribeJob).job_id == OTHER
+
+
+def test_the_oldest_queued_job_is_selected() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(queued=[summary(OTHER, 300), summary(JOB, 200), summary(FOREIGN, 100)])
+    assert p.last(DescribeJob).job_id == JOB
+
+
+def test_more_than_one_job_in_progress_fails_all_of_them_and_starts_over() -> None:
+    p = Playbook()
+    p.boot()
+    out = p.list_jobs(in_progress=[summary(JOB), summary(FOREIGN), summary(OTHER)])
+    assert out == [
+        SignalReady(),
+        failed("error_multiple_in_progress", JOB),
+        like(SetTimer, timer=TimerKind.UPDATE_RETRY),
+    ]
+    # Updates go one at a time; the fetch waits until the cloud took them.
+    assert p.accept() == [failed("error_multiple_in_progress", OTHER), like(SetTimer)]
+    assert p.accept() == [like(RequestPendingJobs), like(SetTimer)]
+    assert FOREIGN not in {u.job_id for u in p.all(UpdateJob)}
+    message = dict(p.all(UpdateJob)[0].status_details)["message"]
+    assert "upparat_1, upparat_2" in message
+
+
+def test_describe_rejected_starts_over() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(queued=[summary()])
+    assert p.reject(RejectCode.RESOURCE_NOT_FOUND, RequestKind.DESCRIBE) == [
+        like(RequestPendingJobs),
+        like(SetTimer),
+    ]
+
+
+def test_describe_throttled_is_sent_again_after_a_backoff() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(queued=[summary()])
+    first = p.last(DescribeJob)
+    assert p.reject(RejectCode.REQUEST_THROTTLED, RequestKind.DESCRIBE) == [
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=1.0)
+    ]
+    assert p.fire(TimerKind.REQUEST_RETRY) == [
+        like(DescribeJob, job_id=JOB),
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=30.0),
+    ]
+    assert p.last(DescribeJob).client_token != first.client_token
+    assert p.reject(RejectCode.REQUEST_THROTTLED, RequestKind.DESCRIBE) == [
+        like(SetTimer, delay=2.0)
+    ]
+
+
+def test_get_pending_throttled_is_sent_again_after_a_backoff() -> None:
+    p = Playbook()
+    p.boot()
+    assert p.reject(RejectCode.INTERNAL_ERROR, RequestKind.GET_PENDING) == [
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=1.0)
+    ]
+    assert kinds(p.fire(TimerKind.REQUEST_RETRY)) == [RequestPendingJobs, SetTimer]
+
+
+def test_a_request_without_a_reply_is_sent_again() -> None:
+    p = Playbook()
+    p.boot()
+    first = p.last(RequestPendingJobs)
+    assert kinds(p.fire(TimerKind.REQUEST_RETRY)) == [RequestPendingJobs, SetTimer]
+    assert p.last(RequestPendingJobs) != first
+    p.list_jobs(queued=[summary()])
+    describe = p.last(DescribeJob)
+    assert p.fire(TimerKind.REQUEST_RETRY) == [like(DescribeJob, job_id=JOB), like(SetTimer)]
+    assert p.last(DescribeJob) != describe
+
+
+def test_a_timer_with_a_stale_token_is_ignored() -> None:
+    p = Playbook()
+    p.boot()
+    timer = p.last(SetTimer)
+    p.fire(TimerKind.REQUEST_RETRY)
+    assert p.feed(TimerFired(timer=TimerKind.REQUEST_RETRY, token=timer.token)) == []
+    assert p.feed(TimerFired(timer=TimerKind.HOOK_RETRY, token=timer.token)) == []
+
+
+def test_replies_are_correlated_by_client_token() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(queued=[summary()])
+    token = p.last(DescribeJob).client_token
+    # A second jobs list and a reply with a foreign token change nothing.
+    second = PendingJobsListed(in_progress=(), queued=(summary(OTHER),), client_token=token)
+    assert p.feed(second) == []
+    wrong = JobDescribed(execution=execution(), client_token=ClientToken("someone-else"))
+    assert p.feed(wrong) == []
+    assert isinstance(p.stage, machine.Describing)
+
+
+def test_a_describe_reply_for_another_job_is_ignored() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(queued=[summary()])
+    assert p.describe(execution(OTHER)) == []
+    assert isinstance(p.stage, machine.Describing)
+    assert p.stage.job_id == JOB
+
+
+def test_a_notification_while_describing_changes_nothing_if_the_job_is_listed() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(queued=[summary()])
+    assert p.notify(queued=[summary(OTHER), summary()]) == []
+    assert kinds(p.notify(queued=[summary(OTHER)])) == [RequestPendingJobs, SetTimer]
+
+
+def test_a_notification_while_fetching_asks_again() -> None:
+    p = Playbook()
+    p.boot()
+    first = p.last(RequestPendingJobs).client_token
+    assert kinds(p.notify(queued=[summary()])) == [RequestPendingJobs, SetTimer]
+    stale = PendingJobsListed(in_progress=(), queued=(), client_token=first)
+    assert p.feed(stale) == []
+
+
+def test_a_described_job_that_is_no_longer_pending_starts_over() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(queued=[summary()])
+    assert kinds(p.describe(execution(status=JobStatus.CANCELED))) == [
+        RequestPendingJobs,
+        SetTimer,
+    ]
+
+
+def test_a_journal_of_a_job_no_longer_pending_is_cleared() -> None:
+    p = Playbook()
+    p.boot(JournalRecord(job_id=OTHER, phase=Phase.RESTARTING))
+    out = p.list_jobs(queued=[summary()])
+    assert Persist(record=None) in out
+
+
+def test_a_queued_job_starts_with_the_version_hook() -> None:
+    p = Playbook()
+    out = p.take()
+    assert out == [
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.CHECKING_VERSION)),
+        like(CallHook, hook=HookKind.VERSION),
+    ]

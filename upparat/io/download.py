@@ -581,10 +581,10 @@ class _Transfer:
         self._part = part
         if part.size > 0:
             sidecar = _read_sidecar(self._sidecar_path)
-            if sidecar is None or sidecar.validator is None or sidecar.path != url.path:
+            if sidecar is None or not self._may_resume(sidecar) or sidecar.path != url.path:
                 why = (
                     "it has no usable sidecar"
-                    if sidecar is None or sidecar.validator is None
+                    if sidecar is None or not self._may_resume(sidecar)
                     else f"it was started from {sidecar.path}"
                 )
                 log.info(
@@ -598,6 +598,11 @@ class _Transfer:
             else:
                 self._sidecar = sidecar
         return part
+
+    def _may_resume(self, sidecar: _Sidecar) -> bool:
+        """Resume only what is known to be the same object: by its validator (If-Range), or,
+        when the server gave none, by the document's sha256 checked at the end."""
+        return sidecar.validator is not None or self.command.sha256 is not None
 
     def _write_sidecar(self, sidecar: _Sidecar) -> None:
         data = json.dumps(attrs.asdict(sidecar)).encode()
@@ -752,11 +757,14 @@ class _Transfer:
         for _ in range(MAX_REDIRECTS + 1):
             conn, target, headers = self._connection(current)
             try:
-                if part.size > 0 and self._sidecar is not None:
-                    headers["Range"] = f"bytes={part.size}-"
-                    validator = self._sidecar.validator
-                    if validator is not None:
-                        headers["If-Range"] = validator
+                if part.size > 0:
+                    if self._sidecar is not None and self._may_resume(self._sidecar):
+                        headers["Range"] = f"bytes={part.size}-"
+                        validator = self._sidecar.validator
+                        if validator is not None:
+                            headers["If-Range"] = validator
+                    else:
+                        part.reset()
                 conn.request("GET", target, headers=headers)
                 response = self._response(conn.getresponse(), url, part)
             finally:

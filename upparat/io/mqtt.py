@@ -1,0 +1,547 @@
+"""MQTT driver: one paho-mqtt 2.x client, its TLS setup, reconnects and subscriptions.
+
+Owns the connection and turns paho callbacks into core events; payloads are parsed and
+built by `upparat.aws` only. It never decides anything about jobs and never logs
+payloads (a job document holds pre-signed URLs) or key material.
+
+Contract with the runtime (all calls from the runtime thread; `on_event` is called from
+paho's network thread and must only queue the event):
+
+* `start()` connects in the background; a broker that is down at start is fine. Every
+  successful (re)connect emits `MqttConnected`; losing an established connection emits
+  `MqttDisconnected`. Failed attempts are only logged, with capped exponential backoff.
+* `SubscribeJobTopics` is answered by `SubscriptionsAcked` once the broker granted every
+  filter (SUBACK). After a reconnect the driver resubscribes by itself (MQTT clean
+  session) and emits `SubscriptionsAcked` again, after `MqttConnected`. A
+  `SubscribeJobTopics` while a subscription is in flight shares its answer; one sent
+  after the answer subscribes again and is answered again. A refused filter (SUBACK
+  failure, e.g. the IoT policy lacks iot:Subscribe) emits `PayloadIgnored(filter,
+  reason)` and the whole set is retried with the reconnect backoff; `SubscriptionsAcked`
+  waits until every filter is granted.
+* Requests are published at QoS 1 only while connected; otherwise `execute` drops them
+  and returns False. Publishes still unacknowledged when the link broke are dropped on
+  reconnect too (paho would re-send them). So after a reconnect only what the core
+  sends goes out, in its order: it re-sends what is outstanding after
+  `SubscriptionsAcked`, when the replies can no longer be missed.
+* `stop()` disconnects and returns within about `stop_timeout` seconds; no event is
+  emitted after it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from typing import assert_never
+
+import attrs
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from upparat.aws import build, parse, topics
+from upparat.core.commands import DescribeJob, RequestPendingJobs, SubscribeJobTopics, UpdateJob
+from upparat.core.events import (
+    Event,
+    MqttConnected,
+    MqttDisconnected,
+    PayloadIgnored,
+    SubscriptionsAcked,
+)
+from upparat.core.model import ThingName
+
+log = logging.getLogger(__name__)
+
+MqttCommand = SubscribeJobTopics | RequestPendingJobs | DescribeJob | UpdateJob
+"""The commands the runtime hands to this driver."""
+
+AWS_ALPN_PORT = 443
+AWS_ALPN_PROTOCOL = "x-amzn-mqtt-ca"
+"""MQTT over TLS on port 443 needs this ALPN protocol name (AWS IoT, protocols doc)."""
+
+QOS = 1
+"""AWS IoT supports QoS 0 and 1; jobs requests and replies must not be lost silently."""
+
+StrPath = str | os.PathLike[str]
+
+
+class MqttConfigError(ValueError):
+    """The MQTT settings cannot work; the message names the setting and what is expected."""
+
+
+@attrs.define
+class _Round:
+    """One set of SUBSCRIBE packets on one connection, waiting for its SUBACKs."""
+
+    connection: int
+    pending: dict[int, tuple[str, ...]] = attrs.Factory(dict)
+    """mid → the filters of that SUBSCRIBE."""
+    refused: list[tuple[str, str]] = attrs.Factory(list)
+    """(filter, reason code) of every refused filter."""
+    done: bool = False
+    """Answered with `SubscriptionsAcked`. A refused round stays undone until its retry."""
+
+
+class MqttDriver:
+    """The device's MQTT connection to AWS IoT Core (or any MQTT 3.1.1 broker)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        thing_name: str,
+        on_event: Callable[[Event], None],
+        keepalive: int = 60,
+        cafile: StrPath | None = None,
+        certfile: StrPath | None = None,
+        keyfile: StrPath | None = None,
+        alpn: Sequence[str] | None = None,
+        reconnect_min_delay: int = 1,
+        reconnect_max_delay: int = 120,
+        connect_timeout: float = 5.0,
+        stop_timeout: float = 2.0,
+    ) -> None:
+        """Check the settings and prepare the client; `start()` connects.
+
+        keepalive: seconds (AWS IoT treats values below 30 as 30 and caps at 1200; a local
+        broker honours any value). alpn: None picks `x-amzn-mqtt-ca` on port 443 and none
+        elsewhere; `()` sends none. TLS is used when cafile, certfile and keyfile are all
+        given (any port); plain TCP when none is. Raises `MqttConfigError`.
+        """
+        _check_settings(
+            host=host,
+            port=port,
+            client_id=client_id,
+            thing_name=thing_name,
+            keepalive=keepalive,
+            reconnect_min_delay=reconnect_min_delay,
+            reconnect_max_delay=reconnect_max_delay,
+        )
+        self._host = host
+        self._port = port
+        self._keepalive = keepalive
+        self._thing = ThingName(thing_name)
+        self._on_event = on_event
+        self._reconnect_min_delay = reconnect_min_delay
+        self._reconnect_max_delay = reconnect_max_delay
+        self._stop_timeout = stop_timeout
+
+        tls = _tls_context(cafile=cafile, certfile=certfile, keyfile=keyfile, alpn=alpn, port=port)
+        self._tls = tls is not None
+        self._client_id = client_id
+
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            protocol=paho.MQTTv311,
+        )
+        # Our callbacks catch everything themselves; this keeps paho's network thread alive
+        # even if one day one does not.
+        self._client.suppress_exceptions = True
+        if tls is not None:
+            self._client.tls_set_context(tls)
+        self._client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)
+        self._client.connect_timeout = connect_timeout
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+        # Shared between the runtime thread (execute, stop) and paho's network thread.
+        self._lock = threading.RLock()
+        self._started = False
+        self._stopped = False
+        self._connected = False
+        self._connection = 0
+        """Counts successful connects; stale SUBACKs and retries of an old one are ignored."""
+        self._subscribe_wanted = False
+        self._round: _Round | None = None
+        self._refusals = 0
+        self._retry_timer: threading.Timer | None = None
+        self._failed_attempts = 0
+
+    # --- runtime API ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            return self._connected
+
+    def start(self) -> None:
+        """Connect in the background and keep reconnecting until `stop()`."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError("MqttDriver.start() called twice")
+            self._started = True
+        log.info(
+            "mqtt: connecting to %s:%d as %r (%s)",
+            self._host,
+            self._port,
+            self._client_id,
+            "TLS" if self._tls else "plain TCP",
+        )
+        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
+        self._client.loop_start()
+
+    def execute(self, command: MqttCommand) -> bool:
+        """Carry out `command`; False when it was not sent because the connection is down.
+
+        Raises `upparat.aws.InvalidCommandError` for a command no correct core produces.
+        """
+        match command:
+            case SubscribeJobTopics():
+                return self._subscribe_requested()
+            case RequestPendingJobs() | DescribeJob() | UpdateJob():
+                topic, payload = build(self._thing, command)
+                return self._publish(topic, payload)
+            case _:
+                assert_never(command)
+
+    def stop(self) -> None:
+        """Disconnect cleanly and stop the network thread (bounded by `stop_timeout`)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._cancel_retry()
+            started = self._started
+        if not started:
+            return
+        self._client.disconnect()
+        # loop_stop joins paho's thread without a timeout; it is a daemon thread, so if a
+        # connect attempt is still blocking we return on time and the thread dies with us.
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(self._stop_timeout)
+        if stopper.is_alive():
+            log.warning("mqtt: network thread did not stop within %.1f s", self._stop_timeout)
+        else:
+            log.info("mqtt: stopped")
+
+    # --- publishing and subscribing -------------------------------------------------
+
+    def _publish(self, topic: str, payload: bytes) -> bool:
+        with self._lock:
+            if not self._connected:
+                log.debug("mqtt: not connected, dropped publish to %s", topic)
+                return False
+        info = self._client.publish(topic, payload, qos=QOS)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.debug("mqtt: publish to %s not sent: %s", topic, paho.error_string(info.rc))
+            return False
+        return True
+
+    def _subscribe_requested(self) -> bool:
+        with self._lock:
+            self._subscribe_wanted = True
+            if not self._connected:
+                return False  # the next connect subscribes and answers
+            if self._round is not None and not self._round.done:
+                return True  # in flight or waiting for a retry: its answer is ours
+            return self._start_round_locked()
+
+    def _start_round_locked(self) -> bool:
+        """Send every SUBSCRIBE of the job topics; the caller holds `_lock`.
+
+        Holding the lock across `subscribe()` matters: paho's thread may process the
+        SUBACK before `subscribe()` returns the mid, and `_on_subscribe` waits for it.
+        """
+        self._cancel_retry()
+        round_ = _Round(connection=self._connection)
+        self._round = round_
+        for batch in topics.subscription_batches(self._thing):
+            rc, mid = self._client.subscribe([(f, QOS) for f in batch])
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                # The link just went down; `_on_connect` subscribes again.
+                log.debug("mqtt: subscribe not sent: %s", paho.error_string(rc))
+                self._round = None
+                return False
+            round_.pending[mid] = batch
+        return True
+
+    def _retry_round(self, connection: int) -> None:
+        with self._lock:
+            if self._stopped or not self._connected or connection != self._connection:
+                return
+            self._start_round_locked()
+
+    def _cancel_retry(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+
+    # --- paho callbacks (network thread) ------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                # paho closes the connection and retries with backoff.
+                self._connect_failed(f"the broker refused the connection: {reason_code}")
+                return
+            # Requests that were in flight when the link broke are not re-sent: like those
+            # published while down, the core re-sends what is still outstanding, in its own
+            # order. drop_out_messages() exists from paho-mqtt 2.2 on; with 2.1 paho
+            # re-sends them (MQTT at-least-once) and the core sees a duplicate reply.
+            if hasattr(client, "drop_out_messages"):
+                dropped = client.drop_out_messages()
+                if dropped:
+                    log.debug("mqtt: dropped %d unacknowledged publishes", len(dropped))
+            with self._lock:
+                if self._stopped:
+                    return
+                self._connected = True
+                self._connection += 1
+                self._failed_attempts = 0
+                self._round = None
+                if self._subscribe_wanted:
+                    self._start_round_locked()
+            log.info("mqtt: connected to %s:%d", self._host, self._port)
+            self._emit(MqttConnected())
+        except Exception:
+            log.exception("mqtt: on_connect failed")
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        try:
+            # paho does not pass the OSError / ssl.SSLError on; the broker log has details.
+            self._connect_failed(
+                "TCP or TLS connection failed (wrong host/port, broker down, or certificate rejected)"
+            )
+        except Exception:
+            log.exception("mqtt: on_connect_fail failed")
+
+    def _connect_failed(self, why: str) -> None:
+        with self._lock:
+            self._failed_attempts += 1
+            first = self._failed_attempts == 1
+        # One line for operators per outage, the repeats at debug level.
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "mqtt: cannot connect to %s:%d: %s; retrying every %d-%d s",
+            self._host,
+            self._port,
+            why,
+            self._reconnect_min_delay,
+            self._reconnect_max_delay,
+        )
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            with self._lock:
+                was_connected = self._connected
+                self._connected = False
+                self._round = None
+                self._cancel_retry()
+                stopped = self._stopped
+            if stopped:
+                return
+            if not was_connected:
+                # Lost before CONNACK: typically a TLS client certificate the broker rejected.
+                self._connect_failed(f"connection closed during the handshake ({reason_code})")
+                return
+            by = " by the broker" if flags.is_disconnect_packet_from_server else ""
+            reason = f"connection lost{by} ({reason_code})"
+            log.warning("mqtt: %s; reconnecting", reason)
+            self._emit(MqttDisconnected(reason=reason))
+        except Exception:
+            log.exception("mqtt: on_disconnect failed")
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        try:
+            events: list[Event] = []
+            with self._lock:
+                round_ = self._round
+                if round_ is None or round_.done or mid not in round_.pending:
+                    return  # a SUBACK of an earlier connection or round
+                batch = round_.pending.pop(mid)
+                for topic_filter, code in zip(batch, reason_codes, strict=False):
+                    if code.is_failure:
+                        round_.refused.append((topic_filter, str(code)))
+                if len(reason_codes) < len(batch):
+                    round_.refused.extend(
+                        (f, "no reason code in SUBACK") for f in batch[len(reason_codes) :]
+                    )
+                if round_.pending:
+                    return
+                if not round_.refused:
+                    round_.done = True
+                    self._refusals = 0
+                    events.append(SubscriptionsAcked())
+                else:
+                    delay = self._schedule_retry_locked(round_.connection)
+                    events.extend(
+                        PayloadIgnored(
+                            topic=topic_filter,
+                            reason=(
+                                f"the broker refused the subscription ({code}); check that the IoT "
+                                f"policy allows iot:Subscribe on it; retrying in {delay} s"
+                            ),
+                        )
+                        for topic_filter, code in round_.refused
+                    )
+            for event in events:
+                if isinstance(event, PayloadIgnored):
+                    log.warning("mqtt: %s: %s", event.topic, event.reason)
+                self._emit(event)
+        except Exception:
+            log.exception("mqtt: on_subscribe failed")
+
+    def _schedule_retry_locked(self, connection: int) -> int:
+        self._refusals += 1
+        backoff = self._reconnect_min_delay << min(self._refusals - 1, 16)
+        delay = min(self._reconnect_max_delay, backoff)
+        self._cancel_retry()
+        timer = threading.Timer(delay, self._retry_round, args=(connection,))
+        timer.daemon = True
+        timer.name = "mqtt-subscribe-retry"
+        self._retry_timer = timer
+        timer.start()
+        return delay
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        try:
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                self._emit(PayloadIgnored(topic="<not UTF-8>", reason="topic is not valid UTF-8"))
+                return
+            self._emit(parse(self._thing, topic, bytes(message.payload)))
+        except Exception:
+            log.exception("mqtt: on_message failed")
+
+    def _emit(self, event: Event) -> None:
+        # Under the lock, so that once stop() has set _stopped no event is being delivered.
+        # on_event only queues the event, so holding the lock here is cheap.
+        with self._lock:
+            if self._stopped:
+                return
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("mqtt: on_event raised for %s", type(event).__name__)
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+def _check_settings(
+    *,
+    host: str,
+    port: int,
+    client_id: str,
+    thing_name: str,
+    keepalive: int,
+    reconnect_min_delay: int,
+    reconnect_max_delay: int,
+) -> None:
+    if not host:
+        raise MqttConfigError("mqtt: host must not be empty")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise MqttConfigError(f"mqtt: port must be an integer 1-65535, got {port!r}")
+    if not client_id or len(client_id.encode("utf-8", "replace")) > 128:
+        raise MqttConfigError(
+            f"mqtt: client_id must be 1-128 bytes (AWS IoT limit), got {len(client_id)} characters"
+        )
+    if not topics.is_thing_name(thing_name):
+        raise MqttConfigError(
+            f"mqtt: thing_name must match [a-zA-Z0-9:_-]{{1,128}} (AWS IoT), got {thing_name!r}"
+        )
+    if isinstance(keepalive, bool) or not 1 <= keepalive <= 65535:
+        raise MqttConfigError(
+            f"mqtt: keepalive must be 1-65535 seconds (AWS IoT uses 30-1200), got {keepalive!r}"
+        )
+    if not 1 <= reconnect_min_delay <= reconnect_max_delay:
+        raise MqttConfigError(
+            "mqtt: reconnect delays must satisfy 1 <= min <= max seconds, "
+            f"got min {reconnect_min_delay!r}, max {reconnect_max_delay!r}"
+        )
+
+
+def _tls_context(
+    *,
+    cafile: StrPath | None,
+    certfile: StrPath | None,
+    keyfile: StrPath | None,
+    alpn: Sequence[str] | None,
+    port: int,
+) -> ssl.SSLContext | None:
+    """The TLS context for mutual TLS, or None for plain TCP. Never reads a password."""
+    given = {"cafile": cafile, "certfile": certfile, "keyfile": keyfile}
+    missing = [name for name, path in given.items() if not path]
+    if len(missing) == 3:
+        if alpn:
+            raise MqttConfigError("mqtt: alpn needs TLS; set cafile, certfile and keyfile too")
+        return None
+    if missing:
+        raise MqttConfigError(
+            "mqtt: TLS needs cafile, certfile and keyfile together; missing: "
+            f"{', '.join(missing)} (set all three, or none for plain TCP)"
+        )
+    # Narrowing for mypy: `missing` is empty, so all three are set.
+    assert cafile
+    assert certfile
+    assert keyfile
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(cafile))
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+        raise MqttConfigError(
+            f"mqtt: cafile {os.fspath(cafile)!r} is not readable PEM CA certificates: {_why(err)}"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        # A password callback that gives nothing: an encrypted key fails here instead of
+        # OpenSSL prompting on a terminal the daemon does not have.
+        context.load_cert_chain(os.fspath(certfile), os.fspath(keyfile), password=_no_password)
+    except (OSError, ValueError) as err:
+        raise MqttConfigError(
+            f"mqtt: certfile {os.fspath(certfile)!r} with keyfile {os.fspath(keyfile)!r} cannot "
+            f"be loaded: {_why(err)} (PEM, unencrypted key, matching the certificate?)"
+        ) from None
+    protocols = alpn_protocols(port, alpn)
+    if protocols:
+        context.set_alpn_protocols(protocols)
+    return context
+
+
+def alpn_protocols(port: int, alpn: Sequence[str] | None) -> list[str]:
+    """The ALPN protocols to offer: `alpn` as given, else `x-amzn-mqtt-ca` on port 443 only."""
+    if alpn is not None:
+        return list(alpn)
+    return [AWS_ALPN_PROTOCOL] if port == AWS_ALPN_PORT else []
+
+
+def _no_password() -> bytes:
+    return b""
+
+
+def _why(err: Exception) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__

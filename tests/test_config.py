@@ -296,6 +296,12 @@ def test_unix_socket_path_forms() -> None:
         unix_socket_path("localhost:50051")
 
 
+def test_tcp_endpoint_is_accepted() -> None:
+    config = parse_config("[hooks]\nendpoint = 127.0.0.1:50051\n")
+    assert config.hooks.endpoint == "127.0.0.1:50051"
+    assert config.hookserver.listen == "127.0.0.1:50051"
+
+
 def test_alpn_follows_port_and_tls() -> None:
     tls = "cafile = /ca\ncertfile = /cert\nkeyfile = /key\n"
     assert parse_config(f"[broker]\nport = 443\n{tls}").broker.alpn == ("x-amzn-mqtt-ca",)
@@ -495,14 +501,14 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
             'config: [hooks] install_timeout must be a number of seconds > 0, got "1h"',
         ),
         (
-            "[hooks]\nendpoint = localhost:50051\n",
+            "[hooks]\nendpoint = localhost:0\n",
             "config: [hooks] endpoint must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, got "localhost:50051"',
+            ' unix:///run/upparat/hooks.sock, or host:port, got "localhost:0"',
         ),
         (
             "[hooks]\nendpoint = unix://host/x.sock\n",
             "config: [hooks] endpoint must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, got "unix://host/x.sock"',
+            ' unix:///run/upparat/hooks.sock, or host:port, got "unix://host/x.sock"',
         ),
         (
             "[hooks]\ninstall = /a\n  /b\n",
@@ -521,7 +527,7 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         (
             "[hookserver]\nlisten = unix-abstract:upparat\n",
             "config: [hookserver] listen must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, got "unix-abstract:upparat"',
+            ' unix:///run/upparat/hooks.sock, or host:port, got "unix-abstract:upparat"',
         ),
         (
             "[hookserver]\ncancel_grace_period = -1\n",

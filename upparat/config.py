@@ -584,13 +584,24 @@ def unix_socket_path(endpoint: str) -> Path:
 
 
 def _endpoint(text: str) -> str:
-    # Unix socket files only: the hook server runs install scripts as root, so who may
-    # call it is decided by the socket file's owner and mode. TCP and abstract sockets
-    # have no such check.
-    expected = "a unix socket target like unix:///run/upparat/hooks.sock"
-    if not text.startswith("unix:") or (text.startswith("unix://") and text[7:8] != "/"):
+    # A unix socket file is the default and the recommendation: the hook server runs
+    # install scripts as root, so who may call it is decided by the socket file's owner
+    # and mode. TCP (`host:port`) is accepted for development and for hook servers in
+    # another container; it has no such check, so the hook server binds loopback unless
+    # told otherwise.
+    expected = "a unix socket target like unix:///run/upparat/hooks.sock, or host:port"
+    if text.startswith("unix:"):
+        if text.startswith("unix://") and text[7:8] != "/":
+            raise _Invalid(expected)
+        if str(unix_socket_path(text)) in ("", "."):
+            raise _Invalid(expected)
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise _Invalid(expected)
-    if str(unix_socket_path(text)) in ("", "."):
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(ch.isspace() or ch in "/@?#" for ch in host):
         raise _Invalid(expected)
     return text
 

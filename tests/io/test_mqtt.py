@@ -14,9 +14,9 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypedDict, TypeVar, Unpack
 
 import attrs
 import paho.mqtt.client as paho
@@ -38,7 +38,7 @@ from upparat.core.events import (
     SubscriptionsAcked,
 )
 from upparat.core.model import ClientToken, JobDocument, JobId, JobStatus
-from upparat.io.mqtt import AWS_ALPN_PROTOCOL, MqttConfigError, MqttDriver, alpn_protocols
+from upparat.io.mqtt import AWS_ALPN_PROTOCOL, MqttConfigError, MqttDriver, StrPath, alpn_protocols
 
 THING = "dev-1"
 P = f"$aws/things/{THING}/jobs/"
@@ -235,7 +235,23 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Mosquitto]:
         yield broker
 
 
-DriverFactory = Callable[..., MqttDriver]
+class Options(TypedDict, total=False):
+    """The optional settings of `MqttDriver`, for the test factories."""
+
+    keepalive: int
+    cafile: StrPath | None
+    certfile: StrPath | None
+    keyfile: StrPath | None
+    alpn: Sequence[str] | None
+    reconnect_min_delay: int
+    reconnect_max_delay: int
+    connect_timeout: float
+
+
+class DriverFactory(Protocol):
+    def __call__(
+        self, port: int, on_event: Callable[[Event], None], **options: Unpack[Options]
+    ) -> MqttDriver: ...
 
 
 @pytest.fixture
@@ -243,20 +259,21 @@ def make_driver() -> Iterator[DriverFactory]:
     """Builds started drivers with test timings; stops them all afterwards."""
     drivers: list[MqttDriver] = []
 
-    def make(port: int, on_event: Callable[[Event], None], **options: object) -> MqttDriver:
-        settings: dict[str, object] = {
-            "host": "127.0.0.1",
-            "port": port,
-            "client_id": f"upparat-test-{len(drivers)}",
-            "thing_name": THING,
-            "on_event": on_event,
-            "keepalive": 5,
-            "reconnect_min_delay": 1,
-            "reconnect_max_delay": 2,
-            "connect_timeout": 2.0,
-        }
-        settings.update(options)
-        driver = MqttDriver(**settings)  # type: ignore[arg-type]  # test factory: checked at runtime
+    def make(
+        port: int, on_event: Callable[[Event], None], **options: Unpack[Options]
+    ) -> MqttDriver:
+        options.setdefault("keepalive", 5)
+        options.setdefault("reconnect_min_delay", 1)
+        options.setdefault("reconnect_max_delay", 2)
+        options.setdefault("connect_timeout", 2.0)
+        driver = MqttDriver(
+            host="127.0.0.1",
+            port=port,
+            client_id=f"upparat-test-{len(drivers)}",
+            thing_name=THING,
+            on_event=on_event,
+            **options,
+        )
         drivers.append(driver)
         driver.start()
         return driver
@@ -640,16 +657,23 @@ def test_alpn_defaults_to_the_aws_protocol_on_port_443_only() -> None:
 # --- configuration errors ----------------------------------------------------------------
 
 
-def _driver(**options: object) -> MqttDriver:
-    settings: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 8883,
-        "client_id": "c",
-        "thing_name": THING,
-        "on_event": Recorder(),
-    }
-    settings.update(options)
-    return MqttDriver(**settings)  # type: ignore[arg-type]  # test factory: checked at runtime
+def _driver(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8883,
+    client_id: str = "c",
+    thing_name: str = THING,
+    **options: Unpack[Options],
+) -> MqttDriver:
+    """A driver that is built but never started."""
+    return MqttDriver(
+        host=host,
+        port=port,
+        client_id=client_id,
+        thing_name=thing_name,
+        on_event=Recorder(),
+        **options,
+    )
 
 
 @pytest.mark.parametrize(
@@ -664,9 +688,12 @@ def _driver(**options: object) -> MqttDriver:
     ],
 )
 def test_tls_needs_all_three_files(pki: Pki, given: set[str], missing: str) -> None:
-    files = {"cafile": pki.ca, "certfile": pki.client_cert, "keyfile": pki.client_key}
     with pytest.raises(MqttConfigError, match=f"missing: {missing} "):
-        _driver(**{k: v for k, v in files.items() if k in given})
+        _driver(
+            cafile=pki.ca if "cafile" in given else None,
+            certfile=pki.client_cert if "certfile" in given else None,
+            keyfile=pki.client_key if "keyfile" in given else None,
+        )
 
 
 def test_unreadable_tls_files_are_config_errors(pki: Pki, tmp_path: Path) -> None:
@@ -694,22 +721,22 @@ def test_unreadable_tls_files_are_config_errors(pki: Pki, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("build", "message"),
     [
-        ({"port": 0}, "port must be an integer 1-65535"),
-        ({"port": 70000}, "port must be an integer 1-65535"),
-        ({"host": ""}, "host"),
-        ({"client_id": ""}, "client_id"),
-        ({"client_id": "x" * 129}, "client_id"),
-        ({"thing_name": "dev/1"}, "thing_name"),
-        ({"keepalive": 0}, "keepalive"),
-        ({"reconnect_min_delay": 5, "reconnect_max_delay": 2}, "reconnect delays"),
-        ({"alpn": ["x-amzn-mqtt-ca"]}, "alpn needs TLS"),
+        (lambda: _driver(port=0), "port must be an integer 1-65535"),
+        (lambda: _driver(port=70000), "port must be an integer 1-65535"),
+        (lambda: _driver(host=""), "host"),
+        (lambda: _driver(client_id=""), "client_id"),
+        (lambda: _driver(client_id="x" * 129), "client_id"),
+        (lambda: _driver(thing_name="dev/1"), "thing_name"),
+        (lambda: _driver(keepalive=0), "keepalive"),
+        (lambda: _driver(reconnect_min_delay=5, reconnect_max_delay=2), "reconnect delays"),
+        (lambda: _driver(alpn=["x-amzn-mqtt-ca"]), "alpn needs TLS"),
     ],
 )
-def test_bad_settings_are_config_errors(options: dict[str, object], message: str) -> None:
+def test_bad_settings_are_config_errors(build: Callable[[], MqttDriver], message: str) -> None:
     with pytest.raises(MqttConfigError, match=message):
-        _driver(**options)
+        build()
 
 
 def test_any_port_is_fine_with_tls(pki: Pki) -> None:

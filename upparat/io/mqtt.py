@@ -229,7 +229,7 @@ class MqttDriver:
 
     def _publish(self, topic: str, payload: bytes) -> bool:
         with self._lock:
-            if not self._connected:
+            if self._stopped or not self._connected:
                 log.debug("mqtt: not connected, dropped publish to %s", topic)
                 return False
         info = self._client.publish(topic, payload, qos=QOS)
@@ -241,7 +241,7 @@ class MqttDriver:
     def _subscribe_requested(self) -> bool:
         with self._lock:
             self._subscribe_wanted = True
-            if not self._connected:
+            if self._stopped or not self._connected:
                 return False  # the next connect subscribes and answers
             if self._round is not None and not self._round.done:
                 return True  # in flight or waiting for a retry: its answer is ours

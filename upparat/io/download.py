@@ -292,8 +292,9 @@ class _PartFile:
 
     Hashing runs in a helper thread, overlapping the next recv and write (hashlib and
     os.write both release the GIL): a view given to `write` is read until the next `write`
-    returns, so callers alternate between two buffers. Every OSError leaves here as
-    `_LocalError`, so a full disk is never mistaken for a network error.
+    returns, so callers alternate between two buffers. The periodic fdatasync runs in
+    another helper, so the transfer does not wait for the disk every few MiB. Every OSError
+    leaves here as `_LocalError`, so a full disk is never mistaken for a network error.
     """
 
     def __init__(self, path: Path) -> None:
@@ -308,6 +309,8 @@ class _PartFile:
         self._unsynced = 0
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="download-sha256")
         self._pending: Future[None] | None = None
+        self._syncing = ThreadPoolExecutor(1, thread_name_prefix="download-fsync")
+        self._sync_pending: Future[None] | None = None
 
     def hasher(self, view: memoryview, cancel: threading.Event) -> hashlib._Hash:
         """The sha256 of what the file holds, re-reading an earlier prefix once."""
@@ -336,11 +339,10 @@ class _PartFile:
             _write_all(self._fd, data)
             self.size += len(data)
             self._unsynced += len(data)
-            if self._unsynced >= FSYNC_INTERVAL:
-                os.fdatasync(self._fd)
-                self._unsynced = 0
         except OSError as e:
             raise _LocalError(f"cannot write {self.path}", e) from e
+        if self._unsynced >= FSYNC_INTERVAL:
+            self._start_sync()
         self._settle()  # the previous view is free again once its hash is done
         self._pending = self._hashing.submit(hasher.update, data)
 
@@ -349,8 +351,25 @@ class _PartFile:
             pending, self._pending = self._pending, None
             pending.result()
 
+    def _start_sync(self) -> None:
+        if self._sync_pending is not None:
+            if not self._sync_pending.done():
+                return  # still flushing the last interval; the next write tries again
+            self._wait_sync()
+        self._unsynced = 0
+        self._sync_pending = self._syncing.submit(os.fdatasync, self._fd)
+
+    def _wait_sync(self) -> None:
+        if self._sync_pending is not None:
+            pending, self._sync_pending = self._sync_pending, None
+            try:
+                pending.result()
+            except OSError as e:
+                raise _LocalError(f"cannot fdatasync {self.path}", e) from e
+
     def reset(self) -> None:
         self._settle()
+        self._wait_sync()
         try:
             os.ftruncate(self._fd, 0)
         except OSError as e:
@@ -360,6 +379,7 @@ class _PartFile:
         self._hasher = hashlib.sha256()
 
     def sync(self) -> None:
+        self._wait_sync()
         try:
             os.fsync(self._fd)
         except OSError as e:
@@ -367,8 +387,10 @@ class _PartFile:
         self._unsynced = 0
 
     def close(self) -> None:
+        # Both helpers finish before the descriptor they use is closed (and maybe reused).
         self._hashing.shutdown(wait=True)
-        self._pending = None
+        self._syncing.shutdown(wait=True)
+        self._pending = self._sync_pending = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

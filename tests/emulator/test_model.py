@@ -61,7 +61,7 @@ topics = st.lists(levels, max_size=4).map(
 ) | st.text(max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(topic=topics, payload=payloads)
 def test_parse_never_raises_and_answers_on_the_request_topic(topic: str, payload: bytes) -> None:
     parsed = parse(topic, payload)
@@ -274,7 +274,7 @@ class ModelMachine(RuleBasedStateMachine):
 
 TestModel = ModelMachine.TestCase
 TestModel.settings = settings(
-    max_examples=40,
+    max_examples=25,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

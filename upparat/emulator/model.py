@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import TypeAlias
+from typing import TypeAlias, assert_never
 
 import attrs
 
@@ -213,7 +213,7 @@ class JobsModel:
             case Update():
                 return self._update(request, now, sign)
             case _:
-                raise AssertionError(request)
+                assert_never(request)
 
     def reject(
         self,

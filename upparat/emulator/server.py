@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, assert_never
 
 import attrs
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
@@ -718,4 +718,4 @@ def _operation(request: Request) -> Operation:
         case Update():
             return Operation.UPDATE
         case _:
-            raise AssertionError(request)
+            assert_never(request)

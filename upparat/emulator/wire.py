@@ -12,7 +12,7 @@ import enum
 import json
 import re
 import unicodedata
-from typing import NewType, TypeAlias
+from typing import NewType, TypeAlias, assert_never
 
 import attrs
 
@@ -272,7 +272,7 @@ def parse(topic: str, payload: bytes) -> Parsed:
                     step_timeout_minutes=fields.step_timeout("stepTimeoutInMinutes"),
                 )
             case _:
-                raise AssertionError(operation)
+                assert_never(operation)
     except _Invalid as e:
         return bad(e.code, e.message, token, body)
 

@@ -10,6 +10,7 @@ import pytest
 from tests.emulator.device import Device
 from tests.support.procs import Mosquitto
 from upparat.emulator import DefaultSigner, EmulatorError, FakeClock, JobsEmulator
+from upparat.emulator.presign import expires_at
 
 URL = "https://bucket.s3.amazonaws.com/fw/image-2.0.bin"
 DOC = {
@@ -130,3 +131,23 @@ def test_default_signer_respects_an_existing_query() -> None:
     signed = DefaultSigner(FakeClock(0))("https://b/x?versionId=3", 60)
     assert signed.startswith("https://b/x?versionId=3&X-Amz-Algorithm=AWS4-HMAC-SHA256&")
     assert "X-Amz-Date=19700101T000000Z" in signed
+
+
+def test_seconds_per_minute_scales_url_lifetimes(broker: Mosquitto, clock: FakeClock) -> None:
+    with (
+        JobsEmulator(
+            "127.0.0.1", broker.port, clock=clock, tick_interval=None, seconds_per_minute=1
+        ) as em,
+        Device(broker.port) as dev,
+    ):
+        em.create_job("fw-1", {"url": f"${{aws:iot:s3-presigned-url:{URL}}}"}, ["dev-1"], 120)
+        url = dev.accepted("fw-1/get")["execution"]["jobDocument"]["url"]
+        assert "X-Amz-Expires=2&" in url
+        assert expires_at(url) == clock.now() // 1 + 2
+
+
+def test_expires_at_reads_the_default_signers_query() -> None:
+    url = DefaultSigner(FakeClock(1_700_000_000.5))("https://b/x", 60)
+    assert expires_at(url) == 1_700_000_060
+    assert expires_at("https://b/x?X-Amz-Expires=60") is None
+    assert expires_at("https://b/x") is None

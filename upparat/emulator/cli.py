@@ -72,7 +72,8 @@ def serve_parser() -> argparse.ArgumentParser:
         "--seconds-per-minute",
         type=_positive,
         default=60.0,
-        help="how long one timeout minute lasts (default 60; 1 makes a 1-minute step timeout last 1 s)",
+        help="how long one timeout minute lasts (default 60; 1 makes a 1-minute step timeout last"
+        " 1 s and a 60 s pre-signed URL expire after 1 s)",
     )
     parser.add_argument(
         "--tick",

@@ -446,7 +446,9 @@ class JobsModel:
     # ---- rendering -------------------------------------------------------------------
 
     def render_document(self, job: Job, sign: Signer) -> JsonValue:
-        return substitute(job.document_json(), sign, job.presigned_expires_in)
+        # The URL lifetime scales with timeout minutes, so a fast e2e run can see one expire.
+        lifetime = max(1, round(job.presigned_expires_in * self.minute / 60))
+        return substitute(job.document_json(), sign, lifetime)
 
     def render_execution(
         self, found: Execution, sign: Signer, *, include_document: bool = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import re
 import secrets
+import urllib.parse
 from collections.abc import Callable
 
 from upparat.emulator.clock import Clock, SystemClock
@@ -45,6 +46,21 @@ class DefaultSigner:
             f"&X-Amz-Signature={secrets.token_hex(32)}"
         )
         return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def expires_at(url: str) -> float | None:
+    """When a URL from DefaultSigner expires (epoch seconds); None if it carries no expiry.
+
+    For test HTTP servers that answer an expired URL like S3 does (403 AccessDenied,
+    "Request has expired").
+    """
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    try:
+        date = datetime.datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+        lifetime = int(query["X-Amz-Expires"][0])
+    except (KeyError, IndexError, ValueError):
+        return None
+    return date.replace(tzinfo=datetime.UTC).timestamp() + lifetime
 
 
 def substitute(value: JsonValue, sign: Signer, expires_in: int) -> JsonValue:

@@ -133,7 +133,8 @@ class JobsEmulator:
     """A stand-in for the AWS IoT Jobs service on an MQTT broker, for any thing name.
 
     `seconds_per_minute` scales every timeout given in minutes (stepTimeoutInMinutes,
-    in-progress timeout): 60 is AWS, 1 makes a 1-minute timeout last 1 s.
+    in-progress timeout): 60 is AWS, 1 makes a 1-minute timeout last 1 s. It scales
+    pre-signed URL lifetimes alike (the signer gets the scaled seconds, at least 1).
     `tick_interval` is how often a background thread fires timeouts (None: only when
     `check_timeouts()` is called, e.g. after advancing a FakeClock).
     """

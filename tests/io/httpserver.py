@@ -88,6 +88,8 @@ class Reply:
     """Transfer-Encoding: chunked instead of Content-Length."""
     range_shift: int = 0
     """Start a 206 this many bytes after the requested offset (a broken server)."""
+    range_cap: int | None = None
+    """Send at most this many bytes in a 206 (a server may send less than asked for)."""
     if_range: bool = True
     """Honour If-Range; False sends a 206 even when the validator differs (a broken server)."""
 
@@ -201,22 +203,25 @@ class _OriginHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Last-Modified", blob.last_modified)
         if reply.ranges:
             self.send_header("Accept-Ranges", "bytes")
+        end = blob.size
+        if status == 206 and reply.range_cap is not None:
+            end = min(end, start + reply.range_cap)
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{blob.size - 1}/{blob.size}")
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{blob.size}")
         if reply.chunked:
             self.send_header("Transfer-Encoding", "chunked")
         else:
-            self.send_header("Content-Length", str(blob.size - start))
+            self.send_header("Content-Length", str(end - start))
         for name, value in reply.headers:
             self.send_header(name, value)
         self.end_headers()
         try:
-            self._send_body(blob, start, reply)
+            self._send_body(blob, start, end, reply)
         except OSError:
             self.close_connection = True  # the client went away: fine for a test server
 
-    def _send_body(self, blob: Blob, start: int, reply: Reply) -> None:
-        end = blob.size
+    def _send_body(self, blob: Blob, start: int, end: int, reply: Reply) -> None:
+        complete = end
         cut = reply.drop_after if reply.drop_after is not None else reply.stall_after
         if cut is not None:
             end = min(end, start + cut)
@@ -228,7 +233,7 @@ class _OriginHandler(http.server.BaseHTTPRequestHandler):
                 piece = piece[len(part) :]
                 if reply.rate is not None:
                     time.sleep(len(part) / reply.rate)
-        if end == blob.size:
+        if end == complete:
             if reply.chunked:
                 self.wfile.write(b"0\r\n\r\n")
             return

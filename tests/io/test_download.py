@@ -367,6 +367,38 @@ def test_last_modified_is_the_validator_without_an_etag(
     assert (second.header("Range"), second.header("If-Range")) == ("bytes=500000-", stamp)
 
 
+def test_a_206_shorter_than_asked_for_is_continued(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    server.plan(Reply(drop_after=100_000), Reply(range_cap=500_000))
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert [(r.status, r.header("Range")) for r in server.requests] == [
+        (200, None),
+        (206, "bytes=100000-"),
+        (206, "bytes=600000-"),
+    ]
+    assert server.bytes_served == blob.size
+
+
+def test_a_local_file_longer_than_the_object_starts_over(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    folder.mkdir()
+    (folder / JOB).write_bytes(b"x" * (blob.size + 10))
+    sidecar(folder).write_text('{"path": "/firmware.bin", "etag": "\\"v1\\""}')
+    start(make(), server.url())
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert [(r.status, r.header("Range")) for r in server.requests] == [
+        (416, f"bytes={blob.size + 10}-"),
+        (200, None),
+    ]
+    (retry,) = recorder.of(DownloadRetrying)
+    assert f"the server holds {blob.size} bytes" in retry.reason
+
+
 def test_a_206_at_the_wrong_offset_makes_it_start_over(
     make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
 ) -> None:

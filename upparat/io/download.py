@@ -835,7 +835,8 @@ class _Transfer:
         # NO_PROXY applies to the explicit proxy too, as it does for curl's --proxy.
         if urllib.request.proxy_bypass(f"{url.host}:{url.port}"):
             return None
-        configured = self._opt.proxy or urllib.request.getproxies().get(url.scheme)
+        from_env = urllib.request.getproxies()  # HTTPS_PROXY, HTTP_PROXY, ALL_PROXY
+        configured = self._opt.proxy or from_env.get(url.scheme) or from_env.get("all")
         if not configured:
             return None
         proxy = _parse_proxy(configured)
@@ -938,17 +939,15 @@ class _Transfer:
         """416 to our Range: the file may be complete already (RFC 9110 section 15.5.17)."""
         match = _UNSATISFIED_RANGE.fullmatch(resp.getheader("Content-Range", "").strip())
         total = int(match.group(1)) if match else self.command.size
-        if part.size > 0 and total == part.size:
+        offset = part.size
+        if offset > 0 and total == offset:
             return _Done()
-        log.info(
-            "download %s of job %s: the server holds %s bytes, we hold %d: starting over",
-            self.download_id,
-            self.job_id,
-            total if total is not None else "an unknown number of",
-            part.size,
-        )
         part.reset()
-        return _Retry(reason=f"HTTP 416 for a range from {part.size}: starting over")
+        held = total if total is not None else "an unknown number of"
+        return _Retry(
+            reason=f"HTTP 416 for a range from {offset}, the server holds {held} bytes:"
+            " starting over"
+        )
 
     def _full(self, resp: http.client.HTTPResponse, url: _Url, part: _PartFile) -> _Outcome:
         if part.size > 0:
@@ -974,11 +973,12 @@ class _Transfer:
         start, end = int(match.group(1)), int(match.group(2))
         total = None if match.group(3) == "*" else int(match.group(3))
         length = None if resp.chunked else resp.length
-        if start != part.size or end < start or (length is not None and length != end - start + 1):
+        offset = part.size
+        if start != offset or end < start or (length is not None and length != end - start + 1):
             part.reset()
             return _Retry(
                 reason=f"HTTP 206 with Content-Range {match.group(0)!r} and Content-Length"
-                f" {length} for a range from {start}: starting over"
+                f" {length} for a range from {offset}: starting over"
             )
         seen = self._sidecar_from(resp, url)
         if self._sidecar is not None and seen.etag and self._sidecar.etag not in (None, seen.etag):
@@ -988,10 +988,13 @@ class _Transfer:
         early = self._check_total(total, part)
         if early is not None:
             return early
-        part.hasher(
-            memoryview(self._buffers[0]), self._cancel
-        )  # re-hash the prefix before appending to it
-        return self._stream(resp, part)
+        # Re-hash the prefix before appending to it.
+        part.hasher(memoryview(self._buffers[0]), self._cancel)
+        outcome = self._stream(resp, part)
+        if isinstance(outcome, _Done) and total is not None and part.size < total:
+            # A server may send less than the open range asked for (RFC 9110 section 14.1.2).
+            return _Retry(reason=f"the server sent bytes {start}-{end} of {total}: continuing")
+        return outcome
 
     def _sidecar_from(self, resp: http.client.HTTPResponse, url: _Url) -> _Sidecar:
         return _Sidecar(

@@ -71,7 +71,11 @@ class Mosquitto:
     def start(self) -> None:
         conf = self.workdir / f"mosquitto-{self.port}.conf"
         conf.write_text(
-            "per_listener_settings true\n"
+            ""
+            # As root, mosquitto would switch to user mosquitto, which cannot read
+            # certificates under the test's 0700 tmp_path.
+            + ("user root\n" if os.geteuid() == 0 and "user " not in self.extra_conf else "")
+            + "per_listener_settings true\n"
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"

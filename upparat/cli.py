@@ -1,0 +1,133 @@
+"""Command line of the daemon: `upparat -c FILE [-v] [-t THING]` and `upparat check-config`.
+
+Owns argument parsing, logging set-up and wiring the drivers to the runtime.
+Exit codes: 0 clean stop (SIGTERM/SIGINT) or check passed; 1 unexpected error;
+2 bad usage or bad config; 3 (check-config) the hook server did not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import upparat
+from upparat.config import Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_HOOKSERVER = 3
+
+log = logging.getLogger("upparat")
+
+_EPILOG = """\
+commands:
+  upparat -c FILE            run the daemon (the default)
+  upparat check-config -c FILE
+                             validate the config, then ask the hook server for its
+                             GetInfo and print it
+
+exit codes:
+  0  stopped cleanly (SIGTERM / SIGINT), or check-config passed
+  1  unexpected error
+  2  bad usage or bad config (the message names section, key and value)
+  3  check-config: the hook server did not answer
+"""
+
+
+def _parser(prog: str, *, check: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Validate an upparat config and reach its hook server."
+            if check
+            else "upparat: firmware updates for embedded Linux driven by AWS IoT Jobs."
+        ),
+        epilog=None if check else _EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-c", "--config", required=True, type=Path, help="path of the INI config file"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-t", "--thing", default=None, help="thing name (overrides [broker] thing_name)"
+    )
+    parser.add_argument("--version", action="version", version=f"upparat {upparat.__version__}")
+    return parser
+
+
+def setup_logging(level: int) -> None:
+    # Under systemd the journal stamps every line itself.
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    # Third-party loggers stay quiet unless something is wrong.
+    for noisy in ("paho", "grpc", "urllib3", "sentry_sdk"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(args.config, thing_name_override=args.thing)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "check-config":
+        return check_config(argv[1:])
+    if argv and argv[0] in ("run", "daemon"):
+        argv = argv[1:]
+    args = _parser("upparat", check=False).parse_args(argv)
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging(logging.DEBUG if args.verbose else _level(config))
+    from upparat.daemon import run_daemon  # the drivers load only when running
+
+    try:
+        return run_daemon(config)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception:
+        log.exception("upparat stopped on an unexpected error")
+        return EXIT_ERROR
+
+
+def _level(config: Config) -> int:
+    return logging.getLevelNamesMapping()[config.service.log_level.name]
+
+
+def check_config(argv: Sequence[str]) -> int:
+    args = _parser("upparat check-config", check=True).parse_args(list(argv))
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging(logging.DEBUG if args.verbose else logging.WARNING)
+    print(f"config {args.config}: ok")
+    print(config.redacted_summary())
+    from upparat.hooks.info import Unreachable, fetch_info
+
+    endpoint = config.hooks.endpoint
+    info = fetch_info(endpoint, timeout=5.0)
+    if isinstance(info, Unreachable):
+        print(f"hook server at {endpoint}: not reachable: {info.reason}", file=sys.stderr)
+        return EXIT_HOOKSERVER
+    print(f"hook server at {endpoint}:")
+    print(info)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""The one loop: take an event, call `core.step`, carry out the commands.
+
+Owns the event queue, the timers, signals and the watchdog. Drivers only post
+events here and receive commands from here; they never call each other.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Protocol, assert_never
+
+from upparat.core import commands as c
+from upparat.core import events as e
+from upparat.core.machine import State, initial_state, step
+from upparat.core.model import JobStatus, JournalRecord, LogLevel, Settings, TimerKind
+
+log = logging.getLogger("upparat")
+
+_LOG_LEVELS = {
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARNING: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
+
+
+class EventQueue:
+    """Thread-safe and signal-safe inbox of the loop (SimpleQueue is reentrant)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[e.Event] = queue.SimpleQueue()
+
+    def post(self, event: e.Event) -> None:
+        self._queue.put(event)
+
+    def get(self, timeout: float | None) -> e.Event | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+class MqttDriver(Protocol):
+    def start(self) -> None: ...
+    def execute(
+        self, command: c.SubscribeJobTopics | c.RequestPendingJobs | c.DescribeJob | c.UpdateJob
+    ) -> object: ...
+    def stop(self) -> None: ...
+
+
+class HookDriver(Protocol):
+    def execute(self, command: c.CallHook | c.CancelHook) -> None: ...
+    def close(self) -> None: ...
+
+
+class DownloadDriver(Protocol):
+    def execute(self, command: c.StartDownload | c.CancelDownload | c.DiscardDownload) -> None: ...
+    def close(self) -> None: ...
+
+
+class JournalStore(Protocol):
+    def load(self) -> JournalRecord | None: ...
+    def save(self, record: JournalRecord | None) -> None: ...
+
+
+class Services(Protocol):
+    """Process-level side effects: systemd notifications and error reporting."""
+
+    def notify(self, message: str) -> None: ...
+    def watchdog_interval(self) -> float | None: ...
+    def job_failed(self, job_id: str, state: str, message: str) -> None: ...
+
+
+class Timers:
+    """One pending timer per kind; `due()` pops those whose time has come."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, TimerKind]] = []
+        self._current: dict[TimerKind, tuple[float, int]] = {}
+
+    def set(self, kind: TimerKind, token: int, at: float) -> None:
+        self._current[kind] = (at, token)
+        heapq.heappush(self._heap, (at, token, kind))
+
+    def cancel(self, kind: TimerKind) -> None:
+        self._current.pop(kind, None)
+
+    def next_deadline(self) -> float | None:
+        while self._heap:
+            at, token, kind = self._heap[0]
+            if self._current.get(kind) == (at, token):
+                return at
+            heapq.heappop(self._heap)  # superseded or cancelled
+        return None
+
+    def due(self, now: float) -> list[e.TimerFired]:
+        fired: list[e.TimerFired] = []
+        while (at := self.next_deadline()) is not None and at <= now:
+            _, token, kind = heapq.heappop(self._heap)
+            del self._current[kind]
+            fired.append(e.TimerFired(timer=kind, token=token))
+        return fired
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        inbox: EventQueue,
+        mqtt: MqttDriver,
+        hooks: HookDriver,
+        downloader: DownloadDriver,
+        journal: JournalStore,
+        services: Services,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._inbox = inbox
+        self._mqtt = mqtt
+        self._hooks = hooks
+        self._downloader = downloader
+        self._journal = journal
+        self._services = services
+        self._clock = clock
+        self._timers = Timers()
+        self._state: State = initial_state(settings)
+        self._exit = False
+        self._signals = 0
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # A second signal while shutting down: the operator insists.
+            raise SystemExit(1)
+        self._inbox.post(e.ShutdownRequested())
+
+    def run(self) -> int:
+        """Run until the core says Exit; returns the process exit status."""
+        self.feed(e.Started(journal=self._journal.load()))
+        self._mqtt.start()
+        watchdog = self._services.watchdog_interval()
+        next_watchdog = self._clock() + watchdog / 2 if watchdog else None
+        while not self._exit:
+            now = self._clock()
+            for fired in self._timers.due(now):
+                self.feed(fired)
+                if self._exit:
+                    break
+            if self._exit:
+                break
+            if next_watchdog is not None and watchdog is not None and now >= next_watchdog:
+                self._services.notify("WATCHDOG=1")
+                next_watchdog = now + watchdog / 2
+            wait_until = [t for t in (self._timers.next_deadline(), next_watchdog) if t is not None]
+            timeout = max(0.0, min(wait_until) - self._clock()) if wait_until else None
+            event = self._inbox.get(timeout)
+            if event is not None:
+                self.feed(event)
+        self._services.notify("STOPPING=1")
+        self._shutdown_drivers()
+        return 0
+
+    def feed(self, event: e.Event) -> None:
+        """Hand one event to the core and carry out what it asks for."""
+        now = self._clock()
+        self._state, commands = step(self._state, event, now)
+        for command in commands:
+            try:
+                self._execute(command, now)
+            except Exception:  # a driver bug must not take the loop down
+                log.exception("carrying out %s failed", type(command).__name__)
+
+    def _execute(self, command: c.Command, now: float) -> None:
+        match command:
+            case c.SubscribeJobTopics() | c.RequestPendingJobs() | c.DescribeJob():
+                self._mqtt.execute(command)
+            case c.UpdateJob():
+                self._mqtt.execute(command)
+                if command.status is JobStatus.FAILED:
+                    details = dict(command.status_details)
+                    self._services.job_failed(
+                        command.job_id, details.get("state", ""), details.get("message", "")
+                    )
+            case c.CallHook() | c.CancelHook():
+                self._hooks.execute(command)
+            case c.StartDownload() | c.CancelDownload() | c.DiscardDownload():
+                self._downloader.execute(command)
+            case c.SetTimer(timer=kind, token=token, delay=delay):
+                self._timers.set(kind, token, now + delay)
+            case c.CancelTimer(timer=kind):
+                self._timers.cancel(kind)
+            case c.Persist(record=record):
+                self._journal.save(record)
+            case c.Log(level=level, message=message, job_id=job_id):
+                prefix = f"[{job_id}] " if job_id else ""
+                log.log(_LOG_LEVELS[level], "%s%s", prefix, message)
+            case c.SignalReady():
+                self._services.notify("READY=1")
+            case c.Exit():
+                self._exit = True
+            case _:
+                assert_never(command)
+
+    def _shutdown_drivers(self) -> None:
+        for name, close in (
+            ("hooks", self._hooks.close),
+            ("download", self._downloader.close),
+            ("mqtt", self._mqtt.stop),
+        ):
+            try:
+                close()
+            except Exception:
+                log.exception("stopping the %s driver failed", name)

@@ -80,7 +80,7 @@ def test_cli_serves_devices_and_ctl_drives_it(
     state = tmp_path / "state.json"
     doc = tmp_path / "doc.json"
     doc.write_text(json.dumps({"url": "${aws:iot:s3-presigned-url:https://b/fw.bin}"}))
-    proc = serve(broker.port, tmp_path, "--state-file", str(state), "--seconds-per-minute", "0.1")
+    proc = serve(broker.port, tmp_path, "--state-file", str(state))
     try:
         assert control.wait_ready(timeout=10)["jobs"] == 0
         created = ok(

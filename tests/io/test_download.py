@@ -10,6 +10,7 @@ import contextlib
 import email.utils
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -53,11 +54,16 @@ class Recorder:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.events: list[Event] = []
+        self.times: list[float] = []
+        self.hook: Callable[[Event], None] | None = None
 
     def __call__(self, event: Event) -> None:
         with self._cond:
             self.events.append(event)
+            self.times.append(time.monotonic())
             self._cond.notify_all()
+        if self.hook is not None:
+            self.hook(event)
 
     def of(self, kind: type[E], download_id: int = 1) -> list[E]:
         with self._cond:
@@ -786,6 +792,77 @@ def test_cancel_of_a_trickling_transfer(
     assert list(folder.iterdir()) == []
 
 
+def test_cancel_from_inside_on_event(
+    make: Make, server: ScriptedServer, recorder: Recorder, folder: Path
+) -> None:
+    server.default = Reply(rate=400_000)
+    downloader = make()
+
+    def cancel_on_progress(event: Event) -> None:
+        if isinstance(event, DownloadProgressed):
+            downloader.execute(CancelDownload(download_id=DownloadId(1)))
+
+    recorder.hook = cancel_on_progress
+    start(downloader, server.url())
+    recorder.wait(lambda: bool(recorder.of(DownloadProgressed)))
+    time.sleep(0.3)
+
+    assert len(recorder.events) == 1
+    assert list(folder.iterdir()) == []
+
+
+def test_close_keeps_the_partial_file_and_refuses_new_work(
+    make: Make, server: ScriptedServer, recorder: Recorder, folder: Path
+) -> None:
+    server.default = Reply(rate=400_000)
+    downloader = make()
+    start(downloader, server.url())
+    recorder.wait(lambda: bool(recorder.of(DownloadProgressed)))
+
+    downloader.close()
+
+    assert (folder / JOB).stat().st_size > 0
+    assert sidecar(folder).exists()
+    with pytest.raises(RuntimeError, match="after close"):
+        start(downloader, server.url(), download_id=2)
+
+
+def test_the_file_is_fsynced_before_completion_and_every_few_mib(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 512 * 1024)
+    calls: list[tuple[str, int, bool]] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def note(name: str, fd: int) -> None:
+        done = any(isinstance(e, DownloadCompleted) for e in recorder.events)
+        calls.append((name, os.fstat(fd).st_ino, done))
+
+    def fsync(fd: int) -> None:
+        note("fsync", fd)
+        real_fsync(fd)
+
+    def fdatasync(fd: int) -> None:
+        note("fdatasync", fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    start(make(), server.url(), sha256=blob.sha256())
+    recorder.completed()
+
+    inode = (folder / JOB).stat().st_ino
+    ours = [(name, done) for name, ino, done in calls if ino == inode]
+    assert ours[-1] == ("fsync", False)
+    # Synced in the background: an interval is skipped while the last sync still runs.
+    assert 1 <= len([n for n, _ in ours if n == "fdatasync"]) <= blob.size // (512 * 1024)
+
+
 def test_cancel_during_backoff_is_immediate(
     make: Make, server: ScriptedServer, recorder: Recorder
 ) -> None:
@@ -1099,6 +1176,11 @@ def test_memory_stays_flat_for_a_1_gib_download(
 
     assert recorder.completed().sha256 == expected
     assert peak - before < 20 * 1024 * 1024, f"RSS grew by {(peak - before) >> 20} MiB"
+    events = zip(recorder.events, recorder.times, strict=True)
+    progress = [t for e, t in events if isinstance(e, DownloadProgressed)]
+    # At most one every 0.5 s, plus the final one (slack for the thread handoff).
+    gaps = [b - a for a, b in itertools.pairwise(progress[:-1])]
+    assert all(gap > 0.4 for gap in gaps), gaps
     assert (folder / JOB).stat().st_size == BIG
     (folder / JOB).unlink()
 

@@ -151,9 +151,8 @@ class Outage:
 
 @attrs.frozen(kw_only=True)
 class Call:
-    """One hook of one job, over all its attempts."""
+    """One hook of one job, over all its attempts (which hook: the stage says)."""
 
-    hook: HookKind
     attempt: int
     """1-based; grows by one per RETRY_LATER, not per UNAVAILABLE."""
     started_at: float
@@ -782,7 +781,7 @@ def _restart(state: State, job: Job, now: float) -> Out:
     state, call, commands = _start_call(state, job, HookKind.RESTART, now)
     message = f"job {job.job_id}: reboot_start accepted; restarting"
     state = attrs.evolve(state, stage=Restarting(job=job, call=call))
-    return state, [persist, _log(LogLevel.INFO, message, job.job_id), *commands]
+    return state, [_log(LogLevel.INFO, message, job.job_id), persist, *commands]
 
 
 def _persist_restarting(state: State, job_id: JobId) -> tuple[State, Persist]:
@@ -923,12 +922,12 @@ def _persist(state: State, job_id: JobId, phase: Phase) -> Out:
 def _start_call(
     state: State, job: Job, hook: HookKind, now: float, *, file_path: str | None = None
 ) -> tuple[State, Call, list[Command]]:
-    call = Call(hook=hook, attempt=1, started_at=now, pending=Sleeping(timer=0))
-    return _invoke(state, job, call, now, file_path)
+    call = Call(attempt=1, started_at=now, pending=Sleeping(timer=0))
+    return _invoke(state, job, hook, call, now, file_path)
 
 
 def _invoke(
-    state: State, job: Job, call: Call, now: float, file_path: str | None
+    state: State, job: Job, hook: HookKind, call: Call, now: float, file_path: str | None
 ) -> tuple[State, Call, list[Command]]:
     state, serial = _next(state)
     call_id = CallId(serial)
@@ -941,9 +940,9 @@ def _invoke(
         elapsed=max(0.0, now - call.started_at),
         force=document.force,
     )
-    timeout = settings.install_timeout if call.hook is HookKind.INSTALL else settings.hook_timeout
+    timeout = settings.install_timeout if hook is HookKind.INSTALL else settings.hook_timeout
     command = CallHook(
-        call_id=call_id, hook=call.hook, context=context, timeout=timeout, file_path=file_path
+        call_id=call_id, hook=hook, context=context, timeout=timeout, file_path=file_path
     )
     return state, attrs.evolve(call, pending=Running(call_id=call_id)), [command]
 
@@ -980,17 +979,18 @@ def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
     if not isinstance(stage, HookStage):
         return state, [_log(LogLevel.DEBUG, f"result of unknown hook call {event.call_id}")]
     call = stage.call
+    hook = _hook_of(stage)
     pending = call.pending
     if (
         not isinstance(pending, Running)
         or pending.call_id != event.call_id
-        or call.hook is not event.hook
+        or hook is not event.hook
     ):
         return state, [_log(LogLevel.DEBUG, f"result of unknown hook call {event.call_id}")]
     if isinstance(stage, Restarting) and isinstance(event.result, HookUnavailable):
         # A restart that takes the hook server down ends the call; not a failure.
         return _await_reboot(state, stage, event.result.detail)
-    state, answer = _judge(state, stage.job, call, event.result, now)
+    state, answer = _judge(state, stage.job, hook, call, event.result, now)
     job_id = stage.job.job_id
     match answer:
         case _Again(call=again, commands=scheduled):
@@ -1001,9 +1001,7 @@ def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
         case _Succeeded(value=value, message=message):
             return _hook_succeeded(state, stage, value, message, now)
         case _Absent():
-            message = (
-                f"job {job_id}: the hook server does not implement the {_hook_name(call.hook)}"
-            )
+            message = f"job {job_id}: the hook server does not implement the {_hook_name(hook)}"
             state, commands = _hook_absent(state, stage, now)
             return state, [_log(LogLevel.INFO, message, job_id), *commands]
         case _:
@@ -1011,11 +1009,11 @@ def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
 
 
 def _judge(
-    state: State, job: Job, call: Call, result: HookResult, now: float
+    state: State, job: Job, hook: HookKind, call: Call, result: HookResult, now: float
 ) -> tuple[State, _Answer]:
     """What a hook's answer means, the same for every hook."""
     settings = state.settings
-    name = _hook_name(call.hook)
+    name = _hook_name(hook)
     elapsed = now - call.started_at
     match result:
         case HookSuccess(value=value, message=message):
@@ -1026,7 +1024,7 @@ def _judge(
                     f"gave up on the {name} after {call.attempt} attempts in {elapsed:.0f} s "
                     f"of RETRY_LATER" + (f": {message}" if message else "")
                 )
-                return state, _GaveUp(reported=_failed_state(call.hook), message=text)
+                return state, _GaveUp(reported=_failed_state(hook), message=text)
             delay = settings.retry_interval
             if retry_after is not None:
                 delay = max(0.0, min(retry_after, RETRY_AFTER_CAP * settings.retry_interval))
@@ -1042,7 +1040,7 @@ def _judge(
             return state, _Again(call=again, commands=commands)
         case HookFailure(reason=reason, message=message):
             return state, _GaveUp(
-                reported=_failed_state(call.hook), message=message or reason, reason=reason
+                reported=_failed_state(hook), message=message or reason, reason=reason
             )
         case HookUnavailable(detail=detail):
             outage = call.outage
@@ -1069,12 +1067,12 @@ def _judge(
             return state, _Again(call=again, commands=commands)
         case HookDeadlineExceeded():
             timeout = (
-                settings.install_timeout if call.hook is HookKind.INSTALL else settings.hook_timeout
+                settings.install_timeout if hook is HookKind.INSTALL else settings.hook_timeout
             )
             text = f"the {name} did not answer within {timeout:.0f} s"
-            return state, _GaveUp(reported=_timed_out_state(call.hook), message=text)
+            return state, _GaveUp(reported=_timed_out_state(hook), message=text)
         case HookUnimplemented():
-            return attrs.evolve(state, absent_hooks=state.absent_hooks | {call.hook}), _Absent()
+            return attrs.evolve(state, absent_hooks=state.absent_hooks | {hook}), _Absent()
         case _:
             assert_never(result)
 
@@ -1147,7 +1145,7 @@ def _recall(state: State, stage: HookStage, now: float) -> Out:
         # Restart may end the process: the journal must be on disk first.
         state, persist = _persist_restarting(state, stage.job.job_id)
         commands.append(persist)
-    state, call, more = _invoke(state, stage.job, stage.call, now, file_path)
+    state, call, more = _invoke(state, stage.job, _hook_of(stage), stage.call, now, file_path)
     return attrs.evolve(state, stage=attrs.evolve(stage, call=call)), [*commands, *more]
 
 
@@ -1170,6 +1168,22 @@ def _on_hook_server_info(state: State, event: HookServerInfo) -> Out:
     who = f"{event.server_name} {event.server_version}".strip() or "hook server"
     message = f"{who} implements: {hooks}"
     return attrs.evolve(state, absent_hooks=absent), [_log(LogLevel.INFO, message)]
+
+
+def _hook_of(stage: HookStage) -> HookKind:
+    match stage:
+        case CheckingVersion() | VerifyingVersion():
+            return HookKind.VERSION
+        case CheckingDownload():
+            return HookKind.DOWNLOAD
+        case Installing():
+            return HookKind.INSTALL
+        case Restarting():
+            return HookKind.RESTART
+        case VerifyingReady():
+            return HookKind.READY
+        case _:
+            assert_never(stage)
 
 
 def _hook_name(hook: HookKind) -> str:

@@ -299,28 +299,29 @@ def test_terminal_states_are_final(emulator: JobsEmulator, device: Device, final
     assert (found.status.value, found.version_number) == (final, 3)
 
 
-def test_queued_straight_to_succeeded_is_an_invalid_transition(
-    emulator: JobsEmulator, device: Device
+def test_strict_transitions_refuse_queued_straight_to_succeeded(
+    broker: Mosquitto, clock: FakeClock
 ) -> None:
-    emulator.create_job("fw-1", DOC, ["dev-1"])
-    outcome, body = device.update("fw-1", status="SUCCEEDED", clientToken="ist")
-    assert outcome == "rejected"
-    assert body["code"] == "InvalidStateTransition"
-    assert body["clientToken"] == "ist"
-    assert body["executionState"] == {"status": "QUEUED", "versionNumber": 1}
-    # a device may fail or reject a job it never started
-    assert device.update("fw-1", status="REJECTED")[0] == "accepted"
-
-
-def test_lenient_transitions_allow_queued_to_succeeded(broker: Mosquitto, clock: FakeClock) -> None:
     with (
         JobsEmulator(
-            "127.0.0.1", broker.port, clock=clock, tick_interval=None, strict_transitions=False
+            "127.0.0.1", broker.port, clock=clock, tick_interval=None, strict_transitions=True
         ) as em,
         Device(broker.port) as dev,
     ):
         em.create_job("fw-1", DOC, ["dev-1"])
-        assert dev.update("fw-1", status="SUCCEEDED")[0] == "accepted"
+        outcome, body = dev.update("fw-1", status="SUCCEEDED", clientToken="ist")
+        assert outcome == "rejected"
+        assert body["code"] == "InvalidStateTransition"
+        assert body["clientToken"] == "ist"
+        assert body["executionState"] == {"status": "QUEUED", "versionNumber": 1}
+        # a device may fail or reject a job it never started
+        assert dev.update("fw-1", status="REJECTED")[0] == "accepted"
+
+
+def test_queued_to_succeeded_is_allowed_by_default(emulator: JobsEmulator, device: Device) -> None:
+    # AWS lets a device finish a job it never marked IN_PROGRESS (e.g. already installed).
+    emulator.create_job("fw-1", DOC, ["dev-1"])
+    assert device.update("fw-1", status="SUCCEEDED")[0] == "accepted"
 
 
 def test_update_unknown_job_or_other_thing_is_resource_not_found(

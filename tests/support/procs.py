@@ -52,9 +52,13 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
     if found is None:
-        raise RuntimeError("mosquitto is not installed: run `make test`, which installs it with apt-get")
+        raise RuntimeError(
+            "mosquitto is not installed: run `make test`, which installs it with apt-get"
+        )
     return found
 
 
@@ -78,6 +82,7 @@ class Mosquitto:
             + "per_listener_settings true\n"
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            "set_tcp_nodelay true\n"
             "persistence false\n"
             f"{self.extra_conf}\n"
         )
@@ -104,7 +109,9 @@ class Mosquitto:
 
 
 @contextlib.contextmanager
-def running_mosquitto(workdir: Path, port: int | None = None, extra_conf: str = "") -> Iterator[Mosquitto]:
+def running_mosquitto(
+    workdir: Path, port: int | None = None, extra_conf: str = ""
+) -> Iterator[Mosquitto]:
     broker = Mosquitto(workdir, port=port, extra_conf=extra_conf)
     broker.start()
     try:

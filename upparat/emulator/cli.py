@@ -89,9 +89,9 @@ def serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--client-id", help="MQTT client id (default upparat-emulator-<random>)")
     parser.add_argument(
-        "--lenient-transitions",
+        "--strict-transitions",
         action="store_true",
-        help="allow QUEUED -> SUCCEEDED without IN_PROGRESS first",
+        help="refuse QUEUED -> SUCCEEDED without IN_PROGRESS first (AWS allows it)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     return parser
@@ -268,7 +268,7 @@ def run_serve(argv: Sequence[str]) -> int:
             state_file=args.state_file,
             control_prefix=args.prefix,
             client_id=args.client_id,
-            strict_transitions=not args.lenient_transitions,
+            strict_transitions=args.strict_transitions,
         )
         emulator.start(timeout=args.connect_timeout)
     except (EmulatorError, ConnectionError) as e:

@@ -173,7 +173,7 @@ class JobsModel:
     minute: float = 60.0
     # A device must report IN_PROGRESS before SUCCEEDED: stricter than AWS may be
     # (AWS documents no such rule), so a daemon that passes here passes there.
-    strict_transitions: bool = True
+    strict_transitions: bool = False
     jobs: dict[JobId, Job] = attrs.field(factory=dict)
     executions: dict[Key, Execution] = attrs.field(factory=dict)
     next_seq: int = 1

@@ -151,7 +151,7 @@ class JobsEmulator:
         state_file: str | os.PathLike[str] | None = None,
         control_prefix: str = DEFAULT_PREFIX,
         client_id: str | None = None,
-        strict_transitions: bool = True,
+        strict_transitions: bool = False,
         keepalive: int = 30,
     ) -> None:
         if seconds_per_minute <= 0:

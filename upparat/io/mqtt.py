@@ -29,8 +29,10 @@ paho's network thread and must only queue the event):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -292,6 +294,12 @@ class MqttDriver:
                 # paho closes the connection and retries with backoff.
                 self._connect_failed(f"the broker refused the connection: {reason_code}")
                 return
+            # Requests and their replies are small and latency-bound: without TCP_NODELAY
+            # each request waits ~40 ms for the broker's delayed ACK (Nagle).
+            sock = client.socket()
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Requests that were in flight when the link broke are not re-sent: like those
             # published while down, the core re-sends what is still outstanding, in its own
             # order. drop_out_messages() exists from paho-mqtt 2.2 on; with 2.1 paho

@@ -1,0 +1,6 @@
+"""The local development stack: the processes a device runs, on loopback.
+
+Used by `make demo` and the end-to-end tests: mosquitto, the AWS IoT Jobs
+emulator, a file server, the shell hook server and the daemon, each a real
+process (the file server is a thread), each stopped by PID. Not used on devices.
+"""

@@ -10,18 +10,22 @@ An implementation is a command line that takes ``-c <config>`` and reads the INI
 file upparat-hookserver reads: ``[hooks] version/download/install/restart/ready``
 (script paths) and ``endpoint``, ``[hookserver] listen, cancel_grace_period,
 default_retry_after, socket_mode, script_path``. Subclass `HookServerContract` in a
-``test_*.py`` module and override the ``implementation`` fixture::
+``test_*.py`` module and override its class-scoped ``implementation`` fixture::
 
     class TestNodeHookServer(HookServerContract):
-        @pytest.fixture
-        def implementation(self) -> Implementation:
+        @pytest.fixture(scope="class")
+        @classmethod
+        def implementation(cls) -> Implementation:
             return Implementation(name="node", argv=lambda conf: ["node", "server.js", "-c", str(conf)])
 
-or parametrise ``implementation`` over several. The ``hook_server`` fixture then
-gives a `HookServerFactory`: ``hook_server.start({"version": "echo 1.0"})`` writes the
-scripts (``#!/bin/sh`` bodies), the config and a unix socket path under ``tmp_path``,
-starts the server as a subprocess, waits for grpc.health.v1 SERVING and returns a
-`RunningHookServer`. Every process started is killed by PID when the test ends.
+or parametrise ``implementation`` over several. Most cases share one server per class
+(``eval_server``) whose every hook runs ``scripts/eval_meta.sh``, which runs the job's
+meta as shell code, so each case sends its script as the meta. Cases that need their
+own configuration use the ``hook_server`` fixture, a `HookServerFactory`:
+``hook_server.start({"version": "echo 1.0"})`` writes the scripts (``#!/bin/sh`` bodies),
+the config and a unix socket path under ``tmp_path``, starts the server as a
+subprocess, waits for grpc.health.v1 SERVING and returns a `RunningHookServer`.
+Every process started is killed by PID when its fixture ends.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -417,23 +422,98 @@ def rpc_code(exc: object) -> grpc.StatusCode | None:
 
 # --- the cases -------------------------------------------------------------------------
 
-TREE_SCRIPT = """
-    # A process tree: a child that would outlive us, both PIDs recorded in $3/pids.
-    {trap}
-    sleep 1000 &
-    echo $$ > "$3/pids.tmp"
-    echo $! >> "$3/pids.tmp"
-    mv "$3/pids.tmp" "$3/pids"
-    echo started
-    wait
-"""
+EVAL_SCRIPT = SCRIPTS_DIR / "eval_meta.sh"
+"""Runs the job's meta as shell code: the behaviour travels with each call."""
+
+
+@dataclasses.dataclass
+class Answer:
+    """One hook call's answer: its result, the version (GetVersion), the progress (Install)."""
+
+    result: hooks_pb2.HookResult
+    version: str = ""
+    progress: list[hooks_pb2.InstallProgress] = dataclasses.field(default_factory=list)
+
+
+def call(
+    server: RunningHookServer,
+    hook: str,
+    meta: str = "",
+    *,
+    timeout: float = CALL_TIMEOUT,
+    file_path: str = "/tmp/firmware.raucb",
+    job_id: str = "upparat_job-1",
+    attempt: int = 1,
+    elapsed: float = 0.0,
+    force: bool = False,
+) -> Answer:
+    """Calls `hook` once with `meta` (shell code for the eval server); raises grpc.RpcError."""
+    context = job(
+        job_id=job_id,
+        meta=textwrap.dedent(meta).strip(),
+        attempt=attempt,
+        elapsed=elapsed,
+        force=force,
+    )
+    stub = server.hooks()
+    match hook:
+        case "version":
+            reply = stub.GetVersion(hooks_pb2.GetVersionRequest(context=context), timeout=timeout)
+            return Answer(result=reply.result, version=reply.version)
+        case "download":
+            r = stub.CheckDownload(hooks_pb2.CheckDownloadRequest(context=context), timeout=timeout)
+            return Answer(result=r.result)
+        case "install":
+            outcome = server.install(context=context, file_path=file_path, timeout=timeout)
+            assert outcome.result is not None, "install stream ended without a result"
+            assert outcome.after_result == 0, "install stream sent messages after its result"
+            return Answer(result=outcome.result, progress=outcome.progress)
+        case "restart":
+            r2 = stub.Restart(hooks_pb2.RestartRequest(context=context), timeout=timeout)
+            return Answer(result=r2.result)
+        case "ready":
+            r3 = stub.CheckReady(hooks_pb2.CheckReadyRequest(context=context), timeout=timeout)
+            return Answer(result=r3.result)
+        case _:
+            raise AssertionError(f"unknown hook {hook}")
+
+
+def tree(pids: Path, *, ignore_term: bool = False) -> str:
+    """Shell code starting a child that would outlive the script; both PIDs go to `pids`."""
+    return f"""
+        {"trap '' TERM" if ignore_term else ""}
+        sleep 1000 &
+        echo $$ > {pids}.tmp
+        echo $! >> {pids}.tmp
+        mv {pids}.tmp {pids}
+        echo started
+        wait
+    """
+
+
+def free_again(server: RunningHookServer, hook: str, timeout: float = GRACE + 2) -> Answer:
+    """Calls `hook` until it is no longer ABORTED (its last run is fully cleaned up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(server, hook, "echo 1.0")
+        except grpc.RpcError as e:
+            if rpc_code(e) != grpc.StatusCode.ABORTED or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 class HookServerContract:
-    """Every case here must hold for every implementation (see the module docstring)."""
+    """Every case here must hold for every implementation (see the module docstring).
 
-    @pytest.fixture
-    def implementation(self) -> Implementation:
+    Subclasses choose the implementation by overriding the class-scoped ``implementation``
+    fixture. Most cases share one server per class (``eval_server``) whose every hook runs
+    ``scripts/eval_meta.sh``; the cases that need their own configuration start one.
+    """
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def implementation(cls) -> Implementation:
         return SHELL
 
     @pytest.fixture
@@ -443,15 +523,21 @@ class HookServerContract:
         with hook_server_factory(implementation, tmp_path) as factory:
             yield factory
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def eval_server(
+        cls, implementation: Implementation, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[RunningHookServer]:
+        with hook_server_factory(implementation, tmp_path_factory.mktemp("eval")) as factory:
+            yield factory.start({hook: EVAL_SCRIPT for hook in HOOK_NAMES})
+
     # -- identity and health ------------------------------------------------------------
 
-    def test_health_is_serving(self, hook_server: HookServerFactory) -> None:
-        server = hook_server.start({"version": "echo 1.0"})
+    def test_health_is_serving(self, eval_server: RunningHookServer) -> None:
+        assert eval_server.health() == health_pb2.HealthCheckResponse.SERVING
+        assert eval_server.health(HOOK_SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
-        assert server.health() == health_pb2.HealthCheckResponse.SERVING
-        assert server.health(HOOK_SERVICE) == health_pb2.HealthCheckResponse.SERVING
-
-    def test_get_info_lists_exactly_the_configured_hooks(
+    def test_get_info_lists_the_configured_hooks_and_the_others_are_unimplemented(
         self, hook_server: HookServerFactory
     ) -> None:
         server = hook_server.start({"version": "echo 1.0", "install": "exit 0"})
@@ -462,215 +548,178 @@ class HookServerContract:
         assert "v1" in info.api_versions
         assert info.server_name
         assert info.server_version
-
-    def test_unconfigured_hooks_answer_unimplemented(self, hook_server: HookServerFactory) -> None:
-        server = hook_server.start({"version": "echo 1.0"})
-        stub = server.hooks()
-
-        calls: list[Callable[[], object]] = [
-            lambda: stub.CheckDownload(
-                hooks_pb2.CheckDownloadRequest(context=job()), timeout=CALL_TIMEOUT
-            ),
-            lambda: server.install(),
-            lambda: stub.Restart(hooks_pb2.RestartRequest(context=job()), timeout=CALL_TIMEOUT),
-            lambda: stub.CheckReady(
-                hooks_pb2.CheckReadyRequest(context=job()), timeout=CALL_TIMEOUT
-            ),
-        ]
-        for call in calls:
+        for hook in ("download", "restart", "ready"):
             with pytest.raises(grpc.RpcError) as err:
-                call()
-            assert rpc_code(err.value) == grpc.StatusCode.UNIMPLEMENTED
+                call(server, hook)
+            assert rpc_code(err.value) == grpc.StatusCode.UNIMPLEMENTED, hook
 
     # -- exit codes ---------------------------------------------------------------------
 
     def test_exit_0_is_success_and_the_last_stdout_line_is_the_version(
-        self, hook_server: HookServerFactory
+        self, eval_server: RunningHookServer
     ) -> None:
-        server = hook_server.start({"version": "echo reading\necho '  2024.05.1  '\necho\n"})
+        answer = call(eval_server, "version", "echo reading; echo '  2024.05.1  '; echo")
 
-        reply = server.hooks().GetVersion(
-            hooks_pb2.GetVersionRequest(context=job()), timeout=CALL_TIMEOUT
-        )
+        assert answer.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert answer.version == "2024.05.1"
+        assert answer.result.reason == ""
 
-        assert reply.result.outcome == hooks_pb2.OUTCOME_SUCCESS
-        assert reply.version == "2024.05.1"
-        assert reply.result.reason == ""
-
-    def test_version_success_without_output_is_not_a_success(
-        self, hook_server: HookServerFactory
+    def test_version_success_without_output_is_a_failure(
+        self, eval_server: RunningHookServer
     ) -> None:
-        server = hook_server.start({"version": "exit 0"})
+        answer = call(eval_server, "version", "exit 0")
 
-        reply = server.hooks().GetVersion(
-            hooks_pb2.GetVersionRequest(context=job()), timeout=CALL_TIMEOUT
-        )
+        assert answer.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert answer.result.reason
 
-        assert reply.result.outcome == hooks_pb2.OUTCOME_FAILURE
-        assert reply.result.reason
-
-    def test_exit_0_message_is_the_last_stdout_line(self, hook_server: HookServerFactory) -> None:
-        server = hook_server.start({"ready": "echo checking\necho all services up\n"})
-
-        reply = server.hooks().CheckReady(
-            hooks_pb2.CheckReadyRequest(context=job()), timeout=CALL_TIMEOUT
-        )
-
-        assert reply.result.outcome == hooks_pb2.OUTCOME_SUCCESS
-        assert reply.result.message == "all services up"
-
-    def test_exit_3_is_retry_later_without_a_hint(self, hook_server: HookServerFactory) -> None:
-        server = hook_server.start({"download": "echo metered link\nexit 3\n"})
-
-        reply = server.hooks().CheckDownload(
-            hooks_pb2.CheckDownloadRequest(context=job()), timeout=CALL_TIMEOUT
-        )
-
-        assert reply.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
-        assert not reply.result.HasField("retry_after")
-
-    def test_exit_3_with_retry_after_line_gives_the_hint(
-        self, hook_server: HookServerFactory
+    @pytest.mark.parametrize("hook", ["download", "install", "restart", "ready"])
+    def test_exit_0_is_success_with_the_last_stdout_line_as_message(
+        self, eval_server: RunningHookServer, hook: str
     ) -> None:
-        server = hook_server.start({"download": "echo metered link\necho retry-after=90\nexit 3\n"})
+        answer = call(eval_server, hook, "echo checking; echo all services up")
 
-        reply = server.hooks().CheckDownload(
-            hooks_pb2.CheckDownloadRequest(context=job()), timeout=CALL_TIMEOUT
-        )
+        assert answer.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert answer.result.message == "all services up"
 
-        assert reply.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
-        assert reply.result.HasField("retry_after")
-        assert reply.result.retry_after.ToTimedelta().total_seconds() == 90
+    def test_exit_3_is_retry_later_without_a_hint(self, eval_server: RunningHookServer) -> None:
+        answer = call(eval_server, "download", "echo metered link; exit 3")
+
+        assert answer.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+        assert not answer.result.HasField("retry_after")
+
+    def test_exit_3_with_a_last_retry_after_line_gives_the_hint(
+        self, eval_server: RunningHookServer
+    ) -> None:
+        answer = call(eval_server, "ready", "echo booting; echo retry-after=90; exit 3")
+
+        assert answer.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+        assert answer.result.HasField("retry_after")
+        assert answer.result.retry_after.ToTimedelta().total_seconds() == 90
 
     def test_exit_3_uses_default_retry_after(self, hook_server: HookServerFactory) -> None:
         server = hook_server.start({"ready": "exit 3"}, options={"default_retry_after": "45"})
 
-        reply = server.hooks().CheckReady(
-            hooks_pb2.CheckReadyRequest(context=job()), timeout=CALL_TIMEOUT
-        )
+        answer = call(server, "ready")
 
-        assert reply.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
-        assert reply.result.retry_after.ToTimedelta().total_seconds() == 45
+        assert answer.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+        assert answer.result.retry_after.ToTimedelta().total_seconds() == 45
 
-    def test_nonzero_exit_is_failure_with_code_and_stderr_tail(
-        self, hook_server: HookServerFactory
+    def test_nonzero_exit_is_failure_with_the_status_and_the_stderr_tail(
+        self, eval_server: RunningHookServer
     ) -> None:
-        # 3000 bytes of stderr before the last line: only the tail (1 KiB) is kept.
-        server = hook_server.start(
-            {
-                "install": """
-                    i=0
-                    while [ $i -lt 100 ]; do echo "noise line $i ........................" >&2; i=$((i+1)); done
-                    echo "rauc: bundle signature invalid" >&2
-                    exit 1
-                """
-            }
+        # About 4 KiB of stderr before the last line: only the tail (1 KiB) is kept.
+        answer = call(
+            eval_server,
+            "install",
+            """
+            i=0
+            while [ $i -lt 100 ]; do echo "noise line $i ........................" >&2; i=$((i+1)); done
+            echo "rauc: bundle signature invalid" >&2
+            exit 1
+            """,
         )
 
-        outcome = server.install()
+        assert answer.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert answer.result.reason == "HOOK_EXIT_NONZERO"
+        assert "1" in answer.result.message
+        assert answer.result.detail.rstrip().endswith("rauc: bundle signature invalid")
+        assert len(answer.result.detail.encode()) <= 1024
+        assert "noise line 0 " not in answer.result.detail
 
-        assert outcome.result is not None
-        assert outcome.result.outcome == hooks_pb2.OUTCOME_FAILURE
-        assert outcome.result.reason == "HOOK_EXIT_NONZERO"
-        assert "1" in outcome.result.message
-        assert outcome.result.detail.rstrip().endswith("rauc: bundle signature invalid")
-        assert len(outcome.result.detail.encode()) <= 1024
-        assert "noise line 0 " not in outcome.result.detail
+    def test_exit_2_is_a_failure_too(self, eval_server: RunningHookServer) -> None:
+        answer = call(eval_server, "restart", "exit 2")
 
-    def test_exit_2_is_failure_too(self, hook_server: HookServerFactory) -> None:
-        server = hook_server.start({"restart": "exit 2"})
+        assert answer.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert answer.result.reason == "HOOK_EXIT_NONZERO"
+        assert "2" in answer.result.message
 
-        reply = server.hooks().Restart(
-            hooks_pb2.RestartRequest(context=job()), timeout=CALL_TIMEOUT
-        )
-
-        assert reply.result.outcome == hooks_pb2.OUTCOME_FAILURE
-        assert reply.result.reason == "HOOK_EXIT_NONZERO"
-        assert "2" in reply.result.message
-
-    def test_death_by_signal_is_failure_naming_the_signal(
-        self, hook_server: HookServerFactory
+    def test_death_by_signal_is_a_failure_naming_the_signal(
+        self, eval_server: RunningHookServer
     ) -> None:
-        server = hook_server.start({"ready": "echo going down\nkill -KILL $$\n"})
+        answer = call(eval_server, "ready", "echo going down; kill -KILL $$")
 
-        reply = server.hooks().CheckReady(
-            hooks_pb2.CheckReadyRequest(context=job()), timeout=CALL_TIMEOUT
-        )
-
-        assert reply.result.outcome == hooks_pb2.OUTCOME_FAILURE
-        assert reply.result.reason == "HOOK_KILLED_BY_SIGNAL"
-        assert "SIGKILL" in reply.result.message
+        assert answer.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert answer.result.reason == "HOOK_KILLED_BY_SIGNAL"
+        assert "SIGKILL" in answer.result.message
 
     # -- arguments and environment (upparat 1.12's conventions) -------------------------
 
-    @pytest.mark.parametrize("hook", HOOK_NAMES)
+    @pytest.mark.parametrize(
+        ("hook", "force", "fourth"),
+        [
+            ("version", True, None),
+            ("download", True, None),
+            ("install", True, "/var/cache/upparat/upparat_job-1"),
+            ("restart", True, "True"),
+            ("restart", False, ""),
+            ("ready", True, None),
+        ],
+    )
     def test_arguments_are_those_of_upparat_1_12(
-        self, hook_server: HookServerFactory, tmp_path: Path, hook: str
+        self,
+        eval_server: RunningHookServer,
+        tmp_path: Path,
+        hook: str,
+        force: bool,
+        fourth: str | None,
     ) -> None:
-        record = SCRIPTS_DIR / "record_call.sh"
-        server = hook_server.start({hook: record})
-        out = tmp_path / f"record-{hook}"
-        out.mkdir()
         # $1 = whole seconds since the first call, $2 = retries so far (attempt - 1),
-        # $3 = meta; install adds $4 = file, restart adds $4 = force ("True" or "").
-        ctx = job(meta=str(out), attempt=3, elapsed=12.7, force=True)
-        stub = server.hooks()
-        match hook:
-            case "version":
-                stub.GetVersion(hooks_pb2.GetVersionRequest(context=ctx), timeout=CALL_TIMEOUT)
-                expected = ["12", "2", str(out)]
-            case "download":
-                stub.CheckDownload(
-                    hooks_pb2.CheckDownloadRequest(context=ctx), timeout=CALL_TIMEOUT
-                )
-                expected = ["12", "2", str(out)]
-            case "install":
-                server.install(context=ctx, file_path="/var/cache/upparat/upparat_job-1")
-                expected = ["12", "2", str(out), "/var/cache/upparat/upparat_job-1"]
-            case "restart":
-                stub.Restart(hooks_pb2.RestartRequest(context=ctx), timeout=CALL_TIMEOUT)
-                expected = ["12", "2", str(out), "True"]
-            case "ready":
-                stub.CheckReady(hooks_pb2.CheckReadyRequest(context=ctx), timeout=CALL_TIMEOUT)
-                expected = ["12", "2", str(out)]
-            case _:
-                raise AssertionError(hook)
+        # $3 = meta; install adds $4 = the file, restart adds $4 = force ("True" or "").
+        out = tmp_path / "args"
+        meta = f'for a in "$@"; do printf "%s\\n" "$a"; done > {out}.tmp; mv {out}.tmp {out}'
 
-        assert wait_for_file(out / "args").splitlines() == expected
-
-    def test_restart_without_force_passes_an_empty_fourth_argument(
-        self, hook_server: HookServerFactory, tmp_path: Path
-    ) -> None:
-        server = hook_server.start({"restart": SCRIPTS_DIR / "record_call.sh"})
-
-        server.hooks().Restart(
-            hooks_pb2.RestartRequest(context=job(meta=str(tmp_path), force=False)),
-            timeout=CALL_TIMEOUT,
+        call(
+            eval_server,
+            hook,
+            meta,
+            attempt=3,
+            elapsed=12.7,
+            force=force,
+            file_path="/var/cache/upparat/upparat_job-1",
         )
 
-        assert wait_for_file(tmp_path / "args").splitlines() == ["0", "0", str(tmp_path), ""]
+        expected = ["12", "2", meta] + ([] if fourth is None else [fourth])
+        assert wait_for_file(out).split("\n")[:-1] == expected
+
+    def test_no_meta_is_an_empty_third_argument(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        out = tmp_path / "args"
+        server = hook_server.start(
+            {
+                "download": f'for a in "$@"; do printf "%s\\n" "$a"; done > {out}.tmp; mv {out}.tmp {out}'
+            }
+        )
+
+        call(server, "download", "")
+
+        assert wait_for_file(out).split("\n")[:-1] == ["0", "0", ""]
 
     def test_script_gets_a_clean_environment_and_dev_null_stdin(
-        self, hook_server: HookServerFactory, tmp_path: Path
+        self, eval_server: RunningHookServer, tmp_path: Path
     ) -> None:
-        server = hook_server.start({"install": SCRIPTS_DIR / "record_call.sh"})
+        meta = f"""
+            env > {tmp_path}/env.tmp; mv {tmp_path}/env.tmp {tmp_path}/env
+            readlink /proc/$$/fd/0 > {tmp_path}/stdin.tmp; mv {tmp_path}/stdin.tmp {tmp_path}/stdin
+        """
 
-        server.install(
-            context=job(job_id="upparat_env", meta=str(tmp_path), attempt=2, force=True),
-            file_path="/data/f",
+        call(
+            eval_server,
+            "install",
+            meta,
+            job_id="upparat_env",
+            attempt=2,
+            force=True,
+            file_path="/d/f",
         )
 
-        env = dict(
-            line.split("=", 1)
-            for line in wait_for_file(tmp_path / "env").splitlines()
-            if "=" in line
-        )
+        lines = wait_for_file(tmp_path / "env").splitlines()
+        env = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith(" "))
         assert SECRET_ENV not in env
         assert env["UPPARAT_JOB_ID"] == "upparat_env"
         assert env["UPPARAT_HOOK"] == "install"
         assert env["UPPARAT_ATTEMPT"] == "2"
         assert env["UPPARAT_FORCE"] == "1"
-        assert env["UPPARAT_META"] == str(tmp_path)
         assert env["LANG"] == "C.UTF-8"
         assert "/usr/bin" in env["PATH"].split(":")
         assert env["HOME"]
@@ -679,100 +728,95 @@ class HookServerContract:
     # -- install progress ---------------------------------------------------------------
 
     def test_install_streams_stdout_lines_as_progress_then_one_result(
-        self, hook_server: HookServerFactory
+        self, eval_server: RunningHookServer
     ) -> None:
-        server = hook_server.start(
-            {
-                "install": """
-                    echo "Installing"
-                    sleep 0.3
-                    echo "50%"
-                    sleep 0.3
-                    echo
-                    echo "Done!"
-                """
-            }
+        answer = call(
+            eval_server,
+            "install",
+            """
+            echo "Installing"
+            sleep 0.3
+            echo "50%"
+            sleep 0.3
+            echo
+            echo "Done!"
+            """,
         )
 
-        outcome = server.install()
-
-        assert [p.line for p in outcome.progress] == ["Installing", "50%", "Done!"]
-        assert outcome.result is not None
-        assert outcome.result.outcome == hooks_pb2.OUTCOME_SUCCESS
-        assert outcome.result.message == "Done!"
-        assert outcome.after_result == 0
+        assert [p.line for p in answer.progress] == ["Installing", "50%", "Done!"]
+        assert answer.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert answer.result.message == "Done!"
 
     def test_install_progress_arrives_while_the_script_runs(
-        self, hook_server: HookServerFactory
+        self, eval_server: RunningHookServer
     ) -> None:
-        server = hook_server.start({"install": "echo first\nsleep 3\necho second\n"})
-        call = server.hooks().Install(
-            hooks_pb2.InstallRequest(context=job(), file_path="/f"), timeout=CALL_TIMEOUT
+        call_ = eval_server.hooks().Install(
+            hooks_pb2.InstallRequest(context=job(meta="echo first; sleep 3"), file_path="/f"),
+            timeout=CALL_TIMEOUT,
         )
         started = time.monotonic()
 
-        first = next(call)
+        first = next(call_)
         waited = time.monotonic() - started
-        call.cancel()
+        call_.cancel()
 
         assert first.progress.line == "first"
         assert waited < 2.5
+        free_again(eval_server, "install")
 
     # -- cancellation, deadlines, the daemon going away ---------------------------------
 
     @pytest.mark.parametrize("ignore_term", [False, True], ids=["term", "term-ignored"])
-    def test_cancel_kills_the_whole_process_tree(
-        self, hook_server: HookServerFactory, tmp_path: Path, ignore_term: bool
+    def test_cancelling_install_kills_the_whole_process_tree(
+        self, eval_server: RunningHookServer, tmp_path: Path, ignore_term: bool
     ) -> None:
-        trap = "trap '' TERM" if ignore_term else ""
-        server = hook_server.start({"install": TREE_SCRIPT.format(trap=trap)})
         pidfile = tmp_path / "pids"
         with killing_pids_afterwards(pidfile):
-            call = server.hooks().Install(
-                hooks_pb2.InstallRequest(context=job(meta=str(tmp_path)), file_path="/f"),
+            stream = eval_server.hooks().Install(
+                hooks_pb2.InstallRequest(
+                    context=job(meta=tree(pidfile, ignore_term=ignore_term)), file_path="/f"
+                ),
                 timeout=30,
             )
-            assert next(call).progress.line == "started"
+            assert next(stream).progress.line == "started"
             pids = read_pids(pidfile, 2)
 
-            call.cancel()
+            stream.cancel()
 
             assert wait_gone(pids, GRACE + 1) == []
+        free_again(eval_server, "install")
 
-    def test_cancel_of_a_unary_call_kills_the_script(
-        self, hook_server: HookServerFactory, tmp_path: Path
+    def test_cancelling_a_unary_call_kills_the_whole_process_tree(
+        self, eval_server: RunningHookServer, tmp_path: Path
     ) -> None:
-        server = hook_server.start({"restart": TREE_SCRIPT.format(trap="")})
         pidfile = tmp_path / "pids"
         with killing_pids_afterwards(pidfile):
-            future = server.hooks().Restart.future(
-                hooks_pb2.RestartRequest(context=job(meta=str(tmp_path))), timeout=30
+            future = eval_server.hooks().Restart.future(
+                hooks_pb2.RestartRequest(context=job(meta=tree(pidfile))), timeout=30
             )
             pids = read_pids(pidfile, 2)
 
             future.cancel()
 
             assert wait_gone(pids, GRACE + 1) == []
+        free_again(eval_server, "restart")
 
-    def test_deadline_kills_the_script(
-        self, hook_server: HookServerFactory, tmp_path: Path
+    def test_the_deadline_kills_the_whole_process_tree(
+        self, eval_server: RunningHookServer, tmp_path: Path
     ) -> None:
-        server = hook_server.start({"ready": TREE_SCRIPT.format(trap="")})
         pidfile = tmp_path / "pids"
         with killing_pids_afterwards(pidfile):
             with pytest.raises(grpc.RpcError) as err:
-                server.hooks().CheckReady(
-                    hooks_pb2.CheckReadyRequest(context=job(meta=str(tmp_path))), timeout=1.0
-                )
+                call(eval_server, "ready", tree(pidfile), timeout=1.0)
             assert rpc_code(err.value) == grpc.StatusCode.DEADLINE_EXCEEDED
             pids = read_pids(pidfile, 2)
 
             assert wait_gone(pids, GRACE + 1) == []
+        free_again(eval_server, "ready")
 
-    def test_daemon_going_away_kills_the_script(
-        self, hook_server: HookServerFactory, tmp_path: Path
+    def test_the_daemon_going_away_kills_the_whole_process_tree(
+        self, eval_server: RunningHookServer, tmp_path: Path
     ) -> None:
-        server = hook_server.start({"install": TREE_SCRIPT.format(trap="")})
         pidfile = tmp_path / "pids"
         client = (
             "import sys, grpc\n"
@@ -782,27 +826,34 @@ class HookServerContract:
             "for m in stub.Install(hooks_pb2.InstallRequest(context=ctx, file_path='/f')):\n"
             "    print(m.progress.line, flush=True)\n"
         )
-        with killing_pids_afterwards(pidfile):
+        client_log = tmp_path / "client.log"
+        with killing_pids_afterwards(pidfile), client_log.open("wb") as log:
             daemon = subprocess.Popen(
-                [sys.executable, "-c", client, server.endpoint, str(tmp_path)],
+                [sys.executable, "-c", client, eval_server.endpoint, tree(pidfile)],
                 cwd=REPO_ROOT,
-                stdout=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             try:
                 pids = read_pids(pidfile, 2, timeout=START_TIMEOUT)
+            except TimeoutError:
+                pytest.fail(f"client:\n{client_log.read_text()}\nserver:\n{eval_server.log()}")
             finally:
                 daemon.kill()  # by PID: the daemon dies without cancelling anything
                 daemon.wait()
 
             assert wait_gone(pids, GRACE + 1) == []
+        free_again(eval_server, "install")
 
-    def test_sigterm_to_the_server_kills_running_scripts_and_exits(
+    def test_sigterm_to_the_server_kills_running_scripts_and_exits_0(
         self, hook_server: HookServerFactory, tmp_path: Path
     ) -> None:
-        server = hook_server.start({"install": TREE_SCRIPT.format(trap="trap '' TERM")})
+        server = hook_server.start({"install": EVAL_SCRIPT})
         pidfile = tmp_path / "pids"
         with killing_pids_afterwards(pidfile):
-            thread, out = call_in_thread(lambda: server.install(context=job(meta=str(tmp_path))))
+            thread, out = call_in_thread(
+                lambda: call(server, "install", tree(pidfile, ignore_term=True))
+            )
             pids = read_pids(pidfile, 2)
 
             server.proc.send_signal(signal.SIGTERM)
@@ -810,72 +861,59 @@ class HookServerContract:
             assert wait_gone(pids, GRACE + 1) == []
             assert server.proc.wait(timeout=GRACE + 5) == 0
             thread.join(5)
-            # The daemon must not fail the job because the server went down: UNAVAILABLE.
+            # Not the script's failure: the daemon must wait and call again (UNAVAILABLE).
             assert rpc_code(out[0]) == grpc.StatusCode.UNAVAILABLE, out
 
     # -- one call per hook ---------------------------------------------------------------
 
     def test_a_second_call_of_a_running_hook_is_aborted(
-        self, hook_server: HookServerFactory, tmp_path: Path
+        self, eval_server: RunningHookServer, tmp_path: Path
     ) -> None:
         gate = tmp_path / "gate"
-        server = hook_server.start(
-            {
-                "install": f"""
-                    echo started
-                    while [ ! -e {gate} ]; do sleep 0.05; done
-                    echo done
-                """
-            }
-        )
-        first = server.hooks().Install(
-            hooks_pb2.InstallRequest(context=job(), file_path="/f"), timeout=CALL_TIMEOUT
+        first = eval_server.hooks().Install(
+            hooks_pb2.InstallRequest(
+                context=job(meta=f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done"),
+                file_path="/f",
+            ),
+            timeout=CALL_TIMEOUT,
         )
         assert next(first).progress.line == "started"
 
         with pytest.raises(grpc.RpcError) as err:
-            server.install(context=job(attempt=2))
+            call(eval_server, "install", "echo second", attempt=2)
         assert rpc_code(err.value) == grpc.StatusCode.ABORTED
 
         gate.touch()
-        rest = list(first)
-        assert rest[-1].result.outcome == hooks_pb2.OUTCOME_SUCCESS
-        again = server.install()  # free again once the first run is over
-        assert again.result is not None
-        assert again.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert list(first)[-1].result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert free_again(eval_server, "install").result.outcome == hooks_pb2.OUTCOME_SUCCESS
 
     def test_different_hooks_run_at_the_same_time(
-        self, hook_server: HookServerFactory, tmp_path: Path
+        self, eval_server: RunningHookServer, tmp_path: Path
     ) -> None:
         gate = tmp_path / "gate"
-        server = hook_server.start(
-            {
-                "install": f"echo started\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n",
-                "version": "echo 1.0",
-            }
-        )
-        first = server.hooks().Install(
-            hooks_pb2.InstallRequest(context=job(), file_path="/f"), timeout=CALL_TIMEOUT
+        first = eval_server.hooks().Install(
+            hooks_pb2.InstallRequest(
+                context=job(meta=f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done"),
+                file_path="/f",
+            ),
+            timeout=CALL_TIMEOUT,
         )
         assert next(first).progress.line == "started"
 
-        reply = server.hooks().GetVersion(
-            hooks_pb2.GetVersionRequest(context=job()), timeout=CALL_TIMEOUT
-        )
+        answer = call(eval_server, "version", "echo 1.0")
 
-        assert reply.version == "1.0"
+        assert answer.version == "1.0"
         gate.touch()
         assert list(first)[-1].result.outcome == hooks_pb2.OUTCOME_SUCCESS
 
     # -- start-up checks and the socket --------------------------------------------------
 
-    def test_missing_script_exits_2_naming_hook_and_path(
+    def test_a_missing_script_exits_2_naming_the_hook_and_the_path(
         self, hook_server: HookServerFactory, tmp_path: Path
     ) -> None:
         missing = tmp_path / "nope" / "install.sh"
-        version = hook_server.write_script("version.sh", "echo 1")
         conf = hook_server.write_config(
-            {"version": version, "install": missing}, socket_path=hook_server.socket_path()
+            {"version": EVAL_SCRIPT, "install": missing}, socket_path=hook_server.socket_path()
         )
 
         code, output = hook_server.run_to_exit(conf)
@@ -884,9 +922,7 @@ class HookServerContract:
         assert "install" in output
         assert str(missing) in output
 
-    def test_script_that_is_not_executable_exits_2(
-        self, hook_server: HookServerFactory, tmp_path: Path
-    ) -> None:
+    def test_a_script_that_is_not_executable_exits_2(self, hook_server: HookServerFactory) -> None:
         script = hook_server.write_script("ready.sh", "exit 0")
         script.chmod(0o644)
         conf = hook_server.write_config({"ready": script}, socket_path=hook_server.socket_path())
@@ -897,37 +933,47 @@ class HookServerContract:
         assert "ready" in output
         assert str(script) in output
 
-    def test_socket_mode_is_0660(self, hook_server: HookServerFactory) -> None:
-        server = hook_server.start({"version": "echo 1"})
-
-        mode = server.socket_path.stat().st_mode
+    def test_the_socket_mode_is_0660(self, eval_server: RunningHookServer) -> None:
+        mode = eval_server.socket_path.stat().st_mode
 
         assert stat.S_ISSOCK(mode)
         assert stat.S_IMODE(mode) == 0o660
 
-    def test_a_stale_socket_file_is_replaced(self, hook_server: HookServerFactory) -> None:
-        first = hook_server.start({"version": "echo 1"})
-        sock = first.socket_path
-        first.close()
-        first.proc.kill()  # by PID; SIGKILL leaves the socket file behind
-        first.proc.wait()
-        assert sock.exists()
+    def test_a_stale_socket_file_is_replaced(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        sock = hook_server.socket_path()
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(sock))  # a socket file nobody listens on, as a killed server leaves
+        stale.close()
+        assert stat.S_ISSOCK(sock.stat().st_mode)
 
-        second = hook_server.start({"version": "echo 2"}, socket_path=sock)
-        reply = second.hooks().GetVersion(
-            hooks_pb2.GetVersionRequest(context=job()), timeout=CALL_TIMEOUT
-        )
+        server = hook_server.start({"version": "echo 2"}, socket_path=sock)
 
-        assert reply.version == "2"
+        assert call(server, "version").version == "2"
+
+    def test_a_socket_in_use_is_not_taken_over(self, hook_server: HookServerFactory) -> None:
+        sock = hook_server.socket_path()
+        live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        live.bind(str(sock))
+        live.listen()
+        try:
+            conf = hook_server.write_config({"version": EVAL_SCRIPT}, socket_path=sock)
+
+            code, output = hook_server.run_to_exit(conf)
+
+            assert code != 0
+            assert str(sock) in output
+            assert stat.S_ISSOCK(sock.stat().st_mode)
+        finally:
+            live.close()
 
     def test_a_path_that_is_not_a_socket_is_not_deleted(
         self, hook_server: HookServerFactory, tmp_path: Path
     ) -> None:
         precious = tmp_path / "precious.sock"
         precious.write_text("not a socket\n")
-        conf = hook_server.write_config(
-            {"version": hook_server.write_script("v.sh", "echo 1")}, socket_path=precious
-        )
+        conf = hook_server.write_config({"version": EVAL_SCRIPT}, socket_path=precious)
 
         code, output = hook_server.run_to_exit(conf)
 

@@ -1,0 +1,707 @@
+"""upparat-hookserver: serves the hook contract by running upparat 1.12 hook scripts.
+
+Owns the gRPC side: one script run per call, one call per hook at a time, results and
+progress mapped onto hooks.proto, the unix socket, health and shutdown. Script
+processes are `scripts.ScriptRun`'s business. Imports nothing of upparat but the stubs.
+
+Run: ``upparat-hookserver -c /etc/upparat/upparat.conf`` (``--help`` lists the keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import importlib.metadata
+import logging
+import math
+import os
+import pwd
+import re
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import assert_never
+
+import grpc
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from hookservers.shell import config as cfg
+from hookservers.shell.scripts import (
+    Exited,
+    NotStarted,
+    ScriptOutcome,
+    ScriptRun,
+    Signalled,
+    StopCause,
+)
+from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
+
+log = logging.getLogger("upparat.hookserver")
+
+SERVER_NAME = "upparat-hookserver"
+RETRY_EXIT_CODE = 3
+"""upparat 1.12: a hook exiting 3 asks to be called again later."""
+PROGRESS_INTERVAL = 0.2
+"""At most one progress message per this many seconds; newer lines replace pending ones."""
+MAX_MESSAGE_BYTES = 1024 * 1024
+NO_DEADLINE = 10 * 365 * 86400.0
+"""A deadline further away than this (seconds) counts as none."""
+RETRY_AFTER_RE = re.compile(r"retry-after=(\S+)")
+PERCENT_RE = re.compile(r"(?<![\d.])(\d{1,3})(?:\.\d+)?\s?%")
+HOOK_ENUM = {
+    "version": hooks_pb2.HOOK_VERSION,
+    "download": hooks_pb2.HOOK_DOWNLOAD,
+    "install": hooks_pb2.HOOK_INSTALL,
+    "restart": hooks_pb2.HOOK_RESTART,
+    "ready": hooks_pb2.HOOK_READY,
+}
+SERVICES = ("upparat.hooks.v1.HookService", "upparat.hooks.v1.IdentityService")
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+# --- from a finished script to a HookResult ----------------------------------------------
+
+
+def hook_result(
+    hook: str, script: Path, outcome: ScriptOutcome, default_retry_after: float | None
+) -> tuple[hooks_pb2.HookResult, str]:
+    """The HookResult (and, for the version hook, the version) of a script that ended by itself."""
+    last = outcome.last_lines[-1] if outcome.last_lines else ""
+    match outcome.ending:
+        case Exited(code=0):
+            if hook == "version":
+                if not last:
+                    return failure(
+                        "EMPTY_VERSION",
+                        f"version hook {script} exited 0 but printed no version on stdout",
+                        outcome.stderr_tail,
+                    ), ""
+                return hooks_pb2.HookResult(outcome=hooks_pb2.OUTCOME_SUCCESS), last
+            return hooks_pb2.HookResult(outcome=hooks_pb2.OUTCOME_SUCCESS, message=last), ""
+        case Exited(code=code) if code == RETRY_EXIT_CODE:
+            result = hooks_pb2.HookResult(outcome=hooks_pb2.OUTCOME_RETRY_LATER, message=last)
+            hint = default_retry_after
+            directive = RETRY_AFTER_RE.fullmatch(last)
+            if directive is not None:
+                result.message = outcome.last_lines[0] if len(outcome.last_lines) > 1 else ""
+                parsed = _seconds(directive.group(1))
+                if parsed is None:
+                    log.warning(
+                        "%s hook %s: ignoring %r (seconds >= 0 expected)", hook, script, last
+                    )
+                else:
+                    hint = parsed
+            if hint is not None:
+                result.retry_after.CopyFrom(_duration(hint))
+            return result, ""
+        case Exited(code=code):
+            message = f"{hook} hook {script} exited with status {code}"
+            return failure(
+                "HOOK_EXIT_NONZERO", f"{message}: {last}" if last else message, outcome.stderr_tail
+            ), ""
+        case Signalled() as ending:
+            return failure(
+                "HOOK_KILLED_BY_SIGNAL",
+                f"{hook} hook {script} was killed by {ending.name}",
+                outcome.stderr_tail,
+            ), ""
+        case NotStarted(error=error):
+            return failure("HOOK_NOT_STARTED", f"{hook} hook {script} could not start: {error}"), ""
+        case _:
+            assert_never(outcome.ending)
+
+
+def failure(reason: str, message: str, detail: str = "") -> hooks_pb2.HookResult:
+    return hooks_pb2.HookResult(
+        outcome=hooks_pb2.OUTCOME_FAILURE, reason=reason, message=message, detail=detail
+    )
+
+
+def percent_of(line: str) -> int | None:
+    """The first "NN%" in a progress line (e.g. RAUC's " 40% Copying image"), if 0-100."""
+    match = PERCENT_RE.search(line)
+    if match is None or int(match.group(1)) > 100:
+        return None
+    return int(match.group(1))
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _describe(result: hooks_pb2.HookResult) -> str:
+    name = hooks_pb2.Outcome.Name(result.outcome).removeprefix("OUTCOME_")
+    return f"{name} {result.reason}" if result.reason else name
+
+
+# --- one call per hook ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Call:
+    hook: str
+    job_id: str
+    attempt: int
+    run: ScriptRun
+
+
+class ProgressFeed:
+    """Stdout lines and then the outcome of one Install run, from reader to RPC thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        # Bounded: a script can print faster than the daemon reads; old lines are dropped.
+        self._lines: collections.deque[str] = collections.deque(maxlen=64)
+        self._outcome: ScriptOutcome | None = None
+
+    def push(self, line: str) -> None:
+        with self._cond:
+            self._lines.append(line)
+            self._cond.notify()
+
+    def finish(self, outcome: ScriptOutcome) -> None:
+        with self._cond:
+            self._outcome = outcome
+            self._cond.notify()
+
+    def next(self, timeout: float | None) -> str | ScriptOutcome | None:
+        """The next line, else the outcome once all lines are taken; None on timeout."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._lines or self._outcome is not None, timeout)
+            if self._lines:
+                return self._lines.popleft()
+            return self._outcome
+
+
+class Runner:
+    """Starts scripts for calls, keeps one run per hook and stops them all at shutdown."""
+
+    def __init__(self, config: cfg.ServerConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._calls: dict[str, Call] = {}
+        self._stopping = False
+        self._home = _home()
+
+    def begin(
+        self,
+        hook: str,
+        job: hooks_pb2.JobContext,
+        context: grpc.ServicerContext,
+        *,
+        extra_args: Sequence[str] = (),
+        extra_env: dict[str, str] | None = None,
+        on_line: Callable[[str], None] | None = None,
+        on_done: Callable[[ScriptOutcome], None] | None = None,
+    ) -> ScriptRun:
+        """Starts `hook`'s script for this call, or aborts the call with the right status."""
+        script = self.config.scripts.get(hook)
+        if script is None:
+            _log_call(hook, job, "UNIMPLEMENTED (no script configured)", 0.0)
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"no {hook} script is configured ([hooks] {hook} is unset)",
+            )
+        args = [job.job_id, job.meta, *extra_args, *(extra_env or {}).values()]
+        if any("\0" in a for a in args):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{hook}: job id, meta and file path must not contain NUL characters",
+            )
+        elapsed = job.elapsed.seconds + job.elapsed.nanos / 1e9
+        env = {
+            "PATH": self.config.script_path,
+            "LANG": "C.UTF-8",
+            "HOME": self._home,
+            "UPPARAT_HOOK": hook,
+            "UPPARAT_JOB_ID": job.job_id,
+            "UPPARAT_ATTEMPT": str(job.attempt),
+            "UPPARAT_FORCE": "1" if job.force else "0",
+            "UPPARAT_META": job.meta,
+            "UPPARAT_ELAPSED": str(max(0, int(elapsed))),
+            **(extra_env or {}),
+        }
+        # upparat 1.12 (hooks.py): [script, seconds since first call, retry count] + args,
+        # where args are str(arg) or "" for a falsy arg (no meta, force False).
+        argv = [str(script), str(max(0, int(elapsed))), str(max(0, job.attempt - 1)), job.meta]
+        argv += extra_args
+        refusal: tuple[grpc.StatusCode, str] | None = None
+        with self._lock:
+            running = self._calls.get(hook)
+            if self._stopping:
+                refusal = (grpc.StatusCode.UNAVAILABLE, "hook server is stopping; call again")
+            elif running is not None:
+                age = time.monotonic() - running.run.started_at
+                refusal = (
+                    grpc.StatusCode.ABORTED,
+                    f"another {hook} call is running (job {running.job_id}, attempt "
+                    f"{running.attempt}, for {age:.0f} s); call again when it has ended",
+                )
+            else:
+                run = ScriptRun(
+                    argv,
+                    env,
+                    grace=self.config.cancel_grace_period,
+                    on_line=on_line,
+                    on_done=lambda outcome: self._ended(call, outcome, on_done),
+                )
+                call = Call(hook=hook, job_id=job.job_id, attempt=job.attempt, run=run)
+                self._calls[hook] = call
+        if refusal is not None:
+            _log_call(hook, job, f"{refusal[0].name} ({refusal[1]})", 0.0)
+            context.abort(*refusal)
+
+        def on_rpc_end() -> None:
+            # Runs when the RPC ends for any reason: a finished run ignores it; otherwise
+            # the daemon cancelled, went away or its deadline passed. Cleanup must start
+            # here: a streaming handler is not resumed after a cancel.
+            remaining = time_remaining(context)
+            late = remaining is not None and remaining < 0.1
+            run.stop(StopCause.DEADLINE if late else StopCause.CANCELLED)
+
+        if not context.add_callback(on_rpc_end):
+            with self._lock:
+                self._calls.pop(hook, None)
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before the script started")
+        log.debug("%s job=%s: running %s", hook, job.job_id, " ".join(argv))
+        run.start()
+        return run
+
+    def _ended(
+        self, call: Call, outcome: ScriptOutcome, then: Callable[[ScriptOutcome], None] | None
+    ) -> None:
+        with self._lock:
+            if self._calls.get(call.hook) is call:
+                del self._calls[call.hook]
+        script = self.config.scripts[call.hook]
+        if outcome.stopped is not None:
+            how = f"stopped ({outcome.stopped.value}; {_ending(outcome)})"
+        else:
+            result, _ = hook_result(call.hook, script, outcome, self.config.default_retry_after)
+            how = f"{_describe(result)} ({_ending(outcome)})"
+        if outcome.leftovers:
+            how += f", {outcome.leftovers} leftover process(es) killed"
+        log.info(
+            "%s job=%s attempt=%d: %s in %.1f s",
+            call.hook,
+            call.job_id,
+            call.attempt,
+            how,
+            outcome.duration,
+        )
+        if then is not None:
+            then(outcome)
+
+    def stop_all(self) -> list[ScriptRun]:
+        """Refuses new calls and stops every running script; returns them to wait for."""
+        with self._lock:
+            self._stopping = True
+            runs = [call.run for call in self._calls.values()]
+        for run in runs:
+            run.stop(StopCause.SHUTDOWN)
+        return runs
+
+
+def _ending(outcome: ScriptOutcome) -> str:
+    match outcome.ending:
+        case Exited(code=code):
+            return f"exit status {code}"
+        case Signalled() as ending:
+            return ending.name
+        case NotStarted(error=error):
+            return f"not started: {error}"
+        case _:
+            assert_never(outcome.ending)
+
+
+def _log_call(hook: str, job: hooks_pb2.JobContext, how: str, duration: float) -> None:
+    log.info("%s job=%s attempt=%d: %s in %.1f s", hook, job.job_id, job.attempt, how, duration)
+
+
+def _home() -> str:
+    if os.geteuid() == 0:
+        return "/root"
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        return "/"
+
+
+# --- the services -------------------------------------------------------------------------
+
+
+class HookService(hooks_pb2_grpc.HookServiceServicer):
+    """HookService over scripts: each RPC runs its hook's script once."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    def GetVersion(
+        self, request: hooks_pb2.GetVersionRequest, context: grpc.ServicerContext
+    ) -> hooks_pb2.GetVersionResponse:
+        result, version = self._unary("version", request.context, context)
+        return hooks_pb2.GetVersionResponse(version=version, result=result)
+
+    def CheckDownload(
+        self, request: hooks_pb2.CheckDownloadRequest, context: grpc.ServicerContext
+    ) -> hooks_pb2.CheckDownloadResponse:
+        result, _ = self._unary("download", request.context, context)
+        return hooks_pb2.CheckDownloadResponse(result=result)
+
+    def Restart(
+        self, request: hooks_pb2.RestartRequest, context: grpc.ServicerContext
+    ) -> hooks_pb2.RestartResponse:
+        # upparat 1.12 passed the force flag as str(True) or "" (restart.py, hooks.py).
+        force = "True" if request.context.force else ""
+        result, _ = self._unary("restart", request.context, context, (force,))
+        return hooks_pb2.RestartResponse(result=result)
+
+    def CheckReady(
+        self, request: hooks_pb2.CheckReadyRequest, context: grpc.ServicerContext
+    ) -> hooks_pb2.CheckReadyResponse:
+        result, _ = self._unary("ready", request.context, context)
+        return hooks_pb2.CheckReadyResponse(result=result)
+
+    def Install(
+        self, request: hooks_pb2.InstallRequest, context: grpc.ServicerContext
+    ) -> Iterator[hooks_pb2.InstallResponse]:
+        if not request.file_path and "install" in self._runner.config.scripts:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "install: file_path is empty")
+        feed = ProgressFeed()
+        run = self._runner.begin(
+            "install",
+            request.context,
+            context,
+            extra_args=(request.file_path,),
+            extra_env={"UPPARAT_FILE": request.file_path},
+            on_line=feed.push,
+            on_done=feed.finish,
+        )
+        last_sent = -math.inf
+        pending: str | None = None
+        while True:
+            remaining = time_remaining(context)
+            wait = remaining
+            if pending is not None:
+                until_due = last_sent + PROGRESS_INTERVAL - time.monotonic()
+                wait = until_due if wait is None else min(wait, until_due)
+            item = feed.next(None if wait is None else max(0.0, wait))
+            now = time.monotonic()
+            if item is None:
+                if pending is not None and now >= last_sent + PROGRESS_INTERVAL:
+                    yield _progress(pending)
+                    last_sent, pending = now, None
+                    continue
+                remaining = time_remaining(context)
+                if remaining is not None and remaining <= 0:
+                    run.stop(StopCause.DEADLINE)
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "install: deadline passed")
+                continue
+            if isinstance(item, str):
+                if pending is None and now - last_sent >= PROGRESS_INTERVAL:
+                    yield _progress(item)
+                    last_sent = now
+                else:
+                    pending = item  # merged: the newest line wins
+                continue
+            if pending is not None:
+                yield _progress(pending)
+            result, _ = self._result("install", item, context)
+            yield hooks_pb2.InstallResponse(result=result)
+            return
+
+    def _unary(
+        self,
+        hook: str,
+        job: hooks_pb2.JobContext,
+        context: grpc.ServicerContext,
+        extra_args: Sequence[str] = (),
+    ) -> tuple[hooks_pb2.HookResult, str]:
+        run = self._runner.begin(hook, job, context, extra_args=extra_args)
+        remaining = time_remaining(context)
+        outcome = run.wait(None if remaining is None else max(0.0, remaining))
+        if outcome is None:
+            run.stop(StopCause.DEADLINE)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{hook}: deadline passed")
+        return self._result(hook, outcome, context)
+
+    def _result(
+        self, hook: str, outcome: ScriptOutcome, context: grpc.ServicerContext
+    ) -> tuple[hooks_pb2.HookResult, str]:
+        match outcome.stopped:
+            case None:
+                config = self._runner.config
+                return hook_result(hook, config.scripts[hook], outcome, config.default_retry_after)
+            case StopCause.SHUTDOWN:
+                # Not the script's fault: the daemon waits and calls again.
+                context.abort(grpc.StatusCode.UNAVAILABLE, "hook server is stopping; call again")
+            case StopCause.DEADLINE:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{hook}: deadline passed")
+            case StopCause.CANCELLED:
+                context.abort(grpc.StatusCode.CANCELLED, f"{hook}: cancelled")
+            case _:
+                assert_never(outcome.stopped)
+
+
+def time_remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds until the call's deadline; None without one (grpc then gives None or a huge
+    number, which threading's waits cannot take)."""
+    remaining: float | None = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE:
+        return None
+    return remaining
+
+
+def _progress(line: str) -> hooks_pb2.InstallResponse:
+    progress = hooks_pb2.InstallProgress(line=line)
+    percent = percent_of(line)
+    if percent is not None:
+        progress.percent = percent
+    return hooks_pb2.InstallResponse(progress=progress)
+
+
+class IdentityService(hooks_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, config: cfg.ServerConfig) -> None:
+        self._config = config
+
+    def GetInfo(
+        self, request: hooks_pb2.GetInfoRequest, context: grpc.ServicerContext
+    ) -> hooks_pb2.GetInfoResponse:
+        return hooks_pb2.GetInfoResponse(
+            server_name=SERVER_NAME,
+            server_version=server_version(),
+            api_versions=["v1"],
+            hooks=[HOOK_ENUM[hook] for hook in self._config.scripts],
+            manifest={f"script.{hook}": str(p) for hook, p in self._config.scripts.items()},
+        )
+
+
+def server_version() -> str:
+    try:
+        return importlib.metadata.version("upparat")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --- listening ------------------------------------------------------------------------------
+
+
+class HookServer:
+    """The gRPC server: binds, serves, and stops without leaving a script behind."""
+
+    def __init__(self, config: cfg.ServerConfig) -> None:
+        self.config = config
+        self.runner = Runner(config)
+        self.health = health.HealthServicer()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # Two servers on one TCP port must fail, not share it.
+                ("grpc.so_reuseport", 0),
+                # Accept the daemon's keepalive pings during long, quiet installs.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 60_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        hooks_pb2_grpc.add_HookServiceServicer_to_server(HookService(self.runner), self._server)
+        hooks_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityService(config), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self._socket_inode: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        listen = self.config.listen
+        match listen:
+            case cfg.UnixListen(path=path):
+                self._bind_unix(path)
+            case cfg.TcpListen(host=host):
+                if host not in ("127.0.0.1", "::1", "localhost"):
+                    log.warning(
+                        "listening on %s: TCP has no access control; anyone who reaches it "
+                        "can run the hook scripts",
+                        listen,
+                    )
+                try:
+                    self._server.add_insecure_port(listen.address)
+                except RuntimeError as e:
+                    raise StartupError(f"cannot listen on {listen}: {e}") from None
+            case _:
+                assert_never(listen)
+        self._server.start()
+        for service in ("", *SERVICES):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        hooks = ", ".join(f"{h}={p}" for h, p in self.config.scripts.items()) or "none"
+        log.info("%s %s listening on %s; hooks: %s", SERVER_NAME, server_version(), listen, hooks)
+
+    def _bind_unix(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            raise StartupError(
+                f"cannot listen on unix://{path}: directory {path.parent} does not exist "
+                "(create it, e.g. with systemd's RuntimeDirectory=upparat)"
+            )
+        _remove_stale_socket(path)
+        # The socket file is created with the mode the umask leaves, so there is no moment
+        # when it is more open than socket_mode. The umask is process-wide: no script runs yet.
+        old_umask = os.umask(0o777 & ~self.config.socket_mode)
+        try:
+            self._server.add_insecure_port(f"unix://{path}")
+        except RuntimeError as e:
+            raise StartupError(f"cannot listen on unix://{path}: {e}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, self.config.socket_mode)
+        st = os.lstat(path)
+        self._socket_inode = (st.st_dev, st.st_ino)
+
+    def stop(self) -> None:
+        """NOT_SERVING, stop every script (SIGTERM, SIGKILL after the grace period), close."""
+        log.info("stopping: no new calls; stopping running scripts")
+        self.health.enter_graceful_shutdown()
+        runs = self.runner.stop_all()
+        deadline = time.monotonic() + self.config.cancel_grace_period + 2.0
+        for run in runs:
+            if run.wait(max(0.0, deadline - time.monotonic())) is None:
+                log.error("script %s (pid %s) did not end after SIGKILL", run.argv[0], run.pid)
+        self._server.stop(grace=1.0).wait(5.0)
+        match self.config.listen:
+            case cfg.UnixListen(path=path) if self._socket_inode is not None:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(path)
+                    if (st.st_dev, st.st_ino) == self._socket_inode:
+                        path.unlink()
+            case _:
+                pass
+        log.info("stopped")
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(
+            f"cannot listen on unix://{path}: it exists and is not a socket; "
+            "not deleting it (remove it yourself or choose another [hookserver] listen)"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: a leftover of a server that died
+    except OSError as e:
+        raise StartupError(f"cannot check the existing socket unix://{path}: {e}") from None
+    else:
+        raise StartupError(
+            f"cannot listen on unix://{path}: another process is listening on it "
+            "(another upparat-hookserver?)"
+        )
+    finally:
+        probe.close()
+    log.info("removing stale socket %s", path)
+    path.unlink()
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="upparat-hookserver",
+        description="Serves upparat's hook contract (gRPC) by running the hook scripts "
+        "configured in [hooks], the way upparat 1.12 ran them.",
+        epilog=cfg.epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=cfg.DEFAULT_CONFIG,
+        help=f"the upparat configuration file (default {cfg.DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--listen", help="where to listen; overrides [hookserver] listen and [hooks] endpoint"
+    )
+    parser.add_argument(
+        "--log-level", choices=cfg.LOG_LEVELS, help="overrides [hookserver] log_level"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration and the scripts, then exit (0: usable, 2: not)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {server_version()}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = cfg.load(args.config, listen=args.listen, log_level=args.log_level)
+    except cfg.ConfigError as e:
+        for line in str(e).splitlines():
+            print(f"upparat-hookserver: {line}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    problems = cfg.script_problems(config)
+    for problem in problems:
+        log.error("%s", problem)
+    if problems:
+        return 2
+    if args.check:
+        print(f"{args.config}: hook server configuration is usable")
+        return 0
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, on_signal)
+    server = HookServer(config)
+    try:
+        server.start()
+    except StartupError as e:
+        log.error("%s", e)
+        return 2
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -951,8 +951,8 @@ def _tiny_tmpfs(path: Path, size: int) -> Iterator[bool]:
     try:
         yield mounted
     finally:
-        if mounted:
-            subprocess.run(["umount", str(path)], check=False)
+        if mounted and subprocess.run(["umount", str(path)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
 def test_a_full_disk_during_the_download_removes_the_partial_file(
@@ -981,6 +981,7 @@ def test_a_full_disk_during_the_download_removes_the_partial_file(
         start(downloader, server.url(), sha256=blob.sha256(), size=blob.size)
 
         failed = recorder.failed()
+        downloader.close()  # its file is closed before the tmpfs is unmounted
         assert failed.failure is DownloadFailure.INSUFFICIENT_DISK_SPACE
         assert f"of {blob.size} bytes" in failed.message
         assert list(location.iterdir()) == []

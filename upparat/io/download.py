@@ -30,7 +30,7 @@ from base64 import b64encode
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import assert_never
+from typing import Protocol, assert_never
 
 import attrs
 
@@ -48,6 +48,13 @@ log = logging.getLogger("upparat.download")
 
 DownloadCommand = StartDownload | CancelDownload | DiscardDownload
 StatVfs = Callable[[str], os.statvfs_result]
+
+
+class Jitter(Protocol):
+    """Where the backoff's full jitter comes from (`random.Random` in production)."""
+
+    def uniform(self, a: float, b: float, /) -> float: ...
+
 
 MAX_REDIRECTS = 5
 PROGRESS_INTERVAL = 0.5
@@ -444,7 +451,7 @@ class _Transfer:
         folder: Path,
         options: _Options,
         on_event: Callable[[Event], None],
-        rng: random.Random,
+        rng: Jitter,
         statvfs: StatVfs,
         ssl_context: ssl.SSLContext,
     ) -> None:
@@ -1127,7 +1134,7 @@ class Downloader:
         read_timeout: float = 60.0,
         backoff_base: float = 1.0,
         backoff_cap: float = 64.0,
-        rng: random.Random | None = None,
+        rng: Jitter | None = None,
         statvfs: StatVfs = os.statvfs,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:

@@ -1116,7 +1116,9 @@ class Downloader:
     """Executes the download commands; one download at a time, each in its own thread.
 
     Events go to `on_event` from the download's thread. After `execute(CancelDownload)`
-    returns, nothing more is sent for that download.
+    returns, nothing more is sent for that download; to guarantee that, `on_event` runs
+    under a lock that cancelling takes too, so it must hand the event over (a queue) and
+    never wait for the thread that calls `execute`. `NO_PROXY` applies to `proxy` as well.
     """
 
     def __init__(

@@ -1,0 +1,565 @@
+"""The hook client driver: carries `CallHook` / `CancelHook` to the hook server over gRPC.
+
+Owns the channel, one thread per call and the GetInfo watcher. It is the only place in
+the daemon that catches gRPC exceptions: each call ends in exactly one `HookFinished`
+(unless the core cancelled it) and nothing here raises into the runtime. The mapping of
+gRPC statuses and HookResults follows the comment block of hooks.proto.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import threading
+import unicodedata
+from collections.abc import Callable
+from typing import TypeVar, assert_never
+
+import attrs
+import grpc
+from google.protobuf import duration_pb2
+
+from upparat.core.commands import CallHook, CancelHook
+from upparat.core.events import (
+    Event,
+    HookDeadlineExceeded,
+    HookFailure,
+    HookFinished,
+    HookProgressed,
+    HookResult,
+    HookRetryLater,
+    HookServerInfo,
+    HookSuccess,
+    HookUnavailable,
+    HookUnimplemented,
+)
+from upparat.core.model import CallId, HookContext, HookKind
+from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
+
+log = logging.getLogger("upparat.hooks")
+
+DEFAULT_ENDPOINT = "unix:///run/upparat/hooks.sock"
+MAX_RECEIVE_BYTES = 1024 * 1024
+"""hooks.proto: the daemon rejects any single message over 1 MiB (RESOURCE_EXHAUSTED)."""
+MAX_LINE_CHARS = 1024
+"""HookResult.message and InstallProgress.line are cut to this many characters."""
+MAX_DETAIL_BYTES = 16 * 1024
+"""HookResult.detail is cut to this many UTF-8 bytes."""
+MAX_REASON_CHARS = 64
+KEEPALIVE_MS = 300_000
+"""Ping a quiet connection every 5 minutes: gRPC servers by default refuse pings more
+often than that (and then close the connection), and it still notices a dead TCP peer
+within a long install. A unix socket reports a dead server at once anyway."""
+
+_HOOK_KINDS = {
+    hooks_pb2.HOOK_VERSION: HookKind.VERSION,
+    hooks_pb2.HOOK_DOWNLOAD: HookKind.DOWNLOAD,
+    hooks_pb2.HOOK_INSTALL: HookKind.INSTALL,
+    hooks_pb2.HOOK_RESTART: HookKind.RESTART,
+    hooks_pb2.HOOK_READY: HookKind.READY,
+}
+_Reply = TypeVar("_Reply")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+_NOT_REASON = re.compile(r"[^A-Z0-9_]+")
+
+
+def channel_target(endpoint: str) -> str:
+    """The gRPC target of an endpoint: `unix:///abs` and `unix:/abs` become `unix:///abs`;
+    `host:port` (and any other gRPC target) stays as it is."""
+    endpoint = endpoint.strip()
+    if not endpoint:
+        raise ValueError("hook server endpoint is empty")
+    if endpoint.startswith("unix:"):
+        path = endpoint.removeprefix("unix:")
+        if path.startswith("//"):
+            path = path[2:]
+            if not path.startswith("/"):
+                raise ValueError(f"unix endpoint must be unix:///absolute/path, got {endpoint!r}")
+        if not path.startswith("/"):
+            return f"unix:{path}"  # relative to the working directory, as gRPC reads it
+        return f"unix://{'/' + path.lstrip('/')}"
+    if endpoint.startswith("/"):
+        return f"unix://{endpoint}"
+    return endpoint
+
+
+def channel_options() -> list[tuple[str, int | str]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ("grpc.max_send_message_length", MAX_RECEIVE_BYTES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        # The core decides about retries (the contract's UNAVAILABLE rule), not the channel.
+        ("grpc.enable_retries", 0),
+        # Stay connected while idle: IDLE then means the hook server went away.
+        ("grpc.client_idle_timeout_ms", 2**31 - 1),
+        # Notice a hook server that came back within seconds, not minutes.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+
+
+# --- values from the wire --------------------------------------------------------------
+
+
+def clean_line(text: str, limit: int = MAX_LINE_CHARS) -> str:
+    """One printable line: escape sequences and control/format characters removed."""
+    text = _ANSI_ESCAPE.sub("", text)
+    text = "".join(
+        " " if ch in "\t\n\r" else ch for ch in text if ch in "\t\n\r" or not _invisible(ch)
+    )
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clean_detail(text: str, limit: int = MAX_DETAIL_BYTES) -> str:
+    """Multi-line text (newlines and tabs kept), cut to `limit` UTF-8 bytes."""
+    text = _ANSI_ESCAPE.sub("", text)
+    text = "".join(ch for ch in text if ch in "\t\n" or not _invisible(ch)).strip()
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "…"
+
+
+def clean_reason(text: str) -> str:
+    """UPPER_SNAKE_CASE, as hooks.proto asks of HookResult.reason."""
+    return _NOT_REASON.sub("_", text.upper()).strip("_")[:MAX_REASON_CHARS]
+
+
+def _invisible(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co")
+
+
+def job_context(context: HookContext) -> hooks_pb2.JobContext:
+    elapsed = duration_pb2.Duration()
+    seconds = context.elapsed if math.isfinite(context.elapsed) else 0.0
+    elapsed.FromNanoseconds(int(max(0.0, seconds) * 1e9))
+    return hooks_pb2.JobContext(
+        job_id=context.job_id,
+        meta=context.meta,
+        attempt=min(max(context.attempt, 0), 2**32 - 1),
+        elapsed=elapsed,
+        force=context.force,
+    )
+
+
+def hook_result(hook: HookKind, result: hooks_pb2.HookResult, version: str = "") -> HookResult:
+    """The core's view of a HookResult (and, for GetVersion, of the version)."""
+    message = clean_line(result.message)
+    match result.outcome:
+        case hooks_pb2.OUTCOME_SUCCESS:
+            if hook is HookKind.VERSION:
+                value = clean_line(version)
+                if not value:
+                    return HookFailure(
+                        reason="EMPTY_VERSION",
+                        message="hook server answered GetVersion with SUCCESS but no version",
+                    )
+                return HookSuccess(value=value, message=message)
+            return HookSuccess(message=message)
+        case hooks_pb2.OUTCOME_RETRY_LATER:
+            return HookRetryLater(retry_after=_seconds(result), message=message)
+        case hooks_pb2.OUTCOME_FAILURE:
+            return HookFailure(
+                reason=clean_reason(result.reason) or "HOOK_FAILED",
+                message=message,
+                detail=clean_detail(result.detail),
+            )
+        case _:
+            # OUTCOME_UNSPECIFIED, an absent result, or a value newer than this daemon.
+            what = "no outcome" if result.outcome == 0 else f"unknown outcome {result.outcome}"
+            return HookFailure(
+                reason="OUTCOME_UNSPECIFIED",
+                message=clean_line(f"hook server answered {hook.value} with {what}: {message}"),
+                detail=clean_detail(result.detail),
+            )
+
+
+def _seconds(result: hooks_pb2.HookResult) -> float | None:
+    if not result.HasField("retry_after"):
+        return None
+    d = result.retry_after
+    seconds = d.seconds + d.nanos / 1e9
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def status_result(error: grpc.RpcError) -> HookResult:
+    """The core's view of a call that ended with a non-OK gRPC status (hooks.proto's table)."""
+    code, details = rpc_status(error)
+    match code:
+        case grpc.StatusCode.UNAVAILABLE | grpc.StatusCode.ABORTED:
+            return HookUnavailable(detail=clean_line(f"{code.name}: {details}"))
+        case grpc.StatusCode.DEADLINE_EXCEEDED:
+            return HookDeadlineExceeded()
+        case grpc.StatusCode.UNIMPLEMENTED:
+            return HookUnimplemented()
+        case _:
+            return HookFailure(reason=f"GRPC_{code.name}", message=clean_line(details))
+
+
+def rpc_status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """Code and details of a failed call (the errors grpc raises for calls carry both)."""
+    code = getattr(error, "code", None)
+    details = getattr(error, "details", None)
+    status = code() if callable(code) else None
+    text = details() if callable(details) else None
+    return (
+        status if isinstance(status, grpc.StatusCode) else grpc.StatusCode.UNKNOWN,
+        text if isinstance(text, str) else str(error),
+    )
+
+
+# --- the driver ----------------------------------------------------------------------
+
+
+@attrs.define
+class _Call:
+    command: CallHook
+    cancel_rpc: Callable[[], object] | None = None
+    """Cancels the running RPC (a future or a stream)."""
+    cancelled: bool = False
+
+
+class HookClient:
+    """Executes hook commands against the hook server at `endpoint`; reports via `on_event`.
+
+    `on_event` is called from the client's threads (GetInfo watcher, one per call); it
+    must be quick and thread-safe (e.g. put the event on the runtime's queue).
+    A call cancelled by `CancelHook` emits nothing after `execute` returns; a result that
+    arrived just before may already be on its way, and the core ignores events of a call
+    id it cancelled.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        on_event: Callable[[Event], None],
+        *,
+        info_retry: float = 5.0,
+    ) -> None:
+        self.target = channel_target(endpoint)
+        self._on_event = on_event
+        self._info_retry = info_retry
+        self._info_failures = 0
+        self._channel = grpc.insecure_channel(self.target, options=channel_options())
+        self._hooks = hooks_pb2_grpc.HookServiceStub(self._channel)
+        self._identity = hooks_pb2_grpc.IdentityServiceStub(self._channel)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._calls: dict[CallId, _Call] = {}
+        self._closed = False
+        self._state: grpc.ChannelConnectivity | None = None
+        self._channel.subscribe(self._on_connectivity)
+        self._watcher = threading.Thread(target=self._watch, name="hook-info", daemon=True)
+        self._watcher.start()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def execute(self, command: CallHook | CancelHook) -> None:
+        match command:
+            case CallHook():
+                self._call(command)
+            case CancelHook(call_id=call_id):
+                self._cancel(call_id)
+
+    def close(self) -> None:
+        """Cancels every call (no events for them) and closes the channel."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            calls = list(self._calls.values())
+            for call in calls:
+                call.cancelled = True
+            self._cond.notify_all()
+        for call in calls:
+            if call.cancel_rpc is not None:
+                call.cancel_rpc()
+        with contextlib.suppress(ValueError):  # already gone
+            self._channel.unsubscribe(self._on_connectivity)
+        self._channel.close()
+        self._watcher.join(timeout=2.0)
+
+    def _call(self, command: CallHook) -> None:
+        with self._lock:
+            closed = self._closed
+            duplicate = command.call_id in self._calls
+            if not closed and not duplicate:
+                call = _Call(command=command)
+                self._calls[command.call_id] = call
+        if closed:
+            self._finish(command, HookUnavailable(detail="hook client is closed"))
+            return
+        if duplicate:
+            # A core bug; the running call with this id still answers exactly once.
+            log.error("call %d is already running; ignoring a second CallHook", command.call_id)
+            return
+        threading.Thread(
+            target=self._run,
+            args=(call,),
+            name=f"hook-{command.hook.value}-{command.call_id}",
+            daemon=True,
+        ).start()
+
+    def _cancel(self, call_id: CallId) -> None:
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                log.debug("cancel of call %d: not running", call_id)
+                return
+            call.cancelled = True
+            cancel_rpc = call.cancel_rpc
+        log.debug("cancelling %s call %d", call.command.hook.value, call_id)
+        if cancel_rpc is not None:
+            cancel_rpc()
+
+    # -- one thread per call ----------------------------------------------------------------
+
+    def _run(self, call: _Call) -> None:
+        command = call.command
+        log.debug(
+            "calling %s hook (call %d, job %s, attempt %d, timeout %.0f s)",
+            command.hook.value,
+            command.call_id,
+            command.context.job_id,
+            command.context.attempt,
+            command.timeout,
+        )
+        result: HookResult | None
+        try:
+            result = self._invoke(call)
+        except Exception as e:
+            # Never let a call take the daemon down: report it as this call's failure.
+            log.exception(
+                "%s hook call %d failed in the client", command.hook.value, command.call_id
+            )
+            result = HookFailure(
+                reason="CLIENT_ERROR", message=clean_line(f"{type(e).__name__}: {e}")
+            )
+        with self._lock:
+            self._calls.pop(command.call_id, None)
+            cancelled = call.cancelled
+        if cancelled:
+            log.debug("%s call %d cancelled", command.hook.value, command.call_id)
+            return
+        assert result is not None, "only a cancelled call has no result"
+        self._finish(command, result)
+
+    def _finish(self, command: CallHook, result: HookResult) -> None:
+        if isinstance(result, HookFailure):
+            log.warning(
+                "%s hook (job %s): %s %s",
+                command.hook.value,
+                command.context.job_id,
+                result.reason,
+                result.message,
+            )
+        else:
+            log.debug("%s hook (job %s): %s", command.hook.value, command.context.job_id, result)
+        self._emit(HookFinished(call_id=command.call_id, hook=command.hook, result=result))
+
+    def _start(self, call: _Call, cancel: Callable[[], object]) -> bool:
+        """Registers how to cancel the RPC; False (and cancelled) if the core already cancelled."""
+        with self._lock:
+            call.cancel_rpc = cancel
+            cancelled = call.cancelled
+        if cancelled:
+            cancel()
+        return not cancelled
+
+    def _invoke(self, call: _Call) -> HookResult | None:
+        """Runs the RPC; None when it was cancelled by the core."""
+        command = call.command
+        hook = command.hook
+        context = job_context(command.context)
+        timeout = command.timeout
+        match hook:
+            case HookKind.VERSION:
+                return self._unary(
+                    call,
+                    self._hooks.GetVersion.future(
+                        hooks_pb2.GetVersionRequest(context=context), timeout=timeout
+                    ),
+                    lambda reply: hook_result(hook, reply.result, reply.version),
+                )
+            case HookKind.DOWNLOAD:
+                return self._unary(
+                    call,
+                    self._hooks.CheckDownload.future(
+                        hooks_pb2.CheckDownloadRequest(context=context), timeout=timeout
+                    ),
+                    lambda reply: hook_result(hook, reply.result),
+                )
+            case HookKind.RESTART:
+                return self._unary(
+                    call,
+                    self._hooks.Restart.future(
+                        hooks_pb2.RestartRequest(context=context), timeout=timeout
+                    ),
+                    lambda reply: hook_result(hook, reply.result),
+                )
+            case HookKind.READY:
+                return self._unary(
+                    call,
+                    self._hooks.CheckReady.future(
+                        hooks_pb2.CheckReadyRequest(context=context), timeout=timeout
+                    ),
+                    lambda reply: hook_result(hook, reply.result),
+                )
+            case HookKind.INSTALL:
+                return self._install(call, context)
+            case _:
+                assert_never(hook)
+
+    def _unary(
+        self, call: _Call, future: grpc.Future[_Reply], read: Callable[[_Reply], HookResult]
+    ) -> HookResult | None:
+        if not self._start(call, future.cancel):
+            return None
+        try:
+            reply = future.result()
+        except grpc.FutureCancelledError:
+            return None
+        except grpc.RpcError as e:
+            return None if call.cancelled else status_result(e)
+        return read(reply)
+
+    def _install(self, call: _Call, context: hooks_pb2.JobContext) -> HookResult | None:
+        command = call.command
+        if command.file_path is None:
+            return HookFailure(reason="CLIENT_ERROR", message="install call without a file path")
+        stream = self._hooks.Install(
+            hooks_pb2.InstallRequest(context=context, file_path=command.file_path),
+            timeout=command.timeout,
+        )
+        if not self._start(call, stream.cancel):
+            return None
+        result: HookResult | None = None
+        try:
+            for message in stream:
+                if call.cancelled:
+                    return None
+                if result is not None:
+                    stream.cancel()
+                    return HookFailure(
+                        reason="PROTOCOL_VIOLATION",
+                        message="hook server sent install messages after the result",
+                    )
+                match message.WhichOneof("event"):
+                    case "progress":
+                        self._progress(command.call_id, message.progress)
+                    case "result":
+                        result = hook_result(command.hook, message.result)
+                    case _:
+                        pass  # a message kind newer than this daemon: ignore it
+        except grpc.RpcError as e:
+            # A non-OK end wins over a result already received (the contract ends with OK).
+            return None if call.cancelled else status_result(e)
+        if result is None:
+            return HookFailure(
+                reason="NO_RESULT", message="hook server ended the install stream without a result"
+            )
+        return result
+
+    def _progress(self, call_id: CallId, progress: hooks_pb2.InstallProgress) -> None:
+        percent: int | None = None
+        if progress.HasField("percent") and 0 <= progress.percent <= 100:
+            percent = progress.percent
+        line = clean_line(progress.line)
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None or call.cancelled:
+                return
+        self._emit(HookProgressed(call_id=call_id, line=line, percent=percent))
+
+    def _emit(self, event: Event) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("event handler failed on %s", type(event).__name__)
+
+    # -- the GetInfo watcher ----------------------------------------------------------------
+
+    def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
+        with self._cond:
+            self._state = state
+            self._cond.notify_all()
+
+    def _is_closed(self) -> bool:
+        return self._closed  # a call, so that mypy does not keep an earlier narrowing
+
+    def _watch(self) -> None:
+        """GetInfo whenever the channel becomes READY: at start and after every reconnect."""
+        try:
+            while not self._is_closed():
+                if not self._ask_info():
+                    continue
+                with self._cond:
+                    # The subscription may report READY a moment after the answer.
+                    self._cond.wait_for(
+                        lambda: self._closed or self._state == grpc.ChannelConnectivity.READY,
+                        timeout=1.0,
+                    )
+                    self._cond.wait_for(
+                        lambda: self._closed or self._state != grpc.ChannelConnectivity.READY
+                    )
+                    if self._is_closed():
+                        return
+                    state = self._state
+                log.info("hook server connection lost (%s)", state.name if state else "?")
+        except Exception:
+            log.exception("hook server watcher stopped")
+
+    def _ask_info(self) -> bool:
+        """Asks GetInfo once; True when the server answered (or has no GetInfo) or we close."""
+        try:
+            # wait_for_ready: waits for the server (and makes an IDLE channel connect)
+            # instead of failing at once while it is away.
+            reply = self._identity.GetInfo(
+                hooks_pb2.GetInfoRequest(), timeout=self._info_retry, wait_for_ready=True
+            )
+        except grpc.RpcError as e:
+            code, details = rpc_status(e)
+            if self._is_closed():
+                return True
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                log.info("hook server does not implement GetInfo; hooks are learnt per call")
+                return True
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                log.debug("hook server not reachable at %s yet", self.target)
+                return False  # the wait for it was the pause
+            self._info_failures += 1
+            log.log(
+                logging.WARNING if self._info_failures == 1 else logging.DEBUG,
+                "GetInfo failed (%s: %s); asking again every %g s",
+                code.name,
+                details,
+                self._info_retry,
+            )
+            with self._cond:
+                return self._cond.wait_for(lambda: self._closed, timeout=self._info_retry)
+        self._info_failures = 0
+        hooks = frozenset(_HOOK_KINDS[h] for h in reply.hooks if h in _HOOK_KINDS)
+        info = HookServerInfo(
+            hooks=hooks,
+            server_name=clean_line(reply.server_name, 128),
+            server_version=clean_line(reply.server_version, 128),
+        )
+        log.info(
+            "hook server %s %s at %s: hooks %s",
+            info.server_name or "(unnamed)",
+            info.server_version or "(no version)",
+            self.target,
+            ", ".join(sorted(h.value for h in hooks)) or "none",
+        )
+        if "v1" not in reply.api_versions:
+            log.warning(
+                "hook server lists api versions %s, not v1", ", ".join(reply.api_versions) or "none"
+            )
+        if not self._is_closed():
+            self._emit(info)
+        return True

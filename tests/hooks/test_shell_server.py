@@ -1,18 +1,346 @@
 """upparat-hookserver (hookservers/shell) as a real subprocess on a unix socket.
 
-The shared contract cases run against it here; the cases below them cover what only this
-implementation promises (its config keys, --help, TCP listening, percent parsing).
+The shared contract cases run against it here; the cases after them cover what only this
+implementation promises: its config keys and --help, TCP listening, percent parsing,
+killing what a script leaves behind, bounded output and the exact script environment.
 """
 
 from __future__ import annotations
 
+import configparser
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
 import pytest
 
-from tests.hooks.contract_cases import SHELL, HookServerContract, Implementation
+from hookservers.shell import config as cfg
+from hookservers.shell.scripts import Exited, NotStarted, ScriptOutcome, Signalled
+from hookservers.shell.server import hook_result, percent_of
+from tests.hooks.contract_cases import (
+    EVAL_SCRIPT,
+    GRACE,
+    REPO_ROOT,
+    SHELL,
+    HookServerContract,
+    HookServerFactory,
+    Implementation,
+    RunningHookServer,
+    call,
+    health_status,
+    job,
+    rpc_code,
+    wait_for_file,
+    wait_gone,
+)
+from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
 
-class TestShellHookServerContract(HookServerContract):
+class TestShellHookServer(HookServerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def implementation(cls) -> Implementation:
         return SHELL
+
+    # -- beyond the contract -------------------------------------------------------------
+
+    def test_the_script_environment_is_exactly_the_documented_one(
+        self, eval_server: RunningHookServer, tmp_path: Path
+    ) -> None:
+        out = tmp_path / "env"
+        call(eval_server, "install", f"env > {out}.tmp; mv {out}.tmp {out}", file_path="/d/f")
+
+        names = {line.split("=", 1)[0] for line in wait_for_file(out).splitlines()}
+
+        documented = {
+            "PATH",
+            "LANG",
+            "HOME",
+            "UPPARAT_HOOK",
+            "UPPARAT_JOB_ID",
+            "UPPARAT_ATTEMPT",
+            "UPPARAT_FORCE",
+            "UPPARAT_META",
+            "UPPARAT_ELAPSED",
+            "UPPARAT_FILE",
+        }
+        assert names - {"PWD"} == documented  # /bin/sh adds PWD itself
+
+    def test_scripts_run_in_the_root_directory(
+        self, eval_server: RunningHookServer, tmp_path: Path
+    ) -> None:
+        out = tmp_path / "cwd"
+        call(eval_server, "ready", f"pwd > {out}.tmp; mv {out}.tmp {out}")
+
+        assert wait_for_file(out) == "/\n"
+
+    def test_processes_left_behind_by_a_finished_script_are_killed(
+        self, eval_server: RunningHookServer, tmp_path: Path
+    ) -> None:
+        pidfile = tmp_path / "pid"
+
+        answer = call(
+            eval_server,
+            "restart",
+            f"sleep 1000 >/dev/null 2>&1 & echo $! > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; "
+            "echo restarting",
+        )
+
+        assert answer.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert answer.result.message == "restarting"
+        assert wait_gone([int(wait_for_file(pidfile))], GRACE + 1) == []
+        assert "1 leftover process(es) killed" in eval_server.log()
+
+    def test_huge_output_is_bounded(self, eval_server: RunningHookServer) -> None:
+        answer = call(
+            eval_server,
+            "install",
+            """
+            head -c 3000000 /dev/zero | tr '\\0' a
+            echo
+            head -c 3000000 /dev/zero | tr '\\0' e >&2
+            echo "last line"
+            exit 1
+            """,
+        )
+
+        assert answer.result.reason == "HOOK_EXIT_NONZERO"
+        assert answer.result.message.endswith(": last line")
+        assert len(answer.result.detail) == 1024
+        assert all(len(p.line) <= 1024 for p in answer.progress)
+
+    def test_install_progress_reports_percent(self, eval_server: RunningHookServer) -> None:
+        answer = call(eval_server, "install", "echo ' 40% Copying image'; sleep 0.3; echo done")
+
+        assert [(p.line, p.HasField("percent"), p.percent) for p in answer.progress] == [
+            ("40% Copying image", True, 40),
+            ("done", False, 0),
+        ]
+
+    def test_fast_progress_is_merged_and_the_last_line_arrives(
+        self, eval_server: RunningHookServer
+    ) -> None:
+        answer = call(
+            eval_server, "install", "i=0; while [ $i -lt 500 ]; do echo $i; i=$((i+1)); done"
+        )
+
+        lines = [p.line for p in answer.progress]
+        assert lines[0] == "0"
+        assert lines[-1] == "499"
+        assert len(lines) < 100
+        assert answer.result.message == "499"
+
+    def test_one_log_line_per_call(self, eval_server: RunningHookServer) -> None:
+        call(eval_server, "ready", "exit 3", job_id="upparat_logged", attempt=4)
+
+        deadline = time.monotonic() + 5
+        while "upparat_logged" not in eval_server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = [ln for ln in eval_server.log().splitlines() if "upparat_logged" in ln]
+        assert len(lines) == 1
+        assert "ready job=upparat_logged attempt=4: RETRY_LATER (exit status 3) in " in lines[0]
+
+    def test_a_nul_in_the_meta_is_an_invalid_argument(self, eval_server: RunningHookServer) -> None:
+        with pytest.raises(grpc.RpcError) as err:
+            call(eval_server, "ready", "echo \0")
+
+        assert rpc_code(err.value) == grpc.StatusCode.INVALID_ARGUMENT
+
+    def test_listens_on_tcp_loopback_for_a_bare_port(self, hook_server: HookServerFactory) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        conf = hook_server.write_config(
+            {"version": EVAL_SCRIPT},
+            socket_path=hook_server.socket_path(),
+            options={"listen": f":{port}"},
+        )
+        hook_server.spawn(conf)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    health_status(channel)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            stub = hooks_pb2_grpc.HookServiceStub(channel)
+            reply = stub.GetVersion(
+                hooks_pb2.GetVersionRequest(context=job(meta="echo 7.0")), timeout=10
+            )
+        finally:
+            channel.close()
+
+        assert reply.version == "7.0"
+
+    @pytest.mark.parametrize(
+        ("section", "expected"),
+        [
+            ("[hookserver]\nlistne = unix:///tmp/x.sock\n", "unknown keys listne"),
+            ("[hookserver]\nsocket_mode = 0666\n", "socket_mode"),
+            ("[hookserver]\ncancel_grace_period = soon\n", "cancel_grace_period"),
+        ],
+    )
+    def test_bad_hookserver_config_exits_2_naming_the_key(
+        self, hook_server: HookServerFactory, section: str, expected: str
+    ) -> None:
+        conf = hook_server.write_config({}, socket_path=hook_server.socket_path())
+        conf.write_text(conf.read_text().replace("[hookserver]\n", section))
+
+        code, output = hook_server.run_to_exit(conf)
+
+        assert code == 2
+        assert expected in output
+
+
+# --- the command line and the config, without a server ------------------------------------
+
+
+def test_help_documents_every_config_key_with_its_default() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hookservers.shell.server", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+
+    for key, (default, _) in cfg.OPTIONS.items():
+        assert f"[hookserver] {key} (default {default})" in done.stdout
+    for hook in cfg.HOOKS:
+        assert hook in done.stdout
+    assert "--listen" in done.stdout
+
+
+def parse(text: str, **overrides: str) -> cfg.ServerConfig:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return cfg.parse(parser, **overrides)
+
+
+def test_defaults() -> None:
+    config = parse("[service]\nlog_level = DEBUG\n")
+
+    assert config == cfg.ServerConfig(
+        scripts={},
+        listen=cfg.UnixListen(path=Path("/run/upparat/hooks.sock")),
+        default_retry_after=None,
+        cancel_grace_period=10.0,
+        socket_mode=0o660,
+        script_path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        log_level="INFO",
+    )
+
+
+def test_listen_overrides_endpoint_and_the_command_line_overrides_both() -> None:
+    text = "[hooks]\nendpoint = unix:/a.sock\n[hookserver]\nlisten = unix:///b.sock\n"
+
+    assert parse(text).listen == cfg.UnixListen(path=Path("/b.sock"))
+    assert parse(text, listen="[::1]:9000").listen == cfg.TcpListen(host="::1", port=9000)
+    assert parse("[hooks]\nendpoint = unix:/a.sock\n").listen == cfg.UnixListen(
+        path=Path("/a.sock")
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "listen"),
+    [
+        ("unix:///run/x.sock", cfg.UnixListen(path=Path("/run/x.sock"))),
+        ("unix:/run/x.sock", cfg.UnixListen(path=Path("/run/x.sock"))),
+        (":50051", cfg.TcpListen(host="127.0.0.1", port=50051)),
+        ("0.0.0.0:50051", cfg.TcpListen(host="0.0.0.0", port=50051)),
+        ("[::1]:7", cfg.TcpListen(host="::1", port=7)),
+    ],
+)
+def test_listen_forms(text: str, listen: cfg.Listen) -> None:
+    assert cfg.parse_listen(text) == listen
+
+
+@pytest.mark.parametrize(
+    "text", ["unix://host/x.sock", "unix:", "localhost", ":0", ":99999", "::1:80"]
+)
+def test_bad_listen_forms(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the message is checked through parse()
+        cfg.parse_listen(text)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    with pytest.raises(cfg.ConfigError) as err:
+        parse(
+            "[hookserver]\nsocket_mode = 0644\ndefault_retry_after = -1\nlog_level = loud\nfoo = 1\n"
+        )
+
+    lines = str(err.value).splitlines()
+    assert len(lines) == 4
+    assert any("unknown keys foo" in line for line in lines)
+
+
+def test_a_bare_script_name_is_found_on_script_path(tmp_path: Path) -> None:
+    script = tmp_path / "version.sh"
+    script.write_text("#!/bin/sh\necho 1\n")
+    script.chmod(0o755)
+
+    config = parse(f"[hooks]\nversion = version.sh\n[hookserver]\nscript_path = {tmp_path}\n")
+
+    assert config.scripts == {"version": script}
+    assert cfg.script_problems(config) == []
+
+
+# --- from a script's end to a HookResult ---------------------------------------------------
+
+
+def outcome(
+    ending: Exited | Signalled | NotStarted, *lines: str, stderr: str = ""
+) -> ScriptOutcome:
+    return ScriptOutcome(
+        ending=ending, stopped=None, last_lines=lines, stderr_tail=stderr, duration=0.1
+    )
+
+
+SCRIPT = Path("/usr/lib/upparat/hooks/x.sh")
+
+
+def test_retry_after_directive_wins_over_the_default() -> None:
+    result, _ = hook_result(
+        "ready", SCRIPT, outcome(Exited(code=3), "booting", "retry-after=2.5"), 60
+    )
+
+    assert result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+    assert result.retry_after.ToTimedelta().total_seconds() == 2.5
+    assert result.message == "booting"
+
+
+def test_a_bad_retry_after_directive_falls_back_to_the_default() -> None:
+    result, _ = hook_result("ready", SCRIPT, outcome(Exited(code=3), "retry-after=soon"), 60)
+
+    assert result.retry_after.ToTimedelta().total_seconds() == 60
+
+
+def test_a_script_that_cannot_start_is_a_failure() -> None:
+    result, _ = hook_result("install", SCRIPT, outcome(NotStarted(error="Exec format error")), None)
+
+    assert result.outcome == hooks_pb2.OUTCOME_FAILURE
+    assert result.reason == "HOOK_NOT_STARTED"
+    assert "Exec format error" in result.message
+
+
+@pytest.mark.parametrize(
+    ("line", "percent"),
+    [
+        (" 40% Copying image", 40),
+        ("Installing: 100%", 100),
+        ("12.5% done", 12),
+        ("version 1.2.3", None),
+        ("150%", None),
+        ("2024.05%", None),
+    ],
+)
+def test_percent_of_a_progress_line(line: str, percent: int | None) -> None:
+    assert percent_of(line) == percent

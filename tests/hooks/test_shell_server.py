@@ -38,6 +38,8 @@ from tests.hooks.contract_cases import (
 )
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
+EXAMPLES = REPO_ROOT / "examples" / "hooks"
+
 
 class TestShellHookServer(HookServerContract):
     @pytest.fixture(scope="class")
@@ -178,6 +180,58 @@ class TestShellHookServer(HookServerContract):
             channel.close()
 
         assert reply.version == "7.0"
+
+    def test_the_example_hooks_run_an_update_in_demo_mode(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        root = tmp_path / "device"
+        setup = subprocess.run(
+            [str(EXAMPLES / "demo-setup.sh"), str(root), "1.0.0"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        hooks = {hook: root / "hooks" / hook for hook in cfg.HOOKS}
+        assert all(f"{hook} = {path}" in setup.stdout for hook, path in hooks.items())
+        bundle = tmp_path / "bundle.raucb"
+        bundle.write_text("version=2.0.0\n")
+        flags = root / "run" / "upparat"
+        server = hook_server.start(dict(hooks))
+
+        assert call(server, "version").version == "1.0.0"
+        (flags / "metered").touch()
+        metered = call(server, "download")
+        assert metered.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+        assert metered.result.retry_after.seconds == 300
+        (flags / "metered").unlink()
+        assert call(server, "download").result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        installed = call(server, "install", file_path=str(bundle))
+        assert installed.result.outcome == hooks_pb2.OUTCOME_SUCCESS, installed.result
+        assert ("40% Copying image to rootfs.1", 40) in [
+            (p.line, p.percent) for p in installed.progress
+        ]
+        assert call(server, "restart").result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert call(server, "version").version == "2.0.0"
+        (flags / "not-ready").touch()
+        assert call(server, "ready").result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+        (flags / "not-ready").unlink()
+        assert call(server, "ready").result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert (root / "var" / "lib" / "rauc" / "marked-good").exists()
+
+    def test_an_example_install_of_a_broken_bundle_fails_with_raucs_complaint(
+        self, hook_server: HookServerFactory, tmp_path: Path
+    ) -> None:
+        root = tmp_path / "device"
+        subprocess.run(
+            [str(EXAMPLES / "demo-setup.sh"), str(root)], capture_output=True, check=True
+        )
+        server = hook_server.start({"install": root / "hooks" / "install"})
+
+        failed = call(server, "install", file_path="/etc/hostname")
+
+        assert failed.result.reason == "HOOK_EXIT_NONZERO"
+        assert "not a demo bundle" in failed.result.detail
 
     @pytest.mark.parametrize(
         ("section", "expected"),

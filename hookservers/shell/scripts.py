@@ -108,6 +108,8 @@ class ScriptRun:
         self._started_at = time.monotonic()
         self._term_sent_at: float | None = None
         self._kill_sent_at: float | None = None
+        self._group_gone = False
+        """Set once the script and its group are gone: its pid may be reused after that."""
 
     # -- public ------------------------------------------------------------------------
 
@@ -213,6 +215,8 @@ class ScriptRun:
                     log.error("processes of %s survive SIGKILL", self.argv[0])
                     break
                 time.sleep(POLL_INTERVAL)
+        with self._lock:
+            self._group_gone = True
         self._join_readers(READER_JOIN_TIMEOUT)
         ending: Ending = (
             Signalled(signum=-returncode) if returncode < 0 else Exited(code=returncode)
@@ -231,6 +235,8 @@ class ScriptRun:
         if proc is None:
             return
         with self._lock:
+            if self._group_gone:
+                return
             now = time.monotonic()
             if sig == signal.SIGTERM:
                 if self._term_sent_at is not None:

@@ -227,6 +227,7 @@ class Runner:
             )
         args = [job.job_id, job.meta, *extra_args, *(extra_env or {}).values()]
         if any("\0" in a for a in args):
+            _log_call(hook, job, "INVALID_ARGUMENT (NUL character)", 0.0)
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{hook}: job id, meta and file path must not contain NUL characters",
@@ -573,8 +574,11 @@ class HookServer:
             raise StartupError(f"cannot listen on unix://{path}: {e}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, self.config.socket_mode)
-        st = os.lstat(path)
+        try:
+            os.chmod(path, self.config.socket_mode)
+            st = os.lstat(path)
+        except OSError as e:
+            raise StartupError(f"cannot set the mode of unix://{path}: {e}") from None
         self._socket_inode = (st.st_dev, st.st_ino)
 
     def stop(self) -> None:

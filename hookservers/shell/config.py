@@ -270,6 +270,17 @@ def epilog() -> str:
         lines.extend("      " + part for part in textwrap.wrap(text, 72))
     lines += [
         "",
+        "Scripts get a clean environment: PATH (script_path), LANG=C.UTF-8, HOME,",
+        "UPPARAT_HOOK, UPPARAT_JOB_ID, UPPARAT_ATTEMPT, UPPARAT_FORCE (1/0), UPPARAT_META,",
+        "UPPARAT_ELAPSED and, for install, UPPARAT_FILE; stdin /dev/null, working",
+        "directory /. Each runs in its own process group; at most one call per hook runs.",
+        "",
+        "Access: anyone who can connect can run the scripts (as root, on a device). The",
+        "socket file gets socket_mode and the server's user; its group is the directory's",
+        "group when the directory is setgid. Put it in a directory only root and the",
+        "daemon's group can enter, e.g. /run/upparat root:upparat mode 2750 (the systemd",
+        "unit does this), so the daemon's group is the socket's group.",
+        "",
         "Unknown keys in [hookserver] are an error. Exit status 2: the configuration or a",
         "script is unusable, or the socket path is taken.",
     ]

@@ -274,6 +274,24 @@ def test_help_documents_every_config_key_with_its_default() -> None:
     assert "--listen" in done.stdout
 
 
+def test_check_exits_0_for_a_usable_config_without_listening(tmp_path: Path) -> None:
+    sock = tmp_path / "never.sock"
+    conf = tmp_path / "upparat.conf"
+    conf.write_text(f"[hooks]\nendpoint = unix://{sock}\nversion = {EVAL_SCRIPT}\n")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "hookservers.shell.server", "-c", str(conf), "--check"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert not sock.exists()
+
+
 def parse(text: str, **overrides: str) -> cfg.ServerConfig:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(text)

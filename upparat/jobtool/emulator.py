@@ -1,0 +1,148 @@
+"""`upparat-job --emulator HOST:PORT`: the same commands against the local jobs emulator.
+
+Talks to the emulator through `upparat.emulator.EmulatorControl` (MQTT on its broker) and
+parses its JSON answers into the jobtool's types once, here. Things only: no groups.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import assert_never
+
+from upparat.emulator import EmulatorControl, EmulatorError
+from upparat.emulator.wire import JsonObject, JsonValue
+from upparat.jobtool import fetch
+from upparat.jobtool.backend import BackendError
+from upparat.jobtool.model import FileFacts, FileSource, HttpFile, JobSpec, S3Object
+from upparat.jobtool.report import ExecutionRow, ExecutionStatus, JobReport
+
+
+class EmulatorBackend:
+    def __init__(self, host: str, port: int, *, timeout: float = 5.0) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._control: EmulatorControl | None = None
+
+    @property
+    def where(self) -> str:
+        return f"the emulator at {self.host}:{self.port}"
+
+    def _ctl(self) -> EmulatorControl:
+        if self._control is None:
+            control = EmulatorControl(self.host, self.port, timeout=self.timeout)
+            try:
+                control.connect()
+            except ConnectionError as e:
+                raise BackendError(str(e)) from None
+            try:
+                control.wait_ready(timeout=self.timeout)
+            except TimeoutError as e:
+                control.close()
+                raise BackendError(str(e)) from None
+            self._control = control
+        return self._control
+
+    def close(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+
+    def file_facts(self, file: FileSource, spec: JobSpec) -> FileFacts:
+        match file:
+            case HttpFile():
+                return fetch.http_facts(file, spec)
+            case S3Object():
+                # model.plan_create refuses s3:// with --emulator; this is a local bug.
+                raise AssertionError("the emulator backend got an s3:// file")
+            case _:
+                assert_never(file)
+
+    def resolve_targets(self, spec: JobSpec) -> tuple[str, ...]:
+        return tuple(spec.things)
+
+    def create_job(self, spec: JobSpec, document: str, targets: tuple[str, ...]) -> str:
+        doc = json.loads(document)
+        assert isinstance(doc, dict)
+        try:
+            self._ctl().create_job(
+                spec.job_id,
+                doc,
+                list(targets),
+                presigned_expires_in=3600 if spec.presign is None else spec.presign.expires_in,
+                in_progress_timeout_minutes=spec.in_progress_timeout,
+            )
+        except (EmulatorError, TimeoutError) as e:
+            raise BackendError(f"{self.where}: create-job refused: {e}") from None
+        return spec.job_id
+
+    def report(self, job_id: str) -> JobReport:
+        try:
+            jobs = self._ctl().list_jobs()
+        except (EmulatorError, TimeoutError) as e:
+            raise BackendError(f"{self.where}: list refused: {e}") from None
+        for job in jobs:
+            if job.get("jobId") == job_id:
+                return _report(job)
+        raise BackendError(f"{self.where}: no job {job_id}")
+
+    def cancel(self, job_id: str, *, force: bool, comment: str | None) -> str:
+        try:
+            info = self._ctl().cancel_job(job_id, force=force)
+        except (EmulatorError, TimeoutError) as e:
+            raise BackendError(f"{self.where}: cancel-job refused: {e}") from None
+        line = f"canceled job {job_id} on {self.where} (job status {info.get('status')})"
+        if comment is not None:
+            line += "; the emulator does not keep the --comment"
+        return line
+
+
+def _report(job: JsonObject) -> JobReport:
+    rows = []
+    for raw in _list(job.get("executions"), "executions"):
+        e = _obj(raw, "execution")
+        status_text = _str(e.get("status"), "execution.status")
+        try:
+            status = ExecutionStatus(status_text)
+        except ValueError:
+            raise BackendError(f"the emulator answered an unknown status {status_text!r}") from None
+        details = _obj(e.get("statusDetails") or {}, "statusDetails")
+        updated = e.get("lastUpdatedAt")
+        number = e.get("executionNumber")
+        rows.append(
+            ExecutionRow(
+                thing=_str(e.get("thingName"), "execution.thingName"),
+                status=status,
+                status_details=tuple(
+                    sorted((k, _str(v, f"statusDetails.{k}")) for k, v in details.items())
+                ),
+                last_updated_at=float(updated) if isinstance(updated, int | float) else None,
+                execution_number=number if isinstance(number, int) else None,
+            )
+        )
+    return JobReport(
+        job_id=_str(job.get("jobId"), "jobId"),
+        job_status=_str(job.get("status"), "status"),
+        continuous=False,
+        thing_targets=tuple(_str(t, "targets") for t in _list(job.get("targets"), "targets")),
+        group_targets=(),
+        executions=tuple(sorted(rows, key=lambda r: r.thing)),
+    )
+
+
+def _obj(value: JsonValue, where: str) -> JsonObject:
+    if not isinstance(value, dict):
+        raise BackendError(f"the emulator answered a {type(value).__name__} for {where}")
+    return value
+
+
+def _list(value: JsonValue, where: str) -> list[JsonValue]:
+    if not isinstance(value, list):
+        raise BackendError(f"the emulator answered a {type(value).__name__} for {where}")
+    return value
+
+
+def _str(value: JsonValue, where: str) -> str:
+    if not isinstance(value, str):
+        raise BackendError(f"the emulator answered a {type(value).__name__} for {where}")
+    return value

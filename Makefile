@@ -44,9 +44,9 @@ $(TOOLS)/.installed:
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 	touch $@
 
-hookservers/node/node_modules/.installed: hookservers/node/package.json
+hookservers/node/node_modules/.installed: hookservers/node/package.json hookservers/node/package-lock.json
 	@if command -v npm >/dev/null 2>&1 && test -f hookservers/node/package-lock.json; then \
-	  cd hookservers/node && npm ci --silent --no-audit --no-fund && touch node_modules/.installed; \
+	  cd hookservers/node && npm ci --silent --no-audit --no-fund --ignore-scripts && touch node_modules/.installed; \
 	else echo "node hook server: npm or package-lock.json missing, its tests will be skipped"; fi
 
 # Regenerate the committed protobuf/gRPC code from the contract.
@@ -67,7 +67,7 @@ buflint: node-deps
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
-pytest: venv mosquitto
+pytest: venv mosquitto node-deps
 	$(VENV)/bin/pytest -q
 
 clean:

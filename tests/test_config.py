@@ -101,7 +101,8 @@ def test_every_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert hs.default_retry_after is None
     assert hs.cancel_grace_period == 10.0
     assert hs.socket_mode == 0o660
-    assert hs.script_path is None
+    assert hs.script_path == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert hs.log_level is LogLevel.INFO
 
     assert config.source is None
 
@@ -316,7 +317,7 @@ def test_alpn_follows_port_and_tls() -> None:
 def test_optional_keys_left_empty_are_unset() -> None:
     config = parse_config(
         "[service]\nsentry_dsn =\nproxy =\nstep_timeout =\nmax_speed =\n"
-        "[hooks]\nversion =\ninstall =\n[hookserver]\ndefault_retry_after =\nscript_path =\n"
+        "[hooks]\nversion =\ninstall =\n[hookserver]\ndefault_retry_after =\n"
     )
     assert config == parse_config("")
 

@@ -91,6 +91,7 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "cancel_grace_period",
         "socket_mode",
         "script_path",
+        "log_level",
     ),
 }
 """Every section and key the file may contain (1.12's and the new ones)."""
@@ -228,8 +229,10 @@ class HookServerConfig:
     default_retry_after: float | None = None
     cancel_grace_period: float = 10.0
     socket_mode: int = 0o660
-    script_path: str | None = None
-    """PATH for the scripts; None: the hook server's own PATH."""
+    script_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    """PATH for the scripts (never the hook server's own environment)."""
+    log_level: LogLevel = LogLevel.INFO
+    """The hook server's log level."""
 
     @property
     def listen_path(self) -> Path:
@@ -780,5 +783,6 @@ def _build_hookserver(r: _Reader, hooks: HooksConfig) -> HookServerConfig:
             sec, "cancel_grace_period", _seconds(allow_zero=True), d.cancel_grace_period
         ),
         socket_mode=r.value(sec, "socket_mode", _socket_mode, d.socket_mode),
-        script_path=r.value(sec, "script_path", _text, None),
+        script_path=r.value(sec, "script_path", _text, d.script_path),
+        log_level=r.value(sec, "log_level", _log_level, d.log_level),
     )

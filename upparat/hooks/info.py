@@ -1,6 +1,6 @@
 """One-shot GetInfo for `upparat check-config`: is the hook server there, and what does it offer.
 
-Catches gRPC errors itself (like the client driver) and returns text for people.
+Shares the client driver's target, options and error mapping; returns values for people.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import attrs
 import grpc
 
+from upparat.hooks.client import channel_options, channel_target, rpc_status
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
 
@@ -34,29 +35,18 @@ class Unreachable:
     reason: str
 
 
-def grpc_target(endpoint: str) -> str:
-    """The gRPC target of a config endpoint (`unix:///p`, `unix:/p` or `host:port`)."""
-    return endpoint
-
-
 def fetch_info(endpoint: str, *, timeout: float) -> ServerInfo | Unreachable:
     try:
-        with grpc.insecure_channel(grpc_target(endpoint)) as channel:
+        with grpc.insecure_channel(channel_target(endpoint), options=channel_options()) as channel:
             stub = hooks_pb2_grpc.IdentityServiceStub(channel)
             reply = stub.GetInfo(hooks_pb2.GetInfoRequest(), timeout=timeout, wait_for_ready=True)
     except grpc.RpcError as err:
-        # Errors raised by a call are also grpc.Call objects with a code and details.
-        code = getattr(err, "code", None)
-        details = getattr(err, "details", None)
-        name = code().name if callable(code) else "UNKNOWN"
-        text = details() if callable(details) else str(err)
-        return Unreachable(reason=f"{name}: {text}")
+        code, details = rpc_status(err)
+        return Unreachable(reason=f"{code.name}: {details}")
     return ServerInfo(
         server_name=reply.server_name,
         server_version=reply.server_version,
         api_versions=tuple(reply.api_versions),
-        hooks=tuple(
-            hooks_pb2.Hook.Name(h).removeprefix("HOOK_").lower() for h in reply.hooks
-        ),
+        hooks=tuple(hooks_pb2.Hook.Name(h).removeprefix("HOOK_").lower() for h in reply.hooks),
         manifest=tuple(sorted(reply.manifest.items())),
     )

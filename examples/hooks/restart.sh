@@ -10,7 +10,10 @@
 # to reboot, so nothing of the reboot runs in this hook's process group (which the hook
 # server kills once the hook exits).
 # Demo mode: with UPPARAT_DEMO_ROOT set, ./fake-rauc "reboots" by making the installed
-# slot's version the running one, and the hook exits 0 (a soft restart).
+# slot's version the running one, and the hook exits 0 (a soft restart). When the flag
+# file $UPPARAT_DEMO_ROOT/run/upparat/hard-reboot exists, the hook asks for a reboot
+# instead (it writes run/reboot-requested) and blocks like a real reboot would, until
+# the demo "power-cycles" the device (`make demo` does that).
 set -eu
 
 root=${UPPARAT_DEMO_ROOT:-}
@@ -23,6 +26,12 @@ if [ "$force" != "True" ] && [ -e "$root/run/upparat/busy" ]; then
 fi
 
 if [ -n "$root" ]; then
+    if [ -e "$root/run/upparat/hard-reboot" ]; then
+        echo "rebooting"
+        : > "$root/run/reboot-requested"
+        sleep 60
+        exit 1  # still running: the reboot did not happen
+    fi
     "$(dirname "$0")/fake-rauc" demo-reboot
     exit 0
 fi

@@ -158,13 +158,13 @@ class Runtime:
         self._mqtt.start()
         watchdog = self._services.watchdog_interval()
         next_watchdog = self._clock() + watchdog / 2 if watchdog else None
-        while not self._exit:
+        while not self._done():
             now = self._clock()
             for fired in self._timers.due(now):
-                self.feed(fired)
-                if self._exit:
+                if self._done():
                     break
-            if self._exit:
+                self.feed(fired)
+            if self._done():
                 break
             if next_watchdog is not None and watchdog is not None and now >= next_watchdog:
                 self._services.notify("WATCHDOG=1")
@@ -177,6 +177,9 @@ class Runtime:
         self._services.notify("STOPPING=1")
         self._shutdown_drivers()
         return 0
+
+    def _done(self) -> bool:
+        return self._exit
 
     def feed(self, event: e.Event) -> None:
         """Hand one event to the core and carry out what it asks for."""

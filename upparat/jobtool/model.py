@@ -228,7 +228,7 @@ def plan_create(given: CreateInput, mode: Mode, *, now: float, token: str) -> Pl
         problems.append(
             Problem(
                 option="--thing",
-                text="give at least one target: --thing NAME, --group NAME or --things-from FILE",
+                text="--thing, --group or --things-from: give at least one target",
             )
         )
 

@@ -122,6 +122,7 @@ def test_create_sends_document_targets_presign_and_timeout(
     assert job["presignedUrlConfig"] == {"roleArn": ROLE, "expiresInSec": 600}
     assert job["timeoutConfig"] == {"inProgressTimeoutInMinutes": 90}
     assert job["targetSelection"] == "CONTINUOUS"
+    assert job["description"] == "upparat update to 1.2"
     document = iot.get_job_document(jobId="upparat_fw-1_2")["document"]
     assert json.loads(document) == {
         "file": placeholder("with-meta.raucb"),

@@ -156,7 +156,7 @@ class AwsBackend:
             "jobId": spec.job_id,
             "targets": list(targets),
             "document": document,
-            "description": f"upparat update to {spec.version}"[:2028],
+            "description": spec.description,
             "targetSelection": spec.target_selection.value,
         }
         if spec.presign is not None and spec.presign.role_arn is not None:

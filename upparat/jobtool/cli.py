@@ -181,7 +181,8 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
         _note(f"dry run: job {spec.job_id} for {what} not created on {backend.where}")
         return 0
     created = backend.create_job(spec, built.text, targets)
-    _note(f"created job {spec.job_id} for {what} on {backend.where} ({created})")
+    named = "" if created == spec.job_id else f" ({created})"
+    _note(f"created job {spec.job_id} for {what} on {backend.where}{named}")
     return 0
 
 

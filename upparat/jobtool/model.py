@@ -166,6 +166,12 @@ class JobSpec:
     size: int | None  # given with --size
 
     @property
+    def description(self) -> str:
+        """CreateJob's description (shown in the AWS console): [^\\p{C}]{0,2028}."""
+        text = f"upparat update to {self.version}"
+        return "".join(c for c in text if not unicodedata.category(c).startswith("C"))[:2028]
+
+    @property
     def document_file(self) -> str:
         """The `file` value of the document: a placeholder AWS IoT (or the emulator) signs."""
         match self.file:

@@ -330,7 +330,9 @@ def _parser() -> argparse.ArgumentParser:
         help="thing names, one a line (# comments); - reads stdin",
     )
     create.add_argument(
-        "--force", action="store_true", help="install even if the version is already installed"
+        "--force",
+        action="store_true",
+        help="skip the version and download hooks: install now, even the same version",
     )
     create.add_argument("--meta", help="free text passed to the hooks")
     create.add_argument(

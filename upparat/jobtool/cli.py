@@ -13,7 +13,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TextIO, assert_never
 
 from upparat.jobtool.backend import Backend, BackendError, InputError
 from upparat.jobtool.model import (
@@ -22,6 +22,7 @@ from upparat.jobtool.model import (
     MAX_TIMEOUT_MINUTES,
     CreateInput,
     Given,
+    JobSpec,
     Mode,
     Planned,
     Problem,
@@ -165,6 +166,8 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
             raise _Usage(problems)
         case Planned(spec=spec, warnings=warnings):
             pass
+        case _:
+            assert_never(planned)
     for warning in warnings:
         _note(f"warning: {warning}")
     backend = connection.get()
@@ -176,7 +179,7 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
         raise _Usage(built.problems)
     targets = backend.resolve_targets(spec)
     print(built.shown, flush=True)
-    what = ", ".join([f"thing {t}" for t in spec.things] + [f"group {g}" for g in spec.groups])
+    what = _targets_text(spec)
     if args.dry_run:
         _note(f"dry run: job {spec.job_id} for {what} not created on {backend.where}")
         return 0
@@ -227,6 +230,13 @@ def _cancel(args: argparse.Namespace, connection: _Connection) -> int:
 
 
 # ---- plumbing ---------------------------------------------------------------------------
+
+
+def _targets_text(spec: JobSpec) -> str:
+    names = [f"thing {t}" for t in spec.things] + [f"group {g}" for g in spec.groups]
+    if len(names) <= 5:
+        return ", ".join(names)
+    return f"{len(spec.things)} things and {len(spec.groups)} groups"
 
 
 def _read_things(source: str, stdin: TextIO) -> tuple[Given, ...]:

@@ -23,12 +23,18 @@ class FileServer:
     def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = root
         self.bytes_served = 0
+        self.served: dict[str, int] = {}
+        """Bytes served per path (without the leading slash)."""
+        self.active = 0
+        """Responses whose body is being sent right now."""
         self.requests: list[tuple[str, str | None, int]] = []
         """(path, Range header, status) per request."""
         self.rate: float | None = None
         """Bytes per second per request; None: as fast as possible."""
         self.fail_next: list[int] = []
         """Statuses to answer the next requests with, in order (e.g. [500, 500, 403])."""
+        self.fail_headers: dict[str, str] = {}
+        """Headers sent with the `fail_next` answers (e.g. {"Retry-After": "1"})."""
         self.drop_after: int | None = None
         """Close the connection after this many bytes of the next response."""
         self._lock = threading.Lock()
@@ -55,6 +61,8 @@ class FileServer:
                 if forced is not None:
                     server._record(path, rng, forced)
                     self.send_response(forced)
+                    for name, value in server.fail_headers.items():
+                        self.send_header(name, value)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -89,9 +97,17 @@ class FileServer:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 self.end_headers()
                 if body:
-                    self._copy(file, start, end - start + 1, drop_after)
+                    with server._lock:
+                        server.active += 1
+                    try:
+                        self._copy(path, file, start, end - start + 1, drop_after)
+                    finally:
+                        with server._lock:
+                            server.active -= 1
 
-            def _copy(self, file: Path, offset: int, length: int, drop_after: int | None) -> None:
+            def _copy(
+                self, path: str, file: Path, offset: int, length: int, drop_after: int | None
+            ) -> None:
                 sent = 0
                 began = time.monotonic()
                 with file.open("rb") as f:
@@ -102,10 +118,10 @@ class FileServer:
                             return
                         if drop_after is not None and sent + len(chunk) > drop_after:
                             chunk = chunk[: max(0, drop_after - sent)]
-                            self._write(chunk)
+                            self._write(path, chunk)
                             self.close_connection = True
                             return
-                        if not self._write(chunk):
+                        if not self._write(path, chunk):
                             return
                         sent += len(chunk)
                         if server.rate:
@@ -113,7 +129,7 @@ class FileServer:
                             if ahead > 0:
                                 time.sleep(ahead)
 
-            def _write(self, chunk: bytes) -> bool:
+            def _write(self, path: str, chunk: bytes) -> bool:
                 try:
                     self.wfile.write(chunk)
                 except OSError:
@@ -121,6 +137,7 @@ class FileServer:
                     return False
                 with server._lock:
                     server.bytes_served += len(chunk)
+                    server.served[path] = server.served.get(path, 0) + len(chunk)
                 return True
 
         self._server = http.server.ThreadingHTTPServer((host, port), Handler)

@@ -1,0 +1,98 @@
+"""Fixtures of the end-to-end suite: a simulated device and a `Stack` factory.
+
+Every stack is closed after its test (by PID, never by name); when a test fails, the
+tails of the daemon's and hook server's logs are printed with its report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from tests.e2e.device import Device
+from upparat.devstack.stack import Stack
+
+THING = "device-1"
+BASE_CONFIG: Mapping[str, Mapping[str, str]] = {
+    "hooks": {"retry_interval": "1", "max_retries": "5"},
+    "service": {"progress_interval": "1"},
+}
+
+_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_REPORT_KEY] = report
+    return report
+
+
+class StackFactory(Protocol):
+    def __call__(
+        self,
+        device: Device,
+        *,
+        config: Mapping[str, Mapping[str, str]] | None = None,
+        daemon: bool = True,
+        start: bool = True,
+        seconds_per_minute: float = 60.0,
+    ) -> Stack: ...
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Device:
+    return Device(tmp_path / "device")
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StackFactory]:
+    stacks: list[Stack] = []
+
+    def make(
+        device: Device,
+        *,
+        config: Mapping[str, Mapping[str, str]] | None = None,
+        daemon: bool = True,
+        start: bool = True,
+        seconds_per_minute: float = 60.0,
+    ) -> Stack:
+        merged = {section: dict(values) for section, values in BASE_CONFIG.items()}
+        for section, values in (config or {}).items():
+            merged.setdefault(section, {}).update(values)
+        workdir = tmp_path / f"stack-{len(stacks)}"
+        workdir.mkdir()
+        stack = Stack(
+            workdir,
+            thing=THING,
+            hooks=device.hooks(),
+            config=merged,
+            seconds_per_minute=seconds_per_minute,
+        )
+        stacks.append(stack)
+        if start:
+            stack.start(daemon=daemon)
+        return stack
+
+    yield make
+    report = request.node.stash.get(_REPORT_KEY, None)
+    for stack in stacks:
+        stack.close()
+        if report is not None and report.failed:
+            for name in ("daemon", "hookserver", "emulator"):
+                log = stack.workdir / f"{name}.log"
+                if log.exists():
+                    tail = log.read_text(errors="replace")[-6000:]
+                    print(f"\n----- {log} (tail) -----\n{tail}")
+
+
+@pytest.fixture
+def stack(device: Device, make_stack: StackFactory) -> Stack:
+    """A running stack with the device's five hooks and the suite's short settings."""
+    return make_stack(device)

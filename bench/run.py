@@ -1,0 +1,412 @@
+"""`make bench`: upparat vs upparat 1.12 vs curl on this machine, written to bench/RESULTS.md.
+
+Runs every process for real on loopback (mosquitto, the jobs emulator, the hook server,
+the daemons, an HTTP origin) and measures download time, cloud traffic, memory, idle CPU,
+job latency and hook overhead in one run. Prints progress on stderr.
+
+    .venv/bin/python bench/run.py [--quick | --smoke] [--out DIR] [--keep] [--no-install]
+
+--smoke needs no network: upparat 1.12 and py-spy are used only if already installed.
+Otherwise a missing bench/.venv112 (1.12) and py-spy are installed from PyPI first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from upbench import measure
+from upbench.origin import Origin
+from upbench.report import Environment, Results, render
+from upbench.rigs import (
+    ROOT,
+    VENV112,
+    JobRun,
+    LegacyRig,
+    UpparatRig,
+    legacy_available,
+)
+
+from upparat.devstack.fileserver import make_bundle
+from upparat.devstack.procs import mosquitto_binary
+
+BENCH = Path(__file__).resolve().parent
+
+
+@attrs.frozen(kw_only=True)
+class Mode:
+    name: str
+    size: int
+    repeat: int
+    latency_jobs: int
+    latency_pause: float
+    hook_calls: int
+    settle: float
+    idle_window: float
+    timeout: float
+    install: bool
+    profile: bool
+
+
+MODES = {
+    "full": Mode(
+        name="full",
+        size=500_000_000,
+        repeat=3,
+        latency_jobs=10,
+        latency_pause=1.0,
+        hook_calls=100,
+        settle=30.0,
+        idle_window=60.0,
+        timeout=900.0,
+        install=True,
+        profile=True,
+    ),
+    "quick": Mode(
+        name="quick",
+        size=50_000_000,
+        repeat=2,
+        latency_jobs=3,
+        latency_pause=0.5,
+        hook_calls=20,
+        settle=5.0,
+        idle_window=10.0,
+        timeout=180.0,
+        install=True,
+        profile=True,
+    ),
+    "smoke": Mode(
+        name="smoke",
+        size=4_000_000,
+        repeat=1,
+        latency_jobs=2,
+        latency_pause=0.3,
+        hook_calls=5,
+        settle=1.0,
+        idle_window=2.0,
+        timeout=60.0,
+        install=False,
+        profile=False,
+    ),
+}
+LATENCY_SIZE = 1_000_000
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def _load() -> str:
+    uptime = shutil.which("uptime")
+    if uptime:
+        return _first_line([uptime]).strip()
+    with open("/proc/loadavg") as f:
+        return "load average " + " ".join(f.read().split()[:3])
+
+
+def _cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory_mb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def _upparat_version() -> str:
+    version = importlib.metadata.version("upparat")
+    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"{version} (commit {commit}{', uncommitted changes in the tree' if dirty else ''})"
+
+
+def _legacy_version() -> str:
+    if not legacy_available():
+        return "not installed"
+    code = (
+        "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}'"
+        " for p in ('upparat', 'paho-mqtt', 'pysm', 'backoff')))"
+    )
+    return _first_line([str(VENV112 / "bin" / "python"), "-c", code])
+
+
+def _libraries() -> str:
+    names = ("grpcio", "paho-mqtt", "protobuf", "attrs")
+    return ", ".join(f"{n} {importlib.metadata.version(n)}" for n in names)
+
+
+def ensure_legacy(mode: Mode, allow_install: bool) -> str | None:
+    """None when 1.12 can run, else why not."""
+    if legacy_available():
+        return None
+    if not (mode.install and allow_install):
+        why = "--no-install" if mode.install else f"--{mode.name} installs nothing"
+        return (
+            f"{VENV112.relative_to(ROOT)} is not installed ({why});"
+            " `make bench` installs it from PyPI"
+        )
+    say("installing upparat 1.12 into bench/.venv112 (from PyPI)")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(VENV112)], check=True)
+        subprocess.run(
+            [str(VENV112 / "bin" / "pip"), "install", "--quiet", "upparat==1.12", "paho-mqtt<2"],
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"installing it failed ({e}); see the pip output above"
+    return None if legacy_available() else "installed, but bench/.venv112/bin/upparat is missing"
+
+
+def ensure_py_spy(mode: Mode, allow_install: bool) -> str | None:
+    if not mode.profile:
+        return f"no profile in --{mode.name} mode"
+    if measure.py_spy() is not None:
+        return None
+    if not allow_install:
+        return "py-spy is not installed (--no-install)"
+    say("installing py-spy into the venv for the profile (bench only, not a project dependency)")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], check=False
+    )
+    if done.returncode != 0 or measure.py_spy() is None:
+        return "py-spy could not be installed from PyPI"
+    return None
+
+
+def environment(mode: Mode, load_start: str, load_end: str, argv: Sequence[str]) -> Environment:
+    return Environment(
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        mode=mode.name,
+        cores=os.cpu_count() or 0,
+        cpu_model=_cpu_model(),
+        memory_mb=_memory_mb(),
+        kernel=f"Linux {platform.release()}",
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        upparat=_upparat_version(),
+        legacy=_legacy_version(),
+        curl=" ".join(_first_line(["curl", "--version"]).split()[:2]),
+        mosquitto=_first_line([mosquitto_binary(), "-h"]),
+        libraries=_libraries(),
+        load_start=load_start,
+        load_end=load_end,
+        command=" ".join(["bench/run.py", *argv]),
+    )
+
+
+def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) -> Results:
+    load_start = _load()
+    say(f"{mode.name} mode, work directory {workdir}; {load_start}")
+    legacy_skipped = ensure_legacy(mode, allow_install)
+    if legacy_skipped:
+        say(f"upparat 1.12 will not be measured: {legacy_skipped}")
+    profile_skipped = ensure_py_spy(mode, allow_install)
+
+    say("import steps of the daemon (memory)")
+    imports = measure.measure_imports()
+
+    origin_dir = workdir / "origin"
+    origin_dir.mkdir()
+    say(f"writing the {mode.size / 1e6:.0f} MB bundle")
+    sha_big = make_bundle(origin_dir / "bundle.bin", mode.size, seed=7)
+    sha_small = make_bundle(origin_dir / "small.bin", LATENCY_SIZE, seed=8)
+    origin: Origin | None = None
+    ours = UpparatRig(workdir / "upparat")
+    legacy = None if legacy_skipped else LegacyRig(workdir / "upparat-1.12")
+    floor: measure.FloorProcess | None = None
+    try:
+        origin = Origin(origin_dir)
+        big, small = origin.url("bundle.bin"), origin.url("small.bin")
+        say("starting both devices (broker, emulator, daemons, hook server)")
+        floor = measure.FloorProcess()
+        ours.start()
+        if legacy is not None:
+            legacy.start()
+        say(f"idle: RSS after {mode.settle:.0f} s, then CPU over {mode.idle_window:.0f} s")
+        idle = measure.measure_idle(
+            ours, legacy, floor, settle=mode.settle, window=mode.idle_window
+        )
+        floor.close()
+        floor = None
+
+        download = measure.measure_download(
+            url=big,
+            origin_file=origin_dir / "bundle.bin",
+            sha256=sha_big,
+            size=mode.size,
+            scratch=workdir / "curl",
+            ours=ours,
+            legacy=legacy,
+            repeat=mode.repeat,
+            timeout=mode.timeout,
+            say=say,
+        )
+        profiles: list[measure.Profile] = []
+        if profile_skipped is None:
+            say("profile: one more download under py-spy")
+
+            def one_download() -> JobRun:
+                job_id, version = ours.next_job("prof")
+                return ours.run_job(
+                    job_id,
+                    url=big,
+                    sha256=sha_big,
+                    size=mode.size,
+                    timeout=mode.timeout,
+                    version=version,
+                )
+
+            profiles.append(
+                measure.profile(
+                    ours.daemon_pid(),
+                    f"the daemon during one {mode.size / 1e6:.0f} MB job",
+                    workdir / "py-spy-download.txt",
+                    one_download,
+                )
+            )
+
+        def latency(rig: UpparatRig | LegacyRig, label: str) -> measure.LatencyResult:
+            return measure.measure_latency(
+                rig,
+                label=label,
+                url=small,
+                sha256=sha_small,
+                size=LATENCY_SIZE,
+                count=mode.latency_jobs,
+                pause=mode.latency_pause,
+                timeout=mode.timeout,
+                say=say,
+            )
+
+        lat = latency(ours, "upparat")
+        if profile_skipped is None:
+            say("profile: the latency jobs again under py-spy")
+            profiles.append(
+                measure.profile(
+                    ours.daemon_pid(),
+                    f"the daemon during {mode.latency_jobs} latency jobs (1 MB, instant hooks)",
+                    workdir / "py-spy-latency.txt",
+                    lambda: latency(ours, "upparat under py-spy"),
+                )
+            )
+        lat_legacy = latency(legacy, "upparat 1.12") if legacy is not None else None
+        say("restarting upparat with verify_soft_restart = false")
+        ours.reconfigure("service", {"verify_soft_restart": "false"})
+        lat_112 = latency(ours, "upparat, verify_soft_restart = false")
+
+        say(f"hook overhead: {mode.hook_calls} GetVersion calls and script runs")
+        hooks = measure.measure_hook_overhead(ours, count=mode.hook_calls)
+        hookserver = ours.hookserver_pid()
+        if profile_skipped is None and hookserver is not None:
+            say("profile: the hook server during the GetVersion calls, under py-spy")
+            profiles.append(
+                measure.profile(
+                    hookserver,
+                    f"the hook server during {mode.hook_calls} GetVersion calls",
+                    workdir / "py-spy-hookserver.txt",
+                    lambda: measure.measure_hook_overhead(ours, count=mode.hook_calls),
+                )
+            )
+    finally:
+        if floor is not None:
+            floor.close()
+        ours.close()
+        if legacy is not None:
+            legacy.close()
+        if origin is not None:
+            origin.close()
+    load_end = _load()
+    say(load_end)
+    return Results(
+        env=environment(mode, load_start, load_end, argv),
+        legacy_skipped=legacy_skipped,
+        idle=idle,
+        imports=imports,
+        download=download,
+        latency=lat,
+        latency_112_hooks=lat_112,
+        latency_legacy=lat_legacy,
+        hooks=hooks,
+        profiles=tuple(profiles),
+        profile_skipped=profile_skipped,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="50 MB, few repetitions (~2 min)")
+    size.add_argument(
+        "--smoke", action="store_true", help="tiny; checks the harness works (~30 s, no network)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=BENCH,
+        help="folder for RESULTS.md and results.json (default: bench/)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument(
+        "--no-install", action="store_true", help="install neither upparat 1.12 nor py-spy"
+    )
+    args = parser.parse_args(args_list)
+    mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    workdir = Path(tempfile.mkdtemp(prefix="upparat-bench-"))
+    ok = False
+    started = time.monotonic()
+    try:
+        results = run(mode, workdir, allow_install=not args.no_install, argv=args_list)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "RESULTS.md").write_text(render(results))
+        measure.dump_json(results, args.out / "results.json")
+        say(f"wrote {args.out / 'RESULTS.md'} in {time.monotonic() - started:.0f} s")
+        ok = True
+    finally:
+        if args.keep or not ok:
+            say(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,605 @@
+"""The measurements: each function runs one experiment on running rigs and returns numbers.
+
+Owns what is timed and how (clocks, repetitions, what a sample means). It asserts nothing
+about the results and formats nothing: `report.py` turns the values into RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+import grpc
+
+from upbench.procstat import cpu_seconds, memory, switches_since, thread_switches
+from upbench.rigs import JobRun, LegacyRig, Rig, UpparatRig
+from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
+
+FLOOR_IMPORTS = "import grpc, paho.mqtt.client, attrs"
+
+
+@attrs.frozen(kw_only=True)
+class Timing:
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def best(self) -> float:
+        return min(self.samples)
+
+
+# --- idle: memory and CPU ---------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ProcIdle:
+    rss_kb: int
+    hwm_kb: int
+    anon_kb: int
+    file_kb: int
+    threads: int
+    cpu_seconds: float
+    """CPU used during the idle window."""
+    wakeups: int
+    """Context switches of all threads during the idle window."""
+    wakeups_by_thread: tuple[tuple[str, int], ...]
+    """The same per thread name (the kernel's comm, 15 characters), most first."""
+
+
+@attrs.frozen(kw_only=True)
+class IdleResult:
+    settle_seconds: float
+    window_seconds: float
+    floor: ProcIdle
+    daemon: ProcIdle
+    hookserver: ProcIdle | None
+    legacy: ProcIdle | None
+
+
+class FloorProcess:
+    """`python -c "import grpc, paho.mqtt.client, attrs"`, kept alive to be sampled."""
+
+    def __init__(self) -> None:
+        code = f"{FLOOR_IMPORTS}; import sys; print('ready', flush=True); sys.stdin.read()"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd="/",
+        )
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def measure_idle(
+    ours: UpparatRig,
+    legacy: LegacyRig | None,
+    floor: FloorProcess,
+    *,
+    settle: float,
+    window: float,
+) -> IdleResult:
+    """RSS `settle` seconds after each daemon started, then CPU over `window` more seconds.
+
+    The rigs were started together; each is sampled at its own `settle` mark.
+    """
+    pids: dict[str, int] = {"floor": floor.proc.pid, "daemon": ours.daemon_pid()}
+    started = {"floor": ours.daemon_started_at, "daemon": ours.daemon_started_at}
+    hookserver = ours.hookserver_pid()
+    if hookserver is not None:
+        pids["hookserver"] = hookserver
+        started["hookserver"] = ours.daemon_started_at
+    if legacy is not None:
+        pids["legacy"] = legacy.daemon_pid()
+        started["legacy"] = legacy.daemon_started_at
+    first: dict[str, tuple[float, dict[int, tuple[str, int]]]] = {}
+    mem = {}
+    for name in sorted(pids, key=lambda n: started[n]):
+        delay = started[name] + settle - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        mem[name] = memory(pids[name])
+        first[name] = (cpu_seconds(pids[name]), thread_switches(pids[name]))
+    time.sleep(window)
+    out: dict[str, ProcIdle] = {}
+    for name, pid in pids.items():
+        cpu0, switches0 = first[name]
+        by_thread = switches_since(pid, switches0)
+        m = mem[name]
+        out[name] = ProcIdle(
+            rss_kb=m.rss_kb,
+            hwm_kb=m.hwm_kb,
+            anon_kb=m.anon_kb,
+            file_kb=m.file_kb,
+            threads=m.threads,
+            cpu_seconds=cpu_seconds(pid) - cpu0,
+            wakeups=sum(by_thread.values()),
+            wakeups_by_thread=tuple(sorted(by_thread.items(), key=lambda kv: -kv[1])),
+        )
+    return IdleResult(
+        settle_seconds=settle,
+        window_seconds=window,
+        floor=out["floor"],
+        daemon=out["daemon"],
+        hookserver=out.get("hookserver"),
+        legacy=out.get("legacy"),
+    )
+
+
+# --- where the daemon's memory goes: imports ---------------------------------------------------
+
+IMPORT_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("the floor: grpc, paho.mqtt.client, attrs", ("grpc", "paho.mqtt.client", "attrs")),
+    (
+        "google.protobuf + the generated hook stubs",
+        (
+            "google.protobuf.duration_pb2",
+            "upparat.hooks.v1.hooks_pb2",
+            "upparat.hooks.v1.hooks_pb2_grpc",
+        ),
+    ),
+    ("upparat.core + upparat.aws (pure)", ("upparat.core.machine", "upparat.aws")),
+    (
+        "upparat.io drivers (mqtt, download, journal, sdnotify, sentry)",
+        (
+            "upparat.io.mqtt",
+            "upparat.io.download",
+            "upparat.io.journal",
+            "upparat.io.sdnotify",
+            "upparat.io.sentry",
+        ),
+    ),
+    ("upparat.hooks.client", ("upparat.hooks.client",)),
+    (
+        "upparat.config, runtime, daemon, cli",
+        ("upparat.config", "upparat.runtime", "upparat.daemon", "upparat.cli"),
+    ),
+)
+
+_IMPORT_PROBE = """
+import importlib, json, sys
+def rss():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    return 0
+out = [['python itself', rss(), 0]]
+for label, modules in json.loads(sys.argv[1]):
+    before = set(sys.modules)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    out.append([label, rss(), len(set(sys.modules) - before)])
+print(json.dumps(out))
+"""
+
+
+@attrs.frozen(kw_only=True)
+class ImportStep:
+    label: str
+    rss_kb: int
+    """VmRSS after this step."""
+    modules: int
+    """Modules this step added to sys.modules."""
+
+
+def measure_imports() -> tuple[ImportStep, ...]:
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, json.dumps(IMPORT_STEPS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    raw = json.loads(done.stdout)
+    return tuple(ImportStep(label=str(r[0]), rss_kb=int(r[1]), modules=int(r[2])) for r in raw)
+
+
+# --- download ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class DownloadResult:
+    size: int
+    curl_null: Timing
+    curl_file: Timing
+    sha256sum: Timing
+    pipeline: Timing
+    """curl -o FILE && sha256sum FILE, per repetition."""
+    dd_sync: Timing
+    """dd of the origin file (page cache) to the download folder, conv=fdatasync."""
+    curl_cpu: Timing
+    """CPU seconds (user + sys) of `curl -o /dev/null`."""
+    upparat: tuple[JobRun, ...]
+    legacy: tuple[JobRun, ...]
+    legacy_file_ok: tuple[bool, ...]
+    """Whether 1.12's file had the right size and sha256 (1.12 does not check)."""
+
+
+def _timed(argv: Sequence[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(list(argv), check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def measure_download(
+    *,
+    url: str,
+    origin_file: Path,
+    sha256: str,
+    size: int,
+    scratch: Path,
+    ours: UpparatRig,
+    legacy: LegacyRig | None,
+    repeat: int,
+    timeout: float,
+    say: Callable[[str], None],
+) -> DownloadResult:
+    """Each repetition runs every client once, interleaved, so drift hits all alike."""
+    curl = shutil.which("curl") or "curl"
+    sha256sum = shutil.which("sha256sum") or "sha256sum"
+    scratch.mkdir(parents=True, exist_ok=True)
+    target = scratch / "curl.bin"
+    null: list[float] = []
+    cpu: list[float] = []
+    to_file: list[float] = []
+    summed: list[float] = []
+    pipeline: list[float] = []
+    dd: list[float] = []
+    runs: list[JobRun] = []
+    legacy_runs: list[JobRun] = []
+    legacy_ok: list[bool] = []
+    for rep in range(1, repeat + 1):
+        os.sync()
+        wall, used = _timed([curl, "-s", "-f", "-o", "/dev/null", url])
+        null.append(wall)
+        cpu.append(used)
+        os.sync()
+        wall_file, _ = _timed([curl, "-s", "-f", "-o", str(target), url])
+        wall_sum, _ = _timed([sha256sum, str(target)])
+        to_file.append(wall_file)
+        summed.append(wall_sum)
+        pipeline.append(wall_file + wall_sum)
+        target.unlink()
+        os.sync()
+        wall_dd, _ = _timed(
+            [
+                "dd",
+                f"if={origin_file}",
+                f"of={target}",
+                "bs=4M",
+                "conv=fdatasync",
+                "status=none",
+            ]
+        )
+        dd.append(wall_dd)
+        target.unlink()
+        say(
+            f"download {rep}/{repeat}: curl -o /dev/null {null[-1]:.2f} s, -o FILE "
+            f"{wall_file:.2f} s, sha256sum {wall_sum:.2f} s, dd fdatasync {wall_dd:.2f} s"
+        )
+        job_id, version = ours.next_job("dl")
+        run = ours.run_job(
+            job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+        )
+        runs.append(run)
+        say(f"download {rep}/{repeat}: upparat {_show_run(run)}")
+        if legacy is not None:
+            job_id, version = legacy.next_job("dl")
+            run = legacy.run_job(
+                job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+            )
+            legacy_runs.append(run)
+            legacy_ok.append(_check_legacy_file(legacy.download_folder / job_id, size, sha256))
+            say(f"download {rep}/{repeat}: upparat 1.12 {_show_run(run)}")
+    return DownloadResult(
+        size=size,
+        curl_null=Timing(samples=tuple(null)),
+        curl_file=Timing(samples=tuple(to_file)),
+        sha256sum=Timing(samples=tuple(summed)),
+        pipeline=Timing(samples=tuple(pipeline)),
+        dd_sync=Timing(samples=tuple(dd)),
+        curl_cpu=Timing(samples=tuple(cpu)),
+        upparat=tuple(runs),
+        legacy=tuple(legacy_runs),
+        legacy_file_ok=tuple(legacy_ok),
+    )
+
+
+def _check_legacy_file(path: Path, size: int, sha256: str) -> bool:
+    """1.12 verifies nothing; the harness does, then removes the file (outside any timing)."""
+    try:
+        ok = path.stat().st_size == size and file_sha256(path) == sha256
+        path.unlink()
+    except OSError:
+        return False
+    return ok
+
+
+def _show_run(run: JobRun) -> str:
+    took = run.install_seconds
+    shown = "no install call" if took is None else f"install called after {took:.2f} s"
+    return f"{run.status} {run.state}, {shown}, {len(run.updates)} updates"
+
+
+# --- latency ------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Step:
+    at: float
+    """Seconds after the job was created."""
+    what: str
+
+
+@attrs.frozen(kw_only=True)
+class LatencyResult:
+    label: str
+    runs: tuple[JobRun, ...]
+    timeline: tuple[Step, ...]
+    """Hook calls and cloud updates of the median run."""
+    daemon_cpu_per_job: float
+    pause: float
+    """Seconds between one job's end and the next job's creation."""
+
+
+def measure_latency(
+    rig: Rig,
+    *,
+    label: str,
+    url: str,
+    sha256: str,
+    size: int,
+    count: int,
+    pause: float,
+    timeout: float,
+    say: Callable[[str], None],
+) -> LatencyResult:
+    runs: list[JobRun] = []
+    pid = rig.daemon_pid()
+    cpu0 = cpu_seconds(pid)
+    for _ in range(count):
+        job_id, version = rig.next_job("lat")
+        runs.append(
+            rig.run_job(job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout)
+        )
+        time.sleep(pause)
+    cpu = cpu_seconds(pid) - cpu0
+    done = [r for r in runs if r.done_seconds is not None]
+    say(
+        f"latency {label}: "
+        + ", ".join(f"{r.done_seconds:.3f}" if r.done_seconds else r.status for r in runs)
+    )
+    timeline: tuple[Step, ...] = ()
+    if done:
+        ordered = sorted(done, key=lambda r: r.done_seconds or 0.0)
+        median = ordered[(len(ordered) - 1) // 2]
+        timeline = _timeline(rig, median)
+    return LatencyResult(
+        label=label,
+        runs=tuple(runs),
+        timeline=timeline,
+        daemon_cpu_per_job=cpu / max(1, count),
+        pause=pause,
+    )
+
+
+def _timeline(rig: Rig, run: JobRun) -> tuple[Step, ...]:
+    steps = [Step(at=0.0, what="job created (CreateJob sent to the emulator)")]
+    for update in run.updates:
+        steps.append(
+            Step(
+                at=update.at - run.created_at,
+                what=f"cloud received update {update.status} {update.state}".rstrip(),
+            )
+        )
+    meta = rig.meta_of(run.job_id)
+    for call in rig.scripts.calls():
+        if call.meta == meta:
+            steps.append(Step(at=call.at - run.created_at, what=f"{call.hook} hook started"))
+    return tuple(sorted(steps, key=lambda s: s.at))
+
+
+# --- hook overhead --------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class HookOverheadResult:
+    grpc: Timing
+    subprocess: Timing
+
+
+def measure_hook_overhead(rig: UpparatRig, *, count: int) -> HookOverheadResult:
+    """GetVersion through the shell hook server vs the same script by subprocess.run, alternating."""
+    script = rig.scripts.paths()["version"]
+    channel = grpc.insecure_channel(f"unix://{rig.stack.socket}")
+    try:
+        stub = hooks_pb2_grpc.HookServiceStub(channel)
+        request = hooks_pb2.GetVersionRequest(
+            context=hooks_pb2.JobContext(job_id="upparat_bench_hooks", meta="", attempt=1)
+        )
+
+        def via_grpc() -> float:
+            start = time.perf_counter()
+            answer = stub.GetVersion(request, timeout=30)
+            took = time.perf_counter() - start
+            if answer.result.outcome != hooks_pb2.OUTCOME_SUCCESS or not answer.version:
+                raise RuntimeError(f"GetVersion did not succeed: {answer}")
+            return took
+
+        def via_subprocess() -> float:
+            start = time.perf_counter()
+            subprocess.run(
+                [str(script), "0", "0", ""],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                check=True,
+            )
+            return time.perf_counter() - start
+
+        for _ in range(3):  # connect, warm caches
+            via_grpc()
+            via_subprocess()
+        grpc_times: list[float] = []
+        sub_times: list[float] = []
+        for _ in range(count):
+            grpc_times.append(via_grpc())
+            sub_times.append(via_subprocess())
+    finally:
+        channel.close()
+    return HookOverheadResult(
+        grpc=Timing(samples=tuple(grpc_times)), subprocess=Timing(samples=tuple(sub_times))
+    )
+
+
+# --- profile --------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Profile:
+    what: str
+    samples: int
+    rate: int
+    threads: tuple[tuple[str, int], ...]
+    """(thread name with numbers as N, samples), most first."""
+    leaves: tuple[tuple[str, int], ...]
+    """(innermost Python frame, samples), most first."""
+
+
+def py_spy() -> Path | None:
+    found = Path(sys.executable).parent / "py-spy"
+    return found if found.exists() else None
+
+
+class PySpy:
+    """`py-spy record` on one process, stopped with SIGINT."""
+
+    RATE = 250
+
+    def __init__(self, pid: int, out: Path) -> None:
+        binary = py_spy()
+        assert binary is not None
+        self.out = out
+        self._log = out.with_suffix(".log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(binary),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--threads",
+                "--nonblocking",
+                "--rate",
+                str(self.RATE),
+                "--output",
+                str(out),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(1.0)  # attach before the work starts
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def parse_raw_profile(text: str) -> tuple[int, Counter[str], Counter[str]]:
+    threads: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = frames[0].split(":", 1)[-1].strip()
+        threads[_DIGITS.sub("N", thread)] += count
+        if len(frames) > 1:
+            leaves[frames[-1]] += count
+        total += count
+    return total, threads, leaves
+
+
+def profile(pid: int, what: str, out: Path, work: Callable[[], object]) -> Profile:
+    """Run `work` with py-spy recording process `pid`."""
+    spy = PySpy(pid, out)
+    try:
+        work()
+    finally:
+        spy.stop()
+    text = out.read_text() if out.exists() else ""
+    total, threads, leaves = parse_raw_profile(text)
+    return Profile(
+        what=what,
+        samples=total,
+        rate=PySpy.RATE,
+        threads=tuple(threads.most_common(8)),
+        leaves=tuple(leaves.most_common(12)),
+    )
+
+
+def dump_json(value: object, path: Path) -> None:
+    def default(o: object) -> object:
+        if attrs.has(type(o)):
+            return attrs.asdict(o)  # type: ignore[arg-type]  # attrs.has narrowed at runtime
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(type(o).__name__)
+
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    path.write_text(json.dumps(value, default=default, indent=1, sort_keys=True) + "\n")

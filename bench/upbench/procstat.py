@@ -1,0 +1,122 @@
+"""What the kernel says about a process: resident memory and CPU time, from /proc.
+
+Owns the parsing of /proc/<pid>/status and /proc/<pid>/stat and a sampler thread for
+peaks. It reads only; resetting a peak (clear_refs) is the one write, and optional.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable
+
+import attrs
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@attrs.frozen(kw_only=True)
+class Memory:
+    rss_kb: int
+    """VmRSS: resident now."""
+    hwm_kb: int
+    """VmHWM: the resident peak since start (or since the last reset_peak)."""
+    anon_kb: int
+    """RssAnon: heap, stacks, arenas: what the process itself allocated."""
+    file_kb: int
+    """RssFile: mapped files, mostly shared libraries (shared with other processes)."""
+    threads: int
+
+
+_STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads")
+
+
+def memory(pid: int) -> Memory:
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in _STATUS_KEYS:
+                fields[key] = int(value.split()[0])
+    return Memory(
+        rss_kb=fields["VmRSS"],
+        hwm_kb=fields["VmHWM"],
+        anon_kb=fields["RssAnon"],
+        file_kb=fields["RssFile"],
+        threads=fields["Threads"],
+    )
+
+
+def thread_switches(pid: int) -> dict[int, tuple[str, int]]:
+    """Per thread id: its name and its context switches so far (voluntary ones are mostly
+    wakeups from a sleep or a wait)."""
+    found: dict[int, tuple[str, int]] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        name, switches = "?", 0
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as f:
+            for line in f:
+                if line.startswith("Name:"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    switches += int(line.split()[1])
+        found[int(task)] = (name, switches)
+    return found
+
+
+def switches_since(pid: int, before: dict[int, tuple[str, int]]) -> dict[str, int]:
+    """Context switches per thread name since `before` (threads born since count fully)."""
+    by_name: dict[str, int] = {}
+    for tid, (name, now) in thread_switches(pid).items():
+        then = before.get(tid, (name, 0))[1]
+        by_name[name] = by_name.get(name, 0) + now - then
+    return by_name
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads; not its waited-for children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = text[text.rindex(")") + 2 :].split()
+    utime, stime = int(rest[11]), int(rest[12])
+    return (utime + stime) / _TICKS
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0, `echo 5 > clear_refs`); False if refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakSampler:
+    """Samples VmRSS of some processes every `interval` seconds; keeps the largest seen."""
+
+    def __init__(self, pids: Iterable[int], interval: float = 0.05) -> None:
+        self.peaks: dict[int, int] = dict.fromkeys(pids, 0)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        for pid in self.peaks:
+            with contextlib.suppress(OSError, KeyError):
+                self.peaks[pid] = max(self.peaks[pid], memory(pid).rss_kb)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> PeakSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()

@@ -6,6 +6,7 @@ tails of the daemon's and hook server's logs are printed with its report.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +44,9 @@ class StackFactory(Protocol):
         daemon: bool = True,
         start: bool = True,
         seconds_per_minute: float = 60.0,
+        thing: str = THING,
+        env: Mapping[str, str] | None = None,
+        file_tls: ssl.SSLContext | None = None,
     ) -> Stack: ...
 
 
@@ -62,6 +66,9 @@ def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack
         daemon: bool = True,
         start: bool = True,
         seconds_per_minute: float = 60.0,
+        thing: str = THING,
+        env: Mapping[str, str] | None = None,
+        file_tls: ssl.SSLContext | None = None,
     ) -> Stack:
         merged = {section: dict(values) for section, values in BASE_CONFIG.items()}
         for section, values in (config or {}).items():
@@ -70,10 +77,12 @@ def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack
         workdir.mkdir()
         stack = Stack(
             workdir,
-            thing=THING,
+            thing=thing,
             hooks=device.hooks(),
             config=merged,
             seconds_per_minute=seconds_per_minute,
+            env=env,
+            file_tls=file_tls,
         )
         stacks.append(stack)
         if start:

@@ -91,6 +91,10 @@ class Device:
         self.scripts[hook] = path
         return path
 
+    def default_script(self, hook: str) -> Path:
+        """Put the hook's default script back."""
+        return self.script(hook, _DEFAULT_BODIES[hook])
+
     def counted_script(self, hook: str, *, retries: int, then: str, retry_body: str = "") -> Path:
         """A script that exits 3 (retry later) on its first `retries` calls, then runs `then`."""
         counter = f'"$ROOT/{hook}.count"'

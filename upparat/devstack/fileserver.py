@@ -1,8 +1,8 @@
 """A small HTTP file server for the demo and end-to-end tests.
 
-Serves files from one folder with Range, ETag and If-Range like S3 does, counts
-the bytes it serves, and can throttle or inject faults (500s, 403s, dropped
-connections) on request. Loopback only.
+Serves files from one folder (http, or https with a given TLS context) with Range, ETag
+and If-Range like S3 does, counts the bytes it serves (in total and per file), and can
+throttle or inject faults (500s, 403s, dropped connections) on request. Loopback only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import hashlib
 import http.server
 import os
 import re
+import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -20,8 +22,17 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
 class FileServer:
-    def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """`tls`: a server-side context to serve https:// instead of http://."""
         self.root = root
+        self.tls = tls
         self.bytes_served = 0
         self.served: dict[str, int] = {}
         """Bytes served per path (without the leading slash)."""
@@ -140,7 +151,7 @@ class FileServer:
                     server.served[path] = server.served.get(path, 0) + len(chunk)
                 return True
 
-        self._server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self._server = _Server((host, port), Handler, tls)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -150,7 +161,8 @@ class FileServer:
         return port
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/{name}"
 
     def _record(self, path: str, rng: str | None, status: int) -> None:
         with self._lock:
@@ -164,6 +176,29 @@ class FileServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[http.server.BaseHTTPRequestHandler],
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        super().__init__(address, handler)
+        self._tls = tls
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        # The TLS handshake happens in the connection's thread, not in the accepting one.
+        if self._tls is not None and isinstance(request, socket.socket):
+            try:
+                request = self._tls.wrap_socket(request, server_side=True)
+            except OSError:
+                request.close()
+                return
+        super().finish_request(request, client_address)
 
 
 def _etag(file: Path) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,10 @@ class Stack:
         config: Mapping[str, Mapping[str, str]] | None = None,
         seconds_per_minute: float = 60.0,
         env: Mapping[str, str] | None = None,
+        file_tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`file_tls`: serve files over https with this server context (the daemon then
+        needs the CA, e.g. SSL_CERT_FILE in `env`)."""
         self.workdir = workdir
         self.thing = thing
         self.hooks = dict(hooks or {})
@@ -44,7 +48,7 @@ class Stack:
         self.seconds_per_minute = seconds_per_minute
         self.env = dict(env or {})
         self.broker = Mosquitto(workdir)
-        self.files = FileServer(workdir / "files")
+        self.files = FileServer(workdir / "files", tls=file_tls)
         (workdir / "files").mkdir(parents=True, exist_ok=True)
         # unix socket paths are limited to 108 bytes: keep it short.
         self._sock_dir = Path(tempfile.mkdtemp(prefix="upp-", dir="/tmp"))

@@ -292,6 +292,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
 
             profiles.append(
                 measure.profile(
+                    "download",
                     ours.daemon_pid(),
                     f"the daemon during one {mode.size / 1e6:.0f} MB job",
                     workdir / "py-spy-download.txt",
@@ -317,6 +318,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
             say("profile: the latency jobs again under py-spy")
             profiles.append(
                 measure.profile(
+                    "latency",
                     ours.daemon_pid(),
                     f"the daemon during {mode.latency_jobs} latency jobs (1 MB, instant hooks)",
                     workdir / "py-spy-latency.txt",
@@ -335,6 +337,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
             say("profile: the hook server during the GetVersion calls, under py-spy")
             profiles.append(
                 measure.profile(
+                    "hookserver",
                     hookserver,
                     f"the hook server during {mode.hook_calls} GetVersion calls",
                     workdir / "py-spy-hookserver.txt",

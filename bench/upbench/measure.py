@@ -498,13 +498,17 @@ def measure_hook_overhead(rig: UpparatRig, *, count: int) -> HookOverheadResult:
 
 @attrs.frozen(kw_only=True)
 class Profile:
+    key: str
+    """download, latency or hookserver."""
     what: str
     samples: int
     rate: int
     threads: tuple[tuple[str, int], ...]
     """(thread name with numbers as N, samples), most first."""
     leaves: tuple[tuple[str, int], ...]
-    """(innermost Python frame, samples), most first."""
+    """(innermost Python function, samples), most first."""
+    own: tuple[tuple[str, int], ...]
+    """(innermost upparat or hookservers function on the stack, samples), most first."""
 
 
 def py_spy() -> Path | None:
@@ -556,25 +560,50 @@ class PySpy:
 _DIGITS = re.compile(r"\d+")
 
 
-def parse_raw_profile(text: str) -> tuple[int, Counter[str], Counter[str]]:
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
+_OWN = re.compile(r"\((?:upparat|hookservers)/")
+
+
+def _function(frame: str) -> str:
+    """`func (file:line)` without the line: samples of one function count together."""
+    match = _FRAME.match(frame)
+    return f"{match['func']} ({match['file']})" if match else frame
+
+
+@attrs.frozen(kw_only=True)
+class RawProfile:
+    samples: int
+    threads: Counter[str]
+    leaves: Counter[str]
+    own: Counter[str]
+
+
+def parse_raw_profile(text: str) -> RawProfile:
+    """py-spy's raw format: `thread (tid): name;outer frame;...;inner frame COUNT` per line."""
     threads: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
+    own: Counter[str] = Counter()
     total = 0
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
-        thread = frames[0].split(":", 1)[-1].strip()
-        threads[_DIGITS.sub("N", thread)] += count
-        if len(frames) > 1:
-            leaves[frames[-1]] += count
+        head, *frames = stack.split(";")
+        threads[_DIGITS.sub("N", head.split(":", 1)[-1].strip())] += count
+        if frames:
+            leaves[_function(frames[-1])] += count
+        ours = next((f for f in reversed(frames) if _OWN.search(f)), None)
+        own[
+            _function(ours)
+            if ours
+            else "(no upparat frame: helper threads, e.g. the sha256 worker, gRPC, paho)"
+        ] += count
         total += count
-    return total, threads, leaves
+    return RawProfile(samples=total, threads=threads, leaves=leaves, own=own)
 
 
-def profile(pid: int, what: str, out: Path, work: Callable[[], object]) -> Profile:
+def profile(key: str, pid: int, what: str, out: Path, work: Callable[[], object]) -> Profile:
     """Run `work` with py-spy recording process `pid`."""
     spy = PySpy(pid, out)
     try:
@@ -582,13 +611,15 @@ def profile(pid: int, what: str, out: Path, work: Callable[[], object]) -> Profi
     finally:
         spy.stop()
     text = out.read_text() if out.exists() else ""
-    total, threads, leaves = parse_raw_profile(text)
+    raw = parse_raw_profile(text)
     return Profile(
+        key=key,
         what=what,
-        samples=total,
+        samples=raw.samples,
         rate=PySpy.RATE,
-        threads=tuple(threads.most_common(8)),
-        leaves=tuple(leaves.most_common(12)),
+        threads=tuple(raw.threads.most_common(8)),
+        leaves=tuple(raw.leaves.most_common(10)),
+        own=tuple(raw.own.most_common(10)),
     )
 
 

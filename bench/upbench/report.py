@@ -6,6 +6,7 @@ differences and medians of what `measure.py` returned; it runs nothing.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -224,6 +225,12 @@ def render(r: Results) -> str:
 
 
 def _targets(r: Results) -> str:
+    return "## Targets\n\n" + _table(
+        ("target", "goal", "measured", "verdict", "missed by"), _target_rows(r)
+    )
+
+
+def _target_rows(r: Results) -> list[tuple[str, str, str, str, str]]:
     d = r.download
     ours = _median(download_seconds(d.upparat))
     null = d.curl_null.median
@@ -244,7 +251,7 @@ def _targets(r: Results) -> str:
                 verdict(ratio <= 1.5),
                 ""
                 if ratio <= 1.5
-                else f"{ours - 1.5 * null:.2f} s too slow ({ratio / 1.5:.1f} x the budget)",
+                else f"{ours - 1.5 * null:.2f} s ({ratio / 1.5:.1f} x the budget of {1.5 * null:.2f} s)",
             )
         )
         rows.append(
@@ -253,7 +260,7 @@ def _targets(r: Results) -> str:
                 "below",
                 f"{_s(ours)} s vs {_s(pipeline)} s ({ours / pipeline:.2f} x)",
                 verdict(ours < pipeline),
-                "" if ours < pipeline else f"{ours - pipeline:.2f} s too slow",
+                "" if ours < pipeline else f"{ours - pipeline:.2f} s",
             )
         )
     else:
@@ -286,7 +293,7 @@ def _targets(r: Results) -> str:
                 verdict(t.while_downloading <= t.allowed),
                 ""
                 if t.while_downloading <= t.allowed
-                else f"{t.while_downloading - t.allowed} too many",
+                else f"{t.while_downloading - t.allowed} updates",
             )
         )
     else:
@@ -306,7 +313,7 @@ def _targets(r: Results) -> str:
                 "≤ 20",
                 f"{t.total} (worst run)",
                 verdict(t.total <= 20),
-                "" if t.total <= 20 else f"{t.total - 20} too many",
+                "" if t.total <= 20 else f"{t.total - 20} updates",
             )
         )
     else:
@@ -322,7 +329,7 @@ def _targets(r: Results) -> str:
             "≤ 3 MB",
             f"{_mb(above)} MB ({_mb(idle.daemon.rss_kb)} vs {_mb(idle.floor.rss_kb)} MB)",
             verdict(above <= 3 * 1024),
-            "" if above <= 3 * 1024 else f"{_mb(above - 3 * 1024)} MB over",
+            "" if above <= 3 * 1024 else f"{_mb(above - 3 * 1024)} MB",
         )
     )
     peak = _peak_kb(d.upparat)
@@ -334,7 +341,7 @@ def _targets(r: Results) -> str:
                 "≤ 10 MB",
                 f"{_mb(grow)} MB (peak {_mb(peak)} MB, idle {_mb(idle.daemon.rss_kb)} MB)",
                 verdict(grow <= 10 * 1024),
-                "" if grow <= 10 * 1024 else f"{_mb(grow - 10 * 1024)} MB over",
+                "" if grow <= 10 * 1024 else f"{_mb(grow - 10 * 1024)} MB",
             )
         )
     else:
@@ -362,7 +369,7 @@ def _targets(r: Results) -> str:
                 verdict(ratio <= 1 / 3),
                 ""
                 if ratio <= 1 / 3
-                else f"{_ms(ours_lat - legacy_lat / 3)} ms too slow (budget {_ms(legacy_lat / 3)} ms)",
+                else f"{_ms(ours_lat - legacy_lat / 3)} ms (budget {_ms(legacy_lat / 3)} ms)",
             )
         )
     else:
@@ -376,10 +383,10 @@ def _targets(r: Results) -> str:
             "≤ 10 ms",
             f"{_ms(over)} ms ({_ms(r.hooks.grpc.median)} vs {_ms(r.hooks.subprocess.median)} ms)",
             verdict(over <= 0.010),
-            "" if over <= 0.010 else f"{_ms(over - 0.010)} ms over",
+            "" if over <= 0.010 else f"{_ms(over - 0.010)} ms",
         )
     )
-    return "## Targets\n\n" + _table(("target", "goal", "measured", "verdict", "missed by"), rows)
+    return rows
 
 
 def _download_section(r: Results) -> str:
@@ -716,59 +723,147 @@ def _hooks_section(r: Results) -> str:
     )
 
 
+def _verdicts(r: Results) -> dict[str, tuple[str, str]]:
+    """Target label -> (verdict, missed by), as in the targets table."""
+    return {row[0]: (row[3], row[4]) for row in _target_rows(r)}
+
+
+def _headline(r: Results, *labels: str) -> str:
+    verdicts = _verdicts(r)
+    parts = []
+    for label in labels:
+        verdict, miss = verdicts[label]
+        parts.append(f"{label.split(' ', 1)[0]} {verdict}" + (f" by {miss}" if miss else ""))
+    return "; ".join(parts)
+
+
+def _top(pairs: Sequence[tuple[str, int]], total: int, n: int = 3) -> str:
+    return ", ".join(f"`{name}` {count / total:.0%}" for name, count in pairs[:n])
+
+
+def _find_profile(r: Results, key: str) -> Profile | None:
+    return next((p for p in r.profiles if p.key == key and p.samples), None)
+
+
 def _dominates(r: Results) -> str:
     d = r.download
     out = ["## What dominates\n"]
+    if r.profile_skipped:
+        out.append(f"No profiles in this run: {r.profile_skipped}.\n")
+
+    # --- download
+    out.append(f"### Download ({_headline(r, 'T1 download time vs curl -o /dev/null')})\n")
     ours = _median(download_seconds(d.upparat))
     if ours is not None:
         dd = d.dd_sync.median
         out.append(
-            f"**Download.** upparat took {_s(ours)} s where `curl -o /dev/null` took"
-            f" {_s(d.curl_null.median)} s. curl -o /dev/null neither writes nor hashes. Writing the"
-            f" same {d.size / 1e6:.0f} MB to this disk and fdatasyncing them (`dd conv=fdatasync`, from the"
-            f" page cache, no network) takes {_s(dd)} s = {dd / ours:.0%} of upparat's time, and"
-            f" even `curl -o FILE` without any sync takes {_s(d.curl_file.median)} s: the file system"
-            " write, not the network or the hash, sets the limit for any client that keeps the file."
-            f" Hashing {d.size / 1e6:.0f} MB costs ~{d.size / 1.3e9:.2f} s of one core with OpenSSL's"
-            " SHA-NI code (hashlib); coreutils' sha256sum has no SHA-NI and took"
+            f"upparat took {_s(ours)} s where `curl -o /dev/null` took"
+            f" {_s(d.curl_null.median)} s; curl -o /dev/null neither writes nor hashes. Writing the"
+            f" same {d.size / 1e6:.0f} MB to this disk with fdatasync (`dd conv=fdatasync` from"
+            f" the page cache, no network) takes {_s(dd)} s = {dd / ours:.0%} of upparat's time,"
+            f" and even `curl -o FILE` without any sync takes {_s(d.curl_file.median)} s: the"
+            " file system write, not the network or the hash, sets the limit for a client that"
+            f" keeps the file. Hashing {d.size / 1e6:.0f} MB costs ~{d.size / 1.3e9:.2f} s of one"
+            " core with OpenSSL's SHA-NI code (hashlib, in its own thread, overlapping the"
+            " transfer); coreutils' sha256sum has no SHA-NI and took"
             f" {_s(d.sha256sum.median)} s.\n"
         )
-    for p in r.profiles:
-        out.append(_profile(p))
-    if r.profile_skipped:
-        out.append(f"Profiles: {r.profile_skipped}.\n")
+    profile = _find_profile(r, "download")
+    if profile is not None:
+        out.append(_profile(profile))
 
-    # memory
+    # --- memory
+    out.append(
+        "\n### Memory ("
+        + _headline(
+            r,
+            "T5 daemon idle RSS above the floor",
+            "T6 peak RSS during the download above idle",
+        )
+        + ")\n"
+    )
     steps = r.imports
-    if steps:
-        rows = []
+    if len(steps) > 1:
+        rows = [[steps[0].label, _mb(steps[0].rss_kb), "", ""]]
         prev = steps[0].rss_kb
-        rows.append([steps[0].label, _mb(steps[0].rss_kb), "", ""])
-        for s in steps[1:]:
-            rows.append([s.label, _mb(s.rss_kb), "+" + _mb(s.rss_kb - prev), str(s.modules)])
-            prev = s.rss_kb
+        added: list[tuple[str, int]] = []
+        for step in steps[1:]:
+            rows.append(
+                [step.label, _mb(step.rss_kb), "+" + _mb(step.rss_kb - prev), str(step.modules)]
+            )
+            added.append((step.label, step.rss_kb - prev))
+            prev = step.rss_kb
         daemon = r.idle.daemon
+        running = daemon.rss_kb - prev
         rows.append(
             [
                 "the running daemon, idle (threads, gRPC channel, MQTT client, buffers)",
                 _mb(daemon.rss_kb),
-                "+" + _mb(daemon.rss_kb - prev),
+                "+" + _mb(running),
                 "",
             ]
         )
-        floor_rss = steps[1].rss_kb if len(steps) > 1 else steps[0].rss_kb
+        floor_rss = steps[1].rss_kb
+        biggest = max(added[1:], key=lambda kv: kv[1], default=("-", 0))
         out.append(
-            f"\n**Idle memory.** The daemon's RSS above the floor, by import step (a fresh"
-            f" `python` importing in this order; RSS after each step). Above the floor:"
-            f" imports {_mb(prev - floor_rss)} MB, running {_mb(daemon.rss_kb - prev)} MB."
-            f" Of the idle daemon's {_mb(daemon.rss_kb)} MB, {_mb(daemon.file_kb)} MB are"
-            f" file-backed pages (shared libraries: the gRPC core, libpython, OpenSSL, the"
-            f" protobuf extension) and {_mb(daemon.anon_kb)} MB anonymous;"
-            f" {daemon.threads} threads.\n\n"
+            "The daemon's RSS by import step (a fresh `python` importing in this order, RSS"
+            f" after each step), then the running daemon. Above the floor, imports add"
+            f" {_mb(prev - floor_rss)} MB (the most: {biggest[0]}, +{_mb(biggest[1])} MB) and"
+            f" running adds {_mb(running)} MB. Of the idle daemon's {_mb(daemon.rss_kb)} MB,"
+            f" {_mb(daemon.file_kb)} MB are file-backed (shared libraries: the gRPC core,"
+            f" libpython, OpenSSL, the protobuf extension; the floor has {_mb(r.idle.floor.file_kb)})"
+            f" and {_mb(daemon.anon_kb)} MB anonymous (the floor: {_mb(r.idle.floor.anon_kb)});"
+            f" {daemon.threads} threads, of which the gRPC core starts several.\n\n"
         )
         out.append(_table(("step", "RSS MB", "added MB", "modules added"), rows))
 
-    # latency
+    # --- idle CPU
+    p = r.idle.daemon
+    if p.wakeups_by_thread:
+        out.append(
+            f"\n### Idle CPU\n\nThe idle daemon used {p.cpu_seconds:.2f} CPU s in"
+            f" {r.idle.window_seconds:.0f} s and woke {p.wakeups / r.idle.window_seconds:.0f}"
+            f" times a second, most in threads {_top(p.wakeups_by_thread, max(1, p.wakeups))}"
+            " (`event_engine`, `grpc_global_tim` and `lifeguard` are the gRPC core's threads)."
+            + (
+                f" 1.12 woke {r.idle.legacy.wakeups / r.idle.window_seconds:.0f} times a second."
+                if r.idle.legacy
+                else ""
+            )
+            + "\n"
+        )
+
+    # --- latency
+    out.append(f"\n### Latency ({_headline(r, 'T7 latency vs 1.12')})\n")
+    ours_lat = _median([x.done_seconds for x in r.latency.runs])
+    if ours_lat is not None and r.latency.timeline:
+        steps_ = r.latency.timeline
+        hooks = sum(1 for st in steps_ if st.what.endswith("hook started"))
+        to_hook = sum(
+            b.at - a.at for a, b in itertools.pairwise(steps_) if b.what.endswith("hook started")
+        )
+        to_cloud = sum(
+            b.at - a.at
+            for a, b in itertools.pairwise(steps_)
+            if b.what.startswith("cloud received")
+        )
+        overhead = r.hooks.grpc.median - r.hooks.subprocess.median
+        out.append(
+            f"upparat's median job took {_ms(ours_lat)} ms and called {hooks} hooks. In its"
+            f" timeline (below), the gaps that end with a hook starting add up to {_ms(to_hook)}"
+            f" ms and those that end with the cloud receiving an update to {_ms(to_cloud)} ms."
+            f" One hook call through the hook server costs {_ms(r.hooks.grpc.median)} ms, of"
+            f" which {_ms(overhead)} ms are the hook server's overhead over a bare fork/exec"
+            f" (section 6): {hooks} calls x {_ms(overhead)} ms = {_ms(hooks * overhead)} ms of"
+            " the job. Every phase change is an update the daemon sends and whose answer it"
+            " waits for before the next hook (the emulator's round trip), and the journal is"
+            f" written with fsync before the hooks that may restart. The daemon used"
+            f" {r.latency.daemon_cpu_per_job * 1000:.0f} ms of CPU per job.\n"
+        )
+    profile = _find_profile(r, "latency")
+    if profile is not None:
+        out.append(_profile(profile))
+
     def timeline(res: LatencyResult | None, title: str) -> None:
         if res is None or not res.timeline:
             return
@@ -786,24 +881,22 @@ def _dominates(r: Results) -> str:
             rows.append([_ms(step.at), "+" + _ms(step.at - prev), what])
             prev = step.at
             repeated = 0
-        out.append(f"\n{title} (median run):\n\n")
+        out.append(f"\nTimeline, {title} (the median run):\n\n")
         out.append(_table(("ms after CreateJob", "gap ms", "event"), rows))
 
-    ours_lat = _median([x.done_seconds for x in r.latency.runs])
-    if ours_lat is not None:
-        hooks = sum(1 for s in r.latency.timeline if s.what.endswith("hook started"))
-        out.append(
-            f"\n**Latency.** upparat's median job took {_ms(ours_lat)} ms with {hooks} hook calls;"
-            f" one hook call through the hook server costs {_ms(r.hooks.grpc.median)} ms here,"
-            f" the script's own fork/exec included (section 6), so hooks account for"
-            f" ~{_ms(hooks * r.hooks.grpc.median)} ms."
-            " The rest is MQTT round trips to the emulator (describe, each update waits for its"
-            " answer before the next phase) and the daemon's own steps; the timelines show the"
-            " gaps.\n"
-        )
     timeline(r.latency, "upparat, default")
     timeline(r.latency_112_hooks, "upparat, verify_soft_restart = false")
-    timeline(r.latency_legacy, "upparat 1.12")
+    timeline(r.latency_legacy, "upparat 1.12 (it publishes updates without waiting for answers)")
+
+    # --- hooks
+    out.append(f"\n### Hook overhead ({_headline(r, 'T8 hook overhead over a bare fork/exec')})\n")
+    profile = _find_profile(r, "hookserver")
+    if profile is not None:
+        out.append(
+            f"In the hook server's profile the busiest functions of its own are"
+            f" {_top(profile.own, profile.samples)}.\n"
+        )
+        out.append(_profile(profile))
     return "".join(x if x.endswith("\n") else x + "\n" for x in out)
 
 
@@ -816,12 +909,16 @@ def _profile(p: Profile) -> str:
         [[f"`{name}`", f"{n / total:.0%}"] for name, n in p.threads],
     )
     leaves = _table(
-        ("innermost Python frame (time in C is charged to it)", "share"),
+        ("innermost Python function (time in C is charged to it)", "share"),
         [[f"`{frame}`", f"{n / total:.0%}"] for frame, n in p.leaves],
+    )
+    own = _table(
+        ("innermost upparat function on the stack (library time below it included)", "share"),
+        [[f"`{frame}`", f"{n / total:.0%}"] for frame, n in p.own],
     )
     return (
         f"\nProfile of {p.what} (py-spy, {p.rate} Hz, samples of busy threads only):"
-        f" {total} samples = {total / p.rate:.2f} s of thread time.\n\n{threads}\n{leaves}"
+        f" {total} samples = {total / p.rate:.2f} s of thread time.\n\n{threads}\n{own}\n{leaves}"
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import upparat
-from upparat.config import Config, ConfigError, load_config
+from upparat.config import Config, ConfigError, load_config, unix_socket_path
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -120,9 +120,15 @@ def check_config(argv: Sequence[str]) -> int:
     from upparat.hooks.info import Unreachable, fetch_info
 
     endpoint = config.hooks.endpoint
+    hint = "is upparat-hookserver running with this config?"
+    if endpoint.startswith("unix:") and not unix_socket_path(endpoint).exists():
+        # Nothing to wait for: the hook server creates the socket when it starts.
+        reason = f"no socket file at {unix_socket_path(endpoint)}"
+        print(f"hook server at {endpoint}: not reachable: {reason}; {hint}", file=sys.stderr)
+        return EXIT_HOOKSERVER
     info = fetch_info(endpoint, timeout=5.0)
     if isinstance(info, Unreachable):
-        print(f"hook server at {endpoint}: not reachable: {info.reason}", file=sys.stderr)
+        print(f"hook server at {endpoint}: not reachable: {info.reason}; {hint}", file=sys.stderr)
         return EXIT_HOOKSERVER
     print(f"hook server at {endpoint}:")
     print(info)

@@ -26,8 +26,8 @@ HOOK_NAMES = ("version", "download", "install", "restart", "ready")
 
 _PRELUDE = """\
 HOOK={hook}
-printf '%s|%s|%s|%s|%s|%s|%s\\n' "$HOOK" "$$" "$UPPARAT_JOB_ID" "$1" "$2" "$3" "$4" \\
-  >> "$ROOT/calls.log"
+printf '%s|%s|%s|%s|%s|%s|%s|%s\\n' "$HOOK" "$$" "$UPPARAT_JOB_ID" "$1" "$2" "$3" "$4" \\
+  "$(date +%s.%N)" >> "$ROOT/calls.log"
 hold() {{
   # The test holds this hook: say where we are, then wait (at most 60 s) to be let go.
   if [ -e "$ROOT/hold-$HOOK" ]; then
@@ -121,7 +121,7 @@ class Device:
     # -- what happened --
 
     def calls(self, hook: str | None = None, job_id: str | None = None) -> list[list[str]]:
-        """[hook, pid, job id, $1, $2, $3, $4] per call, oldest first."""
+        """[hook, pid, job id, $1, $2, $3, $4, epoch seconds] per call, oldest first."""
         log = self.root / "calls.log"
         if not log.exists():
             return []

@@ -8,6 +8,8 @@ more is sent for it, and the daemon waits for the next job, which runs as usual.
 
 from __future__ import annotations
 
+import itertools
+
 from tests.faults.conftest import THING, StackFactory
 from tests.faults.device import Device, MiB, create_update
 from tests.faults.observe import (
@@ -61,7 +63,7 @@ def test_throttled_then_internal_error_then_terminal_state_stops_the_job(
     tokens = [request_of(u)["clientToken"] for u in updates]
     assert len(set(tokens)) == len(tokens), tokens
     at = [float(str(u["at"])) for u in updates]
-    gaps = [later - earlier for earlier, later in zip(at, at[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(at)]
     assert gaps[0] >= 0.9, gaps  # backoff 1 s, 2 s, 4 s: never a hot loop
     assert gaps[1] >= 1.8, gaps
     assert outcome(stack.execution(JOB))[0] == "CANCELED"

@@ -49,7 +49,7 @@ if [ -e "$ROOT/install.pid" ] && kill -0 "$(cat "$ROOT/install.pid")" 2>/dev/nul
   echo "$UPPARAT_JOB_ID $$ $(cat "$ROOT/install.pid")" >> "$ROOT/overlaps"
 fi
 echo "$$" > "$ROOT/install.pid"
-echo "start $UPPARAT_JOB_ID $$ $(id -u)" >> "$ROOT/install.log"
+echo "start $UPPARAT_JOB_ID $$ $(id -u) $(stat -c %u "$4")" >> "$ROOT/install.log"
 echo "10% writing the inactive slot"
 head -c 1048576 "$4" > "$ROOT/slot"
 hold

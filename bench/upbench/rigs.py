@@ -14,8 +14,9 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 
@@ -24,6 +25,8 @@ from upbench.procstat import PeakSampler, cpu_seconds, memory, reset_peak
 from upparat.devstack.procs import stop_process
 from upparat.devstack.stack import Stack
 from upparat.emulator.wire import JsonValue
+
+T = TypeVar("T")
 
 THING = "bench-device"
 INSTALLED_VERSION = "1.0.0"
@@ -195,15 +198,12 @@ class Rig(ABC):
                 if polls % 50 == 0 and self._terminal(job_id):
                     break
                 time.sleep(0.02)
-        execution: dict[str, object] = {}
-        with contextlib.suppress(TimeoutError):
-            left = max(1.0, deadline - time.monotonic())
-            execution = self.stack.wait_status(job_id, timeout=left)
+        execution = self._wait_terminal(job_id, deadline)
         details = execution.get("statusDetails")
         state = details.get("state") if isinstance(details, dict) else None
         updates = tuple(
             Update(at=_number(h.get("at")), status=str(h.get("status")), state=_state_of(h))
-            for h in self.stack.updates(job_id)
+            for h in self._patiently(lambda: self.stack.updates(job_id), deadline)
             if h.get("result") == "accepted"
         )
         terminal = [u for u in updates if u.status in ("SUCCEEDED", "FAILED", "REJECTED")]
@@ -224,8 +224,33 @@ class Rig(ABC):
         )
 
     def _terminal(self, job_id: str) -> bool:
-        status = self.stack.execution(job_id).get("status")
+        try:
+            status = self.stack.execution(job_id).get("status")
+        except TimeoutError:
+            return False  # the emulator is busy (1.12's thousands of updates): not yet
         return status not in ("QUEUED", "IN_PROGRESS")
+
+    def _wait_terminal(self, job_id: str, deadline: float) -> dict[str, object]:
+        """The execution once terminal, or as last seen at the deadline ({} if never)."""
+        last: dict[str, object] = {}
+        while True:
+            with contextlib.suppress(TimeoutError):
+                last = self.stack.execution(job_id)
+                if last.get("status") not in ("QUEUED", "IN_PROGRESS"):
+                    return last
+            if time.monotonic() >= deadline:
+                return last
+            time.sleep(0.05)
+
+    def _patiently(self, ask: Callable[[], T], deadline: float) -> T:
+        """ask(), again while the emulator's control times out (it answers in order, so a
+        backlog of updates delays the answer), until the deadline (plus one last try)."""
+        while True:
+            try:
+                return ask()
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    return ask()
 
 
 def _state_of(entry: dict[str, object]) -> str:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
@@ -37,6 +38,7 @@ from upbench.rigs import (
     VENV112,
     JobRun,
     LegacyRig,
+    Rig,
     UpparatRig,
     legacy_available,
 )
@@ -106,8 +108,11 @@ MODES = {
 LATENCY_SIZE = 1_000_000
 
 
+_STARTED = time.monotonic()
+
+
 def say(text: str) -> None:
-    print(f"bench: {text}", file=sys.stderr, flush=True)
+    print(f"bench [{time.monotonic() - _STARTED:5.1f} s]: {text}", file=sys.stderr, flush=True)
 
 
 def _first_line(argv: Sequence[str]) -> str:
@@ -208,7 +213,13 @@ def ensure_py_spy(mode: Mode, allow_install: bool) -> str | None:
     return None
 
 
-def environment(mode: Mode, load_start: str, load_end: str, argv: Sequence[str]) -> Environment:
+def _processes() -> int:
+    return sum(1 for name in os.listdir("/proc") if name.isdigit())
+
+
+def environment(
+    mode: Mode, load_start: str, load_end: str, processes: int, argv: Sequence[str]
+) -> Environment:
     return Environment(
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         mode=mode.name,
@@ -224,20 +235,19 @@ def environment(mode: Mode, load_start: str, load_end: str, argv: Sequence[str])
         libraries=_libraries(),
         load_start=load_start,
         load_end=load_end,
+        processes=processes,
         command=" ".join(["bench/run.py", *argv]),
     )
 
 
 def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) -> Results:
     load_start = _load()
+    processes = _processes()
     say(f"{mode.name} mode, work directory {workdir}; {load_start}")
     legacy_skipped = ensure_legacy(mode, allow_install)
     if legacy_skipped:
         say(f"upparat 1.12 will not be measured: {legacy_skipped}")
     profile_skipped = ensure_py_spy(mode, allow_install)
-
-    say("import steps of the daemon (memory)")
-    imports = measure.measure_imports()
 
     origin_dir = workdir / "origin"
     origin_dir.mkdir()
@@ -251,11 +261,18 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
     try:
         origin = Origin(origin_dir)
         big, small = origin.url("bundle.bin"), origin.url("small.bin")
-        say("starting both devices (broker, emulator, daemons, hook server)")
+        say("starting both devices (broker, emulator, daemons, hook server) and the import probe")
         floor = measure.FloorProcess()
-        ours.start()
-        if legacy is not None:
-            legacy.start()
+        # Side by side: nothing is timed until the idle window, and RSS is not a matter of
+        # time. The import probe is a process of its own.
+        with ThreadPoolExecutor(3) as pool:
+            starts = [pool.submit(ours.start)]
+            if legacy is not None:
+                starts.append(pool.submit(legacy.start))
+            probe = pool.submit(measure.measure_imports)
+            for started in starts:
+                started.result()
+            imports = probe.result()
         say(f"idle: RSS after {mode.settle:.0f} s, then CPU over {mode.idle_window:.0f} s")
         idle = measure.measure_idle(
             ours, legacy, floor, settle=mode.settle, window=mode.idle_window
@@ -300,10 +317,9 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
                 )
             )
 
-        def latency(rig: UpparatRig | LegacyRig, label: str) -> measure.LatencyResult:
+        def latency(*rigs: tuple[str, Rig]) -> list[measure.LatencyResult]:
             return measure.measure_latency(
-                rig,
-                label=label,
+                rigs,
                 url=small,
                 sha256=sha_small,
                 size=LATENCY_SIZE,
@@ -313,7 +329,12 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
                 say=say,
             )
 
-        lat = latency(ours, "upparat")
+        say(f"latency: {mode.latency_jobs} jobs each, upparat and 1.12 taking turns")
+        both: list[tuple[str, Rig]] = [("upparat", ours)]
+        if legacy is not None:
+            both.append(("upparat 1.12", legacy))
+        lat, *rest = latency(*both)
+        lat_legacy = rest[0] if rest else None
         if profile_skipped is None:
             say("profile: the latency jobs again under py-spy")
             profiles.append(
@@ -322,13 +343,16 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
                     ours.daemon_pid(),
                     f"the daemon during {mode.latency_jobs} latency jobs (1 MB, instant hooks)",
                     workdir / "py-spy-latency.txt",
-                    lambda: latency(ours, "upparat under py-spy"),
+                    lambda: latency(("upparat under py-spy", ours)),
                 )
             )
-        lat_legacy = latency(legacy, "upparat 1.12") if legacy is not None else None
         say("restarting upparat with verify_soft_restart = false")
         ours.reconfigure("service", {"verify_soft_restart": "false"})
-        lat_112 = latency(ours, "upparat, verify_soft_restart = false")
+        job_id, version = ours.next_job("warmup")  # the first job of a fresh daemon is slow
+        ours.run_job(
+            job_id, url=small, version=version, sha256=sha_small, size=LATENCY_SIZE, timeout=60
+        )
+        (lat_112,) = latency(("upparat, verify_soft_restart = false", ours))
 
         say(f"hook overhead: {mode.hook_calls} GetVersion calls and script runs")
         hooks = measure.measure_hook_overhead(ours, count=mode.hook_calls)
@@ -355,7 +379,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
     load_end = _load()
     say(load_end)
     return Results(
-        env=environment(mode, load_start, load_end, argv),
+        env=environment(mode, load_start, load_end, processes, argv),
         legacy_skipped=legacy_skipped,
         idle=idle,
         imports=imports,

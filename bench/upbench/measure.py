@@ -389,14 +389,14 @@ class LatencyResult:
     timeline: tuple[Step, ...]
     """Hook calls and cloud updates of the median run."""
     daemon_cpu_per_job: float
+    """Median CPU seconds of the daemon from job created to its terminal status."""
     pause: float
     """Seconds between one job's end and the next job's creation."""
 
 
 def measure_latency(
-    rig: Rig,
+    rigs: Sequence[tuple[str, Rig]],
     *,
-    label: str,
     url: str,
     sha256: str,
     size: int,
@@ -404,34 +404,40 @@ def measure_latency(
     pause: float,
     timeout: float,
     say: Callable[[str], None],
-) -> LatencyResult:
-    runs: list[JobRun] = []
-    pid = rig.daemon_pid()
-    cpu0 = cpu_seconds(pid)
+) -> list[LatencyResult]:
+    """`count` jobs per rig, the rigs taking turns, so a busy moment hits all of them."""
+    runs: dict[str, list[JobRun]] = {label: [] for label, _ in rigs}
     for _ in range(count):
-        job_id, version = rig.next_job("lat")
-        runs.append(
-            rig.run_job(job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout)
+        for label, rig in rigs:
+            job_id, version = rig.next_job("lat")
+            runs[label].append(
+                rig.run_job(
+                    job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+                )
+            )
+            time.sleep(pause)
+    results = []
+    for label, rig in rigs:
+        series = runs[label]
+        say(
+            f"latency {label}: "
+            + ", ".join(f"{r.done_seconds:.3f}" if r.done_seconds else r.status for r in series)
         )
-        time.sleep(pause)
-    cpu = cpu_seconds(pid) - cpu0
-    done = [r for r in runs if r.done_seconds is not None]
-    say(
-        f"latency {label}: "
-        + ", ".join(f"{r.done_seconds:.3f}" if r.done_seconds else r.status for r in runs)
-    )
-    timeline: tuple[Step, ...] = ()
-    if done:
-        ordered = sorted(done, key=lambda r: r.done_seconds or 0.0)
-        median = ordered[(len(ordered) - 1) // 2]
-        timeline = _timeline(rig, median)
-    return LatencyResult(
-        label=label,
-        runs=tuple(runs),
-        timeline=timeline,
-        daemon_cpu_per_job=cpu / max(1, count),
-        pause=pause,
-    )
+        done = sorted(
+            (r for r in series if r.done_seconds is not None), key=lambda r: r.done_seconds or 0.0
+        )
+        timeline = _timeline(rig, done[(len(done) - 1) // 2]) if done else ()
+        cpu = [r.job_cpu for r in series if r.job_cpu is not None]
+        results.append(
+            LatencyResult(
+                label=label,
+                runs=tuple(series),
+                timeline=timeline,
+                daemon_cpu_per_job=statistics.median(cpu) if cpu else 0.0,
+                pause=pause,
+            )
+        )
+    return results
 
 
 def _timeline(rig: Rig, run: JobRun) -> tuple[Step, ...]:
@@ -606,7 +612,7 @@ def parse_raw_profile(text: str) -> RawProfile:
         own[
             _function(ours)
             if ours
-            else "(no upparat frame: helper threads, e.g. the sha256 worker, gRPC, paho)"
+            else "(no upparat or hookservers frame on the stack: a library thread)"
         ] += count
         total += count
     return RawProfile(samples=total, threads=threads, leaves=leaves, own=own)

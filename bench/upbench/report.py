@@ -75,6 +75,8 @@ class Environment:
     libraries: str
     load_start: str
     load_end: str
+    processes: int
+    """Processes on the machine at the start (the hook server scans them per script run)."""
     command: str
 
 
@@ -196,6 +198,7 @@ def render(r: Results) -> str:
                 ("kernel", env.kernel),
                 ("load (uptime) at start", env.load_start),
                 ("load (uptime) at end", env.load_end),
+                ("processes running at the start", str(env.processes)),
                 ("python", env.python),
                 ("upparat", env.upparat),
                 ("upparat 1.12", env.legacy),
@@ -672,7 +675,8 @@ def _latency_section(r: Results) -> str:
             "upparat (verify_soft_restart = false)",
             r.latency_112_hooks,
             legacy,
-            "hooks: version, download, install, restart (1.12's sequence)",
+            "hooks: version, download, install, restart (1.12's sequence); run after the"
+            " others, after a daemon restart",
         ),
         _lat_row(
             "upparat 1.12",
@@ -734,6 +738,10 @@ def _hooks_section(r: Results) -> str:
     return (
         "## 6. Hook overhead: one GetVersion (gRPC on the unix socket + fork/exec of the script)\n\n"
         + _table(("call", "median ms", "best ms", "p90 ms", "n"), rows)
+        + "\nCalls alternate (one GetVersion, one subprocess.run) after three warm-up rounds;"
+        " the channel stays open, as the daemon's does. upparat 1.12 has no hook server: it"
+        " runs each hook with subprocess.Popen in a new thread of the daemon, so its cost per"
+        " hook is about the subprocess.run row.\n"
     )
 
 
@@ -890,6 +898,10 @@ def _dominates(r: Results) -> str:
         )
     profile = _find_profile(r, "latency")
     if profile is not None:
+        out.append(
+            "In the daemon's profile over the latency jobs the busiest of its own functions"
+            f" are {_top(profile.own, profile.samples, 4)}.\n"
+        )
         out.append(_profile(profile))
 
     def timeline(res: LatencyResult | None, title: str) -> None:
@@ -958,6 +970,8 @@ def _method(r: Results, mb: float) -> str:
   (`upparat.devstack.Stack`), upparat with its shell hook server; upparat 1.12 runs as its
   console script from `bench/.venv112` with an INI file in its own format, plain MQTT (1.12
   uses TLS only when cafile/certfile/keyfile are set), on the same emulator code.
+- upparat 1.12 is `pip install upparat==1.12 'paho-mqtt<2'` (its MQTT class overrides
+  paho 1.x internals; it declares only `paho-mqtt>=1.4.0`).
 - Config: the product defaults where they matter (`progress_interval = 10`, keepalive 60,
   log level INFO for both daemons).
 - Hook scripts are bash with builtins only (no fork inside) and log `$EPOCHREALTIME` when they

@@ -65,6 +65,8 @@ class JobRun:
     updates: tuple[Update, ...]
     daemon_cpu: float | None
     """CPU seconds of the daemon from job created to install hook called."""
+    job_cpu: float | None
+    """CPU seconds of the daemon from job created to its terminal status seen."""
     hookserver_cpu: float | None
     cloud_cpu: float | None
     """CPU seconds of emulator + broker in the same window."""
@@ -199,6 +201,7 @@ class Rig(ABC):
                     break
                 time.sleep(0.02)
         execution = self._wait_terminal(job_id, deadline)
+        job_cpu = cpu_seconds(daemon) - cpu0
         details = execution.get("statusDetails")
         state = details.get("state") if isinstance(details, dict) else None
         updates = tuple(
@@ -216,6 +219,7 @@ class Rig(ABC):
             state=str(state or ""),
             updates=updates,
             daemon_cpu=daemon_cpu,
+            job_cpu=job_cpu,
             hookserver_cpu=hookserver_cpu,
             cloud_cpu=cloud_cpu,
             peak_rss_kb=sampler.peaks[daemon] if install_at is not None else None,

@@ -47,14 +47,14 @@ def wait_until(
 
 
 class MqttSpy:
-    """A paho client that records every message on `topic_filter` (e.g. the daemon's requests
-    and the emulator's answers under `$aws/things/<thing>/jobs/#`)."""
+    """A paho client that records every message on some topic filters (e.g. the daemon's
+    requests under `$aws/things/<thing>/jobs/+/update`)."""
 
-    def __init__(self, port: int, topic_filter: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, *topic_filters: str, host: str = "127.0.0.1") -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self._filter = topic_filter
+        self._filters = topic_filters
         self._client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"upparat-spy-{os.getpid()}-{id(self)}",
@@ -67,10 +67,10 @@ class MqttSpy:
         self._client.loop_start()
         if not self._subscribed.wait(10):
             self.close()
-            raise TimeoutError(f"spy: no SUBACK for {topic_filter} within 10 s")
+            raise TimeoutError(f"spy: no SUBACK for {topic_filters} within 10 s")
 
     def _on_connect(self, client: paho.Client, *args: object) -> None:
-        client.subscribe(self._filter, qos=1)
+        client.subscribe([(f, 1) for f in self._filters])
 
     def _on_subscribe(self, *args: object) -> None:
         self._subscribed.set()
@@ -113,7 +113,7 @@ class LogWatch:
         self._text = ""
 
     def read(self) -> str:
-        """Everything written since this watch was created (or the file began)."""
+        """Everything written since this watch was created or last skipped to the end."""
         with contextlib.suppress(FileNotFoundError), self.path.open("rb") as f:
             f.seek(self._offset)
             data = f.read()
@@ -130,7 +130,16 @@ class LogWatch:
         return self.read().count(text)
 
     def wait_for(self, text: str, timeout: float = 30.0) -> None:
-        wait_until(lambda: text in self.read(), f"{text!r} in {self.path}", timeout, 0.02)
+        """Wait until `text` appears in what is read from now on or was read before."""
+        start = 0
+
+        def seen() -> bool:
+            nonlocal start
+            found = self.read().find(text, start) >= 0
+            start = max(0, len(self._text) - len(text))
+            return found
+
+        wait_until(seen, f"{text!r} in {self.path}", timeout, 0.02)
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -760,7 +760,9 @@ def _headline(r: Results, *labels: str) -> str:
 
 
 def _top(pairs: Sequence[tuple[str, int]], total: int, n: int = 3) -> str:
-    return ", ".join(f"`{name}` {count / total:.0%}" for name, count in pairs[:n])
+    """The first `n` named entries (not the "(no ... frame)" bucket) with their shares."""
+    named = [(name, count) for name, count in pairs if not name.startswith("(")]
+    return ", ".join(f"`{name}` {count / total:.0%}" for name, count in named[:n])
 
 
 def _find_profile(r: Results, key: str) -> Profile | None:

@@ -25,6 +25,7 @@ from upparat.core.commands import (
     UpdateJob,
 )
 from upparat.core.events import (
+    HookSuccess,
     JobDescribed,
     MqttConnected,
     MqttDisconnected,
@@ -258,13 +259,27 @@ def test_a_notification_while_describing_changes_nothing_if_the_job_is_listed() 
     assert kinds(p.notify(queued=[summary(OTHER)])) == [RequestPendingJobs, SetTimer]
 
 
-def test_a_notification_while_fetching_asks_again() -> None:
+def test_a_notification_listing_our_jobs_answers_a_fetch() -> None:
     p = Playbook()
     p.boot()
     first = p.last(RequestPendingJobs).client_token
-    assert kinds(p.notify(queued=[summary()])) == [RequestPendingJobs, SetTimer]
+    assert p.notify(queued=[summary(FOREIGN)]) == []  # other services' churn: keep waiting
+    assert p.notify(queued=[summary()]) == [
+        SignalReady(),
+        like(DescribeJob, job_id=JOB),
+        like(SetTimer),
+    ]
     stale = PendingJobsListed(in_progress=(), queued=(), client_token=first)
     assert p.feed(stale) == []
+    assert isinstance(p.stage, machine.Describing)
+
+
+def test_a_notification_does_not_preempt_waiting_for_the_last_report() -> None:
+    p = Playbook()
+    p.take()
+    p.answer(HookSuccess(value="2.0"))  # SUCCEEDED sent, not yet accepted
+    assert p.notify(in_progress=[summary()]) == []
+    assert isinstance(p.stage, machine.FetchingJobs)
 
 
 def test_a_described_job_that_is_no_longer_pending_starts_over() -> None:

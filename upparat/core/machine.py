@@ -516,10 +516,7 @@ def _on_pending_listed(state: State, event: PendingJobsListed, now: float) -> Ou
     if isinstance(stage, FetchingJobs):
         if stage.request is None or token != stage.request.token:
             return state, [_log(LogLevel.DEBUG, "a stale pending-jobs reply was ignored")]
-        commands: list[Command] = []
-        if not state.ready_signalled:
-            state = attrs.evolve(state, ready_signalled=True)
-            commands.append(SignalReady())
+        state, commands = _signal_ready(state)
         journal = state.journal
         listed = {s.job_id for s in (*event.in_progress, *event.queued)}
         if journal is not None and journal.job_id not in listed:
@@ -538,14 +535,26 @@ def _on_pending_listed(state: State, event: PendingJobsListed, now: float) -> Ou
     return state, [_log(LogLevel.DEBUG, "an unrequested pending-jobs reply was ignored")]
 
 
+def _signal_ready(state: State) -> Out:
+    """The first time we know the pending jobs: tell the service manager we are up."""
+    if state.ready_signalled:
+        return state, []
+    return attrs.evolve(state, ready_signalled=True), [SignalReady()]
+
+
 def _on_jobs_changed(state: State, event: JobsChanged, now: float) -> Out:
     stage = state.stage
     match stage:
         case FetchingJobs(request=request):
-            if request is None:
+            # A notification listing upparat jobs is as fresh as the reply in flight: it
+            # answers the fetch (asking again instead would let a stream of notifications,
+            # e.g. about other services' jobs, starve the fetch). Without a request out we
+            # still wait for our last reports to be accepted, so the list reflects them.
+            if request is None or not _ours(state, (*event.in_progress, *event.queued)):
                 return state, []
-            # The reply in flight may predate this change: ask again (its reply is stale now).
-            return attrs.evolve(state, stage=FetchingJobs()), []
+            state, commands = _signal_ready(state)
+            state, more = _select(state, event.in_progress, event.queued)
+            return state, [*commands, *more]
         case Idle():
             return _select(state, event.in_progress, event.queued)
         case Describing(job_id=job_id):

@@ -23,15 +23,14 @@ from tests.faults.observe import (
     journal,
     outcome,
 )
-from upparat.devstack.faults import MqttSpy, crash_hookserver, wait_until
+from upparat.devstack.faults import MqttSpy, crash_hookserver, stalled_at, wait_until
 from upparat.devstack.stack import Stack
 
 JOB = "upparat_crash_2_0_0"
 BUNDLE = f"{JOB}.bundle"
 SIZE = 4 * MiB
-RATE = 2 * MiB
-"""Bytes per second the file server sends: a download lasts about 2 s, long enough to
-kill it at 10 %, 50 % or 90 %."""
+RATE = 4 * MiB
+"""Bytes per second the file server sends: the download lasts a second."""
 
 PHASES = (
     "selecting",
@@ -81,8 +80,7 @@ def test_kill_9_in_every_phase_then_restart(
     stack = make_stack(device)
     size = SIZE if phase.startswith("download") else MiB
     expected = ("SUCCEEDED", "complete_ready")
-    partial = 0
-    served_at_kill = 0
+    partial = served_at_kill = 0
 
     match phase:
         case "selecting":
@@ -102,14 +100,9 @@ def test_kill_9_in_every_phase_then_restart(
             stack.files.rate = RATE
             _, sha = create_update(stack, JOB, size=size)
             threshold = size * int(phase.removeprefix("download_")) // 100
-            wait_until(
-                lambda: stack.files.served.get(BUNDLE, 0) >= threshold,
-                f"{threshold} bytes to be served",
-                60,
-                0.005,
-            )
-            kill_daemon(stack)
-            served_at_kill = stack.files.served[BUNDLE]
+            # The file server stands still from the threshold on until the daemon is dead.
+            with stalled_at(stack.files, BUNDLE, threshold) as served_at_kill:
+                kill_daemon(stack)
             partial = download_path(stack, JOB).stat().st_size
             assert 0 < partial < size
         case "install":

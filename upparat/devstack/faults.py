@@ -17,13 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from upparat.devstack.fileserver import FileServer
 from upparat.devstack.stack import Stack
 
 T = TypeVar("T")
@@ -191,6 +192,36 @@ def wait_connectable(path: Path, timeout: float = 30.0) -> None:
             return True
 
     wait_until(accepts, f"a listener on {path}", timeout, 0.05)
+
+
+# --- the file server ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stalled_at(
+    files: FileServer, path: str, threshold: int, timeout: float = 60.0
+) -> Iterator[int]:
+    """Wait until `threshold` bytes of `path` were served, then keep the server from sending
+    more (at most the chunk already on its way) until the block ends; yields the count.
+
+    The server counts each chunk under its lock after sending it; holding that lock is what
+    stalls it, so a test can act at an exact point of a download however slow it runs.
+    """
+    lock = files._lock  # the FileServer's own counter lock (same package)
+    deadline = time.monotonic() + timeout
+    while True:
+        lock.acquire()
+        served = files.served.get(path, 0)
+        if served >= threshold:
+            break
+        lock.release()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: {served} of {threshold} bytes served after {timeout} s")
+        time.sleep(0.002)
+    try:
+        yield served
+    finally:
+        lock.release()
 
 
 # --- files ------------------------------------------------------------------------------

@@ -114,13 +114,21 @@ class Stack:
         self.broker.start()
         self.files.start()
         self.write_config()
-        self.start_emulator()
+        # Both start at once (their imports take most of the time). The daemon waits for
+        # the emulator: a first pending-jobs request nobody answers would cost it the
+        # 30 s request timeout.
+        self._spawn_emulator()
         self.start_hookserver()
+        self.control.wait_ready(timeout=15)
         if daemon:
             self.start_daemon()
         return self
 
     def start_emulator(self) -> None:
+        self._spawn_emulator()
+        self.control.wait_ready(timeout=15)
+
+    def _spawn_emulator(self) -> None:
         self.emulator = self._spawn(
             "emulator",
             [
@@ -137,7 +145,6 @@ class Stack:
                 str(self.workdir / "emulator-state.json"),
             ],
         )
-        self.control.wait_ready(timeout=15)
 
     @property
     def control(self) -> EmulatorControl:

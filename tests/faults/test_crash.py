@@ -158,7 +158,8 @@ def test_kill_9_in_every_phase_then_restart(
         assert device.version == OLD
         assert details(done)["message"] == f"Expected version '{NEW}', got '{OLD}'"
 
-    served = stack.files.served.get(BUNDLE, 0)
+    served = stack.files.bytes_served
+    assert stack.files.served == {BUNDLE: served}
     if phase.startswith("download"):
         # Resumed where the file on disk ended: at most one chunk was fetched twice.
         ranges = [r for path, r, _ in stack.files.requests if path == BUNDLE]

@@ -7,6 +7,8 @@ not fail), and once the server is back Install is called again, with the same at
 
 from __future__ import annotations
 
+import re
+
 from tests.faults.conftest import StackFactory
 from tests.faults.device import Device, MiB, create_update
 from tests.faults.observe import assert_ends_once, download_path, finished, journal, outcome
@@ -37,6 +39,10 @@ def test_hook_server_killed_mid_install_the_daemon_waits_and_installs_again(
         "the daemon to call the absent hook server twice",
         60,
     )
+    delays = [
+        int(d) for d in re.findall(r"unreachable .*; calling again in (\d+) s", daemon_log.read())
+    ]
+    assert delays[:2] == [1, 2], delays  # backing off, not failing
     status, state = outcome(stack.execution(JOB))
     assert status == "IN_PROGRESS", state
     assert state.startswith("installation_"), state

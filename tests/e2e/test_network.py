@@ -9,7 +9,9 @@ from __future__ import annotations
 import signal
 import time
 
+from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
+    Device,
     MiB,
     assert_in_order,
     create_update,
@@ -39,6 +41,28 @@ def test_expired_url_is_refreshed_with_a_new_describe(stack: Stack) -> None:
     assert describes(stack, JOB) == 2
     assert_in_order(states(stack, JOB), ["download_interrupt", "download_start", "complete_ready"])
     assert stack.files.served == {BUNDLE: MiB}
+
+
+def test_url_expiring_mid_download_is_refreshed_and_the_download_resumes(
+    device: Device, make_stack: StackFactory
+) -> None:
+    size = 3 * MiB
+    stack = make_stack(device, seconds_per_minute=2)  # the job's 60 s URLs live 2 s
+    stack.files.expire_urls = True
+    stack.files.rate = 1 * MiB
+    stack.files.drop_after = 2 * MiB + MiB // 2  # 2.5 s in: the URL has expired by then
+    create_update(stack, JOB, size=size, presigned_expires_in=60)
+
+    assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
+    (first, refused, resumed) = stack.files.requests
+    assert (first[1], first[2]) == (None, 200)
+    assert refused[2] == 403
+    assert resumed[1] is not None
+    assert resumed[1].startswith("bytes=")
+    assert resumed[2] == 206
+    assert describes(stack, JOB) == 2
+    assert_in_order(states(stack, JOB), ["download_interrupt", "download_start", "complete_ready"])
+    assert stack.files.served[BUNDLE] <= size + MiB
 
 
 def test_flaky_http_is_retried_and_the_retry_reported(stack: Stack) -> None:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from upparat.emulator.presign import expires_at
+
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -48,6 +50,8 @@ class FileServer:
         """Headers sent with the `fail_next` answers (e.g. {"Retry-After": "1"})."""
         self.drop_after: int | None = None
         """Close the connection after this many bytes of the next response."""
+        self.expire_urls = False
+        """Answer 403 to an expired pre-signed URL of the emulator (X-Amz-Date + X-Amz-Expires)."""
         self._lock = threading.Lock()
         server = self
 
@@ -69,6 +73,10 @@ class FileServer:
                 with server._lock:
                     forced = server.fail_next.pop(0) if server.fail_next else None
                     drop_after, server.drop_after = server.drop_after, None
+                if forced is None and server.expire_urls:
+                    expiry = expires_at(self.path)
+                    if expiry is not None and time.time() >= expiry:
+                        forced = 403  # S3: AccessDenied, "Request has expired"
                 if forced is not None:
                     server._record(path, rng, forced)
                     self.send_response(forced)

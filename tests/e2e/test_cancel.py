@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.device import (
     Device,
     MiB,
@@ -101,3 +103,21 @@ def test_cancel_during_restart_stops_the_restart_script(device: Device, stack: S
     device.soft_restarts()
     next_job_succeeds(stack)
     assert device.version == "2.0.1"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: _on_pending_listed clears the journal of a job that ended while the"
+    " daemon was down, but emits no DiscardDownload, so its partial file stays forever",
+)
+def test_job_cancelled_while_the_daemon_was_stopped_leaves_no_files(stack: Stack) -> None:
+    stack.files.rate = 512 * 1024
+    create_update(stack, JOB, size=4 * MiB)
+    wait_until(lambda: stack.files.served.get(f"{JOB}.bundle", 0) >= 512 * 1024, "the download")
+    assert stack.stop_daemon() == 0
+    assert job_files(stack, JOB)  # kept for a resume
+
+    cancel(stack, JOB)
+    stack.start_daemon()
+    wait_until(lambda: journal(stack) is None, "the journal to forget the cancelled job")
+    wait_until(lambda: not job_files(stack, JOB), "the partial file to be removed", timeout=5)

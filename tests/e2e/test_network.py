@@ -54,13 +54,15 @@ def test_url_expiring_mid_download_is_refreshed_and_the_download_resumes(
     create_update(stack, JOB, size=size, presigned_expires_in=60)
 
     assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
-    (first, refused, resumed) = stack.files.requests
+    first, *refused, resumed = stack.files.requests
     assert (first[1], first[2]) == (None, 200)
-    assert refused[2] == 403
+    # One refusal, or more if a fresh URL (valid 1-2 s) expired too under heavy load.
+    assert refused
+    assert {status for _, _, status in refused} == {403}
     assert resumed[1] is not None
     assert resumed[1].startswith("bytes=")
     assert resumed[2] == 206
-    assert describes(stack, JOB) == 2
+    assert describes(stack, JOB) == 1 + len(refused)  # a fresh URL per refusal
     assert_in_order(states(stack, JOB), ["download_interrupt", "download_start", "complete_ready"])
     assert stack.files.served[BUNDLE] <= size + MiB
 

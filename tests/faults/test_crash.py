@@ -1,8 +1,8 @@
 """kill -9 of the daemon in every phase of a job, then a fresh start: nothing is lost.
 
 Each kill is triggered by something observable (the daemon's describe request on the
-broker, a hook script blocking where the test holds it, the file server's byte count),
-never by a sleep. After the restart the job must end in the status that is true for the
+broker, a hook script blocking where the test holds it, the file server's byte count,
+at which the server is stalled until the kill), never by a sleep. After the restart the job must end in the status that is true for the
 device, a download must resume (re-fetching at most one 1 MiB chunk), and a hook that
 was interrupted is simply called again: hooks are idempotent per job id (hooks.proto).
 """
@@ -61,7 +61,7 @@ def wait_idle(stack: Stack) -> None:
 
 
 def kill_in_hook(stack: Stack, device: Device, hook: str) -> int:
-    """Hold `hook`, wait until it blocks, kill -9 the daemon there; returns the script's PID.
+    """Wait until the held `hook` blocks, kill -9 the daemon there; returns the script's PID.
 
     The hook server sees the call end and stops the script; only then is the hook let go,
     so the next daemon's call is a clean second run.

@@ -120,4 +120,4 @@ def test_job_cancelled_while_the_daemon_was_stopped_leaves_no_files(stack: Stack
     cancel(stack, JOB)
     stack.start_daemon()
     wait_until(lambda: journal(stack) is None, "the journal to forget the cancelled job")
-    wait_until(lambda: not job_files(stack, JOB), "the partial file to be removed", timeout=5)
+    wait_until(lambda: not job_files(stack, JOB), "the partial file to be removed", timeout=2)

@@ -15,6 +15,7 @@ from tests.e2e.device import (
     MiB,
     assert_in_order,
     create_update,
+    details,
     download_path,
     finished,
     outcome,
@@ -85,10 +86,15 @@ def test_daemon_killed_mid_download_resumes_where_it_stopped(stack: Stack) -> No
     stack.files.rate = 1 * MiB
     create_update(stack, JOB, size=size)
     partial = download_path(stack, JOB)
+    progress = stack.wait_state(JOB, "download_progress")
     wait_until(
         lambda: partial.exists() and partial.stat().st_size >= MiB + MiB // 2,
         "1.5 MiB on disk",
     )
+    reported_bytes = int(details(progress)["bytes"])
+    assert 0 < reported_bytes < size
+    assert details(progress)["progress"] == str(reported_bytes * 100 // size)
+    assert details(progress)["message"] == f"{reported_bytes} of {size} bytes"
 
     assert stack.stop_daemon(signal.SIGKILL) == -signal.SIGKILL
     kept = partial.stat().st_size

@@ -32,8 +32,21 @@ def test_update_with_a_reboot_succeeds_once_the_device_is_back(
     device: Device, stack: Stack
 ) -> None:
     device.hard_reboots()
+    # A progress line, then longer than progress_interval (1 s) without one: it is reported.
+    device.script(
+        "install",
+        'echo "40% unpacking"\nsleep 2\n'
+        'IFS= read -r header < "$4"\nprintf "%s\\n" "${header#version=}" > "$ROOT/staged"\n'
+        'echo "100% written"\n',
+    )
     create_update(stack, JOB, size=2 * MiB, meta="slot-b")
 
+    progress = stack.wait_state(JOB, "installation_progress")
+    assert details(progress) == {
+        "state": "installation_progress",
+        "message": "40% unpacking",
+        "progress": "40",
+    }
     wait_until(lambda: device.reboot_requested, "the restart hook to ask for a reboot")
     assert outcome(stack.execution(JOB)) == ("IN_PROGRESS", "reboot_start")
     # What the next boot needs was written before Restart was called.
@@ -49,7 +62,13 @@ def test_update_with_a_reboot_succeeds_once_the_device_is_back(
     assert {status for status, _ in seen[:-1]} == {"IN_PROGRESS"}
     assert_in_order(
         [state for _, state in seen],
-        ["download_start", "installation_start", "reboot_start", "complete_ready"],
+        [
+            "download_start",
+            "installation_start",
+            "installation_progress",
+            "reboot_start",
+            "complete_ready",
+        ],
     )
     # Downloaded once in one request, then removed; nothing left in the journal.
     assert stack.files.served == {f"{JOB}.bundle": 2 * MiB}

@@ -179,7 +179,9 @@ def test_hook_asking_to_retry_twice_then_succeeding(device: Device, stack: Stack
 
 
 def test_retries_exhausted_fail_the_job(device: Device, make_stack: StackFactory) -> None:
-    device.counted_script("download", retries=1000, then="", retry_body='echo "battery low"')
+    # The last line asks for no wait at all (instead of retry_interval, 1 s).
+    retry = 'echo "battery low"; echo "retry-after=0"'
+    device.counted_script("download", retries=1000, then="", retry_body=retry)
     stack = make_stack(device, config={"hooks": {"max_retries": "2"}})
     create_update(stack, JOB)
 
@@ -187,6 +189,8 @@ def test_retries_exhausted_fail_the_job(device: Device, make_stack: StackFactory
     assert outcome(done) == ("FAILED", "download_hook_failed")
     message = details(done)["message"]
     assert message.startswith("gave up on the download hook after 3 attempts"), message
-    assert message.endswith("battery low")
-    assert len(device.calls("download")) == 3
+    assert message.endswith(": battery low")  # the line before the retry-after hint
+    calls = device.calls("download")
+    assert [c[2] for c in calls] == ["0", "1", "2"]
+    assert int(calls[2][1]) < 2  # the hint was followed: 2 s had passed otherwise
     assert stack.files.requests == []

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -179,14 +180,27 @@ class Rig(ABC):
         install_at: float | None = None
         daemon_cpu = hookserver_cpu = cloud_cpu = None
         hwm: int | None = None
+        # A failed job never calls install. Whether the job ended is asked in a thread: the
+        # emulator answers in order, so behind 1.12's thousands of updates an answer can
+        # take seconds, and the install call must be seen when it happens.
+        ended = threading.Event()
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(1.0):
+                if self._terminal(job_id):
+                    ended.set()
+                    return
+
+        watcher = threading.Thread(target=watch, name="job-watch", daemon=True)
         with PeakSampler([daemon]) as sampler:
             created_at = time.time()
             self.stack.create_job(
                 job_id, url=url, version=version, sha256=sha256, size=size, meta=version
             )
-            polls = 0
+            watcher.start()
             while time.monotonic() < deadline:
-                polls += 1
+                over = ended.is_set()  # read before the last look at the log
                 call = self.scripts.first_call("install", version)
                 if call is not None:
                     daemon_cpu = cpu_seconds(daemon) - cpu0
@@ -196,10 +210,11 @@ class Rig(ABC):
                     hwm = memory(daemon).hwm_kb
                     install_at = call.at
                     break
-                # A failed job never calls install; asking the emulator costs it CPU, so rarely.
-                if polls % 50 == 0 and self._terminal(job_id):
+                if over:
                     break
                 time.sleep(0.02)
+        stop.set()
+        watcher.join()
         execution = self._wait_terminal(job_id, deadline)
         job_cpu = cpu_seconds(daemon) - cpu0
         details = execution.get("statusDetails")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.device import (
     Device,
     MiB,
@@ -105,11 +103,6 @@ def test_cancel_during_restart_stops_the_restart_script(device: Device, stack: S
     assert device.version == "2.0.1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: _on_pending_listed clears the journal of a job that ended while the"
-    " daemon was down, but emits no DiscardDownload, so its partial file stays forever",
-)
 def test_job_cancelled_while_the_daemon_was_stopped_leaves_no_files(stack: Stack) -> None:
     stack.files.rate = 512 * 1024
     create_update(stack, JOB, size=4 * MiB)

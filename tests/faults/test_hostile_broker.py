@@ -243,10 +243,6 @@ def test_hostile_job_documents_end_rejected_or_failed_with_a_reason(
     assert os.listdir(stack.download_dir / "upparat") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: machine._redact keeps user:password@ of a URL in the 'downloading' log line",
-)
 def test_credentials_in_a_job_url_never_reach_the_log(
     device: Device, make_stack: StackFactory
 ) -> None:

@@ -517,14 +517,9 @@ def _on_pending_listed(state: State, event: PendingJobsListed, now: float) -> Ou
         if stage.request is None or token != stage.request.token:
             return state, [_log(LogLevel.DEBUG, "a stale pending-jobs reply was ignored")]
         state, commands = _signal_ready(state)
-        journal = state.journal
-        listed = {s.job_id for s in (*event.in_progress, *event.queued)}
-        if journal is not None and journal.job_id not in listed:
-            # The journal's job ended while we were down (cancelled, timed out).
-            state = attrs.evolve(state, journal=None)
-            commands.append(Persist(record=None))
+        state, forgotten = _forget_ended_job(state, event.in_progress, event.queued)
         state, more = _select(state, event.in_progress, event.queued)
-        return state, [*commands, *more]
+        return state, [*commands, *forgotten, *more]
     if isinstance(stage, CheckStage):
         check = stage.job.check
         if check is None or token != check.token:
@@ -533,6 +528,19 @@ def _on_pending_listed(state: State, event: PendingJobsListed, now: float) -> Ou
         state = attrs.evolve(state, stage=attrs.evolve(stage, job=job))
         return _check_listed(state, event.in_progress, event.queued, now)
     return state, [_log(LogLevel.DEBUG, "an unrequested pending-jobs reply was ignored")]
+
+
+def _forget_ended_job(
+    state: State, in_progress: Iterable[JobSummary], queued: Iterable[JobSummary]
+) -> Out:
+    """The journal's job ended while we were down (cancelled, timed out): forget it and
+    remove the partial download it kept for a resume."""
+    journal = state.journal
+    listed = {s.job_id for s in (*in_progress, *queued)}
+    if journal is None or journal.job_id in listed:
+        return state, []
+    state = attrs.evolve(state, journal=None)
+    return state, [Persist(record=None), DiscardDownload(job_id=journal.job_id)]
 
 
 def _signal_ready(state: State) -> Out:
@@ -553,8 +561,9 @@ def _on_jobs_changed(state: State, event: JobsChanged, now: float) -> Out:
             if request is None or not _ours(state, (*event.in_progress, *event.queued)):
                 return state, []
             state, commands = _signal_ready(state)
+            state, forgotten = _forget_ended_job(state, event.in_progress, event.queued)
             state, more = _select(state, event.in_progress, event.queued)
-            return state, [*commands, *more]
+            return state, [*commands, *forgotten, *more]
         case Idle():
             return _select(state, event.in_progress, event.queued)
         case Describing(job_id=job_id):
@@ -1839,8 +1848,13 @@ def _token(state: State) -> tuple[State, ClientToken]:
 
 
 def _redact(url: str) -> str:
-    """No pre-signed query strings in logs: they are credentials."""
-    return url.split("?", 1)[0].split("#", 1)[0]
+    """No pre-signed query strings nor user:password@ in logs: they are credentials."""
+    url = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _log(level: LogLevel, message: str, job_id: JobId | None = None) -> Log:

@@ -27,7 +27,7 @@ from upparat.core.model import LogLevel, Settings, ThingName
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_112 = ROOT / "examples" / "upparat-1.12.conf"
 EXAMPLE = ROOT / "examples" / "upparat.conf"
-DOCS = ROOT / "docs" / "config.md"
+DOCS = ROOT / "README.md"
 
 DSN_KEY = "0123456789abcdef0123456789abcdef"
 

@@ -187,7 +187,7 @@ def test_daemon_unit_facts() -> None:
         ServiceConfig().state_dir
     )
     assert value(DAEMON, "Service", "CacheDirectory") == "upparat"
-    assert "download_location = /var/cache/upparat" in (ROOT / "docs" / "config.md").read_text()
+    assert "download_location = /var/cache/upparat" in (ROOT / "README.md").read_text()
     for key, expected in [
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),

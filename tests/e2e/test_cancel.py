@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.device import (
     Device,
     MiB,
@@ -20,6 +22,8 @@ from tests.e2e.device import (
     wait_until,
 )
 from upparat.devstack.stack import Stack
+
+pytestmark = pytest.mark.slow
 
 JOB = "upparat_fw_2_0_0"
 NEXT = "upparat_fw_2_0_1"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
     Device,
@@ -15,6 +17,8 @@ from tests.e2e.device import (
     publish_bundle,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_queued_jobs_run_one_after_the_other_by_queue_time(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
     Device,
@@ -23,6 +25,8 @@ from tests.e2e.device import (
     wait_until,
 )
 from upparat.devstack.stack import Stack
+
+pytestmark = pytest.mark.slow
 
 JOB = "upparat_fw_2_0_0"
 BUNDLE = f"{JOB}.bundle"

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
     Device,
@@ -22,6 +24,8 @@ from tests.e2e.device import (
 from upparat.core.model import JobId, JournalRecord, Phase
 from upparat.devstack.procs import free_port
 from upparat.devstack.stack import Stack
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = "upparat_fw_2_0_0"

@@ -6,6 +6,8 @@ the daemon as processes, and checks what the cloud saw, what was served and what
 
 from __future__ import annotations
 
+import pytest
+
 from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
     NEW,
@@ -24,6 +26,8 @@ from tests.e2e.device import (
 )
 from upparat.core.model import JobId, JournalRecord, Phase
 from upparat.devstack.stack import Stack
+
+pytestmark = pytest.mark.slow
 
 JOB = "upparat_fw_2_0_0"
 

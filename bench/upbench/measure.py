@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 import grpc
 
-from upbench.procstat import cpu_seconds, memory, switches_since, thread_switches
+from upbench.procstat import cpu_seconds, memory, smaps, switches_since, thread_switches
 from upbench.rigs import JobRun, LegacyRig, Rig, UpparatRig
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
@@ -61,6 +61,8 @@ class ProcIdle:
     """Context switches of all threads during the idle window."""
     wakeups_by_thread: tuple[tuple[str, int], ...]
     """The same per thread name (the kernel's comm, 15 characters), most first."""
+    mappings: tuple[tuple[str, int], ...]
+    """Resident kB by kind of mapping (procstat.smaps), when RSS was sampled."""
 
 
 @attrs.frozen(kw_only=True)
@@ -119,11 +121,13 @@ def measure_idle(
         started["legacy"] = legacy.daemon_started_at
     first: dict[str, tuple[float, dict[int, tuple[str, int]]]] = {}
     mem = {}
+    maps: dict[str, dict[str, int]] = {}
     for name in sorted(pids, key=lambda n: started[n]):
         delay = started[name] + settle - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         mem[name] = memory(pids[name])
+        maps[name] = smaps(pids[name])
         first[name] = (cpu_seconds(pids[name]), thread_switches(pids[name]))
     time.sleep(window)
     out: dict[str, ProcIdle] = {}
@@ -140,6 +144,7 @@ def measure_idle(
             cpu_seconds=cpu_seconds(pid) - cpu0,
             wakeups=sum(by_thread.values()),
             wakeups_by_thread=tuple(sorted(by_thread.items(), key=lambda kv: -kv[1])),
+            mappings=tuple(sorted(maps[name].items(), key=lambda kv: -kv[1])),
         )
     return IdleResult(
         settle_seconds=settle,
@@ -153,8 +158,8 @@ def measure_idle(
 
 # --- where the daemon's memory goes: imports ---------------------------------------------------
 
-IMPORT_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("the floor: grpc, paho.mqtt.client, attrs", ("grpc", "paho.mqtt.client", "attrs")),
+IMPORT_STEPS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("the floor: grpc, paho.mqtt.client, attrs", ("grpc", "paho.mqtt.client", "attrs"), ""),
     (
         "google.protobuf + the generated hook stubs",
         (
@@ -162,8 +167,9 @@ IMPORT_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "upparat.hooks.v1.hooks_pb2",
             "upparat.hooks.v1.hooks_pb2_grpc",
         ),
+        "",
     ),
-    ("upparat.core + upparat.aws (pure)", ("upparat.core.machine", "upparat.aws")),
+    ("upparat.core + upparat.aws (pure)", ("upparat.core.machine", "upparat.aws"), ""),
     (
         "upparat.io drivers (mqtt, download, journal, sdnotify, sentry)",
         (
@@ -173,11 +179,26 @@ IMPORT_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "upparat.io.sdnotify",
             "upparat.io.sentry",
         ),
+        "",
     ),
-    ("upparat.hooks.client", ("upparat.hooks.client",)),
+    ("upparat.hooks.client", ("upparat.hooks.client",), ""),
     (
         "upparat.config, runtime, daemon, cli",
         ("upparat.config", "upparat.runtime", "upparat.daemon", "upparat.cli"),
+        "",
+    ),
+    # What the daemon's drivers do at start, reconstructed from their code
+    # (upparat/io/download.py, upparat/hooks/client.py) to weigh each on its own.
+    (
+        "run: ssl.create_default_context() (the download driver makes one at start)",
+        ("ssl",),
+        "_ctx = ssl.create_default_context()",
+    ),
+    (
+        "run: a gRPC channel on a unix socket, subscribed to its connectivity (the hook client)",
+        ("grpc", "time"),
+        "_ch = grpc.insecure_channel('unix://' + SOCKET);"
+        " _ch.subscribe(lambda state: None, try_to_connect=True); time.sleep(1.0)",
     ),
 )
 
@@ -190,13 +211,17 @@ def rss():
                 return int(line.split()[1])
     return 0
 out = [['python itself', rss(), 0]]
-for label, modules in json.loads(sys.argv[1]):
+space = {'SOCKET': sys.argv[2]}
+for label, modules, code in json.loads(sys.argv[1]):
     before = set(sys.modules)
     for name in modules:
         try:
+            space[name.split('.')[0]] = importlib.import_module(name.split('.')[0])
             importlib.import_module(name)
         except ImportError:
             pass
+    if code:
+        exec(code, space)
     out.append([label, rss(), len(set(sys.modules) - before)])
 print(json.dumps(out))
 """
@@ -211,13 +236,22 @@ class ImportStep:
     """Modules this step added to sys.modules."""
 
 
-def measure_imports() -> tuple[ImportStep, ...]:
+def measure_imports(socket: Path, *, bytecode: bool = True) -> tuple[ImportStep, ...]:
+    """RSS after each of IMPORT_STEPS in a fresh python; `socket` is a hook server's, for
+    the channel step. bytecode=False: without the harness's bytecode cache, so the
+    checkout's modules (which have no __pycache__ under PYTHONDONTWRITEBYTECODE) compile
+    from source; libraries still read their .pyc files."""
+    env = dict(os.environ)
+    if not bytecode:
+        env.pop("PYTHONPYCACHEPREFIX", None)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
     done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, json.dumps(IMPORT_STEPS)],
+        [sys.executable, "-c", _IMPORT_PROBE, json.dumps(IMPORT_STEPS), str(socket)],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(__file__).resolve().parents[2],
+        env=env,
     )
     raw = json.loads(done.stdout)
     return tuple(ImportStep(label=str(r[0]), rss_kb=int(r[1]), modules=int(r[2])) for r in raw)

@@ -120,3 +120,38 @@ class PeakSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+
+
+_HEAP_MAX = 64 * 1024 * 1024
+"""glibc maps each non-main malloc arena at a multiple of HEAP_MAX_SIZE (64 MiB on 64 bit)."""
+_STACK = 8 * 1024 * 1024
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """Resident kB by kind of mapping: each file by name, the heap, thread stacks, the
+    malloc arenas of threads, other anonymous memory (Python's object arenas, buffers)."""
+    kinds: dict[str, int] = {}
+    kind = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if not head:
+                continue
+            if "-" in head[0] and not head[0].endswith(":"):
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                path = head[5] if len(head) > 5 else ""
+                if path.startswith("/"):
+                    kind = "file " + path.rsplit("/", 1)[-1]
+                elif path == "[heap]":
+                    kind = "heap (brk)"
+                elif path.startswith("["):
+                    kind = path
+                elif start % _HEAP_MAX == 0:
+                    kind = "malloc arenas of threads"
+                elif end - start == _STACK:
+                    kind = "thread stacks"
+                else:
+                    kind = "other anonymous"
+            elif head[0] == "Rss:":
+                kinds[kind] = kinds.get(kind, 0) + int(head[1])
+    return kinds

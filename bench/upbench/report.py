@@ -86,6 +86,8 @@ class Results:
     legacy_skipped: str | None
     idle: IdleResult
     imports: tuple[ImportStep, ...]
+    imports_from_source: tuple[ImportStep, ...]
+    """The same without the bytecode cache: the checkout's modules compiled at import."""
     download: DownloadResult
     latency: LatencyResult
     latency_112_hooks: LatencyResult
@@ -827,7 +829,12 @@ def _dominates(r: Results) -> str:
         added: list[tuple[str, int]] = []
         for step in steps[1:]:
             rows.append(
-                [step.label, _mb(step.rss_kb), "+" + _mb(step.rss_kb - prev), str(step.modules)]
+                [
+                    step.label,
+                    _mb(step.rss_kb),
+                    f"{(step.rss_kb - prev) / 1024:+.1f}",
+                    str(step.modules),
+                ]
             )
             added.append((step.label, step.rss_kb - prev))
             prev = step.rss_kb
@@ -835,25 +842,43 @@ def _dominates(r: Results) -> str:
         running = daemon.rss_kb - prev
         rows.append(
             [
-                "the running daemon, idle (threads, gRPC channel, MQTT client, buffers)",
+                "the real daemon, idle (the rest: MQTT client, runtime, state, buffers)",
                 _mb(daemon.rss_kb),
-                "+" + _mb(running),
+                f"{running / 1024:+.1f}",
                 "",
             ]
         )
         floor_rss = steps[1].rss_kb
-        biggest = max(added[1:], key=lambda kv: kv[1], default=("-", 0))
+        imported = [st for st in steps[2:] if not st.label.startswith("run:")]
+        last_import = imported[-1].rss_kb if imported else floor_rss
+        imports_only = [kv for kv in added[1:] if not kv[0].startswith("run:")]
+        biggest = max(imports_only, key=lambda kv: kv[1], default=("-", 0))
         out.append(
-            "The daemon's RSS by import step (a fresh `python` importing in this order, RSS"
-            f" after each step), then the running daemon. Above the floor, imports add"
-            f" {_mb(prev - floor_rss)} MB (the most: {biggest[0]}, +{_mb(biggest[1])} MB) and"
-            f" running adds {_mb(running)} MB. Of the idle daemon's {_mb(daemon.rss_kb)} MB,"
-            f" {_mb(daemon.file_kb)} MB are file-backed (shared libraries: the gRPC core,"
-            f" libpython, OpenSSL, the protobuf extension; the floor has {_mb(r.idle.floor.file_kb)})"
-            f" and {_mb(daemon.anon_kb)} MB anonymous (the floor: {_mb(r.idle.floor.anon_kb)});"
-            f" {daemon.threads} threads, of which the gRPC core starts several.\n\n"
+            "The daemon's RSS step by step: a fresh `python` importing the daemon's modules in"
+            " this order, then doing what its drivers do at start (`run:` rows), RSS after each"
+            " step; last, the real daemon, idle. Above the floor, imports add"
+            f" {_mb(last_import - floor_rss)} MB (the most: {biggest[0]},"
+            f" +{_mb(biggest[1])} MB), the start-up steps {_mb(prev - last_import)} MB and"
+            f" whatever else the running daemon holds {_mb(running)} MB. Of the idle daemon's"
+            f" {_mb(daemon.rss_kb)} MB, {_mb(daemon.file_kb)} MB are file-backed (the floor:"
+            f" {_mb(r.idle.floor.file_kb)}) and {_mb(daemon.anon_kb)} MB anonymous (the floor:"
+            f" {_mb(r.idle.floor.anon_kb)}); {daemon.threads} threads.\n\n"
         )
         out.append(_table(("step", "RSS MB", "added MB", "modules added"), rows))
+        out.append(_mappings(r))
+        source = r.imports_from_source
+        cached = [st for st in steps if not st.label.startswith("run:")]
+        compiled = [st for st in source if not st.label.startswith("run:")]
+        if cached and len(compiled) == len(cached):
+            extra = compiled[-1].rss_kb - cached[-1].rss_kb
+            out.append(
+                "\nAll processes here read compiled bytecode, as an installed package does."
+                " This environment sets PYTHONDONTWRITEBYTECODE=1 and the checkout has no"
+                " `__pycache__`, so without the harness's cache (PYTHONPYCACHEPREFIX in its"
+                " work directory) the daemon would compile upparat at every start: its imports"
+                f" then end at {_mb(compiled[-1].rss_kb)} MB instead of {_mb(cached[-1].rss_kb)}"
+                f" MB ({extra / 1024:+.1f} MB: the compiler's memory stays with the process).\n"
+            )
 
     # --- idle CPU
     p = r.idle.daemon
@@ -940,6 +965,30 @@ def _dominates(r: Results) -> str:
         )
         out.append(_profile(profile))
     return "".join(x if x.endswith("\n") else x + "\n" for x in out)
+
+
+def _mappings(r: Results) -> str:
+    """Where the idle daemon's RSS above the floor's lies, by kind of mapping."""
+    daemon, floor = dict(r.idle.daemon.mappings), dict(r.idle.floor.mappings)
+    if not daemon or not floor:
+        return ""
+    deltas = sorted(
+        ((kind, daemon.get(kind, 0) - floor.get(kind, 0)) for kind in daemon.keys() | floor.keys()),
+        key=lambda kv: -abs(kv[1]),
+    )
+    shown = [(k, d) for k, d in deltas if abs(d) >= 256][:8]
+    rest = sum(d for _, d in deltas) - sum(d for _, d in shown)
+    rows = [
+        [f"`{kind}`", _mb(floor.get(kind, 0)), _mb(daemon.get(kind, 0)), f"{d / 1024:+.1f}"]
+        for kind, d in shown
+    ]
+    rows.append(["everything else", "", "", f"{rest / 1024:+.1f}"])
+    return (
+        "\nThe same difference by kind of mapping (/proc/<pid>/smaps of the idle daemon and"
+        " of the floor process; `other anonymous` is mostly Python's object arenas, `heap`"
+        " the main thread's malloc; `file` rows are shared libraries and their data):\n\n"
+        + _table(("mapping", "floor MB", "daemon MB", "difference MB"), rows)
+    )
 
 
 def _profile(p: Profile) -> str:

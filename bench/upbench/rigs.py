@@ -355,7 +355,9 @@ class LegacyRig(Rig):
         self.stack.download_dir.mkdir(parents=True, exist_ok=True)
         # Not in the repository's tree and without PYTHONPATH: `import upparat` must find
         # 1.12 in its venv, not this checkout.
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        # Nor PYTHONPYCACHEPREFIX: 1.12 reads the .pyc files pip compiled at install time.
+        dropped = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONPYCACHEPREFIX")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         env["PYTHONUNBUFFERED"] = "1"
         since = time.time()
         with (self.workdir / "daemon.log").open("ab") as log:

@@ -192,6 +192,10 @@ class CoreMachine(RuleBasedStateMachine):
                 assert command.call_id not in self.calls
                 self.calls[command.call_id] = command.context.job_id
                 if command.hook is HookKind.RESTART:
+                    # The device reads reboot_start after the boot: the cloud must have it.
+                    cloud_job = self.cloud.get(command.context.job_id)
+                    assert cloud_job is not None
+                    assert cloud_job.state == "reboot_start", "restarted before reboot_start"
                     persist = commands[i - 1]
                     assert isinstance(persist, Persist)
                     assert persist.record is not None
@@ -356,6 +360,17 @@ class CoreMachine(RuleBasedStateMachine):
         elif state.link is not machine.Link.UP:
             self.feed(MqttConnected())
             self.feed(SubscriptionsAcked())
+        elif isinstance(head, machine.Sent) and not data.draw(st.integers(0, 7)):
+            code = data.draw(st.sampled_from(RejectCode))
+            update = head.update
+            rejected = RequestRejected(
+                request=RequestKind.UPDATE,
+                job_id=update.job_id,
+                code=code,
+                message="no",
+                client_token=head.tokens[-1],
+            )
+            self.feed(rejected)
         elif isinstance(head, machine.Sent) and data.draw(st.integers(0, 5)):
             update = head.update
             job = self.cloud.get(update.job_id)
@@ -566,8 +581,14 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def accept_update(self, data: st.DataObject) -> None:
-        update = self.last(UpdateJob, data)
-        if isinstance(update, UpdateJob):
+        """A late or duplicate acceptance of an update sent earlier (not the one in flight:
+        the cloud model in play_along accepts that one)."""
+        head = self.state.outbox.head
+        in_flight = set(head.tokens) if head is not None else set()
+        older = [c for c in self.history if isinstance(c, UpdateJob)]
+        older = [c for c in older if c.client_token not in in_flight][-6:]
+        if older:
+            update = older[data.draw(st.integers(0, len(older) - 1))]
             self.feed(UpdateAccepted(job_id=update.job_id, client_token=update.client_token))
 
     @rule(data=st.data(), kind=st.sampled_from(RequestKind), code=st.sampled_from(RejectCode))
@@ -642,8 +663,10 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def timer_fires(self, data: st.DataObject) -> None:
-        timer = self.last(SetTimer, data)
-        if isinstance(timer, SetTimer):
+        """Any recent timer fires, late or stale (the core must check the token)."""
+        timers = [c for c in self.history if isinstance(c, SetTimer)][-12:]
+        if timers:
+            timer = timers[data.draw(st.integers(0, len(timers) - 1))]
             self.now += max(0.0, timer.delay)
             self.feed(TimerFired(timer=timer.timer, token=timer.token))
 
@@ -672,8 +695,8 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=60,
+    max_examples=100,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

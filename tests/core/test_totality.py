@@ -27,7 +27,7 @@ def test_the_strategies_cover_every_state_and_event_class() -> None:
 
 @pytest.mark.parametrize("stage_class", STAGE_CLASSES, ids=lambda c: c.__name__)
 @settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -17,6 +17,7 @@ from upparat.core import machine
 from upparat.core.commands import (
     CallHook,
     DescribeJob,
+    DiscardDownload,
     Persist,
     RequestPendingJobs,
     SetTimer,
@@ -294,9 +295,21 @@ def test_a_described_job_that_is_no_longer_pending_starts_over() -> None:
 
 def test_a_journal_of_a_job_no_longer_pending_is_cleared() -> None:
     p = Playbook()
-    p.boot(JournalRecord(job_id=OTHER, phase=Phase.RESTARTING))
+    p.boot(JournalRecord(job_id=OTHER, phase=Phase.DOWNLOADING))
     out = p.list_jobs(queued=[summary()])
+    # It ended while the daemon was down: forget it and its partial download.
     assert Persist(record=None) in out
+    assert DiscardDownload(job_id=OTHER) in out
+    assert p.state.journal is None
+
+
+def test_a_journal_of_a_pending_job_is_kept() -> None:
+    record = JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING)
+    p = Playbook()
+    p.boot(record)
+    out = p.list_jobs(in_progress=[summary()])
+    assert Persist(record=None) not in out
+    assert p.state.journal == record
 
 
 def test_a_queued_job_starts_with_the_version_hook() -> None:

@@ -580,7 +580,14 @@ def test_a_job_end_fetches_again_and_waits_when_nothing_is_pending() -> None:
     assert isinstance(p.stage, machine.Idle)
 
 
-def test_pre_signed_urls_are_not_logged() -> None:
+@pytest.mark.parametrize(
+    "url",
+    [URL, "https://user:secret@s3.example.com/fw-2.0.bin?X-Amz-Signature=secret#frag"],
+)
+def test_credentials_in_urls_are_not_logged(url: str) -> None:
     p = Playbook(auto_accept=True)
-    at_download(p)
-    assert all("Signature" not in log.message for log in p.logs)
+    at_download(p, JobDocument(file=url, version="2.0"))
+    logged = " ".join(log.message for log in p.logs)
+    assert "https://s3.example.com/fw-2.0.bin" in logged
+    assert "secret" not in logged
+    assert "user" not in logged

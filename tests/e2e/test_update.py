@@ -78,7 +78,7 @@ def test_update_with_a_reboot_succeeds_once_the_device_is_back(
     assert stack.files.served == {f"{JOB}.bundle": 2 * MiB}
     assert len(stack.files.requests) == 1
     assert not download_path(stack, JOB).exists()
-    assert journal(stack) is None
+    wait_until(lambda: journal(stack) is None, "the journal to be cleared")
     # The hooks ran in order with upparat 1.12's arguments.
     calls = device.calls()
     assert [c[0] for c in calls] == [
@@ -137,7 +137,7 @@ def test_version_mismatch_after_the_reboot_fails(device: Device, stack: Stack) -
     assert outcome(done) == ("FAILED", "version_mismatch")
     assert details(done)["message"] == f"Expected version '{NEW}', got '1.0.0'"
     assert [c[0] for c in device.calls()][-2:] == ["restart", "version"]  # no ready check
-    assert journal(stack) is None
+    wait_until(lambda: journal(stack) is None, "the journal to be cleared")
 
 
 def test_install_failure_fails_the_job_with_the_scripts_message(

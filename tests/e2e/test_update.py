@@ -77,7 +77,7 @@ def test_update_with_a_reboot_succeeds_once_the_device_is_back(
     # Downloaded once in one request, then removed; nothing left in the journal.
     assert stack.files.served == {f"{JOB}.bundle": 2 * MiB}
     assert len(stack.files.requests) == 1
-    assert not download_path(stack, JOB).exists()
+    wait_until(lambda: not download_path(stack, JOB).exists(), "the file to be removed")
     wait_until(lambda: journal(stack) is None, "the journal to be cleared")
     # The hooks ran in order with upparat 1.12's arguments.
     calls = device.calls()
@@ -155,7 +155,7 @@ def test_install_failure_fails_the_job_with_the_scripts_message(
         states(stack, JOB), ["download_start", "installation_start", "installation_hook_failed"]
     )
     assert [c[0] for c in device.calls()] == ["version", "download", "install"]
-    assert not download_path(stack, JOB).exists()
+    wait_until(lambda: not download_path(stack, JOB).exists(), "the file to be removed")
     assert device.version == "1.0.0"
 
 

@@ -68,7 +68,7 @@ buflint: node-deps
 	$(BUF) format --diff --exit-code
 
 pytest: venv mosquitto node-deps
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 3 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) $(TOOLS) hookservers/node/node_modules

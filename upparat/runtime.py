@@ -19,7 +19,7 @@ from typing import Protocol, assert_never
 from upparat.core import commands as c
 from upparat.core import events as e
 from upparat.core.machine import State, initial_state, step
-from upparat.core.model import JobStatus, JournalRecord, LogLevel, Settings, TimerKind
+from upparat.core.model import HookKind, JobStatus, JournalRecord, LogLevel, Settings, TimerKind
 
 log = logging.getLogger("upparat")
 
@@ -29,6 +29,17 @@ _LOG_LEVELS = {
     LogLevel.WARNING: logging.WARNING,
     LogLevel.ERROR: logging.ERROR,
 }
+
+
+def _refused_restart(command: c.CallHook, why: str) -> e.HookFinished:
+    return e.HookFinished(
+        call_id=command.call_id,
+        hook=HookKind.RESTART,
+        result=e.HookFailure(
+            reason="JOURNAL_WRITE_FAILED",
+            message=f"not restarting: the journal could not be written ({why})",
+        ),
+    )
 
 
 class EventQueue:
@@ -185,11 +196,23 @@ class Runtime:
         """Hand one event to the core and carry out what it asks for."""
         now = self._clock()
         self._state, commands = step(self._state, event, now)
+        unsaved: str | None = None
         for command in commands:
+            if (
+                unsaved is not None
+                and isinstance(command, c.CallHook)
+                and command.hook is HookKind.RESTART
+            ):
+                # The journal is what tells a rebooted device it is back from this
+                # restart (and counts boots); without it, do not restart at all.
+                self._inbox.post(_refused_restart(command, unsaved))
+                continue
             try:
                 self._execute(command, now)
-            except Exception:  # a driver bug must not take the loop down
+            except Exception as err:  # a driver bug must not take the loop down
                 log.exception("carrying out %s failed", type(command).__name__)
+                if isinstance(command, c.Persist):
+                    unsaved = f"{type(err).__name__}: {err}"
 
     def _execute(self, command: c.Command, now: float) -> None:
         match command:

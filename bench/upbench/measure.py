@@ -672,14 +672,31 @@ def profile(key: str, pid: int, what: str, out: Path, work: Callable[[], object]
     )
 
 
-def dump_json(value: object, path: Path) -> None:
-    def default(o: object) -> object:
-        if attrs.has(type(o)):
-            return attrs.asdict(o)  # type: ignore[arg-type]  # attrs.has narrowed at runtime
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(type(o).__name__)
+def _plain(o: object) -> object:
+    """JSON-ready data; a job's updates are summarised (1.12 sends thousands per job)."""
+    if isinstance(o, JobRun):
+        out = {f.name: _plain(getattr(o, f.name)) for f in attrs.fields(JobRun)}
+        rows = [[round(u.at - o.created_at, 4), u.status, u.state] for u in o.updates]
+        out["updates"] = {
+            "count": len(rows),
+            "by_state": dict(Counter(u.state for u in o.updates)),
+            "first": rows[:8],
+            "last": rows[-4:] if len(rows) > 8 else [],
+        }
+        return out
+    cls = type(o)
+    if attrs.has(cls):
+        return {f.name: _plain(getattr(o, f.name)) for f in attrs.fields(cls)}
+    if isinstance(o, tuple | list):
+        return [_plain(x) for x in o]
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, Path):
+        return str(o)
+    return o
 
+
+def dump_json(value: object, path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    path.write_text(json.dumps(value, default=default, indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(_plain(value), indent=1, sort_keys=True) + "\n")

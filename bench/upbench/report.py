@@ -817,6 +817,22 @@ def _dominates(r: Results) -> str:
             " the transfer goes on. coreutils' sha256sum, without SHA-NI, took"
             f" {_s(d.sha256sum.median)} s, which is why the naive pipeline is slow.\n"
         )
+        budget = 1.5 * net
+        alone = [
+            (what, t)
+            for what, t in (
+                ("hashing alone (hashlib)", d.hashlib.median),
+                ("writing alone (`curl -o FILE`, not even synced)", d.curl_file.median),
+                ("the disk alone (`dd oflag=direct`)", disk),
+            )
+            if t > budget
+        ]
+        if alone:
+            out.append(
+                f"\nThe budget of 1.5 x `curl -o /dev/null` is {_s(budget)} s. "
+                + "; ".join(f"{what} takes {_s(t)} s" for what, t in alone)
+                + ": a verified download that keeps its file cannot meet it on this machine.\n"
+            )
     profile = _find_profile(r, "download")
     if profile is not None:
         out.append(_profile(profile))

@@ -829,7 +829,7 @@ def _dominates(r: Results) -> str:
         ]
         if alone:
             out.append(
-                f"\nThe budget of 1.5 x `curl -o /dev/null` is {_s(budget)} s. "
+                f"\nThe budget of 1.5 x `curl -o /dev/null` is {_s(budget)} s, but "
                 + "; ".join(f"{what} takes {_s(t)} s" for what, t in alone)
                 + ": a verified download that keeps its file cannot meet it on this machine.\n"
             )

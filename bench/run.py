@@ -377,10 +377,10 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
                 say=say,
             )
 
-        say(f"latency: {mode.latency_jobs} jobs each, upparat and 1.12 taking turns")
         both: list[tuple[str, Rig]] = [("upparat", ours)]
         if legacy is not None:
             both.append(("upparat 1.12", legacy))
+        say(f"latency: {mode.latency_jobs} jobs each of " + " and ".join(n for n, _ in both))
         lat, *rest = latency(*both)
         lat_legacy = rest[0] if rest else None
         if profile_skipped is None:

@@ -311,6 +311,14 @@ class ScriptRun:
 
 def live_group_members(pgid: int) -> list[int]:
     """PIDs of the running (not zombie) processes in process group `pgid`."""
+    # Fast path, the usual case: the script left nothing behind, the group is empty.
+    # Only when something (maybe just a zombie) is left is /proc scanned.
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
     members = []
     try:
         entries = os.listdir("/proc")

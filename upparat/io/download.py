@@ -1167,7 +1167,9 @@ class Downloader:
         )
         self._rng = rng if rng is not None else random.Random()
         self._statvfs = statvfs
-        self._ssl_context = ssl_context if ssl_context is not None else ssl.create_default_context()
+        # Built on the first download, not at start: loading the CA store costs an idle
+        # daemon ~1.6 MB of RSS (bench/RESULTS.md).
+        self._ssl_context = ssl_context
         self._lock = threading.Lock()
         self._current: _Transfer | None = None
         self._closed = False
@@ -1204,6 +1206,8 @@ class Downloader:
                 command.download_id,
             )
             previous.cancel()
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
         transfer = _Transfer(
             command,
             self._folder,

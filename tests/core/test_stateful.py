@@ -139,6 +139,11 @@ def data_state(n: int) -> str:
     return ["reboot_start", "download_progress", "installation_start"][n % 3]
 
 
+def pending_updates(state: machine.State) -> list[machine.Update]:
+    head = state.outbox.head
+    return [*([head.update] if head is not None else []), *state.outbox.queue]
+
+
 def job_of(state: machine.State) -> JobId | None:
     stage = state.stage
     return stage.job.job_id if isinstance(stage, machine.JobStage) else None
@@ -222,6 +227,12 @@ class CoreMachine(RuleBasedStateMachine):
                 token = command.client_token
                 assert token not in self.client_tokens, "client token reused"
                 self.client_tokens.add(token)
+
+        # The update in flight leaves the outbox only on a reply that carries its token.
+        head = before.outbox.head
+        if head is not None and head.update not in pending_updates(after):
+            assert isinstance(event, UpdateAccepted | RequestRejected), "update lost"
+            assert event.client_token in head.tokens, "a stale reply settled the update in flight"
 
         # At most one download or hook call in flight, and only for the current job.
         in_flight = [*self.calls.values(), *self.downloads.values()]

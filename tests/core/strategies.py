@@ -87,6 +87,33 @@ settings = st.builds(
     restart_timeout=finite,
 )
 
+# Reports held inside a generated stage (a deferred progress report, the outbox)
+# carry details the core could have built: the totality test checks what it publishes.
+_held_details = st.sampled_from(
+    [
+        (("message", "none"), ("state", "download_start")),
+        (("bytes", "5"), ("message", "none"), ("progress", "5"), ("state", "x")),
+    ]
+)
+st.register_type_strategy(
+    machine.Update,
+    st.builds(
+        machine.Update,
+        job_id=st.sampled_from(JOB_IDS),
+        status=st.sampled_from(JobStatus),
+        details=_held_details,
+    ),
+)
+st.register_type_strategy(
+    machine.Deferred,
+    st.builds(
+        machine.Deferred,
+        details=_held_details,
+        percent=st.none() | st.integers(0, 100),
+        timer=st.integers(0, 10),
+    ),
+)
+
 states: st.SearchStrategy[machine.State] = st.builds(
     machine.State,
     settings=settings,

@@ -176,9 +176,13 @@ def test_describe_rejected_starts_over() -> None:
     p = Playbook()
     p.boot()
     p.list_jobs(queued=[summary()])
+    # Not at once: a service that keeps refusing must not be asked at network speed.
     assert p.reject(RejectCode.RESOURCE_NOT_FOUND, RequestKind.DESCRIBE) == [
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=30.0)
+    ]
+    assert p.fire(TimerKind.REQUEST_RETRY) == [
         like(RequestPendingJobs),
-        like(SetTimer),
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=30.0),
     ]
 
 

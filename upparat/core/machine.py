@@ -1571,9 +1571,18 @@ def _describe_rejected(state: State, event: RequestRejected) -> Out:
             state, request, commands = _back_off(state, request, event.code)
             stage_next: Stage = attrs.evolve(stage, request=request)
             return attrs.evolve(state, stage=stage_next), commands
-        message = f"job {stage.job_id}: {what}; starting over"
-        return attrs.evolve(state, stage=FetchingJobs()), [
-            _log(LogLevel.WARNING, message, stage.job_id)
+        # Start over, but not at once: a service that keeps refusing (one broken job,
+        # a fleet of devices) would otherwise be asked again at network speed. The
+        # fetch goes out when the REQUEST_RETRY timer fires; a notification listing
+        # upparat jobs answers it earlier, as for any fetch.
+        delay = _timeout(state)
+        state, token = _token(state)
+        state, timer = _next(state)
+        pause = FetchingJobs(request=Request(token=token, timer=timer))
+        message = f"job {stage.job_id}: {what}; starting over in {delay:.0f} s"
+        return attrs.evolve(state, stage=pause), [
+            _log(LogLevel.WARNING, message, stage.job_id),
+            SetTimer(timer=TimerKind.REQUEST_RETRY, token=timer, delay=delay),
         ]
     if isinstance(stage, RefreshingUrl):
         request = stage.request

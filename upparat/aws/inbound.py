@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 from typing import NoReturn, TypeAlias, cast
 
 from upparat.aws import topics
@@ -282,14 +281,28 @@ def _url_problem(url: str) -> str | None:
         return f"URL is longer than {MAX_FILE_URL_CHARS} characters ({len(url)})"
     if not url.isascii() or any(ch <= " " or ch == "\x7f" for ch in url):
         return "URL contains spaces, control or non-ASCII characters (percent-encode them)"
-    try:
-        split = urllib.parse.urlsplit(url)
-        _ = split.port  # raises ValueError on a malformed port
-    except ValueError as err:
-        return f"URL cannot be parsed: {err}"
-    if not split.scheme or not split.hostname:
+    # RFC 3986 section 3, by hand: this module stays free of library URL handling.
+    absolute = _ABSOLUTE_URL.fullmatch(url)
+    if absolute is None:
         return "not an absolute URL with a host (scheme://host/path)"
+    userinfo, _, host_port = absolute.group("authority").rpartition("@")
+    authority = _HOST_PORT.fullmatch(host_port)
+    if authority is None or "[" in userinfo or "]" in userinfo:
+        return "URL cannot be parsed: malformed host (an IPv6 literal needs [brackets])"
+    if not authority.group("host").strip("[]"):
+        return "not an absolute URL with a host (scheme://host/path)"
+    port = authority.group("port")
+    if port and int(port) > 65535:
+        return "URL cannot be parsed: port out of range 0-65535"
     return None
+
+
+_ABSOLUTE_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?#]*)(?:[/?#].*)?", re.DOTALL
+)
+_HOST_PORT = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]|[^:\[\]]*)(?::(?P<port>[0-9]*))?"
+)
 
 
 def _invalid(field: str, reason: str) -> InvalidJobDocument:

@@ -6,13 +6,14 @@ of the daemon's, hook server's and emulator's logs are printed with its report.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
 from tests.faults.device import Device
+from tests.support.reports import close_stacks
 from upparat.devstack.stack import Stack
 
 THING = "device-1"
@@ -20,18 +21,6 @@ BASE_CONFIG: Mapping[str, Mapping[str, str]] = {
     "hooks": {"retry_interval": "1", "max_retries": "5"},
     "service": {"progress_interval": "1"},
 }
-
-_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.when == "call":
-        item.stash[_REPORT_KEY] = report
-    return report
 
 
 class StackFactory(Protocol):
@@ -81,15 +70,7 @@ def make_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack
         return stack
 
     yield make
-    report = request.node.stash.get(_REPORT_KEY, None)
-    for stack in stacks:
-        stack.close()
-        if report is not None and report.failed:
-            for name in ("daemon", "hookserver", "emulator"):
-                log = stack.workdir / f"{name}.log"
-                if log.exists():
-                    tail = log.read_text(errors="replace")[-8000:]
-                    print(f"\n----- {log} (tail) -----\n{tail}")
+    close_stacks(stacks, request, tail=8000)
 
 
 @pytest.fixture

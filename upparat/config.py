@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from upparat import scriptenv
 from upparat.core.model import LogLevel, Settings, ThingName
 
 __all__ = [
@@ -91,6 +92,8 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "cancel_grace_period",
         "socket_mode",
         "script_path",
+        "environment",
+        "pass_environment",
         "log_level",
     ),
 }
@@ -231,6 +234,10 @@ class HookServerConfig:
     socket_mode: int = 0o660
     script_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     """PATH for the scripts (never the hook server's own environment)."""
+    environment: tuple[tuple[str, str], ...] = ()
+    """Variables set for every script (`NAME=value ...`), see `upparat.scriptenv`."""
+    pass_environment: tuple[str, ...] = ()
+    """Variables copied from the hook server's own environment when set there."""
     log_level: LogLevel = LogLevel.INFO
     """The hook server's log level."""
 
@@ -634,6 +641,20 @@ def _sentry_dsn(text: str) -> str:
     return text
 
 
+def _environment(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return scriptenv.parse_assignments(text)
+    except scriptenv.InvalidEnvironment as e:
+        raise _Invalid(str(e)) from None
+
+
+def _environment_names(text: str) -> tuple[str, ...]:
+    try:
+        return scriptenv.parse_names(text)
+    except scriptenv.InvalidEnvironment as e:
+        raise _Invalid(str(e)) from None
+
+
 def _socket_mode(text: str) -> int:
     match = re.fullmatch(r"(0o)?([0-7]{3,4})", text)
     if match is None or int(match.group(2), 8) > 0o777:
@@ -784,5 +805,7 @@ def _build_hookserver(r: _Reader, hooks: HooksConfig) -> HookServerConfig:
         ),
         socket_mode=r.value(sec, "socket_mode", _socket_mode, d.socket_mode),
         script_path=r.value(sec, "script_path", _text, d.script_path),
+        environment=r.value(sec, "environment", _environment, d.environment),
+        pass_environment=r.value(sec, "pass_environment", _environment_names, ()),
         log_level=r.value(sec, "log_level", _log_level, d.log_level),
     )

@@ -14,8 +14,13 @@ import re
 import shutil
 import stat
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+from upparat import scriptenv
+
+T = TypeVar("T")
 
 HOOKS = ("version", "download", "install", "restart", "ready")
 """The `[hooks]` keys naming scripts, in the order a job uses them."""
@@ -48,6 +53,17 @@ OPTIONS: Mapping[str, tuple[str, str]] = {
         "Octal mode of the unix socket file: 0660 or tighter (no bits outside 0660).",
     ),
     "script_path": (DEFAULT_SCRIPT_PATH, "PATH of the scripts."),
+    "environment": (
+        "unset",
+        "Variables set for every script, as NAME=value items separated by spaces "
+        '(shell quoting: NAME="a b"), e.g. DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/dbus/x. '
+        "PATH and UPPARAT_* are the hook server's own.",
+    ),
+    "pass_environment": (
+        "unset",
+        "Names of variables copied from the hook server's own environment when set "
+        "there (e.g. a proxy set by the unit); environment wins for the same name.",
+    ),
     "log_level": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
 }
 """`[hookserver]` keys: (default, help). The --help epilog is built from this table."""
@@ -91,6 +107,8 @@ class ServerConfig:
     cancel_grace_period: float = DEFAULT_GRACE
     socket_mode: int = DEFAULT_SOCKET_MODE
     script_path: str = DEFAULT_SCRIPT_PATH
+    environment: tuple[tuple[str, str], ...] = ()
+    pass_environment: tuple[str, ...] = ()
     log_level: str = "INFO"
 
 
@@ -176,6 +194,21 @@ def parse(
         else:
             mode = int(match.group(1), 8)
 
+    def variables(key: str, parse: Callable[[str], T], default: T) -> T:
+        text = get("hookserver", key)
+        if text is None:
+            return default
+        try:
+            return parse(text)
+        except scriptenv.InvalidEnvironment as e:
+            problems.append(f"config: [hookserver] {key} must be {e}, got {text!r}")
+            return default
+
+    no_assignments: tuple[tuple[str, str], ...] = ()
+    no_names: tuple[str, ...] = ()
+    environment = variables("environment", scriptenv.parse_assignments, no_assignments)
+    pass_environment = variables("pass_environment", scriptenv.parse_names, no_names)
+
     level = (log_level or get("hookserver", "log_level") or "INFO").upper()
     if level not in LOG_LEVELS:
         problems.append(
@@ -192,6 +225,8 @@ def parse(
         cancel_grace_period=DEFAULT_GRACE if grace is None else grace,
         socket_mode=mode,
         script_path=script_path,
+        environment=environment,
+        pass_environment=pass_environment,
         log_level=level,
     )
 
@@ -270,10 +305,11 @@ def epilog() -> str:
         lines.extend("      " + part for part in textwrap.wrap(text, 72))
     lines += [
         "",
-        "Scripts get a clean environment: PATH (script_path), LANG=C.UTF-8, HOME,",
-        "UPPARAT_HOOK, UPPARAT_JOB_ID, UPPARAT_ATTEMPT, UPPARAT_FORCE (1/0), UPPARAT_META,",
-        "UPPARAT_ELAPSED and, for install, UPPARAT_FILE; stdin /dev/null, working",
-        "directory /. Each runs in its own process group; at most one call per hook runs.",
+        "Scripts get a clean environment: PATH (script_path), LANG=C.UTF-8, HOME, what",
+        "pass_environment and environment name, UPPARAT_HOOK, UPPARAT_JOB_ID,",
+        "UPPARAT_ATTEMPT, UPPARAT_FORCE (1/0), UPPARAT_META, UPPARAT_ELAPSED and, for",
+        "install, UPPARAT_FILE; stdin /dev/null, working directory /. Each runs in its",
+        "own process group; at most one call per hook runs.",
         "",
         "Access: anyone who can connect can run the scripts (as root, on a device). The",
         "socket file gets socket_mode and the server's user; its group is the directory's",

@@ -44,6 +44,7 @@ from hookservers.shell.scripts import (
     Signalled,
     StopCause,
 )
+from upparat import scriptenv
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
 log = logging.getLogger("upparat.hookserver")
@@ -205,6 +206,9 @@ class Runner:
         self._calls: dict[str, Call] = {}
         self._stopping = False
         self._home = _home()
+        self._extra_env = scriptenv.extra_environment(
+            config.pass_environment, config.environment, os.environ
+        )
 
     def begin(
         self,
@@ -237,6 +241,7 @@ class Runner:
             "PATH": self.config.script_path,
             "LANG": "C.UTF-8",
             "HOME": self._home,
+            **self._extra_env,
             "UPPARAT_HOOK": hook,
             "UPPARAT_JOB_ID": job.job_id,
             "UPPARAT_ATTEMPT": str(job.attempt),

@@ -24,6 +24,7 @@ from tests.hooks.contract_cases import (
     EVAL_SCRIPT,
     GRACE,
     REPO_ROOT,
+    SECRET_ENV,
     SHELL,
     HookServerContract,
     HookServerFactory,
@@ -70,6 +71,29 @@ class TestShellHookServer(HookServerContract):
             "UPPARAT_FILE",
         }
         assert names - {"PWD"} == documented  # /bin/sh adds PWD itself
+
+    def test_configured_variables_reach_the_script_and_nothing_else_does(
+        self, hook_server: HookServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        out = tmp_path / "env"
+        monkeypatch.setenv("HOOKTEST_PASSED", "from the server")  # the server inherits it
+        server = hook_server.start(
+            {"version": f"env > {out}.tmp; mv {out}.tmp {out}; echo 1.0"},
+            options={
+                "environment": "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/x/bus GREETING='a b'",
+                "pass_environment": "HOOKTEST_PASSED NOT_SET_ANYWHERE",
+            },
+        )
+        call(server, "version")
+
+        env = dict(line.split("=", 1) for line in wait_for_file(out).splitlines())
+
+        assert env["DBUS_SYSTEM_BUS_ADDRESS"] == "unix:path=/x/bus"
+        assert env["GREETING"] == "a b"
+        assert env["HOOKTEST_PASSED"] == "from the server"  # passed on because it was named
+        assert SECRET_ENV not in env  # set in the server's environment, not named
+        assert "NOT_SET_ANYWHERE" not in env
+        assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
     def test_scripts_run_in_the_root_directory(
         self, eval_server: RunningHookServer, tmp_path: Path

@@ -362,7 +362,7 @@ def test_persist_reaches_the_journal_before_restart_is_called(
     ]
     assert journal_writes, rig.log
     last_index, last = journal_writes[-1]
-    assert last == JournalRecord(job_id=JOB, phase=Phase.RESTARTING)
+    assert last == JournalRecord(job_id=JOB, phase=Phase.RESTARTING, previous_version="1.0")
     # ...and the cloud had accepted reboot_start before that (the device reads it on boot).
     reboot_start = index(
         rig.log,
@@ -382,7 +382,8 @@ def test_restart_is_not_called_when_its_journal_cannot_be_written(
     rig.start()
     rig.wait(
         lambda: any(
-            item == JournalRecord(job_id=JOB, phase=Phase.RESTARTING) for _, item in rig.log
+            item == JournalRecord(job_id=JOB, phase=Phase.RESTARTING, previous_version="1.0")
+            for _, item in rig.log
         ),
         "the journal write before Restart",
     )

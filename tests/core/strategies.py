@@ -114,6 +114,16 @@ st.register_type_strategy(
     ),
 )
 
+st.register_type_strategy(
+    machine.CheckingVersion,
+    st.builds(
+        machine.CheckingVersion,
+        job=st.from_type(machine.Job),
+        call=st.from_type(machine.Call),
+        after_install=st.booleans(),
+    ),
+)
+
 states: st.SearchStrategy[machine.State] = st.builds(
     machine.State,
     settings=settings,
@@ -210,6 +220,7 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
             job_id=_job_ids,
             phase=st.sampled_from(Phase),
             restart_count=st.integers(-1, 5),
+            previous_version=st.none() | st.sampled_from(["1", "2", ""]),
         ),
     ),
     MqttConnected: st.just(MqttConnected()),

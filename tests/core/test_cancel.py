@@ -204,7 +204,9 @@ def test_an_update_rejected_otherwise_fetches_again_keeping_the_partial_file() -
         like(RequestPendingJobs),
         like(SetTimer),
     ]
-    assert p.state.journal == JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING)
+    assert p.state.journal == JournalRecord(
+        job_id=JOB, phase=Phase.DOWNLOADING, previous_version="1.0"
+    )
 
 
 def test_a_throttled_update_is_sent_again_with_backoff() -> None:
@@ -292,7 +294,7 @@ def test_shutdown_cancels_work_keeps_the_download_persists_and_exits() -> None:
     download = p.last(StartDownload).download_id
     assert p.feed(ShutdownRequested()) == [
         CancelDownload(download_id=download, discard=False),
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING)),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING, previous_version="1.0")),
         Exit(),
     ]
     assert isinstance(p.stage, machine.Stopped)
@@ -306,7 +308,7 @@ def test_shutdown_cancels_a_running_hook() -> None:
     out = p.feed(ShutdownRequested())
     assert out == [
         CancelHook(call_id=call),
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.INSTALLING)),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.INSTALLING, previous_version="1.0")),
         Exit(),
     ]
 

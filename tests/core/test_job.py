@@ -200,7 +200,7 @@ def test_the_download_hook_allows_the_download() -> None:
     p.take(execution(document=JobDocument(file=URL, version="2", sha256="ab" * 32, size=10)))
     p.answer(HookSuccess(value="1"))
     assert p.answer(HookSuccess()) == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING)),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING, previous_version="1")),
         reported("download_start"),
         like(SetTimer, timer=TimerKind.UPDATE_RETRY),
         like(StartDownload, job_id=JOB, url=URL, sha256="ab" * 32, size=10),
@@ -321,7 +321,7 @@ def test_install_reports_its_start_and_gets_the_file_path() -> None:
     p = Playbook(Settings(install_timeout=7200))
     at_download(p)
     assert p.downloaded("/data/upparat_1") == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.INSTALLING)),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.INSTALLING, previous_version="1.0")),
         reported("installation_start"),
         like(SetTimer),
         like(CallHook, hook=HookKind.INSTALL, file_path="/data/upparat_1", timeout=7200),
@@ -365,7 +365,7 @@ def test_restart_waits_until_the_cloud_accepted_reboot_start() -> None:
     assert p.answer(HookSuccess()) == [reported("reboot_start"), like(SetTimer)]
     assert isinstance(p.stage, machine.ReportingReboot)
     assert p.accept() == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.RESTARTING)),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.RESTARTING, previous_version="1.0")),
         like(CallHook, hook=HookKind.RESTART),
     ]
 
@@ -395,7 +395,7 @@ def test_the_hook_server_going_away_during_restart_is_not_a_failure() -> None:
     assert isinstance(p.stage, machine.AwaitingReboot)
     # Not stopped after all (e.g. the hook server was the restarted service): verify.
     assert p.fire(TimerKind.HOOK_RETRY) == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING)),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
         like(CallHook, hook=HookKind.VERSION),
     ]
 
@@ -404,7 +404,7 @@ def test_a_soft_restart_is_verified_right_away() -> None:
     p = Playbook()
     at_restart(p)
     assert p.answer(HookSuccess()) == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING)),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
         like(CallHook, hook=HookKind.VERSION),
     ]
     assert p.answer(HookSuccess(value="2.0")) == [like(CallHook, hook=HookKind.READY)]
@@ -457,7 +457,7 @@ def test_restart_unimplemented_verifies_like_no_restart_hook() -> None:
     p = Playbook(auto_accept=True)
     at_restart(p)
     assert p.answer(HookUnimplemented()) == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING)),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
         like(CallHook, hook=HookKind.VERSION),
     ]
     assert p.answer(HookUnimplemented()) == [like(CallHook, hook=HookKind.READY)]
@@ -591,3 +591,78 @@ def test_credentials_in_urls_are_not_logged(url: str) -> None:
     assert "https://s3.example.com/fw-2.0.bin" in logged
     assert "secret" not in logged
     assert "user" not in logged
+
+
+# --- a power cut between the install and the accepted reboot_start ----------------------
+
+
+def resumed_after_install(p: Playbook, journal: JournalRecord | None, state: str) -> list[Command]:
+    p.boot(journal)
+    p.list_jobs(in_progress=[summary()])
+    return p.describe(execution(status=IN_PROGRESS, state=state))
+
+
+INSTALLING_JOURNAL = JournalRecord(job_id=JOB, phase=Phase.INSTALLING, previous_version="1.0")
+
+
+@pytest.mark.parametrize("journal", [INSTALLING_JOURNAL, None])
+def test_the_new_version_after_an_interrupted_install_is_verified_not_already_installed(
+    journal: JournalRecord | None,
+) -> None:
+    p = Playbook()
+    out = resumed_after_install(p, journal, "installation_progress")
+    # The journal keeps saying "installing" until the version hook has answered.
+    assert not any(isinstance(c, Persist) for c in out)
+    assert like(CallHook, hook=HookKind.VERSION) in out
+
+    out = p.answer(HookSuccess(value="2.0"))
+
+    assert like(CallHook, hook=HookKind.READY) in out
+    assert not any(isinstance(c, UpdateJob) and c.status is JobStatus.SUCCEEDED for c in out)
+    assert succeeded("complete_ready") in p.answer(HookSuccess())
+    assert not any(r == succeeded("version_already_installed") for r in p.history)
+
+
+def test_the_old_version_after_an_interrupted_install_installs_again() -> None:
+    p = Playbook()
+    resumed_after_install(p, INSTALLING_JOURNAL, "installation_start")
+
+    out = p.answer(HookSuccess(value="1.0"))
+
+    assert like(StartDownload, job_id=JOB, url=URL) in out  # re-verifies the file on disk
+    p.downloaded()
+    assert isinstance(p.stage, machine.Installing)
+
+
+def test_a_third_version_after_an_interrupted_install_is_a_mismatch() -> None:
+    p = Playbook()
+    resumed_after_install(p, INSTALLING_JOURNAL, "installation_progress")
+
+    out = p.answer(HookSuccess(value="0.9"))
+
+    assert (
+        failed(
+            "version_mismatch",
+            message="Expected version '2.0' (or the previous '1.0' after an interrupted install),"
+            " got '0.9'",
+        )
+        in out
+    )
+
+
+def test_a_forced_job_whose_install_had_begun_still_asks_the_version_hook() -> None:
+    p = Playbook()
+    forced = JobDocument(file=URL, version="2.0", force=True)
+    p.boot(INSTALLING_JOURNAL)
+    p.list_jobs(in_progress=[summary()])
+    out = p.describe(execution(status=IN_PROGRESS, state="installation_start", document=forced))
+
+    assert like(CallHook, hook=HookKind.VERSION) in out
+    assert like(CallHook, hook=HookKind.READY) in p.answer(HookSuccess(value="2.0"))
+
+
+def test_the_previous_version_is_journaled_before_the_install() -> None:
+    p = Playbook()
+    at_download(p)
+    out = p.downloaded()
+    assert Persist(record=INSTALLING_JOURNAL) in out

@@ -31,6 +31,19 @@ def test_save_then_load(tmp_path: Path) -> None:
     assert Journal(tmp_path).load() == RECORD
 
 
+def test_the_previous_version_survives_and_older_journals_load_without_it(
+    tmp_path: Path,
+) -> None:
+    record = JournalRecord(job_id=JobId("j"), phase=Phase.INSTALLING, previous_version="1.0")
+    Journal(tmp_path).save(record)
+    assert Journal(tmp_path).load() == record
+
+    (tmp_path / "journal.json").write_text(
+        '{"format": 1, "job_id": "j", "phase": "installing", "restart_count": 0}'
+    )
+    assert Journal(tmp_path).load() == JournalRecord(job_id=JobId("j"), phase=Phase.INSTALLING)
+
+
 def test_file_format(tmp_path: Path) -> None:
     Journal(tmp_path).save(RECORD)
     assert json.loads((tmp_path / "journal.json").read_text()) == {
@@ -90,6 +103,11 @@ def test_an_existing_state_dir_keeps_its_mode(tmp_path: Path) -> None:
         (b'{"format": 1, "job_id": "a", "phase": "installing", "restart_count": -1}', "restart"),
         (b'{"format": 1, "job_id": "a", "phase": "installing", "restart_count": true}', "restart"),
         (b'{"format": 1, "job_id": "a", "phase": "installing"}', "restart_count"),
+        (
+            b'{"format": 1, "job_id": "a", "phase": "installing", "restart_count": 0,'
+            b' "previous_version": 1}',
+            "previous_version",
+        ),
     ],
 )
 def test_corrupt_journal_is_set_aside(

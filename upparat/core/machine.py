@@ -263,6 +263,10 @@ class CheckingVersion:
 
     job: Job
     call: Call
+    after_install: bool = False
+    """The job had begun installing before the daemon stopped (a power cut between the
+    install and the accepted `reboot_start`): the installer may have switched slots and
+    the device may run the new version now, unconfirmed by the ready hook."""
 
 
 @attrs.frozen(kw_only=True)
@@ -699,6 +703,12 @@ def _take_job(state: State, execution: JobExecution, now: float) -> Out:
         note = f"resuming (it was at {state_detail or 'an unknown state'})"
     else:
         note = f"starting the update to version {document.version!r}"
+    if _began_installing(state, execution) and HookKind.VERSION not in state.absent_hooks:
+        # Keep the journal's phase: another power cut now must still find "installing".
+        note += "; the install had begun: asking the version hook what runs now"
+        state, call, commands = _start_call(state, job, HookKind.VERSION, now)
+        state = attrs.evolve(state, stage=CheckingVersion(job=job, call=call, after_install=True))
+        return state, [_log(LogLevel.INFO, f"job {job_id}: {note}", job_id), *commands]
     state, commands = _persist(state, job_id, Phase.CHECKING_VERSION)
     commands.append(_log(LogLevel.INFO, f"job {job_id}: {note}", job_id))
     if document.force or HookKind.VERSION in state.absent_hooks:
@@ -707,6 +717,24 @@ def _take_job(state: State, execution: JobExecution, now: float) -> Out:
         state, call, more = _start_call(state, job, HookKind.VERSION, now)
         state = attrs.evolve(state, stage=CheckingVersion(job=job, call=call))
     return state, [*commands, *more]
+
+
+_INSTALL_STATES = (
+    ReportedState.INSTALLATION_START.value,
+    ReportedState.INSTALLATION_PROGRESS.value,
+)
+
+
+def _began_installing(state: State, execution: JobExecution) -> bool:
+    """Did this job reach the install hook before the daemon stopped? The journal says so
+    (INSTALLING, or later phases without `reboot_start` in the cloud), or, without a
+    journal, the last statusDetails the cloud holds."""
+    journal = state.journal
+    if journal is not None and journal.job_id == execution.job_id:
+        return journal.phase in (Phase.INSTALLING, Phase.RESTARTING, Phase.VERIFYING)
+    return (
+        execution.status is JobStatus.IN_PROGRESS and execution.detail("state") in _INSTALL_STATES
+    )
 
 
 def _back_from_restart(state: State, job: Job, now: float) -> Out:
@@ -718,7 +746,12 @@ def _back_from_restart(state: State, job: Job, now: float) -> Out:
         and journal.phase in (Phase.RESTARTING, Phase.VERIFYING)
     )
     count = journal.restart_count + 1 if journal is not None and same_restart else 1
-    record = JournalRecord(job_id=job.job_id, phase=Phase.VERIFYING, restart_count=count)
+    record = JournalRecord(
+        job_id=job.job_id,
+        phase=Phase.VERIFYING,
+        restart_count=count,
+        previous_version=_previous_version(state, job.job_id),
+    )
     state = attrs.evolve(state, journal=record)
     commands: list[Command] = [
         Persist(record=record),
@@ -805,7 +838,12 @@ def _restart(state: State, job: Job, now: float) -> Out:
 def _persist_restarting(state: State, job_id: JobId) -> tuple[State, Persist]:
     journal = state.journal
     count = journal.restart_count if journal is not None and journal.job_id == job_id else 0
-    record = JournalRecord(job_id=job_id, phase=Phase.RESTARTING, restart_count=count)
+    record = JournalRecord(
+        job_id=job_id,
+        phase=Phase.RESTARTING,
+        restart_count=count,
+        previous_version=_previous_version(state, job_id),
+    )
     return attrs.evolve(state, journal=record), Persist(record=record)
 
 
@@ -925,13 +963,24 @@ def _stop_work(stage: JobStage, *, discard: bool) -> list[Command]:
 
 
 def _persist(state: State, job_id: JobId, phase: Phase) -> Out:
-    """Journal the phase (keeping the restart count of the same job); skip if unchanged."""
+    """Journal the phase (keeping the restart count and the previous version of the same
+    job); skip if unchanged."""
     journal = state.journal
     count = journal.restart_count if journal is not None and journal.job_id == job_id else 0
-    record = JournalRecord(job_id=job_id, phase=phase, restart_count=count)
+    record = JournalRecord(
+        job_id=job_id,
+        phase=phase,
+        restart_count=count,
+        previous_version=_previous_version(state, job_id),
+    )
     if record == journal:
         return state, []
     return attrs.evolve(state, journal=record), [Persist(record=record)]
+
+
+def _previous_version(state: State, job_id: JobId) -> str | None:
+    journal = state.journal
+    return journal.previous_version if journal is not None and journal.job_id == job_id else None
 
 
 # --- hooks ------------------------------------------------------------------------------
@@ -1099,6 +1148,8 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
     job = stage.job
     version = job.document.version
     match stage:
+        case CheckingVersion(after_install=True):
+            return _resumed_install(state, job, value, now)
         case CheckingVersion():
             if value == version:
                 details = _details(
@@ -1106,6 +1157,10 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
                 )
                 return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
             note = f"job {job.job_id}: installed version is {value!r}; updating to {version!r}"
+            journal = state.journal
+            if journal is not None and journal.job_id == job.job_id:
+                # Written with the next phase's Persist (before any install can start).
+                state = attrs.evolve(state, journal=attrs.evolve(journal, previous_version=value))
             state, commands = _download_phase(state, job, now)
             return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
         case CheckingDownload():
@@ -1129,6 +1184,31 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
             return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
         case _:
             assert_never(stage)
+
+
+def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
+    """The version hook answered for a job whose install had begun before the stop."""
+    job_id, version = job.job_id, job.document.version
+    previous = _previous_version(state, job_id)
+    if value == version and value != previous:
+        # The installer finished and the device runs the new version: confirm it as after
+        # a restart (the ready hook marks the slot good), never `version_already_installed`.
+        note = f"job {job_id}: version {value!r} runs after the interrupted install; verifying"
+        state, commands = _persist(state, job_id, Phase.VERIFYING)
+        state, more = _check_ready(state, job, VerifyOrigin.AFTER_BOOT, now, version_checked=True)
+        return state, [_log(LogLevel.INFO, note, job_id), *commands, *more]
+    if previous is None or value == previous:
+        # Still the old version: install again (hooks are idempotent per job id); the
+        # download resumes from, or re-verifies, the file on disk.
+        note = f"job {job_id}: version {value!r} still runs after the interrupted install; "
+        note += "installing again"
+        state, commands = _start_download(state, job, now, refusals=0)
+        return state, [_log(LogLevel.INFO, note, job_id), *commands]
+    text = (
+        f"Expected version '{version}' (or the previous '{previous}' after an interrupted "
+        f"install), got '{value}'"
+    )
+    return _finish(state, job_id, JobStatus.FAILED, _details(ReportedState.VERSION_MISMATCH, text))
 
 
 def _hook_absent(state: State, stage: HookStage, now: float) -> Out:

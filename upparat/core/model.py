@@ -165,6 +165,8 @@ class JournalRecord:
     phase: Phase
     restart_count: int = 0
     """How many times the device came back in `reboot_start` for this job."""
+    previous_version: str | None = None
+    """The version the version hook reported before the update (None: not asked)."""
 
 
 class ReportedState(enum.Enum):

@@ -138,6 +138,8 @@ def _encode(record: JournalRecord) -> bytes:
         "phase": record.phase.value,
         "restart_count": record.restart_count,
     }
+    if record.previous_version is not None:
+        doc["previous_version"] = record.previous_version
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -161,4 +163,12 @@ def _decode(data: bytes) -> JournalRecord:
     restart_count = doc.get("restart_count")
     if type(restart_count) is not int or restart_count < 0:
         raise _Corrupt(f"has an invalid restart_count {restart_count!r}")
-    return JournalRecord(job_id=JobId(job_id), phase=phase, restart_count=restart_count)
+    previous_version = doc.get("previous_version")
+    if previous_version is not None and not isinstance(previous_version, str):
+        raise _Corrupt(f"has an invalid previous_version {previous_version!r}")
+    return JournalRecord(
+        job_id=JobId(job_id),
+        phase=phase,
+        restart_count=restart_count,
+        previous_version=previous_version,
+    )

@@ -14,6 +14,7 @@ from upparat.core.events import (
     JobsChanged,
     PayloadIgnored,
     PendingJobsListed,
+    ReplyUnusable,
     RequestKind,
     RequestRejected,
     UpdateAccepted,
@@ -341,20 +342,6 @@ def test_unknown_document_fields_are_ignored() -> None:
         (P + "notify", b"{}", "jobs is missing"),
         (P + "notify", j({"jobs": []}), "jobs must be a JSON object"),
         (P + "notify", j({"jobs": {"QUEUED": {}}}), "jobs.QUEUED must be an array"),
-        (P + "notify", j({"jobs": {"QUEUED": [summary("a b")]}}), "is not a job id"),
-        (P + "notify", j({"jobs": {"QUEUED": [summary("a" * 65)]}}), "is not a job id"),
-        (P + "notify", j({"jobs": {"QUEUED": [{"jobId": "a"}]}}), "queuedAt is missing"),
-        (
-            P + "notify",
-            j({"jobs": {"QUEUED": [{"jobId": "a", "queuedAt": "1"}]}}),
-            "must be an integer",
-        ),
-        (
-            P + "notify",
-            j({"jobs": {"QUEUED": [{"jobId": "a", "queuedAt": True}]}}),
-            "must be an integer",
-        ),
-        (P + "notify", j({"jobs": {"QUEUED": [1]}}), "must be a JSON object"),
         (P + "notify", j({"jobs": {}, "timestamp": "now"}), "timestamp must be an integer"),
         (P + "notify", b'{"jobs": {}, "timestamp": ' + b"9" * 5000 + b"}", "not JSON"),
         (P + "notify", b"[" * 60_000 + b"]" * 60_000, "nested deeper than 64"),
@@ -445,6 +432,52 @@ def test_malformed_messages_are_ignored_with_a_reason(
     assert isinstance(event, PayloadIgnored), event
     assert event.topic == topic
     assert reason_part in event.reason
+
+
+@pytest.mark.parametrize(
+    ("entry", "job_id", "reason_part"),
+    [
+        (summary("a b"), None, "is not a job id"),
+        (summary("a" * 65), None, "is not a job id"),
+        ({"jobId": "a"}, "a", "queuedAt is missing"),
+        ({"jobId": "a", "queuedAt": "1"}, "a", "must be an integer"),
+        ({"jobId": "a", "queuedAt": True}, "a", "must be an integer"),
+        ({"jobId": "a", "queuedAt": 1, "versionNumber": "2"}, "a", "versionNumber"),
+        (1, None, "must be a JSON object"),
+        ([summary("b")], None, "must be a JSON object"),
+    ],
+)
+@pytest.mark.parametrize("listing", ["notify", "get"])
+def test_a_bad_list_entry_is_skipped_and_the_valid_ones_are_kept(
+    entry: object, job_id: str | None, reason_part: str, listing: str
+) -> None:
+    """One broken entry (a rogue broker, a future format) must not hide the valid jobs."""
+    good = [summary("upparat_1"), summary("upparat_2")]
+    if listing == "notify":
+        event = parse(THING, P + "notify", j({"jobs": {"QUEUED": [good[0], entry, good[1]]}}))
+        assert isinstance(event, JobsChanged), event
+    else:
+        payload = {"inProgressJobs": [entry], "queuedJobs": good}
+        event = parse(THING, P + "get/accepted", j(payload))
+        assert isinstance(event, PendingJobsListed), event
+    assert [s.job_id for s in event.queued] == ["upparat_1", "upparat_2"]
+    assert event.in_progress == ()
+    (skipped,) = event.skipped
+    assert skipped.job_id == job_id
+    assert reason_part in skipped.reason
+
+
+def test_a_describe_answer_to_our_request_that_cannot_be_used_is_a_failed_request() -> None:
+    """Another job's execution under our token: ask again soon, not after the timeout."""
+    payload = {"execution": execution("upparat_8"), "clientToken": "tok-1"}
+    event = parse(THING, P + "upparat_7/get/accepted", j(payload))
+    assert isinstance(event, ReplyUnusable), event
+    assert (event.request, event.job_id, event.client_token) == (
+        RequestKind.DESCRIBE,
+        JobId("upparat_7"),
+        ClientToken("tok-1"),
+    )
+    assert "differs from the job id" in event.reason
 
 
 def test_a_payload_of_exactly_128_kb_is_parsed() -> None:

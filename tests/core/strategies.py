@@ -35,6 +35,7 @@ from upparat.core.events import (
     MqttDisconnected,
     PayloadIgnored,
     PendingJobsListed,
+    ReplyUnusable,
     RequestKind,
     RequestRejected,
     ShutdownRequested,
@@ -59,6 +60,7 @@ from upparat.core.model import (
     Phase,
     RejectCode,
     Settings,
+    SkippedEntry,
     TimerKind,
 )
 
@@ -211,6 +213,11 @@ _results: st.SearchStrategy[HookResult] = st.one_of(
     st.just(HookUnimplemented()),
 )
 
+_skipped = st.lists(
+    st.builds(SkippedEntry, job_id=st.none() | _job_ids, reason=st.sampled_from(["bad", "worse"])),
+    max_size=2,
+).map(tuple)
+
 EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
     Started: st.builds(
         Started,
@@ -227,9 +234,13 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
     MqttDisconnected: st.builds(MqttDisconnected, reason=_texts),
     SubscriptionsAcked: st.just(SubscriptionsAcked()),
     PendingJobsListed: st.builds(
-        PendingJobsListed, in_progress=_lists, queued=_lists, client_token=_tokens
+        PendingJobsListed,
+        in_progress=_lists,
+        queued=_lists,
+        client_token=_tokens,
+        skipped=_skipped,
     ),
-    JobsChanged: st.builds(JobsChanged, in_progress=_lists, queued=_lists),
+    JobsChanged: st.builds(JobsChanged, in_progress=_lists, queued=_lists, skipped=_skipped),
     JobDescribed: st.builds(JobDescribed, execution=_executions, client_token=_tokens),
     RequestRejected: st.builds(
         RequestRejected,
@@ -240,6 +251,13 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
         client_token=_tokens,
     ),
     UpdateAccepted: st.builds(UpdateAccepted, job_id=_job_ids, client_token=_tokens),
+    ReplyUnusable: st.builds(
+        ReplyUnusable,
+        request=st.sampled_from(RequestKind),
+        job_id=st.none() | _job_ids,
+        client_token=_tokens.filter(lambda t: t is not None),
+        reason=_texts,
+    ),
     PayloadIgnored: st.builds(PayloadIgnored, topic=_texts, reason=_texts),
     HookServerInfo: st.builds(HookServerInfo, hooks=st.frozensets(st.sampled_from(HookKind))),
     HookProgressed: st.builds(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import attrs
+
 from tests.core.playbook import (
     FOREIGN,
     JOB,
@@ -28,9 +30,11 @@ from upparat.core.commands import (
 from upparat.core.events import (
     HookSuccess,
     JobDescribed,
+    JobsChanged,
     MqttConnected,
     MqttDisconnected,
     PendingJobsListed,
+    ReplyUnusable,
     RequestKind,
     Started,
     SubscriptionsAcked,
@@ -42,9 +46,11 @@ from upparat.core.model import (
     JobId,
     JobStatus,
     JournalRecord,
+    LogLevel,
     Phase,
     RejectCode,
     Settings,
+    SkippedEntry,
     TimerKind,
 )
 
@@ -323,3 +329,103 @@ def test_a_queued_job_starts_with_the_version_hook() -> None:
         Persist(record=JournalRecord(job_id=JOB, phase=Phase.CHECKING_VERSION)),
         like(CallHook, hook=HookKind.VERSION),
     ]
+
+
+# --- a bad entry in a list, an unusable answer ------------------------------------------
+
+
+def bad(
+    job_id: JobId | None = None, reason: str = "jobs.QUEUED entry: jobId is missing"
+) -> SkippedEntry:
+    return SkippedEntry(job_id=job_id, reason=reason)
+
+
+def test_a_bad_entry_next_to_valid_jobs_is_skipped_and_the_valid_job_runs() -> None:
+    p = Playbook()
+    p.boot()
+    token = p.last(RequestPendingJobs).client_token
+    listed = PendingJobsListed(
+        in_progress=(), queued=(summary(),), client_token=token, skipped=(bad(),)
+    )
+    assert kinds(p.feed(listed)) == [SignalReady, DescribeJob, SetTimer]
+    (warning,) = [log for log in p.logs if log.level is LogLevel.WARNING]
+    assert "jobId is missing" in warning.message
+
+
+def test_a_bad_entry_is_logged_once_not_with_every_notification() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs()
+    for _ in range(5):
+        p.feed(JobsChanged(in_progress=(), queued=(), skipped=(bad(),)))
+    warnings = [log for log in p.logs if log.level is LogLevel.WARNING]
+    assert len(warnings) == 1
+    # Another broken entry is news.
+    p.feed(JobsChanged(in_progress=(), queued=(), skipped=(bad(reason="other"),)))
+    assert len([log for log in p.logs if log.level is LogLevel.WARNING]) == 2
+
+
+def test_the_remembered_reasons_are_bounded() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs()
+    for i in range(machine.SKIPPED_SEEN_KEPT * 3):
+        p.feed(JobsChanged(in_progress=(), queued=(), skipped=(bad(reason=f"r{i}"),)))
+    assert len(p.state.skipped_seen) == machine.SKIPPED_SEEN_KEPT
+
+
+def test_a_running_job_whose_entry_broke_is_not_taken_for_ended() -> None:
+    p = Playbook()
+    p.take()
+    assert isinstance(p.stage, machine.CheckingVersion)
+    # The job's own entry no longer parses: it is still listed, so nothing is abandoned.
+    out = p.feed(JobsChanged(in_progress=(), queued=(), skipped=(bad(JOB),)))
+    assert out == []
+    assert isinstance(p.stage, machine.CheckingVersion)
+    # Without the entry at all, it ended.
+    assert kinds(p.notify()) != []
+
+
+def test_a_journal_whose_job_entry_broke_is_kept() -> None:
+    record = JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING)
+    p = Playbook()
+    p.boot(record)
+    token = p.last(RequestPendingJobs).client_token
+    p.feed(PendingJobsListed(in_progress=(), queued=(), client_token=token, skipped=(bad(JOB),)))
+    assert Persist(record=None) not in p.history
+    assert p.state.journal == record
+
+
+def test_an_unusable_describe_answer_is_asked_again_after_a_short_backoff() -> None:
+    p = Playbook()
+    p.boot()
+    p.list_jobs(queued=[summary()])
+    first = p.last(DescribeJob)
+    unusable = ReplyUnusable(
+        request=RequestKind.DESCRIBE,
+        job_id=JOB,
+        client_token=first.client_token,
+        reason="execution.jobId 'upparat_2' differs from the job id",
+    )
+    assert p.feed(unusable) == [like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=1.0)]
+    assert "differs from the job id" in p.logs[-1].message
+    assert p.fire(TimerKind.REQUEST_RETRY) == [
+        like(DescribeJob, job_id=JOB),
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=30.0),
+    ]
+    second = p.last(DescribeJob)
+    assert second.client_token != first.client_token
+    again = attrs.evolve(unusable, client_token=second.client_token)
+    assert p.feed(again) == [like(SetTimer, delay=2.0)]
+    # The first request's token is stale now.
+    assert p.feed(unusable) == []
+
+
+def test_an_unusable_answer_to_nothing_we_asked_is_ignored() -> None:
+    p = Playbook()
+    p.boot()
+    stray = ReplyUnusable(
+        request=RequestKind.DESCRIBE, job_id=JOB, client_token=ClientToken("x"), reason="r"
+    )
+    assert p.feed(stray) == []
+    assert isinstance(p.stage, machine.FetchingJobs)

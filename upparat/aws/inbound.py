@@ -20,6 +20,7 @@ from upparat.core.events import (
     JobsChanged,
     PayloadIgnored,
     PendingJobsListed,
+    ReplyUnusable,
     RequestKind,
     RequestRejected,
     UpdateAccepted,
@@ -33,6 +34,7 @@ from upparat.core.model import (
     JobStatus,
     JobSummary,
     RejectCode,
+    SkippedEntry,
     ThingName,
 )
 
@@ -41,6 +43,7 @@ InboundEvent = (
     | JobsChanged
     | JobDescribed
     | RequestRejected
+    | ReplyUnusable
     | UpdateAccepted
     | PayloadIgnored
 )
@@ -116,10 +119,13 @@ def _pending_listed(obj: JsonObject) -> PendingJobsListed:
     # Both lists are always present in get/accepted (AWS jobs-mqtt-api); a reply without
     # them must not be mistaken for "nothing pending".
     _opt_int(obj, "timestamp", "timestamp")
+    in_progress, bad_running = _summaries(_required(obj, "inProgressJobs", ""), "inProgressJobs")
+    queued, bad_queued = _summaries(_required(obj, "queuedJobs", ""), "queuedJobs")
     return PendingJobsListed(
-        in_progress=_summaries(_required(obj, "inProgressJobs", ""), "inProgressJobs"),
-        queued=_summaries(_required(obj, "queuedJobs", ""), "queuedJobs"),
+        in_progress=in_progress,
+        queued=queued,
         client_token=_opt_token(obj),
+        skipped=bad_running + bad_queued,
     )
 
 
@@ -127,21 +133,28 @@ def _jobs_changed(obj: JsonObject) -> JobsChanged:
     # notify leaves out the key of an empty list and sends {"jobs": {}} when nothing is pending.
     _opt_int(obj, "timestamp", "timestamp")
     jobs = _object(_required(obj, "jobs", ""), "jobs")
-    in_progress = jobs.get("IN_PROGRESS")
-    queued = jobs.get("QUEUED")
-    return JobsChanged(
-        in_progress=() if in_progress is None else _summaries(in_progress, "jobs.IN_PROGRESS"),
-        queued=() if queued is None else _summaries(queued, "jobs.QUEUED"),
+    in_progress, queued_jobs = jobs.get("IN_PROGRESS"), jobs.get("QUEUED")
+    running, bad_running = _summaries(
+        [] if in_progress is None else in_progress, "jobs.IN_PROGRESS"
     )
+    queued, bad_queued = _summaries([] if queued_jobs is None else queued_jobs, "jobs.QUEUED")
+    return JobsChanged(in_progress=running, queued=queued, skipped=bad_running + bad_queued)
 
 
-def _described(thing: ThingName, job_id: JobId, obj: JsonObject) -> JobDescribed:
-    _opt_int(obj, "timestamp", "timestamp")
-    execution = _object(_required(obj, "execution", ""), "execution")
-    return JobDescribed(
-        execution=_execution(thing, job_id, execution),
-        client_token=_opt_token(obj),
-    )
+def _described(thing: ThingName, job_id: JobId, obj: JsonObject) -> JobDescribed | ReplyUnusable:
+    token = _opt_token(obj)
+    try:
+        _opt_int(obj, "timestamp", "timestamp")
+        execution = _object(_required(obj, "execution", ""), "execution")
+        return JobDescribed(execution=_execution(thing, job_id, execution), client_token=token)
+    except _Malformed as err:
+        if token is None:
+            raise
+        # An answer to our request that cannot be used (another job's execution, a broken
+        # field): the request failed; the core asks again soon instead of waiting it out.
+        return ReplyUnusable(
+            request=RequestKind.DESCRIBE, job_id=job_id, client_token=token, reason=err.reason
+        )
 
 
 def _update_accepted(job_id: JobId, obj: JsonObject) -> UpdateAccepted:
@@ -176,10 +189,29 @@ def _rejected(obj: JsonObject, request: RequestKind, job_id: JobId | None) -> Re
 # --- parts ------------------------------------------------------------------------
 
 
-def _summaries(value: object, where: str) -> tuple[JobSummary, ...]:
+def _summaries(
+    value: object, where: str
+) -> tuple[tuple[JobSummary, ...], tuple[SkippedEntry, ...]]:
+    """The entries that parse, and the ones that do not (each on its own: one bad entry
+    must not hide the valid jobs next to it)."""
     if not isinstance(value, list):
         _fail(f"{where} must be an array, got {_kind(value)}")
-    return tuple(_summary(item, f"{where}[{i}]") for i, item in enumerate(value))
+    good: list[JobSummary] = []
+    bad: list[SkippedEntry] = []
+    for item in value:
+        try:
+            good.append(_summary(item, f"{where} entry"))
+        except _Malformed as err:
+            bad.append(SkippedEntry(job_id=_job_id_of(item), reason=err.reason))
+    return tuple(good), tuple(bad)
+
+
+def _job_id_of(item: object) -> JobId | None:
+    """The job id of an entry that failed to parse, if that part is valid."""
+    if not isinstance(item, dict):
+        return None
+    text = item.get("jobId")
+    return topics.job_id_or_none(text) if isinstance(text, str) else None
 
 
 def _summary(value: object, where: str) -> JobSummary:

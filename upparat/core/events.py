@@ -22,6 +22,7 @@ from upparat.core.model import (
     JobSummary,
     JournalRecord,
     RejectCode,
+    SkippedEntry,
     TimerKind,
 )
 
@@ -55,6 +56,8 @@ class PendingJobsListed:
     in_progress: tuple[JobSummary, ...]
     queued: tuple[JobSummary, ...]
     client_token: ClientToken | None = None
+    skipped: tuple[SkippedEntry, ...] = ()
+    """Entries that did not parse (one bad entry never hides the others)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +66,19 @@ class JobsChanged:
 
     in_progress: tuple[JobSummary, ...]
     queued: tuple[JobSummary, ...]
+    skipped: tuple[SkippedEntry, ...] = ()
+    """Entries that did not parse (one bad entry never hides the others)."""
+
+
+@attrs.frozen(kw_only=True)
+class ReplyUnusable:
+    """An answer to one of our requests (it carries our client token) that cannot be
+    used: e.g. a describe answer whose `execution.jobId` is another job's."""
+
+    request: RequestKind
+    job_id: JobId | None
+    client_token: ClientToken
+    reason: str
 
 
 @attrs.frozen(kw_only=True)
@@ -246,6 +262,7 @@ Event = (
     | JobsChanged
     | JobDescribed
     | RequestRejected
+    | ReplyUnusable
     | UpdateAccepted
     | PayloadIgnored
     | HookServerInfo

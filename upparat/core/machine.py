@@ -51,6 +51,7 @@ from upparat.core.events import (
     MqttDisconnected,
     PayloadIgnored,
     PendingJobsListed,
+    ReplyUnusable,
     RequestKind,
     RequestRejected,
     ShutdownRequested,
@@ -78,6 +79,7 @@ from upparat.core.model import (
     RejectCode,
     ReportedState,
     Settings,
+    SkippedEntry,
     TimerKind,
 )
 
@@ -377,6 +379,9 @@ class State:
     """Hooks the server does not implement (HookServerInfo, or UNIMPLEMENTED answers)."""
     outbox: Outbox = Outbox()
     ready_signalled: bool = False
+    skipped_seen: tuple[str, ...] = ()
+    """Reasons of bad pending-list entries already logged (the latest few): a broken entry
+    that every notification repeats is logged once, not with every message."""
 
 
 Out = tuple[State, list[Command]]
@@ -415,6 +420,8 @@ def _dispatch(state: State, event: Event, now: float) -> Out:
             return _on_described(state, event, now)
         case RequestRejected():
             return _on_rejected(state, event, now)
+        case ReplyUnusable():
+            return _on_reply_unusable(state, event)
         case UpdateAccepted():
             return _on_update_accepted(state, event)
         case PayloadIgnored(topic=topic, reason=reason):
@@ -517,30 +524,59 @@ def _on_subscribed(state: State) -> Out:
 def _on_pending_listed(state: State, event: PendingJobsListed, now: float) -> Out:
     stage = state.stage
     token = event.client_token
+    held = _held(event.skipped)
     if isinstance(stage, FetchingJobs):
         if stage.request is None or token != stage.request.token:
             return state, [_log(LogLevel.DEBUG, "a stale pending-jobs reply was ignored")]
+        state, warnings = _note_skipped(state, event.skipped)
         state, commands = _signal_ready(state)
-        state, forgotten = _forget_ended_job(state, event.in_progress, event.queued)
+        state, forgotten = _forget_ended_job(state, event.in_progress, event.queued, held)
         state, more = _select(state, event.in_progress, event.queued)
-        return state, [*commands, *forgotten, *more]
+        return state, [*warnings, *commands, *forgotten, *more]
     if isinstance(stage, CheckStage):
         check = stage.job.check
         if check is None or token != check.token:
             return state, [_log(LogLevel.DEBUG, "a stale pending-jobs reply was ignored")]
+        state, warnings = _note_skipped(state, event.skipped)
         job = attrs.evolve(stage.job, check=None)
         state = attrs.evolve(state, stage=attrs.evolve(stage, job=job))
-        return _check_listed(state, event.in_progress, event.queued, now)
+        state, more = _check_listed(state, event.in_progress, event.queued, held)
+        return state, [*warnings, *more]
     return state, [_log(LogLevel.DEBUG, "an unrequested pending-jobs reply was ignored")]
 
 
+SKIPPED_SEEN_KEPT = 32
+"""How many reasons of bad list entries are remembered for logging each only once."""
+
+
+def _held(skipped: tuple[SkippedEntry, ...]) -> frozenset[JobId]:
+    """Jobs still listed although their entry did not parse: never taken for ended."""
+    return frozenset(entry.job_id for entry in skipped if entry.job_id is not None)
+
+
+def _note_skipped(state: State, skipped: tuple[SkippedEntry, ...]) -> Out:
+    """One WARNING per bad entry the first time it is seen; the valid entries are used."""
+    seen = state.skipped_seen
+    commands: list[Command] = []
+    for entry in skipped:
+        if entry.reason in seen:
+            continue
+        seen = (*seen, entry.reason)[-SKIPPED_SEEN_KEPT:]
+        note = f"a pending-jobs entry was skipped ({entry.reason}); the other entries are used"
+        commands.append(_log(LogLevel.WARNING, note, entry.job_id))
+    return attrs.evolve(state, skipped_seen=seen), commands
+
+
 def _forget_ended_job(
-    state: State, in_progress: Iterable[JobSummary], queued: Iterable[JobSummary]
+    state: State,
+    in_progress: Iterable[JobSummary],
+    queued: Iterable[JobSummary],
+    held: frozenset[JobId],
 ) -> Out:
     """The journal's job ended while we were down (cancelled, timed out): forget it and
     remove the partial download it kept for a resume."""
     journal = state.journal
-    listed = {s.job_id for s in (*in_progress, *queued)}
+    listed = {s.job_id for s in (*in_progress, *queued)} | held
     if journal is None or journal.job_id in listed:
         return state, []
     state = attrs.evolve(state, journal=None)
@@ -556,6 +592,7 @@ def _signal_ready(state: State) -> Out:
 
 def _on_jobs_changed(state: State, event: JobsChanged, now: float) -> Out:
     stage = state.stage
+    held = _held(event.skipped)
     match stage:
         case FetchingJobs(request=request):
             # A notification listing upparat jobs is as fresh as the reply in flight: it
@@ -563,15 +600,18 @@ def _on_jobs_changed(state: State, event: JobsChanged, now: float) -> Out:
             # e.g. about other services' jobs, starve the fetch). Without a request out we
             # still wait for our last reports to be accepted, so the list reflects them.
             if request is None or not _ours(state, (*event.in_progress, *event.queued)):
-                return state, []
+                return _note_skipped(state, event.skipped)
+            state, warnings = _note_skipped(state, event.skipped)
             state, commands = _signal_ready(state)
-            state, forgotten = _forget_ended_job(state, event.in_progress, event.queued)
+            state, forgotten = _forget_ended_job(state, event.in_progress, event.queued, held)
             state, more = _select(state, event.in_progress, event.queued)
-            return state, [*commands, *forgotten, *more]
+            return state, [*warnings, *commands, *forgotten, *more]
         case Idle():
-            return _select(state, event.in_progress, event.queued)
+            state, warnings = _note_skipped(state, event.skipped)
+            state, more = _select(state, event.in_progress, event.queued)
+            return state, [*warnings, *more]
         case Describing(job_id=job_id):
-            if _listed(job_id, event.in_progress, event.queued):
+            if _listed(job_id, event.in_progress, event.queued, held):
                 return state, []
             message = f"job {job_id}: no longer pending while being described; starting over"
             return attrs.evolve(state, stage=FetchingJobs()), [_log(LogLevel.INFO, message)]
@@ -587,7 +627,9 @@ def _on_jobs_changed(state: State, event: JobsChanged, now: float) -> Out:
             | VerifyingVersion()
             | VerifyingReady()
         ):
-            return _check_listed(state, event.in_progress, event.queued, now)
+            state, warnings = _note_skipped(state, event.skipped)
+            state, more = _check_listed(state, event.in_progress, event.queued, held)
+            return state, [*warnings, *more]
         case Booting() | ShuttingDown() | Stopped():
             return state, []
         case _:
@@ -603,8 +645,13 @@ def _ours(state: State, summaries: Iterable[JobSummary]) -> list[JobSummary]:
     return list(seen.values())
 
 
-def _listed(job_id: JobId, in_progress: Iterable[JobSummary], queued: Iterable[JobSummary]) -> bool:
-    return any(s.job_id == job_id for s in (*in_progress, *queued))
+def _listed(
+    job_id: JobId,
+    in_progress: Iterable[JobSummary],
+    queued: Iterable[JobSummary],
+    held: frozenset[JobId],
+) -> bool:
+    return job_id in held or any(s.job_id == job_id for s in (*in_progress, *queued))
 
 
 def _select(
@@ -635,10 +682,13 @@ def _select(
 
 
 def _check_listed(
-    state: State, in_progress: tuple[JobSummary, ...], queued: tuple[JobSummary, ...], now: float
+    state: State,
+    in_progress: tuple[JobSummary, ...],
+    queued: tuple[JobSummary, ...],
+    held: frozenset[JobId],
 ) -> Out:
     stage = state.stage
-    if not isinstance(stage, JobStage) or _listed(stage.job.job_id, in_progress, queued):
+    if not isinstance(stage, JobStage) or _listed(stage.job.job_id, in_progress, queued, held):
         return state, []
     why = "is no longer pending (cancelled, removed, timed out or ended); stopping"
     return _abandon(state, stage, why, ended=True)
@@ -1673,6 +1723,35 @@ def _describe_rejected(state: State, event: RequestRejected) -> Out:
             return attrs.evolve(state, stage=attrs.evolve(stage, request=request)), commands
         return _abandon(state, stage, f"{what}; fetching the jobs again", ended=False)
     return state, []
+
+
+def _on_reply_unusable(state: State, event: ReplyUnusable) -> Out:
+    """Our request was answered with something unusable: it failed; ask again after the
+    short backoff (1, 2, 4 ... s), not after the whole request timeout."""
+    stage = state.stage
+    match event.request:
+        case RequestKind.DESCRIBE:
+            pass
+        case RequestKind.GET_PENDING | RequestKind.UPDATE:
+            return state, [_log(LogLevel.WARNING, f"an unusable reply: {event.reason}")]
+        case _:
+            assert_never(event.request)
+    if not isinstance(stage, Describing | RefreshingUrl):
+        return state, [_log(LogLevel.DEBUG, "an unrequested describe reply was ignored")]
+    request = stage.request
+    if request is None or event.client_token != request.token:
+        return state, [_log(LogLevel.DEBUG, "a stale describe reply was ignored")]
+    delay = _backoff(request.attempt)
+    state, timer = _next(state)
+    request = attrs.evolve(request, timer=timer, attempt=request.attempt + 1)
+    job_id = stage.job_id if isinstance(stage, Describing) else stage.job.job_id
+    message = f"job {job_id}: unusable describe answer ({event.reason}); asking again in "
+    message += f"{delay:.0f} s"
+    state = attrs.evolve(state, stage=attrs.evolve(stage, request=request))
+    return state, [
+        SetTimer(timer=TimerKind.REQUEST_RETRY, token=timer, delay=delay),
+        _log(LogLevel.WARNING, message, job_id),
+    ]
 
 
 def _back_off(

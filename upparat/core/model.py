@@ -57,6 +57,16 @@ class HookKind(enum.Enum):
 
 
 @attrs.frozen(kw_only=True)
+class SkippedEntry:
+    """One entry of a pending-jobs list that did not parse; the rest of the list is used."""
+
+    job_id: JobId | None
+    """Its job id if that much parsed: the job is still listed, only its details are bad."""
+    reason: str
+    """What is wrong, without the entry's position (so it reads the same in every message)."""
+
+
+@attrs.frozen(kw_only=True)
 class JobSummary:
     """One pending execution as listed by get/accepted and notify."""
 

@@ -54,8 +54,35 @@ def one_problem(text: str) -> str:
 # -- defaults ------------------------------------------------------------------------
 
 
+def test_under_systemd_the_units_directories_are_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shipped unit's CacheDirectory is the daemon's alone; /tmp is private to it."""
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/upparat:/var/cache/other")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/upparat-test")
+    config = parse_config("")
+    assert config.download.location == Path("/var/cache/upparat")
+    assert config.download.directory == Path("/var/cache/upparat/upparat")
+    assert config.service.state_dir == Path("/var/lib/upparat-test")
+    # A configured value wins; a relative "directory" from the environment is ignored.
+    config = parse_config("[service]\ndownload_location = /data\nstate_dir = /data/s\n")
+    assert (config.download.location, config.service.state_dir) == (Path("/data"), Path("/data/s"))
+    monkeypatch.setenv("STATE_DIRECTORY", "relative")
+    assert parse_config("").service.state_dir == Path("/var/lib/upparat")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("4096", 4096), ("64M", 64 * 2**20), ("64 MiB", 64 * 2**20), ("1g", 2**30)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_config(f"[service]\nmin_free_space = {text}\n").download.min_free_space == size
+
+
 def test_every_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     config = parse_config("")
 
     s = config.service
@@ -76,6 +103,8 @@ def test_every_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert d.min_speed == 1024
     assert d.min_speed_time == 60.0
     assert d.max_speed is None
+    assert d.min_free_space == 64 * 1024 * 1024
+    assert d.max_download_size is None
 
     b = config.broker
     assert b.host == "127.0.0.1"  # 1.12's default
@@ -259,6 +288,7 @@ def test_every_new_key_is_read() -> None:
         "[service]\nsentry_dsn = https://key@sentry.example.com/path/7\n"
         "state_dir = /data/upparat\nproxy = http://proxy.example:3128\n"
         "min_speed = 0\nmin_speed_time = 0.5\nmax_speed = 1000000\n"
+        "min_free_space = 10M\nmax_download_size = 2G\n"
         "[broker]\nport = 8883\ncafile = /c/ca\ncertfile = /c/cert\nkeyfile = /c/key\n"
         "alpn = h2, x-amzn-mqtt-ca\nkeepalive = 1200\n"
         "[hooks]\nendpoint = unix:/run/hooks.sock\n"
@@ -271,6 +301,8 @@ def test_every_new_key_is_read() -> None:
     assert config.download.min_speed == 0
     assert config.download.min_speed_time == 0.5
     assert config.download.max_speed == 1_000_000
+    assert config.download.min_free_space == 10 * 2**20
+    assert config.download.max_download_size == 2 * 2**30
     assert config.broker.alpn == ("h2", "x-amzn-mqtt-ca")
     assert config.broker.keepalive == 1200
     assert config.hooks.endpoint == "unix:/run/hooks.sock"
@@ -452,6 +484,16 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         (
             "[service]\nmin_speed = 1k\n",
             'config: [service] min_speed must be an integer >= 0, got "1k"',
+        ),
+        (
+            "[service]\nmax_download_size = 0\n",
+            "config: [service] max_download_size must be a size in bytes > 0, optionally with"
+            ' K, M, G or T (powers of 1024) like 64M, got "0"',
+        ),
+        (
+            "[service]\nmin_free_space = -1M\n",
+            "config: [service] min_free_space must be a size in bytes >= 0, optionally with"
+            ' K, M, G or T (powers of 1024) like 64M, got "-1M"',
         ),
         (
             "[service]\nmax_speed = 0\n",

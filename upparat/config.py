@@ -61,6 +61,8 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "min_speed",
         "min_speed_time",
         "max_speed",
+        "min_free_space",
+        "max_download_size",
     ),
     "broker": (
         "host",
@@ -148,7 +150,9 @@ class ServiceConfig:
     sentry_dsn: str | None = attrs.field(default=None, repr=_show_secret_dsn)
     """From `sentry_dsn`, or 1.12's `sentry`. None: error reporting off."""
     job_prefix: str = "upparat_"
-    state_dir: Path = Path("/var/lib/upparat")
+    state_dir: Path = attrs.field(factory=lambda: default_state_dir(os.environ))
+    """`state_dir`; unset: the unit's StateDirectory (`$STATE_DIRECTORY`), else
+    /var/lib/upparat."""
     progress_interval: float = 10.0
     step_timeout_minutes: int | None = None
     """`step_timeout`: AWS IoT stepTimeoutInMinutes sent with IN_PROGRESS updates."""
@@ -156,15 +160,32 @@ class ServiceConfig:
     verify_soft_restart: bool = True
 
 
-def _default_download_location() -> Path:
-    return Path(tempfile.gettempdir())
+def default_download_location(environ: Mapping[str, str]) -> Path:
+    """Unset `download_location`: the unit's CacheDirectory when systemd gives one (a
+    folder only the daemon's user can write), else the temp directory as in 1.12."""
+    return _systemd_directory(environ, "CACHE_DIRECTORY") or Path(tempfile.gettempdir())
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    return _systemd_directory(environ, "STATE_DIRECTORY") or Path("/var/lib/upparat")
+
+
+def _systemd_directory(environ: Mapping[str, str], name: str) -> Path | None:
+    # systemd sets e.g. CACHE_DIRECTORY=/var/cache/upparat (colon-separated when the unit
+    # names several); only an absolute first entry is taken.
+    first = environ.get(name, "").split(":")[0]
+    return Path(first) if os.path.isabs(first) else None
+
+
+MIB: Final = 1024 * 1024
+DEFAULT_MIN_FREE_SPACE: Final = 64 * MIB
 
 
 @attrs.frozen(kw_only=True)
 class DownloadConfig:
     """The `[service]` keys that steer the HTTP download."""
 
-    location: Path = attrs.field(factory=_default_download_location)
+    location: Path = attrs.field(factory=lambda: default_download_location(os.environ))
     """`download_location` as configured (absolute). Files go to `directory`."""
     allow_http: bool = False
     proxy: str | None = attrs.field(default=None, repr=_show_proxy)
@@ -173,6 +194,10 @@ class DownloadConfig:
     min_speed_time: float = 60.0
     max_speed: int | None = None
     """Bytes per second; None: unlimited."""
+    min_free_space: int = DEFAULT_MIN_FREE_SPACE
+    """Bytes a download leaves free on the download folder's file system."""
+    max_download_size: int | None = None
+    """Bytes; a larger file (announced or received) fails the job. None: no limit."""
 
     @property
     def directory(self) -> Path:
@@ -249,7 +274,7 @@ class HookServerConfig:
 @attrs.frozen(kw_only=True)
 class Config:
     broker: BrokerConfig
-    service: ServiceConfig = ServiceConfig()
+    service: ServiceConfig = attrs.field(factory=ServiceConfig)
     download: DownloadConfig = attrs.field(factory=DownloadConfig)
     hooks: HooksConfig = HooksConfig()
     hookserver: HookServerConfig = HookServerConfig()
@@ -299,7 +324,8 @@ class Config:
             f" allow_http={_yes_no(d.allow_http)}"
             f" proxy={'unset' if d.proxy is None else _redact_url_password(d.proxy)}"
             f" min_speed={d.min_speed} min_speed_time={d.min_speed_time:g}"
-            f" max_speed={opt(d.max_speed)}",
+            f" max_speed={opt(d.max_speed)} min_free_space={d.min_free_space}"
+            f" max_download_size={opt(d.max_download_size)}",
             f"[broker] host={b.host} port={b.port} thing_name={b.thing_name}"
             f" client_id={b.client_id} {tls} alpn={','.join(b.alpn) or 'none'}"
             f" keepalive={b.keepalive}",
@@ -514,6 +540,29 @@ _BOOLEANS: Final = {
 }
 
 
+_SIZE_RE = re.compile(r"([0-9]+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
+_SIZE_UNITS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _size(*, allow_zero: bool) -> Callable[[str], int]:
+    expected = (
+        "a size in bytes"
+        + (" >= 0" if allow_zero else " > 0")
+        + ", optionally with K, M, G or T (powers of 1024) like 64M"
+    )
+
+    def parse(text: str) -> int:
+        match = _SIZE_RE.fullmatch(text)
+        if match is None:
+            raise _Invalid(expected)
+        value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+        if value == 0 and not allow_zero:
+            raise _Invalid(expected)
+        return value
+
+    return parse
+
+
 def _boolean(text: str) -> bool:
     try:
         return _BOOLEANS[text.lower()]
@@ -710,6 +759,8 @@ def _build_download(r: _Reader) -> DownloadConfig:
         min_speed=r.value(sec, "min_speed", _integer(0), d.min_speed),
         min_speed_time=r.value(sec, "min_speed_time", _seconds(allow_zero=False), d.min_speed_time),
         max_speed=r.value(sec, "max_speed", _integer(1), None),
+        min_free_space=r.value(sec, "min_free_space", _size(allow_zero=True), d.min_free_space),
+        max_download_size=r.value(sec, "max_download_size", _size(allow_zero=False), None),
     )
 
 

@@ -73,6 +73,8 @@ def run_daemon(config: Config) -> int:
         min_speed=download.min_speed,
         min_speed_time=download.min_speed_time,
         max_speed=download.max_speed,
+        min_free_space=download.min_free_space,
+        max_download_size=download.max_download_size,
     )
     hooks = HookClient(config.hooks.endpoint, inbox.post)
     runtime = Runtime(

@@ -935,6 +935,77 @@ def test_too_little_space_for_the_content_length_fails_before_the_body(
     assert len(server.requests) == 1
 
 
+RESERVE = 1024 * 1024
+
+
+def test_the_reserve_is_kept_free_when_the_size_is_known(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    # Room for the file, but not for the file and the reserve.
+    roomy = _statvfs_with(blob.size + RESERVE // 2)
+    start(make(statvfs=roomy, min_free_space=RESERVE), server.url(), size=blob.size)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.INSUFFICIENT_DISK_SPACE
+    assert f"min_free_space keeps {RESERVE} free" in failed.message
+    assert server.requests == []
+
+
+def test_a_chunked_download_without_a_size_stops_at_the_reserve(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    """No size in the document, none from the server: the disk fills as the file grows."""
+    server.default = Reply(chunked=True)
+    free_at_start = RESERVE + SIZE // 2
+
+    def shrinking(path: str) -> os.statvfs_result:
+        part = folder / JOB
+        written = part.stat().st_size if part.exists() else 0
+        return _statvfs_with(max(0, free_at_start - written))(path)
+
+    start(make(statvfs=shrinking, min_free_space=RESERVE), server.url())
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.INSUFFICIENT_DISK_SPACE
+    assert "of a file of unknown size" in failed.message
+    assert f"min_free_space keeps {RESERVE} free" in failed.message
+    assert list(folder.iterdir()) == []  # the partial file is gone
+    stopped_after = int(failed.message.split("stopped after ")[1].split()[0])
+    # It never ate into the reserve by more than the chunk in hand.
+    assert stopped_after <= free_at_start - RESERVE + CHUNK
+
+
+def test_a_chunked_download_stops_at_max_download_size(
+    make: Make, server: ScriptedServer, recorder: Recorder, folder: Path
+) -> None:
+    server.default = Reply(chunked=True)
+    start(make(max_download_size=SIZE // 3), server.url())
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.INSUFFICIENT_DISK_SPACE
+    assert f"more than max_download_size ({SIZE // 3})" in failed.message
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("announced", ["document", "content-length"])
+def test_a_file_announced_larger_than_max_download_size_is_not_fetched(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    announced: str,
+) -> None:
+    size = blob.size if announced == "document" else None
+    start(make(max_download_size=blob.size - 1), server.url(), size=size)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.INSUFFICIENT_DISK_SPACE
+    assert f"the file has {blob.size} bytes, more than max_download_size" in failed.message
+    assert len(server.requests) == (0 if announced == "document" else 1)
+    assert list(folder.iterdir()) == []  # not a byte of the body was written
+
+
 @contextlib.contextmanager
 def _tiny_tmpfs(path: Path, size: int) -> Iterator[bool]:
     """Mount a tmpfs of `size` bytes at `path`; yields False where mounting is not allowed."""

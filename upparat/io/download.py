@@ -22,6 +22,7 @@ import re
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -440,6 +441,12 @@ class _Options:
     read_timeout: float
     backoff_base: float
     backoff_cap: float
+    min_free_space: int
+    max_download_size: int | None
+
+
+SPACE_CHECK_BYTES = 1024 * 1024
+"""A download of unknown size checks the free space after each this many bytes."""
 
 
 class _Transfer:
@@ -683,14 +690,43 @@ class _Transfer:
             return "free space unknown"
 
     def _check_space(self, total: int, done: int) -> _Failed | None:
+        """A file of `total` bytes fits under both limits (announced size: checked first)."""
+        limit = self._opt.max_download_size
+        if limit is not None and total > limit:
+            return _Failed(
+                failure=DownloadFailure.INSUFFICIENT_DISK_SPACE,
+                message=f"the file has {total} bytes, more than max_download_size ({limit})",
+            )
         need = total - done
         free = self._free_space()
-        if need <= free:
+        reserve = self._opt.min_free_space
+        if need + reserve <= free:
             return None
         return _Failed(
             failure=DownloadFailure.INSUFFICIENT_DISK_SPACE,
-            message=f"need {need} more bytes in {self._folder} for {total} bytes, "
-            f"only {free} available: free space or use another download location",
+            message=f"need {need} more bytes in {self._folder} for {total} bytes and"
+            f" min_free_space keeps {reserve} free; only {free} available: free space or"
+            " use another download location",
+        )
+
+    def _check_growth(self, done: int) -> _Failed | int:
+        """A file of unknown size, `done` bytes so far: stop at either limit, or the bytes
+        it may still grow by."""
+        limit = self._opt.max_download_size
+        if limit is not None and done > limit:
+            return _Failed(
+                failure=DownloadFailure.INSUFFICIENT_DISK_SPACE,
+                message=f"stopped after {done} bytes of a file of unknown size: more than"
+                f" max_download_size ({limit})",
+            )
+        free = self._free_space()
+        reserve = self._opt.min_free_space
+        if free >= reserve:
+            return free - reserve
+        return _Failed(
+            failure=DownloadFailure.INSUFFICIENT_DISK_SPACE,
+            message=f"stopped after {done} bytes of a file of unknown size: {free} bytes"
+            f" left in {self._folder}, min_free_space keeps {reserve} free",
         )
 
     # -- the retry loop --
@@ -702,6 +738,7 @@ class _Transfer:
                 part.reset()
             short = self._check_space(self.command.size, part.size)
             if short is not None:
+                self._remove_files()
                 return short
         while True:
             self._check_cancel()
@@ -714,7 +751,11 @@ class _Transfer:
             match outcome:
                 case _Done():
                     return self._finish(part)
-                case _Failed(failure=DownloadFailure.VERIFICATION_FAILED):
+                case _Failed(
+                    failure=DownloadFailure.VERIFICATION_FAILED
+                    | DownloadFailure.INSUFFICIENT_DISK_SPACE
+                ):
+                    # Nothing to resume: a wrong file, or one that does not fit.
                     self._remove_files()
                     return outcome
                 case _Failed():
@@ -1044,6 +1085,8 @@ class _Transfer:
             read = resp.fp.readinto1
         remaining = None if resp.chunked else resp.length
         limit = self.command.size
+        next_space_check = part.size if self._total is None else None
+        growth_limit = self._opt.max_download_size or sys.maxsize
         monotonic = time.monotonic
         cancel = self._cancel
         start = monotonic()
@@ -1071,6 +1114,15 @@ class _Transfer:
                     failure=DownloadFailure.VERIFICATION_FAILED,
                     message=f"size: expected {limit} bytes, the server sent more",
                 )
+            if next_space_check is not None and (
+                part.size >= next_space_check or part.size > growth_limit
+            ):
+                room = self._check_growth(part.size)
+                if isinstance(room, _Failed):
+                    return room
+                # Look again before the reserve could be reached, and at least every MiB
+                # (other writers share the file system).
+                next_space_check = part.size + min(SPACE_CHECK_BYTES, room + 1)
             now = monotonic()
             if now >= next_progress:
                 next_progress = now + PROGRESS_INTERVAL
@@ -1137,6 +1189,8 @@ class Downloader:
         backoff_base: float = 1.0,
         backoff_cap: float = 64.0,
         rng: Jitter | None = None,
+        min_free_space: int = 0,
+        max_download_size: int | None = None,
         statvfs: StatVfs = os.statvfs,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -1164,6 +1218,8 @@ class Downloader:
             read_timeout=read_timeout,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
+            min_free_space=min_free_space,
+            max_download_size=max_download_size,
         )
         self._rng = rng if rng is not None else random.Random()
         self._statvfs = statvfs

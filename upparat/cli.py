@@ -115,7 +115,16 @@ def check_config(argv: Sequence[str]) -> int:
     if config is None:
         return EXIT_CONFIG
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING)
+    from upparat.io.folder import folder_problem, shared_temp_warning
+
+    folder = folder_problem(config.download.directory, uid=None)
+    if folder is not None:
+        print(f"config {args.config}: {folder}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"config {args.config}: ok")
+    temp = shared_temp_warning(config.download.location)
+    if temp is not None:
+        print(f"warning: {temp}")
     print(config.redacted_summary())
     from upparat.hooks.info import Unreachable, fetch_info
 

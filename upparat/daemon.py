@@ -8,11 +8,17 @@ from __future__ import annotations
 import logging
 
 import upparat
-from upparat.config import Config
+from upparat.config import Config, ConfigError
 from upparat.core.model import JobId
 from upparat.hooks.client import HookClient
 from upparat.io import sdnotify, sentry
 from upparat.io.download import Downloader
+from upparat.io.folder import (
+    FolderRefused,
+    prepare_download_folder,
+    private_temp_trap,
+    read_mountinfo,
+)
 from upparat.io.journal import Journal
 from upparat.io.mqtt import MqttDriver
 from upparat.runtime import EventQueue, Runtime
@@ -37,6 +43,18 @@ class ProcessServices:
             sentry.report_job_failure(JobId(job_id), state, message)
 
 
+def _check_download_folder(config: Config) -> None:
+    """Refuse to start (exit 2) with a download folder root must not install from."""
+    download = config.download
+    try:
+        trap = private_temp_trap(download.location, read_mountinfo())
+        if trap is not None:
+            raise FolderRefused(trap)
+        prepare_download_folder(download.directory)
+    except FolderRefused as e:
+        raise ConfigError((f"config: {e}",)) from None
+
+
 def run_daemon(config: Config) -> int:
     broker = config.broker
     log.info(
@@ -50,6 +68,7 @@ def run_daemon(config: Config) -> int:
         thing_name=broker.thing_name,
         release=f"upparat@{upparat.__version__}",
     )
+    _check_download_folder(config)
     inbox = EventQueue()
     tls = broker.tls
     mqtt = MqttDriver(

@@ -44,6 +44,7 @@ from upparat.core.events import (
     Event,
 )
 from upparat.core.model import DownloadFailure, DownloadId, JobId
+from upparat.io.folder import FolderRefused, prepare_download_folder
 
 log = logging.getLogger("upparat.download")
 
@@ -577,15 +578,15 @@ class _Transfer:
             return self._loop(url)
         except _LocalError as e:
             return self._local_failure(e)
+        except FolderRefused as e:
+            return _Failed(failure=DownloadFailure.IO_ERROR, message=str(e))
 
     def _prepare_folder(self) -> None:
         folder = self._folder
         with self._lock:
             self._check_cancel()
-            try:
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as e:
-                raise _LocalError(f"cannot create {folder}", e) from e
+            # Checked at start too; again here, before anything is written or removed in it.
+            prepare_download_folder(folder)
         keep = {self.job_id, self.job_id + _SIDECAR_SUFFIX}
         try:
             entries = list(os.scandir(folder))

@@ -6,6 +6,9 @@ Owns nothing but construction and teardown: which driver gets which config keys.
 from __future__ import annotations
 
 import logging
+import secrets
+
+import attrs
 
 import upparat
 from upparat.config import Config, ConfigError
@@ -97,7 +100,8 @@ def run_daemon(config: Config) -> int:
     )
     hooks = HookClient(config.hooks.endpoint, inbox.post)
     runtime = Runtime(
-        settings=config.core_settings(),
+        # 64 random bits: client tokens nobody else on the broker can predict.
+        settings=attrs.evolve(config.core_settings(), token_nonce=secrets.token_hex(8)),
         inbox=inbox,
         mqtt=mqtt,
         hooks=hooks,

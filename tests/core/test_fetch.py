@@ -429,3 +429,14 @@ def test_an_unusable_answer_to_nothing_we_asked_is_ignored() -> None:
     )
     assert p.feed(stray) == []
     assert isinstance(p.stage, machine.FetchingJobs)
+
+
+def test_client_tokens_carry_the_processes_nonce() -> None:
+    """The daemon draws a random nonce per process: tokens another client cannot guess."""
+    p = Playbook(Settings(token_nonce="9f3ac0d1e2b4a567"))
+    p.boot()
+    first = p.last(RequestPendingJobs).client_token
+    assert first.startswith("upparat-9f3ac0d1e2b4a567-")
+    p.fire(TimerKind.REQUEST_RETRY)
+    assert p.last(RequestPendingJobs).client_token not in (first, "")
+    assert p.last(RequestPendingJobs).client_token.startswith("upparat-9f3ac0d1e2b4a567-")

@@ -10,8 +10,10 @@ looks valid but carries a hostile URL ends REJECTED or FAILED with a reason.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -260,3 +262,30 @@ def test_credentials_in_a_job_url_never_reach_the_log(
     # The log line follows the cloud's answer: wait for it rather than race it.
     LogWatch(stack.workdir / "daemon.log").wait_for("upparat_doc_secret: FAILED")
     assert SECRET not in stack.daemon_log()
+
+
+def test_client_tokens_cannot_be_guessed_by_another_client_of_the_broker(
+    device: Device, make_stack: StackFactory
+) -> None:
+    """`upparat-1`, `upparat-2` … would let any client on a shared broker answer our
+    requests in our name; each process draws 64 random bits for its tokens."""
+    stack = make_stack(device, start=False)
+    stack.start(daemon=False)
+    spy = MqttSpy(stack.broker.port, PREFIX + "get", PREFIX + "+/get")
+    try:
+        stack.start_daemon()
+        spy.wait_for_topic(PREFIX + "get")
+        stack.stop_daemon()
+        stack.start_daemon()
+        wait = time.monotonic() + 30
+        while len(spy.topics()) < 2 and time.monotonic() < wait:
+            time.sleep(0.05)
+        tokens = [json.loads(payload)["clientToken"] for _, payload in spy.messages]
+    finally:
+        spy.close()
+    nonces = set()
+    for token in tokens:
+        match = re.fullmatch(r"upparat-([0-9a-f]{16})-[0-9]+", token)
+        assert match is not None, token
+        nonces.add(match.group(1))
+    assert len(nonces) == 2, tokens  # a new nonce for each start

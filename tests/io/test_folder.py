@@ -126,7 +126,11 @@ def test_the_daemon_and_check_config_refuse_a_planted_symlink(tmp_path: Path) ->
     location.mkdir(mode=0o700)
     (location / "upparat").symlink_to(tmp_path)
     config = _config(tmp_path, location)
-    for argv in ([UPPARAT, "-c", config], [UPPARAT, "check-config", "-c", config]):
+    runs: list[list[str | Path]] = [
+        [UPPARAT, "-c", config],
+        [UPPARAT, "check-config", "-c", config],
+    ]
+    for argv in runs:
         done = _run(*argv)
         assert done.returncode == 2, done
         assert "is a symlink" in done.stderr

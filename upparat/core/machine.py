@@ -2012,7 +2012,10 @@ def _next(state: State) -> tuple[State, int]:
 
 def _token(state: State) -> tuple[State, ClientToken]:
     state, serial = _next(state)
-    return state, ClientToken(f"{TOKEN_PREFIX}{serial}")
+    nonce = state.settings.token_nonce
+    return state, ClientToken(
+        f"{TOKEN_PREFIX}{nonce}-{serial}" if nonce else f"{TOKEN_PREFIX}{serial}"
+    )
 
 
 def _redact(url: str) -> str:

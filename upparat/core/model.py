@@ -243,6 +243,10 @@ class Settings:
     max_restarts: int = 3
     verify_soft_restart: bool = True
     allow_http: bool = False
+    token_nonce: str = ""
+    """Random per process (the daemon draws it): client tokens `upparat-<nonce>-<n>` that
+    another client on a shared broker cannot guess to answer our requests. Empty in tests:
+    `upparat-<n>`."""
     request_timeout: float = 30.0
     """Seconds to wait for a reply to get / describe / update before asking again."""
     restart_timeout: float = 600.0

@@ -146,6 +146,29 @@ def test_daemon_sandbox_scores_ok(tmp_path: Path) -> None:
     assert security(0).returncode != 0
 
 
+def test_hookserver_is_hardened_as_far_as_installers_allow(tmp_path: Path) -> None:
+    """Root, and it must stay able to write slots, mount and reboot; still, 9.6 UNSAFE
+    without any directive, 6.0 with what RAUC and SWUpdate never miss."""
+    hookserver = install_for_test(tmp_path, HOOKSERVER)
+    tool = systemd_tool("systemd-analyze")
+    env = {"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [tool, "security", "--offline=yes", "--threshold=65", str(hookserver)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert value(HOOKSERVER, "Service", "MemoryMax") == "256M"
+    assert value(HOOKSERVER, "Service", "TasksMax") == "64"
+    assert value(HOOKSERVER, "Service", "NoNewPrivileges") == "yes"
+    # The daemon and the hook server agree on where downloads are.
+    assert "CACHE_DIRECTORY=/var/cache/upparat" in values(HOOKSERVER, "Service", "Environment")
+    assert value(DAEMON, "Service", "CacheDirectory") == "upparat"
+
+
 def test_sysusers_creates_the_user_and_group(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     result = subprocess.run(

@@ -545,12 +545,20 @@ class HookServer:
             case cfg.UnixListen(path=path):
                 self._bind_unix(path)
             case cfg.TcpListen(host=host):
-                if host not in ("127.0.0.1", "::1", "localhost"):
-                    log.warning(
-                        "listening on %s: TCP has no access control; anyone who reaches it "
-                        "can run the hook scripts",
-                        listen,
-                    )
+                # Loopback included: every local process, of any user, could then ask root
+                # to install a file. The unix socket's directory and mode decide who may.
+                reach = (
+                    "every process on this machine, of any user,"
+                    if host in ("127.0.0.1", "::1", "localhost")
+                    else "anyone who reaches it on the network"
+                )
+                log.warning(
+                    "listening on %s: TCP has no access control; %s can have root run the"
+                    " hook scripts (install a file, reboot); use a unix socket"
+                    " ([hookserver] listen = unix:///run/upparat/hooks.sock)",
+                    listen,
+                    reach,
+                )
                 try:
                     self._server.add_insecure_port(listen.address)
                 except RuntimeError as e:

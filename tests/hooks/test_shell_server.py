@@ -205,6 +205,10 @@ class TestShellHookServer(HookServerContract):
             channel.close()
 
         assert reply.version == "7.0"
+        # Loopback is no access control: every local user could have root install.
+        log = (hook_server.workdir / f"{conf.stem}.log").read_text()
+        assert "TCP has no access control; every process on this machine" in log
+        assert "use a unix socket" in log
 
     def test_the_example_hooks_run_an_update_in_demo_mode(
         self, hook_server: HookServerFactory, tmp_path: Path

@@ -11,6 +11,7 @@ import email.utils
 import errno
 import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -393,7 +394,11 @@ def test_a_local_file_longer_than_the_object_starts_over(
 ) -> None:
     folder.mkdir()
     (folder / JOB).write_bytes(b"x" * (blob.size + 10))
-    sidecar(folder).write_text('{"path": "/firmware.bin", "etag": "\\"v1\\""}')
+    # Written in this boot: every byte counts (only the daemon stopped).
+    boot = download_module.current_boot_id()
+    sidecar(folder).write_text(
+        json.dumps({"path": "/firmware.bin", "etag": '"v1"', "synced": 0, "boot_id": boot})
+    )
     start(make(), server.url())
 
     assert recorder.completed().sha256 == blob.sha256()
@@ -403,6 +408,74 @@ def test_a_local_file_longer_than_the_object_starts_over(
     ]
     (retry,) = recorder.of(DownloadRetrying)
     assert f"the server holds {blob.size} bytes" in retry.reason
+
+
+def _interrupted(folder: Path, blob: Blob, *, good: int, torn: int, boot_id: str | None) -> None:
+    """A partial file as a power cut may leave it: `good` bytes of the object, synced,
+    then `torn` bytes of garbage the file system kept."""
+    folder.mkdir()
+    (folder / JOB).write_bytes(blob.read()[:good] + b"\0garbage" * (torn // 8))
+    sidecar(folder).write_text(
+        json.dumps({"path": "/firmware.bin", "etag": blob.etag, "synced": good, "boot_id": boot_id})
+    )
+
+
+def test_after_a_reboot_only_the_synced_bytes_are_resumed(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    """A torn tail after a power cut must not end the job download_verification_failed."""
+    _interrupted(folder, blob, good=1_000_000, torn=80_000, boot_id="an-earlier-boot")
+    start(make(boot_id=lambda: "this-boot"), server.url(), sha256=blob.sha256())
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert [r.header("Range") for r in server.requests] == ["bytes=1000000-"]
+
+
+def test_in_the_same_boot_every_byte_on_disk_is_resumed(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    """Only the daemon died (kill -9): the kernel kept all it was given, synced or not."""
+    good = 1_000_000
+    folder.mkdir()
+    (folder / JOB).write_bytes(blob.read()[:good])
+    sidecar(folder).write_text(
+        json.dumps({"path": "/firmware.bin", "etag": blob.etag, "synced": 0, "boot_id": "b1"})
+    )
+    start(make(boot_id=lambda: "b1"), server.url(), sha256=blob.sha256())
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert [r.header("Range") for r in server.requests] == [f"bytes={good}-"]
+
+
+def test_the_sidecar_records_each_durable_offset(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 256 * 1024)
+    seen: list[int] = []
+    real_replace = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        real_replace(src, dst)
+        if str(dst).endswith(".meta.json"):
+            record = json.loads(Path(dst).read_text())
+            assert record["boot_id"] == "b7"
+            # Never more than what is in the file.
+            assert record["synced"] <= (folder / JOB).stat().st_size
+            seen.append(record["synced"])
+
+    monkeypatch.setattr(os, "replace", replace)
+    start(make(boot_id=lambda: "b7"), server.url(), sha256=blob.sha256())
+    recorder.completed()
+
+    assert seen[0] == 0
+    assert seen == sorted(seen)
+    assert len(set(seen)) >= 3  # grows as the file is synced
+    assert seen[-1] == blob.size  # the final fsync
 
 
 def test_a_206_at_the_wrong_offset_makes_it_start_over(

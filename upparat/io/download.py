@@ -153,6 +153,12 @@ class _Sidecar:
     path: str
     etag: str | None = None
     last_modified: str | None = None
+    synced: int = 0
+    """Bytes of the partial file known to be on the disk (fdatasync'd): after a power
+    cut, what follows may be garbage."""
+    boot_id: str | None = None
+    """The kernel's boot id when `synced` was written. The same boot: a crash of the
+    daemon loses nothing the kernel was given, so the whole file counts."""
 
     @property
     def validator(self) -> str | None:
@@ -270,15 +276,42 @@ def _read_sidecar(path: Path) -> _Sidecar | None:
     if not isinstance(raw, dict):
         return None
     fields: dict[str, str | None] = {}
-    for key in ("path", "etag", "last_modified"):
+    for key in ("path", "etag", "last_modified", "boot_id"):
         value = raw.get(key)
         if value is not None and not (isinstance(value, str) and _HEADER_VALUE.fullmatch(value)):
             return None
         fields[key] = value
     obj_path = fields["path"]
-    if obj_path is None:
+    synced = raw.get("synced", 0)  # sidecars of earlier versions: nothing known durable
+    if obj_path is None or type(synced) is not int or synced < 0:
         return None
-    return _Sidecar(path=obj_path, etag=fields["etag"], last_modified=fields["last_modified"])
+    return _Sidecar(
+        path=obj_path,
+        etag=fields["etag"],
+        last_modified=fields["last_modified"],
+        synced=synced,
+        boot_id=fields["boot_id"],
+    )
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def current_boot_id() -> str | None:
+    """Changes with every boot (random(4)); None where /proc does not tell it."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename in `path` durable (rename(2) alone may be lost in a power cut)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _header_value(value: str | None) -> str | None:
@@ -306,8 +339,9 @@ class _PartFile:
     leaves here as `_LocalError`, so a full disk is never mistaken for a network error.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_durable: Callable[[int], None]) -> None:
         self.path = path
+        self._on_durable = on_durable
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             self._fd = os.open(path, flags, 0o600)
@@ -320,6 +354,8 @@ class _PartFile:
         self._pending: Future[None] | None = None
         self._syncing = ThreadPoolExecutor(1, thread_name_prefix="download-fsync")
         self._sync_pending: Future[None] | None = None
+        self._sync_offset = 0
+        """The size the pending fdatasync makes durable."""
 
     def hasher(self, view: memoryview, cancel: threading.Event) -> hashlib._Hash:
         """The sha256 of what the file holds, re-reading an earlier prefix once."""
@@ -352,6 +388,8 @@ class _PartFile:
             raise _LocalError(f"cannot write {self.path}", e) from e
         if self._unsynced >= FSYNC_INTERVAL:
             self._start_sync()
+        elif self._sync_pending is not None and self._sync_pending.done():
+            self._wait_sync()  # report the durable offset soon, from this thread
         self._settle()  # the previous view is free again once its hash is done
         self._pending = self._hashing.submit(hasher.update, data)
 
@@ -366,19 +404,33 @@ class _PartFile:
                 return  # still flushing the last interval; the next write tries again
             self._wait_sync()
         self._unsynced = 0
+        self._sync_offset = self.size
         self._sync_pending = self._syncing.submit(os.fdatasync, self._fd)
 
-    def _wait_sync(self) -> None:
+    def _wait_sync(self, *, report: bool = True) -> None:
         if self._sync_pending is not None:
             pending, self._sync_pending = self._sync_pending, None
             try:
                 pending.result()
             except OSError as e:
                 raise _LocalError(f"cannot fdatasync {self.path}", e) from e
+            if report:
+                self._on_durable(self._sync_offset)
+
+    def truncate(self, size: int) -> None:
+        """Drop what follows `size` (bytes that may not have reached the disk)."""
+        self._settle()
+        self._wait_sync(report=False)
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as e:
+            raise _LocalError(f"cannot truncate {self.path}", e) from e
+        self.size = size
+        self._hasher = hashlib.sha256() if size == 0 else None
 
     def reset(self) -> None:
         self._settle()
-        self._wait_sync()
+        self._wait_sync(report=False)
         try:
             os.ftruncate(self._fd, 0)
         except OSError as e:
@@ -394,6 +446,7 @@ class _PartFile:
         except OSError as e:
             raise _LocalError(f"cannot fsync {self.path}", e) from e
         self._unsynced = 0
+        self._on_durable(self.size)
 
     def close(self) -> None:
         # Both helpers finish before the descriptor they use is closed (and maybe reused).
@@ -462,8 +515,10 @@ class _Transfer:
         rng: Jitter,
         statvfs: StatVfs,
         ssl_context: ssl.SSLContext,
+        boot_id: str | None,
     ) -> None:
         self.command = command
+        self._boot_id = boot_id
         self.download_id: DownloadId = command.download_id
         self.job_id: JobId = command.job_id
         self._folder = folder
@@ -614,7 +669,7 @@ class _Transfer:
     def _open_part(self, url: _Url) -> _PartFile:
         with self._lock:
             self._check_cancel()
-            part = _PartFile(self._path)
+            part = _PartFile(self._path, self._durable)
         self._part = part
         if part.size > 0:
             sidecar = _read_sidecar(self._sidecar_path)
@@ -634,7 +689,31 @@ class _Transfer:
                 part.reset()
             else:
                 self._sidecar = sidecar
+                self._drop_torn_tail(part, sidecar)
         return part
+
+    def _drop_torn_tail(self, part: _PartFile, sidecar: _Sidecar) -> None:
+        """After a reboot (a power cut, maybe), only bytes fdatasync'd before it are
+        trusted: the file system may keep garbage after them."""
+        if self._boot_id is not None and sidecar.boot_id == self._boot_id:
+            return  # only the daemon stopped: the kernel kept every byte it was given
+        if part.size <= sidecar.synced:
+            return
+        log.info(
+            "download %s of job %s: the device restarted since the last write; keeping the"
+            " %d bytes synced to disk, dropping the %d after them",
+            self.download_id,
+            self.job_id,
+            sidecar.synced,
+            part.size - sidecar.synced,
+        )
+        part.truncate(sidecar.synced)
+
+    def _durable(self, offset: int) -> None:
+        """The file's first `offset` bytes are on the disk: say so beside it."""
+        sidecar = self._sidecar
+        if sidecar is not None and offset > sidecar.synced:
+            self._write_sidecar(attrs.evolve(sidecar, synced=offset, boot_id=self._boot_id))
 
     def _may_resume(self, sidecar: _Sidecar) -> bool:
         """Resume only what is known to be the same object: by its validator (If-Range), or,
@@ -654,6 +733,7 @@ class _Transfer:
                 finally:
                     os.close(fd)
                 os.replace(tmp, self._sidecar_path)
+                _fsync_directory(self._folder)
             except OSError as e:
                 raise _LocalError(f"cannot write {self._sidecar_path}", e) from e
         self._sidecar = sidecar
@@ -1050,6 +1130,7 @@ class _Transfer:
             path=url.path,
             etag=_header_value(resp.getheader("ETag")),
             last_modified=_header_value(resp.getheader("Last-Modified")),
+            boot_id=self._boot_id,
         )
 
     def _check_total(self, total: int | None, part: _PartFile) -> _Failed | None:
@@ -1193,6 +1274,7 @@ class Downloader:
         min_free_space: int = 0,
         max_download_size: int | None = None,
         statvfs: StatVfs = os.statvfs,
+        boot_id: Callable[[], str | None] = current_boot_id,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if chunk_size < 4096:
@@ -1224,6 +1306,7 @@ class Downloader:
         )
         self._rng = rng if rng is not None else random.Random()
         self._statvfs = statvfs
+        self._boot_id = boot_id
         # Built on the first download, not at start: loading the CA store costs an idle
         # daemon ~1.6 MB of RSS (bench/RESULTS.md).
         self._ssl_context = ssl_context
@@ -1273,6 +1356,7 @@ class Downloader:
             self._rng,
             self._statvfs,
             self._ssl_context,
+            self._boot_id(),
         )
         with self._lock:
             self._current = transfer

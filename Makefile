@@ -1,6 +1,7 @@
 # The two commands a newcomer runs: `make demo` and `make test`.
-# Both install what they need: a venv in .venv, mosquitto (apt-get), buf and
-# the Node hook server's packages (npm, pinned).
+# Both install what they need: a venv in .venv, the Debian programs the product
+# meets on a device (apt-get, only when missing), buf and the Node hook server's
+# packages (npm, pinned).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +13,7 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 GEN_DIR := upparat/hooks/v1
 PROTO := proto/upparat/hooks/v1/hooks.proto
 
-.PHONY: test demo bench venv deps mosquitto node-deps generate check-generated lint typecheck buflint pytest clean
+.PHONY: test demo bench venv deps packages node-deps generate check-generated lint typecheck buflint pytest clean
 
 test: deps check-generated lint typecheck buflint pytest
 
@@ -30,12 +31,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-deps: venv mosquitto node-deps
+deps: venv packages node-deps
 
-mosquitto:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  echo "installing mosquitto with apt-get"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto) >/dev/null; }
+# Debian package -> the program that shows it is installed. The real installers
+# (RAUC with its D-Bus service, SWUpdate) are what the tests and the demo run.
+PACKAGES := mosquitto:/usr/sbin/mosquitto rauc:/usr/bin/rauc rauc-service:/usr/share/dbus-1/system-services/de.pengutronix.rauc.service \
+  squashfs-tools:/usr/bin/mksquashfs dbus:/usr/bin/dbus-daemon swupdate:/usr/bin/swupdate \
+  openssl:/usr/bin/openssl util-linux:/usr/bin/unshare
+
+packages:
+	@missing=""; for entry in $(PACKAGES); do \
+	  test -e "$${entry#*:}" || missing="$$missing $${entry%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing with apt-get:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	fi
 
 node-deps: $(TOOLS)/.installed hookservers/node/node_modules/.installed
 
@@ -67,7 +77,7 @@ buflint: node-deps
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
-pytest: venv mosquitto node-deps
+pytest: venv packages node-deps
 	$(VENV)/bin/pytest -q -n 3 --dist loadfile --durations=15
 
 clean:

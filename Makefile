@@ -1,6 +1,6 @@
 # The two commands a newcomer runs: `make demo` and `make test`.
-# Both install what they need: a venv in .venv, mosquitto (apt-get), buf and
-# the Node hook server's packages (npm, pinned).
+# Both install what they need: a venv in .venv, the Debian packages below (apt-get),
+# buf and the Node hook server's packages (npm, pinned).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +12,7 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 GEN_DIR := upparat/hooks/v1
 PROTO := proto/upparat/hooks/v1/hooks.proto
 
-.PHONY: test demo bench venv deps mosquitto node-deps generate check-generated lint typecheck buflint pytest clean
+.PHONY: test demo bench venv deps packages node-deps generate check-generated lint typecheck buflint pytest clean
 
 test: deps check-generated lint typecheck buflint pytest
 
@@ -30,12 +30,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-deps: venv mosquitto node-deps
+deps: venv packages node-deps
 
-mosquitto:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  echo "installing mosquitto with apt-get"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto) >/dev/null; }
+# The Debian packages the product meets, each as package:file-it-installs: the broker,
+# RAUC (rauc service on a private D-Bus bus, mksquashfs for bundles), SWUpdate, openssl
+# for the test CAs. apt-get runs only when a file is missing, for the missing ones.
+PACKAGES := mosquitto:/usr/sbin/mosquitto rauc:/usr/bin/rauc \
+	rauc-service:/usr/share/dbus-1/system.d/de.pengutronix.rauc.conf \
+	squashfs-tools:/usr/bin/mksquashfs dbus:/usr/bin/dbus-daemon \
+	swupdate:/usr/bin/swupdate openssl:/usr/bin/openssl
+
+packages:
+	@missing=; for item in $(PACKAGES); do \
+	  test -e "$${item#*:}" || missing="$$missing $${item%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing with apt-get:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	fi
 
 node-deps: $(TOOLS)/.installed hookservers/node/node_modules/.installed
 
@@ -67,7 +78,7 @@ buflint: node-deps
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
-pytest: venv mosquitto node-deps
+pytest: venv packages node-deps
 	$(VENV)/bin/pytest -q -n 3 --dist loadfile --durations=15
 
 clean:

@@ -141,6 +141,26 @@ def test_when_b_does_not_come_up_the_bootloader_rolls_back_and_the_job_fails(
     assert all(status != "SUCCEEDED" for status, _ in reported(stack, JOB))
 
 
+def test_a_degraded_new_system_is_not_marked_good_and_the_bootloader_falls_back(
+    rauc: RaucDevice, stack: Stack
+) -> None:
+    create_job(stack, rauc)
+    wait_reboot_request(stack, rauc)
+    rauc.system_state = "degraded"  # B boots, but a service of the product failed
+
+    assert power_cycle(stack, rauc) == "B"
+
+    done = finished(stack, JOB, timeout=60)
+    assert outcome(done) == ("FAILED", "ready_hook_failed")
+    assert details(done)["message"].endswith("system is degraded")
+    # Not marked good: each further reboot spends one of B's attempts, then A boots.
+    assert rauc.boot_environment()[1]["B"] == BOOT_ATTEMPTS - 1
+    booted = [rauc.reboot() for _ in range(BOOT_ATTEMPTS)]
+    assert booted == ["B"] * (BOOT_ATTEMPTS - 1) + ["A"]
+    assert rauc.bundle_version("A") == OLD
+    assert rauc.slot_status("B")["boot_status"] == "bad"
+
+
 def test_a_power_cut_between_install_and_reboot_start_ends_with_the_ready_check(
     rauc: RaucDevice, stack: Stack
 ) -> None:

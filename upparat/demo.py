@@ -108,8 +108,9 @@ def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool
         say("summary:")
         print(f"  result:          {final.get('status')} / {state}")
         print(f"  rauc status:     booted {booted} ({boot_status}), bundle version {version}")
+        written = device.slot_holds(booted, bundle.image)
         print(
-            f"  slot {booted} holds:    the bundle's image: {device.slot_holds(booted, bundle.image)}"
+            f"  slot {booted}:          {'holds' if written else 'does NOT hold'} the bundle's image"
         )
         print(f"  cloud updates:   {len(updates)} UpdateJobExecution messages")
         print(f"  bytes served:    {stack.files.bytes_served} of {bundle.size}")
@@ -120,6 +121,7 @@ def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool
             and state == "complete_ready"
             and version == NEW_VERSION
             and boot_status == "good"
+            and written
         )
         if not ok:
             say(f"the job did not succeed; the daemon's log:\n{stack.daemon_log()[-4000:]}")

@@ -38,10 +38,9 @@ import attrs
 from hookservers.shell.config import DEFAULT_SCRIPT_PATH
 from upparat.devstack.dbus import PrivateBus
 from upparat.devstack.procs import stop_process
-from upparat.devstack.stack import Stack
+from upparat.devstack.stack import HOOKS, Stack
 
 EXAMPLE_HOOKS = Path(__file__).resolve().parents[2] / "examples" / "hooks"
-HOOKS = ("version", "download", "install", "restart", "ready")
 COMPATIBLE = "upparat-test-device"
 RAUC_BUS_NAME = "de.pengutronix.rauc"
 SLOTS = {"A": "rootfs.0", "B": "rootfs.1"}

@@ -12,6 +12,7 @@ import pytest
 
 from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
+    OLD,
     Device,
     MiB,
     create_update,
@@ -56,7 +57,9 @@ def test_sigterm_exits_0_within_5_s_mid_download_and_when_idle(stack: Stack) -> 
     wait_until(lambda: stack.files.active == 0, "the download connection to close")
     # Stopped, not cancelled: the partial file and the journal wait for the next start.
     assert download_path(stack, JOB).stat().st_size > 0
-    assert journal(stack) == JournalRecord(job_id=JobId(JOB), phase=Phase.DOWNLOADING)
+    assert journal(stack) == JournalRecord(
+        job_id=JobId(JOB), phase=Phase.DOWNLOADING, previous_version=OLD
+    )
     assert stack.execution(JOB)["status"] == "IN_PROGRESS"
 
     stack.files.rate = None

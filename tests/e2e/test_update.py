@@ -11,6 +11,7 @@ import pytest
 from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
     NEW,
+    OLD,
     Device,
     MiB,
     assert_in_order,
@@ -54,7 +55,9 @@ def test_update_with_a_reboot_succeeds_once_the_device_is_back(
     wait_until(lambda: device.reboot_requested, "the restart hook to ask for a reboot")
     assert outcome(stack.execution(JOB)) == ("IN_PROGRESS", "reboot_start")
     # What the next boot needs was written before Restart was called.
-    assert journal(stack) == JournalRecord(job_id=JobId(JOB), phase=Phase.RESTARTING)
+    assert journal(stack) == JournalRecord(
+        job_id=JobId(JOB), phase=Phase.RESTARTING, previous_version=OLD
+    )
     device.power_cycle(stack)
 
     done = finished(stack, JOB)

@@ -1,27 +1,27 @@
-"""`make demo`: one upparat job end to end on the local AWS IoT Jobs emulator.
+"""`make demo`: one upparat job end to end on the local AWS IoT Jobs emulator and a real
+RAUC device.
 
-Starts mosquitto, the emulator, a file server, the shell hook server with the
-example RAUC-style scripts and the daemon; creates a job for a generated 20 MB
-bundle; prints every status change; power-cycles the fake device when the
-restart hook asks for a reboot; exits 0 only when the job SUCCEEDED.
+Starts mosquitto, the emulator, a file server, the shell hook server with the example
+RAUC scripts (examples/hooks) and the daemon, next to a RAUC test device
+(upparat.devstack.rauc: Debian's `rauc service` on a private D-Bus bus, two file-backed
+slots, a simulated bootloader). Creates a job for a signed 20 MB bundle built with
+`rauc bundle`; prints every status change; reboots the device when the restart hook asks;
+exits 0 only when the job SUCCEEDED and RAUC booted the new slot.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from upparat.devstack.rauc import RaucDevice, check_host, power_cycle
 from upparat.devstack.stack import Stack
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "hooks"
 THING = "demo-device"
 JOB_ID = "upparat_demo_2_0_0"
 OLD_VERSION = "1.0.0"
@@ -30,23 +30,6 @@ NEW_VERSION = "2.0.0"
 
 def say(text: str) -> None:
     print(f"demo: {text}", flush=True)
-
-
-def make_demo_bundle(path: Path, size: int) -> str:
-    """A fake RAUC bundle: a `version=` line the example scripts read, then filler."""
-    digest = hashlib.sha256()
-    header = f"version={NEW_VERSION}\n".encode()
-    block = hashlib.sha256(b"upparat demo").digest().replace(b"\n", b" ") * 4096
-    with path.open("wb") as f:
-        f.write(header)
-        digest.update(header)
-        left = size - len(header)
-        while left > 0:
-            chunk = block[: min(len(block), left)]
-            f.write(chunk)
-            digest.update(chunk)
-            left -= len(chunk)
-    return digest.hexdigest()
 
 
 def describe_change(execution: dict[str, object]) -> str:
@@ -64,54 +47,36 @@ def describe_change(execution: dict[str, object]) -> str:
     return " ".join(parts)
 
 
-def power_cycle(stack: Stack, root: Path) -> None:
-    say("the restart hook asked for a reboot: stopping the daemon and the hook server")
-    stack.stop_daemon()
-    stack.stop_hookserver()
-    (root / "run" / "reboot-requested").unlink(missing_ok=True)
-    subprocess.run(
-        [str(EXAMPLES / "fake-rauc"), "demo-reboot"],
-        env={**os.environ, "UPPARAT_DEMO_ROOT": str(root)},
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    say("device booted into the new slot; starting the hook server and the daemon again")
-    stack.start_hookserver()
-    stack.start_daemon()
-
-
 def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool:
-    root = workdir / "device"
-    setup = subprocess.run(
-        [str(EXAMPLES / "demo-setup.sh"), str(root), OLD_VERSION],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    hooks = {
-        name.strip(): Path(path.strip())
-        for name, _, path in (line.partition("=") for line in setup.stdout.splitlines()[1:])
-    }
-    (root / "run" / "upparat" / "hard-reboot").touch()
     started = time.monotonic()
-    with Stack(workdir, thing=THING, hooks=hooks) as stack:
+    with (
+        RaucDevice(workdir / "device", version=OLD_VERSION) as device,
+        Stack(workdir, thing=THING, hooks=device.hooks(), config=device.stack_config()) as stack,
+    ):
+        say("starting a RAUC device: real rauc service on a private D-Bus system bus,")
+        say("  slots A and B in files, a simulated bootloader; rauc install puts 1.0.0 in A")
+        device.start()
+        say(f"device {THING} booted slot {device.booted}, version {device.bundle_version('A')}")
         stack.start()
         stack.files.rate = rate
-        sha256 = make_demo_bundle(workdir / "files" / "bundle.raucb", size)
-        say(f"device {THING} runs version {OLD_VERSION}; broker on port {stack.broker.port}")
-        say(
-            f"creating job {JOB_ID}: version {NEW_VERSION}, {size // 1_000_000} MB, sha256 {sha256[:16]}…"
+        bundle = device.make_bundle(
+            NEW_VERSION, name="bundle", directory=workdir / "files", image_size=size
         )
+        say(
+            f"rauc bundle: version {NEW_VERSION}, {bundle.size // 1_000_000} MB, format=plain,"
+            f" signed by the device's CA; sha256 {bundle.sha256[:16]}…"
+        )
+        say(f"creating job {JOB_ID}; broker on port {stack.broker.port}")
         stack.create_job(
             JOB_ID,
-            url=stack.files.url("bundle.raucb"),
+            url=stack.files.url(bundle.path.name),
             version=NEW_VERSION,
-            sha256=sha256,
-            size=size,
+            sha256=bundle.sha256,
+            size=bundle.size,
             meta="demo",
         )
         last = ""
-        rebooted = False
+        reboots = 0
         deadline = time.monotonic() + timeout
         final: dict[str, object] = {}
         while time.monotonic() < deadline:
@@ -124,25 +89,40 @@ def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool
             if status not in ("QUEUED", "IN_PROGRESS"):
                 final = execution
                 break
-            if not rebooted and (root / "run" / "reboot-requested").exists():
-                power_cycle(stack, root)
-                rebooted = True
+            if device.reboot_requested and reboots == 0:
+                say("the restart hook ran `systemctl reboot`: stopping the daemon, the hook")
+                say("  server and rauc service; the bootloader boots RAUC's primary slot")
+                booted = power_cycle(stack, device)
+                reboots += 1
+                say(f"device booted slot {booted}; the hook server and the daemon start again")
             time.sleep(0.1)
         else:
             say(f"the job did not finish within {timeout:.0f} s; logs are in {workdir}")
             return False
         details = final.get("statusDetails")
         state = details.get("state") if isinstance(details, dict) else None
+        booted = str(device.status().get("booted"))
+        version = device.bundle_version(booted)
+        boot_status = device.slot_status(booted).get("boot_status")
         updates = stack.updates(JOB_ID)
-        version = (root / "etc" / "os-release").read_text()
         say("summary:")
         print(f"  result:          {final.get('status')} / {state}")
-        print(f"  device version:  {version.split('VERSION_ID=')[-1].strip().strip(chr(34))}")
+        print(f"  rauc status:     booted {booted} ({boot_status}), bundle version {version}")
+        written = device.slot_holds(booted, bundle.image)
+        print(
+            f"  slot {booted}:          {'holds' if written else 'does NOT hold'} the bundle's image"
+        )
         print(f"  cloud updates:   {len(updates)} UpdateJobExecution messages")
-        print(f"  bytes served:    {stack.files.bytes_served} of {size}")
+        print(f"  bytes served:    {stack.files.bytes_served} of {bundle.size}")
         print(f"  daemon starts:   {stack.daemon_starts} (one simulated reboot)")
         print(f"  took:            {time.monotonic() - started:.1f} s")
-        ok = final.get("status") == "SUCCEEDED" and state == "complete_ready"
+        ok = (
+            final.get("status") == "SUCCEEDED"
+            and state == "complete_ready"
+            and version == NEW_VERSION
+            and boot_status == "good"
+            and written
+        )
         if not ok:
             say(f"the job did not succeed; the daemon's log:\n{stack.daemon_log()[-4000:]}")
         return ok
@@ -157,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=90.0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    try:
+        check_host()
+    except RuntimeError as e:
+        say(f"cannot run the RAUC device on this machine: {e}")
+        say("FAILED")
+        return 1
     workdir = Path(tempfile.mkdtemp(prefix="upparat-demo-"))
     ok = False
     try:

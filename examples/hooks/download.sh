@@ -5,13 +5,12 @@
 # $2 retries so far, $3 the job's meta (empty if none).
 # Exit 0: download now. Exit 3: not now; a last line "retry-after=<seconds>" says when
 # to ask again. Example policy: not while the link is metered, which something else on
-# the device marks with the flag file /run/upparat/metered.
-# Demo mode: with UPPARAT_DEMO_ROOT set, the flag is $UPPARAT_DEMO_ROOT/run/upparat/metered.
+# the device marks with the flag file metered in $FLAG_DIR (default /run/upparat).
 set -eu
 
-root=${UPPARAT_DEMO_ROOT:-}
+flags=${FLAG_DIR:-/run/upparat}
 
-if [ -e "$root/run/upparat/metered" ]; then
+if [ -e "$flags/metered" ]; then
     echo "link is metered: downloading later"
     echo "retry-after=300"
     exit 3

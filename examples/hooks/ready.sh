@@ -1,24 +1,15 @@
 #!/bin/sh
-# upparat ready hook (RAUC-style example): is the system up and the update good?
+# upparat ready hook (RAUC example): is the new system up? Then keep it.
 #
 # Arguments, as upparat 1.12 passed them: $1 whole seconds since the first call,
 # $2 retries so far, $3 the job's meta (empty if none).
 # Exit 3 (ask again) while systemd is still starting; exit 1 if the system came up
-# degraded or worse; else mark the booted RAUC slot good and exit 0.
-# Demo mode: with UPPARAT_DEMO_ROOT set, "starting" while the flag file
-# $UPPARAT_DEMO_ROOT/run/upparat/not-ready exists, and ./fake-rauc marks the slot.
+# degraded or worse. Else mark the booted slot good and exit 0: until then the
+# bootloader counts the new slot's boot attempts and, when they run out, boots the old
+# slot again (RAUC's rollback). Add the checks your product needs before mark-good.
 set -eu
 
-root=${UPPARAT_DEMO_ROOT:-}
-
-if [ -n "$root" ]; then
-    rauc="$(dirname "$0")/fake-rauc"
-    if [ -e "$root/run/upparat/not-ready" ]; then state=starting; else state=running; fi
-else
-    rauc=rauc
-    state=$(systemctl is-system-running || true)
-fi
-
+state=$(systemctl is-system-running || true)
 case $state in
     running)
         ;;
@@ -28,10 +19,9 @@ case $state in
         exit 3
         ;;
     *)
-        echo "system is $state" >&2
+        echo "system is $state"
         exit 1
         ;;
 esac
 
-"$rauc" status mark-good
-echo "system is up; slot marked good"
+rauc status mark-good booted

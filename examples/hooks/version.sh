@@ -1,25 +1,29 @@
 #!/bin/sh
-# upparat version hook (RAUC-style example): prints the installed version.
+# upparat version hook (RAUC example): prints the version of the booted slot.
 #
 # Arguments, as upparat 1.12 passed them: $1 whole seconds since the first call,
 # $2 retries so far, $3 the job's meta (empty if none).
-# Prints VERSION_ID of /etc/os-release: on a RAUC system the image that RAUC booted
-# carries its own os-release, so this is the version of the booted slot. (Where the
-# bundle version is the truth instead, read it from `rauc status --output-format=shell`,
-# the RAUC_SLOT_STATUS_BUNDLE_VERSION_<n> of the booted slot.)
-# Demo mode: with UPPARAT_DEMO_ROOT set, reads $UPPARAT_DEMO_ROOT/etc/os-release.
+# The version is the one of the bundle RAUC installed into the slot that is running:
+# RAUC records it in its slot status (system.conf: [system] data-directory or statusfile).
+# `rauc status --detailed --output-format=shell` prints it one variable a line,
+# RAUC_SLOT_STATUS_BUNDLE_VERSION_<n> for slot <n>, and RAUC_SLOT_STATE_<n>='booted'
+# says which <n> runs. sed reads that, so no JSON parser is needed (jq and python3 are
+# often not on a device). With jq, the same from the JSON output:
+#   rauc status --detailed --output-format=json |
+#       jq -r '.slots[][] | select(.state == "booted") | .slot_status.bundle.version'
 set -eu
 
-root=${UPPARAT_DEMO_ROOT:-}
-os_release=$root/etc/os-release
-
-if [ ! -r "$os_release" ]; then
-    echo "cannot read $os_release" >&2
+status=$(rauc status --detailed --output-format=shell) || {
+    echo "rauc status failed: is the RAUC service running?"
     exit 1
-fi
-version=$(sed -n 's/^VERSION_ID=//p' "$os_release" | tr -d "\"'")
+}
+n=$(printf '%s\n' "$status" | sed -n "s/^RAUC_SLOT_STATE_\([0-9]*\)='booted'\$/\1/p")
+version=$(printf '%s\n' "$status" |
+    sed -n "s/^RAUC_SLOT_STATUS_BUNDLE_VERSION_${n:-none}='\(.*\)'\$/\1/p")
+
 if [ -z "$version" ]; then
-    echo "no VERSION_ID in $os_release" >&2
+    # A slot flashed in the factory without `rauc install` has no RAUC record.
+    echo "RAUC knows no bundle version for the booted slot"
     exit 1
 fi
 # The last line on stdout is the version.

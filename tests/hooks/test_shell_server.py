@@ -37,9 +37,8 @@ from tests.hooks.contract_cases import (
     wait_for_file,
     wait_gone,
 )
+from upparat.devstack.rauc import RaucDevice
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
-
-EXAMPLES = REPO_ROOT / "examples" / "hooks"
 
 
 class TestShellHookServer(HookServerContract):
@@ -210,57 +209,68 @@ class TestShellHookServer(HookServerContract):
         assert "TCP has no access control; every process on this machine" in log
         assert "use a unix socket" in log
 
-    def test_the_example_hooks_run_an_update_in_demo_mode(
+    def test_the_example_hooks_run_an_update_on_a_real_rauc_device(
         self, hook_server: HookServerFactory, tmp_path: Path
     ) -> None:
-        root = tmp_path / "device"
-        setup = subprocess.run(
-            [str(EXAMPLES / "demo-setup.sh"), str(root), "1.0.0"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        hooks = {hook: root / "hooks" / hook for hook in cfg.HOOKS}
-        assert all(f"{hook} = {path}" in setup.stdout for hook, path in hooks.items())
-        bundle = tmp_path / "bundle.raucb"
-        bundle.write_text("version=2.0.0\n")
-        flags = root / "run" / "upparat"
-        server = hook_server.start(dict(hooks))
+        with RaucDevice(tmp_path / "rauc", version="1.0.0") as device:
+            device.start()
+            bundle = device.make_bundle("2.0.0")
+            server = hook_server.start(dict(device.hooks()), options=device.hookserver_options())
+            flags = device.run_dir
 
-        assert call(server, "version").version == "1.0.0"
-        (flags / "metered").touch()
-        metered = call(server, "download")
-        assert metered.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
-        assert metered.result.retry_after.seconds == 300
-        (flags / "metered").unlink()
-        assert call(server, "download").result.outcome == hooks_pb2.OUTCOME_SUCCESS
-        installed = call(server, "install", file_path=str(bundle))
-        assert installed.result.outcome == hooks_pb2.OUTCOME_SUCCESS, installed.result
-        assert ("40% Copying image to rootfs.1", 40) in [
-            (p.line, p.percent) for p in installed.progress
-        ]
-        assert call(server, "restart").result.outcome == hooks_pb2.OUTCOME_SUCCESS
-        assert call(server, "version").version == "2.0.0"
-        (flags / "not-ready").touch()
-        assert call(server, "ready").result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
-        (flags / "not-ready").unlink()
-        assert call(server, "ready").result.outcome == hooks_pb2.OUTCOME_SUCCESS
-        assert (root / "var" / "lib" / "rauc" / "marked-good").exists()
+            assert call(server, "version").version == "1.0.0"
+            (flags / "metered").touch()
+            metered = call(server, "download")
+            assert metered.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+            assert metered.result.retry_after.seconds == 300
+            (flags / "metered").unlink()
+            assert call(server, "download").result.outcome == hooks_pb2.OUTCOME_SUCCESS
+            installed = call(server, "install", file_path=str(bundle.path))
+            assert installed.result.outcome == hooks_pb2.OUTCOME_SUCCESS, installed.result
+            # RAUC's own lines (at most one each 0.2 s: the newest wins, so a quick install
+            # shows few of them).
+            lines = [p.line for p in installed.progress]
+            assert lines[0] == "installing", lines
+            assert lines[-1] == f"Installing `{bundle.path}` succeeded", lines
+            assert device.slot_holds("B", bundle.image)
+            # Restart does not return: it waits for the reboot to stop it.
+            with pytest.raises(grpc.RpcError) as waited:
+                call(server, "restart", timeout=3)
+            assert rpc_code(waited.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert device.reboot_requested
+            assert device.reboot() == "B"
+            assert call(server, "version").version == "2.0.0"
+            device.system_state = "starting"
+            assert call(server, "ready").result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
+            device.system_state = "degraded"
+            degraded = call(server, "ready")
+            assert degraded.result.outcome == hooks_pb2.OUTCOME_FAILURE
+            assert degraded.result.message.endswith("system is degraded")
+            device.system_state = "running"
+            ready = call(server, "ready")
+            assert ready.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+            assert ready.result.message == "rauc status: marked slot rootfs.1 as good"
+            assert device.slot_status("B")["boot_status"] == "good"
 
     def test_an_example_install_of_a_broken_bundle_fails_with_raucs_complaint(
         self, hook_server: HookServerFactory, tmp_path: Path
     ) -> None:
-        root = tmp_path / "device"
-        subprocess.run(
-            [str(EXAMPLES / "demo-setup.sh"), str(root)], capture_output=True, check=True
-        )
-        server = hook_server.start({"install": root / "hooks" / "install"})
+        not_a_bundle = tmp_path / "firmware.raucb"
+        not_a_bundle.write_bytes(b"version=2.0.0\n" * 1000)
+        with RaucDevice(tmp_path / "rauc") as device:
+            device.start()
+            server = hook_server.start(
+                {"install": device.hooks()["install"]}, options=device.hookserver_options()
+            )
 
-        failed = call(server, "install", file_path="/etc/hostname")
+            failed = call(server, "install", file_path=str(not_a_bundle))
 
         assert failed.result.reason == "HOOK_EXIT_NONZERO"
-        assert "not a demo bundle" in failed.result.detail
+        # RAUC's reason, last even when rauc prints "idle" after it.
+        assert "exited with status 1: LastError: Invalid bundle format" in failed.result.message, (
+            failed.result.message
+        )
+        assert f"Installing `{not_a_bundle}` failed" in failed.result.detail
 
     @pytest.mark.parametrize(
         ("section", "expected"),

@@ -11,7 +11,8 @@ set -eu
 
 # --- settings: edit them here, or set them for the hook server
 #     ([hookserver] environment = SWUPDATE_CERT=... SWUPDATE_HWREVISION=...)
-# The certificate (or its CA) that signed sw-description.sig: swupdate -k.
+# swupdate -k: the root CA that issued the certificate which signed sw-description
+# (or that certificate itself if it is self-signed).
 cert=${SWUPDATE_CERT:-/etc/swupdate/signing-ca.pem}
 # This board as <board>:<revision>, checked against the bundle's hardware-compatibility
 # (swupdate -H). Empty: read from /etc/hwrevision ("<board> <revision>").

@@ -7,6 +7,7 @@ publishes the replies. Certificates are made with the openssl CLI in the test's 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import socket
@@ -462,8 +463,15 @@ def test_subscribe_while_subscribing_is_answered_once(
     events = Recorder()
     driver = make_driver(mosquitto.port, events)
     events.wait_for(MqttConnected)
-    assert driver.execute(SubscribeJobTopics())
-    assert driver.execute(SubscribeJobTopics())  # in flight: shares the answer
+    # Hold the broker (ours, by PID) so the first SUBACK cannot overtake the second call
+    # on a loaded machine.
+    assert mosquitto.proc is not None
+    os.kill(mosquitto.proc.pid, signal.SIGSTOP)
+    try:
+        assert driver.execute(SubscribeJobTopics())
+        assert driver.execute(SubscribeJobTopics())  # in flight: shares the answer
+    finally:
+        os.kill(mosquitto.proc.pid, signal.SIGCONT)
     events.wait_for(SubscriptionsAcked)
     time.sleep(0.3)
     assert events.count(SubscriptionsAcked) == 1

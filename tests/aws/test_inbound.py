@@ -544,10 +544,11 @@ def _check(event: object, topic: str) -> None:
         | JobsChanged
         | JobDescribed
         | RequestRejected
+        | ReplyUnusable
         | UpdateAccepted
         | PayloadIgnored,
     )
-    if isinstance(event, PayloadIgnored):
+    if isinstance(event, PayloadIgnored | ReplyUnusable):
         assert event.reason
 
 

@@ -264,9 +264,12 @@ class CoreMachine(RuleBasedStateMachine):
     def cancels(event: Event, job_id: JobId) -> bool:
         match event:
             case (
-                JobsChanged(in_progress=ip, queued=q) | PendingJobsListed(in_progress=ip, queued=q)
+                JobsChanged(in_progress=ip, queued=q, skipped=bad)
+                | PendingJobsListed(in_progress=ip, queued=q, skipped=bad)
             ):
-                return all(s.job_id != job_id for s in (*ip, *q))
+                # A job whose entry did not parse is still listed: never taken for ended.
+                listed = {s.job_id for s in (*ip, *q)} | {e.job_id for e in bad}
+                return job_id not in listed
             case RequestRejected(code=code):
                 return code in CANCELLING
             case JobDescribed(execution=execution):

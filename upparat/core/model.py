@@ -243,6 +243,8 @@ class Settings:
     max_restarts: int = 3
     verify_soft_restart: bool = True
     allow_http: bool = False
+    require_signature: bool = False
+    """A job document without `signature` is REJECTED before any download."""
     request_timeout: float = 30.0
     """Seconds to wait for a reply to get / describe / update before asking again."""
     restart_timeout: float = 600.0

@@ -73,6 +73,7 @@ def run_daemon(config: Config) -> int:
         min_speed=download.min_speed,
         min_speed_time=download.min_speed_time,
         max_speed=download.max_speed,
+        trusted_keys=config.signing.trusted_keys,
     )
     hooks = HookClient(config.hooks.endpoint, inbox.post)
     runtime = Runtime(

@@ -62,7 +62,8 @@ def test_a_signature_made_here_verifies_with_openssl(
     key: SigningKey, firmware: Path, tmp_path: Path
 ) -> None:
     sig = tmp_path / "sig.der"
-    sig.write_bytes(signing.sign_digest(key.private.read_bytes(), digest(firmware)))
+    private = signing.load_private_key(key.private.read_bytes())
+    sig.write_bytes(signing.sign_digest(private, digest(firmware)))
 
     verify = ["openssl", "dgst", "-sha256", "-verify", str(key.public), "-signature", str(sig)]
     done = subprocess.run(

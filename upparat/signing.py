@@ -27,6 +27,7 @@ __all__ = [
     "TrustedKeys",
     "UnusableKeys",
     "Verified",
+    "load_private_key",
     "load_trusted_keys",
     "sign_digest",
 ]
@@ -184,17 +185,22 @@ def _key_of(source: str, label: bytes, pem: bytes) -> TrustedKey:
     return TrustedKey(source=source, fingerprint=hashlib.sha256(der).hexdigest(), key=public)
 
 
-def sign_digest(private_key_pem: bytes, sha256: bytes) -> bytes:
-    """The DER signature of a file whose SHA-256 digest is `sha256`, made with an EC P-256
-    private key in PEM (what `openssl dgst -sha256 -sign` makes). For `upparat-job`."""
-    if len(sha256) != _SHA256_BYTES:
-        raise ValueError(f"signing: a SHA-256 digest has 32 bytes, got {len(sha256)}")
+def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """An EC P-256 private key from unencrypted PEM; `UnusableKeys` says why not."""
     try:
-        private = serialization.load_pem_private_key(private_key_pem, password=None)
+        private = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
         raise UnusableKeys(f"not an unencrypted PEM private key ({e})") from None
     if not isinstance(private, ec.EllipticCurvePrivateKey) or not isinstance(
         private.curve, ec.SECP256R1
     ):
         raise UnusableKeys("not an EC P-256 (prime256v1) private key")
+    return private
+
+
+def sign_digest(private: ec.EllipticCurvePrivateKey, sha256: bytes) -> bytes:
+    """The DER signature of a file whose SHA-256 digest is `sha256`: what
+    `openssl dgst -sha256 -sign` makes of the file. For `upparat-job` and the demo."""
+    if len(sha256) != _SHA256_BYTES:
+        raise ValueError(f"signing: a SHA-256 digest has 32 bytes, got {len(sha256)}")
     return private.sign(sha256, ec.ECDSA(Prehashed(hashes.SHA256())))

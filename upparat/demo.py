@@ -2,13 +2,15 @@
 
 Starts mosquitto, the emulator, a file server, the shell hook server with the
 example RAUC-style scripts and the daemon; creates a job for a generated 20 MB
-bundle; prints every status change; power-cycles the fake device when the
-restart hook asks for a reboot; exits 0 only when the job SUCCEEDED.
+bundle, signed with a fresh key the device trusts (`require_signature = true`);
+prints every status change; power-cycles the fake device when the restart hook
+asks for a reboot; exits 0 only when the job SUCCEEDED.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import os
 import shutil
@@ -19,6 +21,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from upparat import signing
 from upparat.devstack.stack import Stack
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "hooks"
@@ -47,6 +53,27 @@ def make_demo_bundle(path: Path, size: int) -> str:
             digest.update(chunk)
             left -= len(chunk)
     return digest.hexdigest()
+
+
+def make_signing_key(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    """A fresh EC P-256 key (`openssl ecparam -name prime256v1 -genkey`); returns it and
+    the path of its public key, which the device's config trusts."""
+    directory.mkdir(mode=0o700)
+    private = ec.generate_private_key(ec.SECP256R1())
+    (directory / "demo.key").write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = directory / "demo.pem"
+    public.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
 
 
 def describe_change(execution: dict[str, object]) -> str:
@@ -93,14 +120,20 @@ def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool
         for name, _, path in (line.partition("=") for line in setup.stdout.splitlines()[1:])
     }
     (root / "run" / "upparat" / "hard-reboot").touch()
+    private, public = make_signing_key(workdir / "keys")
+    trust = {"service": {"trusted_keys": str(public), "require_signature": "true"}}
     started = time.monotonic()
-    with Stack(workdir, thing=THING, hooks=hooks) as stack:
+    with Stack(workdir, thing=THING, hooks=hooks, config=trust) as stack:
         stack.start()
         stack.files.rate = rate
         sha256 = make_demo_bundle(workdir / "files" / "bundle.raucb", size)
+        # What `upparat-job create --sign-key keys/demo.key` puts in the document.
+        signature = signing.sign_digest(private, bytes.fromhex(sha256))
         say(f"device {THING} runs version {OLD_VERSION}; broker on port {stack.broker.port}")
+        say(f"the device trusts {public} and requires signed jobs")
         say(
-            f"creating job {JOB_ID}: version {NEW_VERSION}, {size // 1_000_000} MB, sha256 {sha256[:16]}…"
+            f"creating job {JOB_ID}: version {NEW_VERSION}, {size // 1_000_000} MB,"
+            f" sha256 {sha256[:16]}…, signed"
         )
         stack.create_job(
             JOB_ID,
@@ -109,6 +142,7 @@ def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool
             sha256=sha256,
             size=size,
             meta="demo",
+            signature=base64.b64encode(signature).decode("ascii"),
         )
         last = ""
         rebooted = False

@@ -643,6 +643,16 @@ class HookServer:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         hooks = ", ".join(f"{h}={p}" for h, p in self.config.scripts.items()) or "none"
         log.info("%s %s listening on %s; hooks: %s", SERVER_NAME, server_version(), listen, hooks)
+        keys = self.config.trusted_keys
+        log.info(
+            "install files: only from %s, checked in %s; signatures: %s",
+            self.config.download_dir,
+            self.runner.gate.copy_dir,
+            "not checked (no [service] trusted_keys)"
+            if keys is None
+            else f"checked with {len(keys.keys)} key(s) in {keys.path}"
+            + (", required" if self.config.require_signature else ""),
+        )
 
     def _bind_unix(self, path: Path) -> None:
         if not path.parent.is_dir():

@@ -202,10 +202,10 @@ class FileGate:
                 try:
                     next_fd = os.open(part, _OPEN_DIR, dir_fd=fd)
                 except OSError as e:
-                    why = "is a symlink" if e.errno in (errno.ELOOP, errno.ENOTDIR) else None
                     raise _Refusal(
                         FILE_NOT_IN_DOWNLOAD_FOLDER,
-                        f"install: download folder {self.download_dir}: {part} {why or e.strerror}",
+                        f"install: download folder {self.download_dir}: {part}"
+                        f" {_not_a_directory(fd, part, e)}",
                     ) from None
                 os.close(fd)
                 fd = next_fd
@@ -338,6 +338,17 @@ class _Refusal(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.refused = Refused(reason=reason, message=message)
+
+
+def _not_a_directory(parent: int, name: str, error: OSError) -> str:
+    """Why `name` in `parent` could not be opened as a directory without following links
+    (Linux says ENOTDIR for a symlink opened with O_DIRECTORY | O_NOFOLLOW)."""
+    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode):
+                return "is a symlink"
+        return "is not a directory"
+    return error.strerror or str(error)
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -322,6 +322,11 @@ class Runner:
                 how = f"{_describe(answer)} ({answer.message}); the script was not run"
                 _log_call(hook, job, how, time.monotonic() - started)
                 return answer
+            with self._lock:
+                stopping = self._stopping
+            if stopping:  # stop_all() came while checking: it waits for no unstarted run
+                self._release(call)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "hook server is stopping; call again")
         log.debug("%s job=%s: running %s", hook, job.job_id, " ".join(argv))
         run.start()
         return run

@@ -499,7 +499,7 @@ def test_install_sends_the_path_size_sha256_and_signature_of_the_file(
         message=f"/d/upparat_1 1234 {'ab' * 32} 3006"
     )
     assert run(*broken, call_hook(HookKind.INSTALL, "echo-file", file=unsigned)) == HookSuccess(
-        message=f"/d/upparat_2 0 {'cd' * 32} "
+        message=f"/d/upparat_2 0 {'cd' * 32}"
     )
 
 

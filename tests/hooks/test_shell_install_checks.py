@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from hookservers.shell import verify
 from tests.hooks.contract_cases import (
     FIRMWARE,
     SHELL,
@@ -380,3 +381,34 @@ def _check_started(factory: HookServerFactory, conf: Path) -> tuple[int | None, 
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- the gate on its own --------------------------------------------------------------------
+
+
+def test_a_call_that_goes_away_while_the_file_is_copied_leaves_no_copy(tmp_path: Path) -> None:
+    downloads = tmp_path / "dl" / "upparat"
+    downloads.mkdir(parents=True, mode=0o700)
+    content = b"x" * (3 * verify.CHUNK)
+    (downloads / JOB).write_bytes(content)
+    (downloads / JOB).chmod(0o600)
+    gate = verify.FileGate(download_dir=downloads, state_dir=tmp_path / "state")
+    gate.prepare()
+    chunks = iter([True, True, False])
+    request = verify.InstallRequest(
+        job_id=JOB,
+        file_path=str(downloads / JOB),
+        sha256=hashlib.sha256(content).hexdigest(),
+        size=len(content),
+        signature=b"",
+    )
+
+    with pytest.raises(verify.Interrupted):
+        gate.check(request, keep_going=lambda: next(chunks))
+
+    assert list(gate.copy_dir.iterdir()) == []
+    checked = gate.check(request, keep_going=lambda: True)
+    assert isinstance(checked, verify.Checked)
+    assert checked.copy.read_bytes() == content
+    gate.discard(checked.copy)
+    assert not checked.copy.exists()

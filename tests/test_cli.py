@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import upparat
+from tests.support.keys import make_key
 from upparat.cli import EXIT_CONFIG, EXIT_HOOKSERVER, EXIT_OK, main
 from upparat.devstack.procs import stop_process
 
@@ -48,7 +49,8 @@ def write_config(path: Path, socket: Path, tmp_path: Path, extra: str = "") -> P
         f"state_dir = {tmp_path / 'state'}\n"
         f"download_location = {tmp_path}\n"
         "[broker]\nthing_name = cli-test\n"
-        f"[hooks]\nendpoint = unix://{socket}\nversion = {version}\n" + extra
+        f"[hooks]\nendpoint = unix://{socket}\nversion = {version}\n"
+        f"[hookserver]\nstate_dir = {tmp_path / 'hookserver'}\n" + extra
     )
     return path
 
@@ -191,3 +193,20 @@ def test_check_config_with_a_bad_config_exits_2(
     err = capsys.readouterr().err
     assert err.startswith("config: [hooks] max_retries ")
     assert '"-1"' in err
+
+
+def test_unusable_trusted_keys_stop_the_start_and_check_config_with_exit_2(
+    tmp_path: Path, sock_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private = make_key(tmp_path / "keys", "release").private
+    config = write_config(tmp_path / "upparat.conf", sock_dir / "hooks.sock", tmp_path)
+    config.write_text(
+        config.read_text().replace("[service]\n", f"[service]\ntrusted_keys = {private}\n")
+    )
+
+    for argv in (["-c", str(config)], ["check-config", "-c", str(config)]):
+        assert main(argv) == EXIT_CONFIG
+        err = capsys.readouterr().err
+        assert err.startswith("config: [service] trusted_keys must be a PEM file"), err
+        assert f'got "{private}"' in err
+        assert "private key" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import re
 import socket
 import tempfile
@@ -11,15 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.keys import make_key
 from upparat.config import (
     DEFAULT_ENDPOINT,
     KNOWN_KEYS,
     BrokerConfig,
     Config,
     ConfigError,
+    SigningConfig,
     TlsFiles,
     load_config,
     parse_config,
+    parse_shared_keys,
     unix_socket_path,
 )
 from upparat.core.model import LogLevel, Settings, ThingName
@@ -132,6 +136,7 @@ def test_every_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert hs.socket_mode == 0o660
     assert hs.script_path == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert hs.log_level is LogLevel.INFO
+    assert hs.state_dir is None
 
     assert config.source is None
 
@@ -167,6 +172,98 @@ def test_core_settings_carry_the_configured_values() -> None:
         allow_http=True,
     )
     assert parse_config("").core_settings() == Settings()
+
+
+# -- signed artifacts ----------------------------------------------------------------
+
+
+def test_signatures_are_not_checked_by_default() -> None:
+    config = parse_config("")
+    assert config.signing == SigningConfig()
+    assert config.signing.trusted_keys is None
+    assert config.core_settings().require_signature is False
+
+
+def test_trusted_keys_are_loaded_and_require_signature_reaches_the_core(tmp_path: Path) -> None:
+    key = make_key(tmp_path, "release")
+
+    config = parse_config(f"[service]\ntrusted_keys = {key.public}\nrequire_signature = yes\n")
+
+    keys = config.signing.trusted_keys
+    assert keys is not None
+    assert keys.path == key.public
+    assert [k.source for k in keys.keys] == [str(key.public)]
+    assert config.core_settings().require_signature is True
+    assert f"trusted_keys={key.public} (1 keys) require_signature=yes" in config.redacted_summary()
+
+
+def test_trusted_keys_may_be_a_directory(tmp_path: Path) -> None:
+    make_key(tmp_path / "keys", "a")
+    make_key(tmp_path / "keys", "b")
+
+    config = parse_config(f"[service]\ntrusted_keys = {tmp_path / 'keys'}\n")
+
+    assert config.signing.trusted_keys is not None
+    assert len(config.signing.trusted_keys.keys) == 2
+
+
+def test_a_missing_trusted_keys_path_names_section_key_and_value(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+
+    message = one_problem(f"[service]\ntrusted_keys = {missing}\n")
+
+    assert message.startswith("config: [service] trusted_keys must be a PEM file")
+    assert "no such file" in message
+    assert message.endswith(f'got "{missing}"')
+
+
+def test_trusted_keys_without_a_usable_key_is_a_config_error(tmp_path: Path) -> None:
+    key = make_key(tmp_path, "release")
+
+    message = one_problem(f"[service]\ntrusted_keys = {key.private}\n")
+
+    assert "[service] trusted_keys" in message
+    assert "private key" in message
+    assert str(key.private) in message
+
+
+def test_require_signature_without_trusted_keys_is_a_config_error() -> None:
+    message = one_problem("[service]\nrequire_signature = true\n")
+
+    assert "[service] require_signature = true needs trusted_keys" in message
+
+
+def test_a_bad_trusted_keys_is_the_only_problem_reported_with_require_signature(
+    tmp_path: Path,
+) -> None:
+    message = one_problem(
+        f"[service]\ntrusted_keys = {tmp_path / 'nope'}\nrequire_signature = true\n"
+    )
+
+    assert "trusted_keys must be" in message
+
+
+def test_the_hook_server_reads_the_shared_keys_by_the_same_rules(tmp_path: Path) -> None:
+    key = make_key(tmp_path, "release")
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(
+        f"[service]\ndownload_location = {tmp_path}\ntrusted_keys = {key.public}\n"
+        "require_signature = on\n[hooks]\ninstall = /x\n"
+    )
+
+    download, signing_config, found = parse_shared_keys(parser)
+
+    assert found == ()
+    assert download.directory == tmp_path / "upparat"
+    assert (
+        signing_config
+        == parse_config(f"[service]\ntrusted_keys = {key.public}\nrequire_signature = on\n").signing
+    )
+
+    parser.read_string(f"[service]\ntrusted_keys = {tmp_path / 'nope'}\n")
+    assert parse_shared_keys(parser)[2] == problems(
+        f"[service]\ntrusted_keys = {tmp_path / 'nope'}\n"
+    )
 
 
 # -- upparat 1.12 files --------------------------------------------------------------

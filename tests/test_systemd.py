@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hookservers.shell import config as hookserver_config
 from upparat.config import DEFAULT_ENDPOINT, ServiceConfig, unix_socket_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,3 +247,9 @@ def test_hookserver_socket_directory_is_only_for_group_upparat() -> None:
     ]
     assert value(HOOKSERVER, "Service", "RuntimeDirectoryMode") == "0750"
     assert value(HOOKSERVER, "Service", "Restart") == "on-failure"
+
+
+def test_hookserver_state_directory_is_the_default_state_dir_and_root_only() -> None:
+    state = Path("/var/lib") / value(HOOKSERVER, "Service", "StateDirectory")
+    assert state == hookserver_config.DEFAULT_STATE_DIR
+    assert value(HOOKSERVER, "Service", "StateDirectoryMode") == "0700"

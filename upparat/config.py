@@ -1,7 +1,8 @@
 """The INI configuration file, parsed once into frozen values.
 
 Owns the key list, the defaults and every config error message. It reads the file and
-nothing else: it creates no directories and opens no certificates (the drivers do).
+the public keys `trusted_keys` names (a bad key is a config error, see `upparat.signing`),
+nothing else: it creates no directories and opens no TLS files (the drivers do).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from upparat import scriptenv
+from upparat import scriptenv, signing
 from upparat.core.model import LogLevel, Settings, ThingName
 
 __all__ = [
@@ -34,9 +35,11 @@ __all__ = [
     "HookServerConfig",
     "HooksConfig",
     "ServiceConfig",
+    "SigningConfig",
     "TlsFiles",
     "load_config",
     "parse_config",
+    "parse_shared_keys",
     "unix_socket_path",
 ]
 
@@ -63,6 +66,8 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "max_speed",
         "min_free_space",
         "max_download_size",
+        "trusted_keys",
+        "require_signature",
     ),
     "broker": (
         "host",
@@ -97,6 +102,7 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "environment",
         "pass_environment",
         "log_level",
+        "state_dir",
     ),
 }
 """Every section and key the file may contain (1.12's and the new ones)."""
@@ -209,6 +215,20 @@ class DownloadConfig:
 
 
 @attrs.frozen(kw_only=True)
+class SigningConfig:
+    """`[service] trusted_keys` and `require_signature`: which signed artifacts are accepted.
+
+    Read by the daemon (its download driver checks the signature on the digest it computes)
+    and by the hook server (which checks the file again before root installs it).
+    """
+
+    trusted_keys: signing.TrustedKeys | None = None
+    """The keys, loaded and checked at start. None: signatures are not checked."""
+    require_signature: bool = False
+    """A job document without `signature` is REJECTED before any download."""
+
+
+@attrs.frozen(kw_only=True)
 class TlsFiles:
     """Client certificate authentication: 1.12 requires all three files or none."""
 
@@ -265,6 +285,9 @@ class HookServerConfig:
     """Variables copied from the hook server's own environment when set there."""
     log_level: LogLevel = LogLevel.INFO
     """The hook server's log level."""
+    state_dir: Path | None = None
+    """Root-only directory of the hook server (verified copies of install files). None:
+    `$STATE_DIRECTORY` (systemd's StateDirectory=) or /var/lib/upparat-hookserver."""
 
     @property
     def listen_path(self) -> Path:
@@ -278,6 +301,7 @@ class Config:
     download: DownloadConfig = attrs.field(factory=DownloadConfig)
     hooks: HooksConfig = HooksConfig()
     hookserver: HookServerConfig = HookServerConfig()
+    signing: SigningConfig = SigningConfig()
     source: Path | None = None
     """The file this was loaded from."""
 
@@ -294,6 +318,7 @@ class Config:
             max_restarts=self.service.max_restarts,
             verify_soft_restart=self.service.verify_soft_restart,
             allow_http=self.download.allow_http,
+            require_signature=self.signing.require_signature,
         )
 
     def redacted_summary(self) -> str:
@@ -303,6 +328,7 @@ class Config:
         password; TLS files show their paths only (their contents are never read here).
         """
         s, d, b, h, hs = self.service, self.download, self.broker, self.hooks, self.hookserver
+        keys = self.signing.trusted_keys
         tls = (
             f"cafile={b.tls.cafile} certfile={b.tls.certfile} keyfile={b.tls.keyfile}"
             if b.tls is not None
@@ -325,7 +351,9 @@ class Config:
             f" proxy={'unset' if d.proxy is None else _redact_url_password(d.proxy)}"
             f" min_speed={d.min_speed} min_speed_time={d.min_speed_time:g}"
             f" max_speed={opt(d.max_speed)} min_free_space={d.min_free_space}"
-            f" max_download_size={opt(d.max_download_size)}",
+            f" max_download_size={opt(d.max_download_size)}"
+            f" trusted_keys={'unset' if keys is None else f'{keys.path} ({len(keys.keys)} keys)'}"
+            f" require_signature={_yes_no(self.signing.require_signature)}",
             f"[broker] host={b.host} port={b.port} thing_name={b.thing_name}"
             f" client_id={b.client_id} {tls} alpn={','.join(b.alpn) or 'none'}"
             f" keepalive={b.keepalive}",
@@ -723,7 +751,18 @@ def _build(reader: _Reader, source: Path | None, thing_name_override: str | None
         broker=_build_broker(reader, thing_name_override),
         hooks=hooks,
         hookserver=_build_hookserver(reader, hooks),
+        signing=_build_signing(reader),
     )
+
+
+def parse_shared_keys(
+    parser: configparser.RawConfigParser,
+) -> tuple[DownloadConfig, SigningConfig, tuple[str, ...]]:
+    """The `[service]` keys the hook server shares with the daemon (the download folder,
+    the trusted keys), read by the same rules; with one line per problem found."""
+    reader = _Reader(parser)
+    download, signing_config = _build_download(reader), _build_signing(reader)
+    return download, signing_config, tuple(reader.problems)
 
 
 def _build_service(r: _Reader) -> ServiceConfig:
@@ -762,6 +801,26 @@ def _build_download(r: _Reader) -> DownloadConfig:
         min_free_space=r.value(sec, "min_free_space", _size(allow_zero=True), d.min_free_space),
         max_download_size=r.value(sec, "max_download_size", _size(allow_zero=False), None),
     )
+
+
+def _trusted_keys(text: str) -> signing.TrustedKeys:
+    try:
+        return signing.load_trusted_keys(_path(text))
+    except signing.UnusableKeys as e:
+        raise _Invalid(f"{signing.KEYS_EXPECTED} ({e})") from None
+
+
+def _build_signing(r: _Reader) -> SigningConfig:
+    sec, d = "service", SigningConfig()
+    keys = r.value(sec, "trusted_keys", _trusted_keys, None)
+    required = r.value(sec, "require_signature", _boolean, d.require_signature)
+    if required and keys is None and r.raw(sec, "trusted_keys") in (None, ""):
+        r.problem(
+            "[service] require_signature = true needs trusted_keys (the public key or"
+            " certificate the signatures are checked with); set trusted_keys or remove"
+            " require_signature"
+        )
+    return SigningConfig(trusted_keys=keys, require_signature=required)
 
 
 def _build_broker(r: _Reader, thing_name_override: str | None) -> BrokerConfig:
@@ -859,4 +918,5 @@ def _build_hookserver(r: _Reader, hooks: HooksConfig) -> HookServerConfig:
         environment=r.value(sec, "environment", _environment, d.environment),
         pass_environment=r.value(sec, "pass_environment", _environment_names, ()),
         log_level=r.value(sec, "log_level", _log_level, d.log_level),
+        state_dir=r.value(sec, "state_dir", _path, None),
     )

@@ -97,6 +97,7 @@ def run_daemon(config: Config) -> int:
         max_speed=download.max_speed,
         min_free_space=download.min_free_space,
         max_download_size=download.max_download_size,
+        trusted_keys=config.signing.trusted_keys,
     )
     hooks = HookClient(config.hooks.endpoint, inbox.post)
     runtime = Runtime(

@@ -4,14 +4,16 @@ RAUC device.
 Starts mosquitto, the emulator, a file server, the shell hook server with the example
 RAUC scripts (examples/hooks) and the daemon, next to a RAUC test device
 (upparat.devstack.rauc: Debian's `rauc service` on a private D-Bus bus, two file-backed
-slots, a simulated bootloader). Creates a job for a signed 20 MB bundle built with
-`rauc bundle`; prints every status change; reboots the device when the restart hook asks;
-exits 0 only when the job SUCCEEDED and RAUC booted the new slot.
+slots, a simulated bootloader). Creates a job for a 20 MB bundle built with `rauc bundle`,
+whose sha256 is also signed with a fresh key the device trusts (`require_signature =
+true`); prints every status change; reboots the device when the restart hook asks; exits 0
+only when the job SUCCEEDED and RAUC booted the new slot.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import shutil
 import sys
 import tempfile
@@ -19,6 +21,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from upparat import signing
 from upparat.devstack.rauc import RaucDevice, check_host, power_cycle
 from upparat.devstack.stack import Stack
 
@@ -30,6 +36,27 @@ NEW_VERSION = "2.0.0"
 
 def say(text: str) -> None:
     print(f"demo: {text}", flush=True)
+
+
+def make_signing_key(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    """A fresh EC P-256 key (`openssl ecparam -name prime256v1 -genkey`); returns it and
+    the path of its public key, which the device's config trusts."""
+    directory.mkdir(mode=0o700)
+    private = ec.generate_private_key(ec.SECP256R1())
+    (directory / "demo.key").write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = directory / "demo.pem"
+    public.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
 
 
 def describe_change(execution: dict[str, object]) -> str:
@@ -48,10 +75,14 @@ def describe_change(execution: dict[str, object]) -> str:
 
 
 def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool:
+    private, public = make_signing_key(workdir / "keys")
+    trust = {"service": {"trusted_keys": str(public), "require_signature": "true"}}
     started = time.monotonic()
     with (
         RaucDevice(workdir / "device", version=OLD_VERSION) as device,
-        Stack(workdir, thing=THING, hooks=device.hooks(), config=device.stack_config()) as stack,
+        Stack(
+            workdir, thing=THING, hooks=device.hooks(), config={**device.stack_config(), **trust}
+        ) as stack,
     ):
         say("starting a RAUC device: real rauc service on a private D-Bus system bus,")
         say("  slots A and B in files, a simulated bootloader; rauc install puts 1.0.0 in A")
@@ -62,11 +93,14 @@ def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool
         bundle = device.make_bundle(
             NEW_VERSION, name="bundle", directory=workdir / "files", image_size=size
         )
+        # What `upparat-job create --sign-key keys/demo.key` puts in the document.
+        signature = signing.sign_digest(private, bytes.fromhex(bundle.sha256))
         say(
             f"rauc bundle: version {NEW_VERSION}, {bundle.size // 1_000_000} MB, format=plain,"
             f" signed by the device's CA; sha256 {bundle.sha256[:16]}…"
         )
-        say(f"creating job {JOB_ID}; broker on port {stack.broker.port}")
+        say(f"the device trusts {public} for job signatures and requires them")
+        say(f"creating job {JOB_ID}, its sha256 signed; broker on port {stack.broker.port}")
         stack.create_job(
             JOB_ID,
             url=stack.files.url(bundle.path.name),
@@ -74,6 +108,7 @@ def run(workdir: Path, *, size: int, rate: float | None, timeout: float) -> bool
             sha256=bundle.sha256,
             size=bundle.size,
             meta="demo",
+            signature=base64.b64encode(signature).decode("ascii"),
         )
         last = ""
         reboots = 0

@@ -1,7 +1,10 @@
-"""The hook server's view of the upparat INI file: `[hooks]` and `[hookserver]`.
+"""The hook server's view of the upparat INI file: `[hooks]`, `[hookserver]` and the
+`[service]` keys it shares with the daemon.
 
-Reads only what the hook server needs, with the standard library; every other section
-and key belongs to the daemon and is ignored here (the daemon checks them).
+Reads only what the hook server needs; every other section and key belongs to the daemon
+and is ignored here (the daemon checks them). The shared keys (`download_location`,
+`trusted_keys`, `require_signature`) are read by the daemon's own rules
+(`upparat.config.parse_shared_keys`), so both processes agree on what they mean.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from upparat import scriptenv
+from upparat import config as daemon_config
+from upparat import scriptenv, signing
 
 T = TypeVar("T")
 
@@ -30,6 +34,7 @@ DEFAULT_ENDPOINT = "unix:///run/upparat/hooks.sock"
 DEFAULT_SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_GRACE = 10.0
 DEFAULT_SOCKET_MODE = 0o660
+DEFAULT_STATE_DIR = Path("/var/lib/upparat-hookserver")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 OPTIONS: Mapping[str, tuple[str, str]] = {
@@ -65,6 +70,11 @@ OPTIONS: Mapping[str, tuple[str, str]] = {
         "there (e.g. a proxy set by the unit); environment wins for the same name.",
     ),
     "log_level": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
+    "state_dir": (
+        f"$STATE_DIRECTORY, else {DEFAULT_STATE_DIR}",
+        "Root-only directory (created 0700) where the install file is copied while it is "
+        "checked; the install script gets that copy as $4. Needs room for one bundle.",
+    ),
 }
 """`[hookserver]` keys: (default, help). The --help epilog is built from this table."""
 
@@ -110,6 +120,11 @@ class ServerConfig:
     environment: tuple[tuple[str, str], ...] = ()
     pass_environment: tuple[str, ...] = ()
     log_level: str = "INFO"
+    download_dir: Path
+    """`<[service] download_location>/upparat`: the only place install files come from."""
+    state_dir: Path = DEFAULT_STATE_DIR
+    trusted_keys: signing.TrustedKeys | None = None
+    require_signature: bool = False
 
 
 def load(path: Path, *, listen: str | None = None, log_level: str | None = None) -> ServerConfig:
@@ -209,6 +224,12 @@ def parse(
     environment = variables("environment", scriptenv.parse_assignments, no_assignments)
     pass_environment = variables("pass_environment", scriptenv.parse_names, no_names)
 
+    state_text = get("hookserver", "state_dir")
+    state_dir = default_state_dir() if state_text is None else Path(os.path.abspath(state_text))
+
+    download, signing_config, shared_problems = daemon_config.parse_shared_keys(parser)
+    problems.extend(shared_problems)
+
     level = (log_level or get("hookserver", "log_level") or "INFO").upper()
     if level not in LOG_LEVELS:
         problems.append(
@@ -228,7 +249,17 @@ def parse(
         environment=environment,
         pass_environment=pass_environment,
         log_level=level,
+        download_dir=download.directory,
+        state_dir=state_dir,
+        trusted_keys=signing_config.trusted_keys,
+        require_signature=signing_config.require_signature,
     )
+
+
+def default_state_dir() -> Path:
+    """systemd's StateDirectory= (the first, when it names several), else the fixed path."""
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(given) if given.startswith("/") else DEFAULT_STATE_DIR
 
 
 def parse_listen(text: str) -> Listen:
@@ -293,12 +324,22 @@ def epilog() -> str:
         "      Paths of the hook scripts; each is optional. An unset hook answers",
         "      UNIMPLEMENTED. Scripts are run as upparat 1.12 ran them:",
         "      $1 whole seconds since the first call, $2 retries so far, $3 the job's",
-        "      meta (empty if none); install: $4 the file; restart: $4 'True' if forced",
+        "      meta (empty if none); install: $4 the checked copy of the file (below);",
+        "      restart: $4 'True' if forced",
         "      else empty. Exit 0 = success, 3 = retry later (a last stdout line",
         "      'retry-after=<seconds>' gives the hint), anything else = failure.",
         f"  [hooks] endpoint (default {DEFAULT_ENDPOINT})",
         "      Where the daemon connects; the server listens there unless [hookserver]",
         "      listen or --listen says otherwise.",
+        "  [service] download_location, trusted_keys, require_signature",
+        "      Read as the daemon reads them. Install takes only",
+        "      <download_location>/upparat/<job id>, opened without following a symlink,",
+        "      owned by the owner of that folder (the daemon's user), not writable by",
+        "      group or others. It is copied into state_dir while hashed; size, sha256",
+        "      and, with trusted_keys, the signature are checked on the copy, which the",
+        "      script gets and which is removed when it ends. A refusal is a FAILURE",
+        "      with its reason (FILE_CHANGED, SIGNATURE_INVALID, ...); the script never",
+        "      runs.",
     ]
     for key, (default, text) in OPTIONS.items():
         lines.append(f"  [hookserver] {key} (default {default})")

@@ -2,7 +2,9 @@
 
 Owns the gRPC side: one script run per call, one call per hook at a time, results and
 progress mapped onto hooks.proto, the unix socket, health and shutdown. Script
-processes are `scripts.ScriptRun`'s business. Imports nothing of upparat but the stubs.
+processes are `scripts.ScriptRun`'s business; what Install may install is
+`verify.FileGate`'s. Imports nothing of the daemon but the stubs and the rules it shares
+with it (config values, script environment, signatures).
 
 Run: ``upparat-hookserver -c /etc/upparat/upparat.conf`` (``--help`` lists the keys).
 """
@@ -36,6 +38,7 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hookservers.shell import config as cfg
+from hookservers.shell import verify
 from hookservers.shell.scripts import (
     Exited,
     NotStarted,
@@ -209,6 +212,12 @@ class Runner:
         self._extra_env = scriptenv.extra_environment(
             config.pass_environment, config.environment, os.environ
         )
+        self.gate = verify.FileGate(
+            download_dir=config.download_dir,
+            state_dir=config.state_dir,
+            trusted_keys=config.trusted_keys,
+            require_signature=config.require_signature,
+        )
 
     def begin(
         self,
@@ -220,8 +229,14 @@ class Runner:
         extra_env: dict[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
         on_done: Callable[[ScriptOutcome], None] | None = None,
-    ) -> ScriptRun:
-        """Starts `hook`'s script for this call, or aborts the call with the right status."""
+        prepare: Callable[[], hooks_pb2.HookResult | None] | None = None,
+    ) -> ScriptRun | hooks_pb2.HookResult:
+        """Starts `hook`'s script for this call, or aborts the call with the right status.
+
+        `prepare` runs once the call holds the hook's slot, before the script starts (the
+        install file's checks): a HookResult it returns is the call's answer instead, and
+        `verify.Interrupted` (the call went away meanwhile) ends the call at once.
+        """
         script = self.config.scripts.get(hook)
         if script is None:
             _log_call(hook, job, "UNIMPLEMENTED (no script configured)", 0.0)
@@ -289,12 +304,38 @@ class Runner:
             run.stop(StopCause.DEADLINE if late else StopCause.CANCELLED)
 
         if not context.add_callback(on_rpc_end):
-            with self._lock:
-                self._calls.pop(hook, None)
+            self._release(call)
             context.abort(grpc.StatusCode.CANCELLED, "the call ended before the script started")
+        if prepare is not None:
+            started = time.monotonic()
+            try:
+                answer = prepare()
+            except verify.Interrupted:
+                self._release(call)
+                _log_call(hook, job, "CANCELLED (while checking)", time.monotonic() - started)
+                context.abort(grpc.StatusCode.CANCELLED, f"{hook}: cancelled")
+            except BaseException:
+                self._release(call)
+                raise
+            if answer is not None:
+                self._release(call)
+                how = f"{_describe(answer)} ({answer.message}); the script was not run"
+                _log_call(hook, job, how, time.monotonic() - started)
+                return answer
+            with self._lock:
+                stopping = self._stopping
+            if stopping:  # stop_all() came while checking: it waits for no unstarted run
+                self._release(call)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "hook server is stopping; call again")
         log.debug("%s job=%s: running %s", hook, job.job_id, " ".join(argv))
         run.start()
         return run
+
+    def _release(self, call: Call) -> None:
+        """Frees the hook's slot of a call whose script never started."""
+        with self._lock:
+            if self._calls.get(call.hook) is call:
+                del self._calls[call.hook]
 
     def _ended(
         self, call: Call, outcome: ScriptOutcome, then: Callable[[ScriptOutcome], None] | None
@@ -325,7 +366,8 @@ class Runner:
         """Refuses new calls and stops every running script; returns them to wait for."""
         with self._lock:
             self._stopping = True
-            runs = [call.run for call in self._calls.values()]
+            # A call still checking its file has no script yet; its RPC ends with the server.
+            runs = [call.run for call in self._calls.values() if call.run.pid is not None]
         for run in runs:
             run.stop(StopCause.SHUTDOWN)
         return runs
@@ -397,15 +439,54 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
         if not request.file_path and "install" in self._runner.config.scripts:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "install: file_path is empty")
         feed = ProgressFeed()
+        gate = self._runner.gate
+        wanted = verify.InstallRequest(
+            job_id=request.context.job_id,
+            file_path=request.file_path,
+            sha256=request.sha256,
+            size=request.size if request.HasField("size") else None,
+            signature=request.signature,
+        )
+        # The script gets the checked copy, never the daemon's file (see verify.py).
+        copy = gate.copy_path(wanted.job_id)
+
+        def check() -> hooks_pb2.HookResult | None:
+            checked = gate.check(wanted, keep_going=context.is_active)
+            match checked:
+                case verify.Refused(reason=reason, message=message):
+                    return failure(reason, message)
+                case verify.Checked(size=size, sha256=sha256, key=key):
+                    signed = f", signature verified with {key}" if key is not None else ""
+                    log.info(
+                        "install job=%s: %s checked (%d bytes, sha256 %s%s), copied to %s",
+                        wanted.job_id,
+                        wanted.file_path,
+                        size,
+                        sha256,
+                        signed,
+                        checked.copy,
+                    )
+                    return None
+                case _:
+                    assert_never(checked)
+
+        def ended(outcome: ScriptOutcome) -> None:
+            gate.discard(copy)
+            feed.finish(outcome)
+
         run = self._runner.begin(
             "install",
             request.context,
             context,
-            extra_args=(request.file_path,),
-            extra_env={"UPPARAT_FILE": request.file_path},
+            extra_args=(str(copy),),
+            extra_env={"UPPARAT_FILE": str(copy)},
             on_line=feed.push,
-            on_done=feed.finish,
+            on_done=ended,
+            prepare=check,
         )
+        if isinstance(run, hooks_pb2.HookResult):
+            yield hooks_pb2.InstallResponse(result=run)
+            return
         last_sent = -math.inf
         pending: str | None = None
         while True:
@@ -447,6 +528,7 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
         extra_args: Sequence[str] = (),
     ) -> tuple[hooks_pb2.HookResult, str]:
         run = self._runner.begin(hook, job, context, extra_args=extra_args)
+        assert isinstance(run, ScriptRun), "only Install prepares"
         remaining = time_remaining(context)
         outcome = run.wait(None if remaining is None else max(0.0, remaining))
         if outcome is None:
@@ -540,6 +622,10 @@ class HookServer:
         self._socket_inode: tuple[int, int] | None = None
 
     def start(self) -> None:
+        try:
+            self.runner.gate.prepare()
+        except verify.StateDirError as e:
+            raise StartupError(str(e)) from None
         listen = self.config.listen
         match listen:
             case cfg.UnixListen(path=path):
@@ -570,6 +656,16 @@ class HookServer:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         hooks = ", ".join(f"{h}={p}" for h, p in self.config.scripts.items()) or "none"
         log.info("%s %s listening on %s; hooks: %s", SERVER_NAME, server_version(), listen, hooks)
+        keys = self.config.trusted_keys
+        log.info(
+            "install files: only from %s, checked in %s; signatures: %s",
+            self.config.download_dir,
+            self.runner.gate.copy_dir,
+            "not checked (no [service] trusted_keys)"
+            if keys is None
+            else f"checked with {len(keys.keys)} key(s) in {keys.path}"
+            + (", required" if self.config.require_signature else ""),
+        )
 
     def _bind_unix(self, path: Path) -> None:
         if not path.parent.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -306,6 +307,15 @@ def test_null_optional_fields_count_as_absent() -> None:
         ({"file": URL, "version": "1", "size": True}, "size"),
         ({"file": URL, "version": "1", "size": 1.5}, "size"),
         ({"file": URL, "version": "1", "size": "10"}, "size"),
+        ({"file": URL, "version": "1", "signature": 5}, "signature"),
+        ({"file": URL, "version": "1", "signature": ""}, "signature"),
+        ({"file": URL, "version": "1", "signature": "not base64!"}, "signature"),
+        ({"file": URL, "version": "1", "signature": "MEUCIQ"}, "signature"),  # no padding
+        ({"file": URL, "version": "1", "signature": "MEUC\nIQ=="}, "signature"),
+        ({"file": URL, "version": "1", "signature": "AAAA"}, "signature"),  # 3 bytes
+        ({"file": URL, "version": "1", "signature": "A" * 100}, "signature"),  # 75 bytes
+        ({"file": URL, "version": "1", "signature": "A" * 100_000}, "signature"),
+        ({"file": URL, "version": "1", "signature": "MEUCIQ€="}, "signature"),
     ],
 )
 def test_invalid_documents_name_the_field(doc: object, field: str) -> None:
@@ -314,6 +324,22 @@ def test_invalid_documents_name_the_field(doc: object, field: str) -> None:
     assert document.field == field
     assert document.reason
     assert "SECRETSIG" not in document.reason  # a pre-signed URL never ends up in a reason
+
+
+def test_the_signature_is_decoded_from_base64() -> None:
+    der = bytes([0x30, 0x44, 0x02, 0x20]) + b"\x01" * 32 + bytes([0x02, 0x20]) + b"\x02" * 32
+
+    doc = describe({"file": URL, "version": "1", "signature": base64.b64encode(der).decode()})
+
+    assert doc.execution.document == JobDocument(file=URL, version="1", signature=der)
+
+
+def test_a_bad_signature_says_what_is_expected_without_echoing_it() -> None:
+    document = describe({"file": URL, "version": "1", "signature": "A" * 100_000})
+    invalid = document.execution.document
+    assert isinstance(invalid, InvalidJobDocument)
+    assert "base64 of a DER ECDSA P-256 signature" in invalid.reason
+    assert "AAAA" not in invalid.reason
 
 
 def test_the_url_limit_is_2048_characters() -> None:
@@ -518,7 +544,7 @@ json_trees = st.recursive(
 known_keys = st.sampled_from(
     [
         "jobs", "IN_PROGRESS", "QUEUED", "inProgressJobs", "queuedJobs", "execution", "jobId", "status",
-        "statusDetails", "jobDocument", "file", "version", "force", "meta", "sha256", "size", "queuedAt",
+        "statusDetails", "jobDocument", "file", "version", "force", "meta", "sha256", "size", "signature", "queuedAt",
         "code", "message", "clientToken", "executionState", "timestamp", "thingName", "versionNumber",
     ]
 )  # fmt: skip
@@ -584,6 +610,7 @@ def test_any_document_is_a_job_document_or_names_the_bad_field(
             "meta",
             "sha256",
             "size",
+            "signature",
         }
     else:
         assert document.file

@@ -32,6 +32,7 @@ from upparat.core.commands import (
     UpdateJob,
 )
 from upparat.core.events import (
+    DownloadCompleted,
     DownloadRetrying,
     HookFailure,
     HookServerInfo,
@@ -45,6 +46,7 @@ from upparat.core.events import (
 from upparat.core.model import (
     DownloadFailure,
     HookKind,
+    InstallFile,
     InvalidJobDocument,
     JobDocument,
     JobStatus,
@@ -324,8 +326,74 @@ def test_install_reports_its_start_and_gets_the_file_path() -> None:
         Persist(record=JournalRecord(job_id=JOB, phase=Phase.INSTALLING, previous_version="1.0")),
         reported("installation_start"),
         like(SetTimer),
-        like(CallHook, hook=HookKind.INSTALL, file_path="/data/upparat_1", timeout=7200),
+        like(
+            CallHook,
+            hook=HookKind.INSTALL,
+            file=InstallFile(path="/data/upparat_1", size=10, sha256="0"),
+            timeout=7200,
+        ),
     ]
+
+
+# --- signed artifacts ------------------------------------------------------------------
+
+SIGNATURE = b"0D\x02 " + b"\x01" * 32 + b"\x02 " + b"\x02" * 32
+
+
+def test_require_signature_rejects_an_unsigned_job_before_any_hook_or_download() -> None:
+    p = Playbook(Settings(require_signature=True))
+
+    out = p.take(execution(document=DOC))
+
+    update = p.last(UpdateJob)
+    assert update.status is JobStatus.REJECTED
+    details = dict(update.status_details)
+    assert details["state"] == "invalid_job_document"
+    assert "field 'signature'" in details["message"]
+    assert "require_signature" in details["message"]
+    assert not [c for c in p.history if isinstance(c, CallHook | StartDownload)]
+    assert Persist(record=None) in out
+
+
+def test_a_signed_job_is_downloaded_with_its_signature_and_installed_with_it() -> None:
+    p = Playbook(Settings(require_signature=True))
+    signed = JobDocument(file=URL, version="2", sha256="ab" * 32, size=10, signature=SIGNATURE)
+
+    at_download(p, signed)
+
+    assert p.last(StartDownload).signature == SIGNATURE
+    p.feed(
+        DownloadCompleted(
+            download_id=p.last(StartDownload).download_id,
+            path="/d/upparat_1",
+            size=10,
+            sha256="ab" * 32,
+        )
+    )
+    p.accept()  # installation_start
+    assert p.last(CallHook).file == InstallFile(
+        path="/d/upparat_1", size=10, sha256="ab" * 32, signature=SIGNATURE
+    )
+
+
+def test_without_require_signature_an_unsigned_job_runs() -> None:
+    p = Playbook(Settings(require_signature=False))
+    at_download(p)
+    assert p.last(StartDownload).signature is None
+
+
+def test_a_signature_that_does_not_verify_fails_the_job_before_install() -> None:
+    p = Playbook()
+    at_download(p, JobDocument(file=URL, version="2", signature=SIGNATURE))
+    message = "signature: does not verify the file's sha256 ab… with any of the 1 trusted key"
+
+    out = p.download_failed(DownloadFailure.VERIFICATION_FAILED, message)
+
+    assert out[:2] == [
+        DiscardDownload(job_id=JOB),
+        failed("download_verification_failed", message=message),
+    ]
+    assert not [c for c in p.history if isinstance(c, CallHook) and c.hook is HookKind.INSTALL]
 
 
 def test_install_progress_is_reported_throttled() -> None:

@@ -157,11 +157,16 @@ def test_upparat_1_12_config_runs_a_job(
     file_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     file_tls.load_cert_chain(pki["server.crt"], pki["server.key"])
     thing = "gateway-0042"  # the example's thing name, unchanged
+    hookserver_state = tmp_path / "hookserver-state"
     stack = make_stack(
         device,
         thing=thing,
         start=False,
-        env={"SSL_CERT_FILE": str(pki["ca.crt"])},  # the downloader trusts the test CA
+        env={
+            "SSL_CERT_FILE": str(pki["ca.crt"]),  # the downloader trusts the test CA
+            # What the hook server's unit sets (StateDirectory=); 1.12 has no [hookserver].
+            "STATE_DIRECTORY": str(hookserver_state),
+        },
         file_tls=file_tls,
     )
     tls_port = free_port()
@@ -206,6 +211,7 @@ def test_upparat_1_12_config_runs_a_job(
     assert stack.files.url("x").startswith("https://")
     assert stack.files.served == {f"{JOB}.bundle": MiB}
     assert device.version == "2.0.0"
+    assert (hookserver_state / "verified").is_dir()  # the install file was checked there
     log = stack.daemon_log()
     assert "thing_name=gateway-0042" in log
     assert f"cafile={pki['ca.crt']}" in log

@@ -93,7 +93,10 @@ def test_update_with_a_reboot_succeeds_once_the_device_is_back(
         "ready",
     ]
     install, restart = device.calls("install")[0], device.calls("restart")[0]
-    assert install[2:] == ["0", "slot-b", str(download_path(stack, JOB))]
+    # $4: the hook server's checked copy of the download (removed after the script).
+    copy = stack.hookserver_state_dir / "verified" / JOB
+    assert install[2:] == ["0", "slot-b", str(copy)]
+    assert not copy.exists()
     assert restart[2:] == ["0", "slot-b", ""]  # $4: the force flag, "" when not forced
     assert stack.daemon_starts == 2
 

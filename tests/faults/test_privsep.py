@@ -151,9 +151,13 @@ def test_unprivileged_daemon_root_hook_server_third_user_locked_out(
     assert_ends_once(stack, JOB, "SUCCEEDED", "complete_ready")
     assert device.version == NEW
     assert device.slot_sha256() == sha
-    # The daemon downloaded as itself; root ran the install script on that file.
+    # The daemon downloaded as itself; root checked that file (the daemon's user owns it)
+    # and ran the install script on its own copy of what it checked.
     [run] = [row for row in device.install_log() if row[0] == "start"]
-    assert run[3:] == ["0", str(daemon_user.pw_uid)], run
+    assert run[3:] == ["0", "0"], run
+    download = stack.download_dir / "upparat" / JOB
+    hookserver_log = (stack.workdir / "hookserver.log").read_text()
+    assert f"install job={JOB}: {download} checked (1048576 bytes, sha256 {sha}" in hookserver_log
 
     # Only root and the daemon's group get to the socket.
     assert probe(python, daemon_user, stack.socket) == "connected"

@@ -9,7 +9,9 @@ How to run the cases against an implementation
 An implementation is a command line that takes ``-c <config>`` and reads the INI
 file upparat-hookserver reads: ``[hooks] version/download/install/restart/ready``
 (script paths) and ``endpoint``, ``[hookserver] listen, cancel_grace_period,
-default_retry_after, socket_mode, script_path``. Subclass `HookServerContract` in a
+default_retry_after, socket_mode, script_path`` and ``[service] download_location``
+(Install is asked for a real file there, with its sha256 and size, as the daemon asks; a
+server may check the file and give the script a copy). Subclass `HookServerContract` in a
 ``test_*.py`` module and override its class-scoped ``implementation`` fixture::
 
     class TestNodeHookServer(HookServerContract):
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import signal
 import socket
@@ -61,6 +64,8 @@ SECRET_ENV = "UPPARAT_TEST_SECRET"
 """Set in the server's environment; a script must never see it."""
 HOOK_NAMES = ("version", "download", "install", "restart", "ready")
 HOOK_SERVICE = "upparat.hooks.v1.HookService"
+FIRMWARE = b"upparat test bundle\n" * 1000
+"""What the daemon downloaded, in every Install request of these cases."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +197,28 @@ class RunningHookServer:
         return f"unix://{self.socket_path}"
 
     @property
+    def download_dir(self) -> Path:
+        """`<[service] download_location>/upparat`, where the daemon puts its downloads."""
+        return download_location(self.workdir) / "upparat"
+
+    def install_request(
+        self, context: hooks_pb2.JobContext | None = None, content: bytes = FIRMWARE
+    ) -> hooks_pb2.InstallRequest:
+        """What the daemon sends: its download of `content` lies in the download folder
+        (mode 0600, as the daemon writes it) and the request carries its sha256 and size."""
+        context = context or job()
+        path = self.download_dir / context.job_id
+        self.download_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(0o600)
+        return hooks_pb2.InstallRequest(
+            context=context,
+            file_path=str(path),
+            sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content),
+        )
+
+    @property
     def pid(self) -> int:
         return self.proc.pid
 
@@ -221,13 +248,11 @@ class RunningHookServer:
         self,
         *,
         context: hooks_pb2.JobContext | None = None,
-        file_path: str = "/tmp/firmware.raucb",
+        request: hooks_pb2.InstallRequest | None = None,
         timeout: float = CALL_TIMEOUT,
     ) -> InstallOutcome:
-        call = self.hooks().Install(
-            hooks_pb2.InstallRequest(context=context or job(), file_path=file_path),
-            timeout=timeout,
-        )
+        """One Install call; `request` defaults to `install_request(context)`."""
+        call = self.hooks().Install(request or self.install_request(context), timeout=timeout)
         progress: list[hooks_pb2.InstallProgress] = []
         result: hooks_pb2.HookResult | None = None
         after = 0
@@ -244,6 +269,11 @@ class RunningHookServer:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+
+
+def download_location(workdir: Path) -> Path:
+    """`[service] download_location` of every config a factory writes in `workdir`."""
+    return workdir / "dl"
 
 
 class HookServerFactory:
@@ -273,13 +303,17 @@ class HookServerFactory:
         *,
         socket_path: Path,
         options: Mapping[str, str] | None = None,
+        service: Mapping[str, str] | None = None,
         extra: str = "",
     ) -> Path:
-        """The INI file: `hooks` maps a hook name to a script path; `options` go to [hookserver]."""
+        """The INI file: `hooks` maps a hook name to a script path; `options` go to
+        [hookserver], `service` to [service] (next to download_location)."""
         self._count += 1
         conf = self.workdir / f"hookserver-{self._count}.conf"
         hookserver = {"cancel_grace_period": f"{GRACE:g}", **(options or {})}
-        lines = ["[hooks]", f"endpoint = unix://{socket_path}"]
+        lines = ["[service]", f"download_location = {download_location(self.workdir)}"]
+        lines += [f"{k} = {v}" for k, v in (service or {}).items()]
+        lines += ["", "[hooks]", f"endpoint = unix://{socket_path}"]
         lines += [f"{name} = {path}" for name, path in hooks.items()]
         lines += ["", "[hookserver]"] + [f"{k} = {v}" for k, v in hookserver.items()]
         conf.write_text("\n".join(lines) + "\n" + extra)
@@ -291,7 +325,13 @@ class HookServerFactory:
         if reason is not None:
             pytest.skip(reason)
         log_path = self.workdir / (log_name or f"{conf.stem}.log")
-        env = {**os.environ, SECRET_ENV: "do-not-leak"}
+        # A private state directory, as systemd's StateDirectory= gives one (a server that
+        # copies install files puts them there).
+        env = {
+            **os.environ,
+            SECRET_ENV: "do-not-leak",
+            "STATE_DIRECTORY": str(self.workdir / f"state-{conf.stem}"),
+        }
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 self.implementation.argv(conf),
@@ -313,6 +353,7 @@ class HookServerFactory:
         scripts: Mapping[str, str | Path],
         *,
         options: Mapping[str, str] | None = None,
+        service: Mapping[str, str] | None = None,
         socket_path: Path | None = None,
     ) -> RunningHookServer:
         """A server with `scripts` (hook name → ``/bin/sh`` body, or an existing Path)."""
@@ -324,7 +365,7 @@ class HookServerFactory:
             else:
                 paths[name] = self.write_script(f"{name}-{self._count + 1}.sh", script)
         sock = socket_path or self.socket_path()
-        conf = self.write_config(paths, socket_path=sock, options=options)
+        conf = self.write_config(paths, socket_path=sock, options=options, service=service)
         proc = self.spawn(conf)
         server = RunningHookServer(
             proc=proc,
@@ -441,7 +482,6 @@ def call(
     meta: str = "",
     *,
     timeout: float = CALL_TIMEOUT,
-    file_path: str = "/tmp/firmware.raucb",
     job_id: str = "upparat_job-1",
     attempt: int = 1,
     elapsed: float = 0.0,
@@ -464,7 +504,7 @@ def call(
             r = stub.CheckDownload(hooks_pb2.CheckDownloadRequest(context=context), timeout=timeout)
             return Answer(result=r.result)
         case "install":
-            outcome = server.install(context=context, file_path=file_path, timeout=timeout)
+            outcome = server.install(context=context, timeout=timeout)
             assert outcome.result is not None, "install stream ended without a result"
             assert outcome.after_result == 0, "install stream sent messages after its result"
             return Answer(result=outcome.result, progress=outcome.progress)
@@ -649,7 +689,7 @@ class HookServerContract:
         [
             ("version", True, None),
             ("download", True, None),
-            ("install", True, "/var/cache/upparat/upparat_job-1"),
+            ("install", True, "<the file>"),
             ("restart", True, "True"),
             ("restart", False, ""),
             ("ready", True, None),
@@ -665,21 +705,24 @@ class HookServerContract:
     ) -> None:
         # $1 = whole seconds since the first call, $2 = retries so far (attempt - 1),
         # $3 = meta; install adds $4 = the file, restart adds $4 = force ("True" or "").
+        # The file may be a copy the server checked (the reference server's), so the case
+        # looks at what the script can read there, while it runs.
         out = tmp_path / "args"
-        meta = f'for a in "$@"; do printf "%s\\n" "$a"; done > {out}.tmp; mv {out}.tmp {out}'
-
-        call(
-            eval_server,
-            hook,
-            meta,
-            attempt=3,
-            elapsed=12.7,
-            force=force,
-            file_path="/var/cache/upparat/upparat_job-1",
+        meta = (
+            f'[ "$UPPARAT_HOOK" != install ] || cat "$4" > {out}.file; '
+            f'for a in "$@"; do printf "%s\\n" "$a"; done > {out}.tmp; mv {out}.tmp {out}'
         )
 
-        expected = ["12", "2", meta] + ([] if fourth is None else [fourth])
-        assert wait_for_file(out).split("\n")[:-1] == expected
+        call(eval_server, hook, meta, attempt=3, elapsed=12.7, force=force)
+
+        args = wait_for_file(out).split("\n")[:-1]
+        assert args[:3] == ["12", "2", meta]
+        if fourth == "<the file>":
+            assert len(args) == 4
+            assert args[3].endswith("/upparat_job-1")
+            assert Path(f"{out}.file").read_bytes() == FIRMWARE
+        else:
+            assert args[3:] == ([] if fourth is None else [fourth])
 
     def test_no_meta_is_an_empty_third_argument(
         self, hook_server: HookServerFactory, tmp_path: Path
@@ -710,7 +753,6 @@ class HookServerContract:
             job_id="upparat_env",
             attempt=2,
             force=True,
-            file_path="/d/f",
         )
 
         lines = wait_for_file(tmp_path / "env").splitlines()
@@ -751,8 +793,7 @@ class HookServerContract:
         self, eval_server: RunningHookServer
     ) -> None:
         call_ = eval_server.hooks().Install(
-            hooks_pb2.InstallRequest(context=job(meta="echo first; sleep 3"), file_path="/f"),
-            timeout=CALL_TIMEOUT,
+            eval_server.install_request(job(meta="echo first; sleep 3")), timeout=CALL_TIMEOUT
         )
         started = time.monotonic()
 
@@ -773,9 +814,7 @@ class HookServerContract:
         pidfile = tmp_path / "pids"
         with killing_pids_afterwards(pidfile):
             stream = eval_server.hooks().Install(
-                hooks_pb2.InstallRequest(
-                    context=job(meta=tree(pidfile, ignore_term=ignore_term)), file_path="/f"
-                ),
+                eval_server.install_request(job(meta=tree(pidfile, ignore_term=ignore_term))),
                 timeout=30,
             )
             assert next(stream).progress.line == "started"
@@ -822,14 +861,21 @@ class HookServerContract:
             "import sys, grpc\n"
             "from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc\n"
             "stub = hooks_pb2_grpc.HookServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
-            "ctx = hooks_pb2.JobContext(job_id='j', meta=sys.argv[2], attempt=1)\n"
-            "for m in stub.Install(hooks_pb2.InstallRequest(context=ctx, file_path='/f')):\n"
+            "request = hooks_pb2.InstallRequest.FromString(bytes.fromhex(sys.argv[2]))\n"
+            "for m in stub.Install(request):\n"
             "    print(m.progress.line, flush=True)\n"
         )
+        request = eval_server.install_request(job(job_id="j", meta=tree(pidfile)))
         client_log = tmp_path / "client.log"
         with killing_pids_afterwards(pidfile), client_log.open("wb") as log:
             daemon = subprocess.Popen(
-                [sys.executable, "-c", client, eval_server.endpoint, tree(pidfile)],
+                [
+                    sys.executable,
+                    "-c",
+                    client,
+                    eval_server.endpoint,
+                    request.SerializeToString().hex(),
+                ],
                 cwd=REPO_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -871,9 +917,8 @@ class HookServerContract:
     ) -> None:
         gate = tmp_path / "gate"
         first = eval_server.hooks().Install(
-            hooks_pb2.InstallRequest(
-                context=job(meta=f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done"),
-                file_path="/f",
+            eval_server.install_request(
+                job(meta=f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done")
             ),
             timeout=CALL_TIMEOUT,
         )
@@ -892,9 +937,8 @@ class HookServerContract:
     ) -> None:
         gate = tmp_path / "gate"
         first = eval_server.hooks().Install(
-            hooks_pb2.InstallRequest(
-                context=job(meta=f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done"),
-                file_path="/f",
+            eval_server.install_request(
+                job(meta=f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done")
             ),
             timeout=CALL_TIMEOUT,
         )

@@ -25,6 +25,7 @@ from tests.hooks.contract_cases import (
     SHELL,
     RunningHookServer,
     hook_server_factory,
+    job,
     killing_pids_afterwards,
     read_pids,
     tree,
@@ -43,7 +44,7 @@ from upparat.core.events import (
     HookUnavailable,
     HookUnimplemented,
 )
-from upparat.core.model import CallId, HookContext, HookKind, JobId
+from upparat.core.model import CallId, HookContext, HookKind, InstallFile, JobId
 from upparat.hooks.client import (
     MAX_DETAIL_BYTES,
     MAX_LINE_CHARS,
@@ -107,7 +108,7 @@ def call_hook(
     meta: str = "",
     *,
     timeout: float = WAIT,
-    file_path: str | None = None,
+    file: InstallFile | None = None,
     attempt: int = 1,
 ) -> CallHook:
     return CallHook(
@@ -117,8 +118,18 @@ def call_hook(
             job_id=JobId("upparat_job-1"), meta=meta, attempt=attempt, elapsed=3.5, force=False
         ),
         timeout=timeout,
-        file_path=file_path if file_path is not None or hook is not HookKind.INSTALL else "/f",
+        file=file if file is not None or hook is not HookKind.INSTALL else NO_SUCH_FILE,
     )
+
+
+NO_SUCH_FILE = InstallFile(path="/f", size=0, sha256="0" * 64)
+"""For servers that never look at the file."""
+
+
+def downloaded(server: RunningHookServer) -> InstallFile:
+    """A download in `server`'s download folder, as the core hands it to Install."""
+    request = server.install_request(job())
+    return InstallFile(path=request.file_path, size=request.size, sha256=request.sha256)
 
 
 @pytest.fixture
@@ -239,11 +250,14 @@ def test_death_by_signal_is_a_failure(shell: tuple[HookClient, Recorder]) -> Non
     assert "SIGKILL" in result.message
 
 
-def test_install_progress_then_the_result(shell: tuple[HookClient, Recorder]) -> None:
+def test_install_progress_then_the_result(
+    eval_server: RunningHookServer, shell: tuple[HookClient, Recorder]
+) -> None:
     client, recorder = shell
     command = call_hook(
         HookKind.INSTALL,
         "echo Installing; sleep 0.3; echo ' 40% Copying image'; sleep 0.3; echo Done",
+        file=downloaded(eval_server),
     )
 
     result = run(client, recorder, command)
@@ -269,11 +283,13 @@ def test_a_second_running_call_is_aborted_which_reads_as_unavailable(
 ) -> None:
     client, recorder = shell
     gate = tmp_path / "gate"
-    first = call_hook(HookKind.INSTALL, f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done")
+    wait = f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done"
+    first = call_hook(HookKind.INSTALL, wait, file=downloaded(eval_server))
     client.execute(first)
     recorder.wait(lambda e: isinstance(e, HookProgressed) and e.call_id == first.call_id)
 
-    second = run(client, recorder, call_hook(HookKind.INSTALL, "echo again"))
+    again = call_hook(HookKind.INSTALL, "echo again", file=downloaded(eval_server))
+    second = run(client, recorder, again)
 
     assert isinstance(second, HookUnavailable)
     assert "ABORTED" in second.detail
@@ -282,11 +298,11 @@ def test_a_second_running_call_is_aborted_which_reads_as_unavailable(
 
 
 def test_cancel_cancels_the_rpc_the_script_dies_and_nothing_is_reported(
-    shell: tuple[HookClient, Recorder], tmp_path: Path
+    eval_server: RunningHookServer, shell: tuple[HookClient, Recorder], tmp_path: Path
 ) -> None:
     client, recorder = shell
     pidfile = tmp_path / "pids"
-    command = call_hook(HookKind.INSTALL, tree(pidfile), timeout=30)
+    command = call_hook(HookKind.INSTALL, tree(pidfile), timeout=30, file=downloaded(eval_server))
     with killing_pids_afterwards(pidfile):
         client.execute(command)
         pids = read_pids(pidfile, 2)
@@ -436,6 +452,12 @@ class HostileHooks(hooks_pb2_grpc.HookServiceServicer):
             case "hang":
                 yield hooks_pb2.InstallResponse(progress=hooks_pb2.InstallProgress(line="a"))
                 time.sleep(3)
+            case "echo-file":
+                size = request.size if request.HasField("size") else None
+                echo = f"{request.file_path} {size} {request.sha256} {request.signature.hex()}"
+                yield hooks_pb2.InstallResponse(
+                    result=_result(outcome=hooks_pb2.OUTCOME_SUCCESS, message=echo)
+                )
             case _:
                 yield success
 
@@ -465,6 +487,20 @@ def failure(client: HookClient, recorder: Recorder, command: CallHook) -> HookFa
     result = run(client, recorder, command)
     assert isinstance(result, HookFailure), result
     return result
+
+
+def test_install_sends_the_path_size_sha256_and_signature_of_the_file(
+    broken: tuple[HookClient, Recorder],
+) -> None:
+    signed = InstallFile(path="/d/upparat_1", size=1234, sha256="ab" * 32, signature=b"\x30\x06")
+    unsigned = InstallFile(path="/d/upparat_2", size=0, sha256="cd" * 32)
+
+    assert run(*broken, call_hook(HookKind.INSTALL, "echo-file", file=signed)) == HookSuccess(
+        message=f"/d/upparat_1 1234 {'ab' * 32} 3006"
+    )
+    assert run(*broken, call_hook(HookKind.INSTALL, "echo-file", file=unsigned)) == HookSuccess(
+        message=f"/d/upparat_2 0 {'cd' * 32}"
+    )
 
 
 def test_an_answer_without_result_is_outcome_unspecified(

@@ -109,7 +109,7 @@ class TestNodeHookServer(HookServerContract):
         """
         with killing_pids_afterwards(pidfile):
             stream = eval_server.hooks().Install(
-                hooks_pb2.InstallRequest(context=job(meta=script), file_path="/f"),
+                eval_server.install_request(job(meta=script)),
                 timeout=CALL_TIMEOUT,
             )
             assert next(stream).progress.line == "started"

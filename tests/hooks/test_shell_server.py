@@ -11,6 +11,7 @@ import configparser
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tests.hooks.contract_cases import (
     wait_for_file,
     wait_gone,
 )
+from tests.support.keys import make_key
 from upparat.devstack.rauc import RaucDevice
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
@@ -53,7 +55,7 @@ class TestShellHookServer(HookServerContract):
         self, eval_server: RunningHookServer, tmp_path: Path
     ) -> None:
         out = tmp_path / "env"
-        call(eval_server, "install", f"env > {out}.tmp; mv {out}.tmp {out}", file_path="/d/f")
+        call(eval_server, "install", f"env > {out}.tmp; mv {out}.tmp {out}")
 
         names = {line.split("=", 1)[0] for line in wait_for_file(out).splitlines()}
 
@@ -225,13 +227,19 @@ class TestShellHookServer(HookServerContract):
             assert metered.result.retry_after.seconds == 300
             (flags / "metered").unlink()
             assert call(server, "download").result.outcome == hooks_pb2.OUTCOME_SUCCESS
-            installed = call(server, "install", file_path=str(bundle.path))
+            installed = server.install(
+                request=server.install_request(content=bundle.path.read_bytes())
+            )
+            assert installed.result is not None
             assert installed.result.outcome == hooks_pb2.OUTCOME_SUCCESS, installed.result
             # RAUC's own lines (at most one each 0.2 s: the newest wins, so a quick install
             # shows few of them).
             lines = [p.line for p in installed.progress]
             assert lines[0] == "installing", lines
-            assert lines[-1] == f"Installing `{bundle.path}` succeeded", lines
+            # RAUC installs the hook server's checked copy, not the download itself.
+            assert lines[-1].startswith("Installing `"), lines
+            assert lines[-1].endswith("` succeeded"), lines
+            assert str(server.download_dir) not in lines[-1], lines
             assert device.slot_holds("B", bundle.image)
             # Restart does not return: it waits for the reboot to stop it.
             with pytest.raises(grpc.RpcError) as waited:
@@ -263,14 +271,17 @@ class TestShellHookServer(HookServerContract):
                 {"install": device.hooks()["install"]}, options=device.hookserver_options()
             )
 
-            failed = call(server, "install", file_path=str(not_a_bundle))
+            failed = server.install(
+                request=server.install_request(content=not_a_bundle.read_bytes())
+            )
 
+        assert failed.result is not None
         assert failed.result.reason == "HOOK_EXIT_NONZERO"
         # RAUC's reason, last even when rauc prints "idle" after it.
         assert "exited with status 1: LastError: Invalid bundle format" in failed.result.message, (
             failed.result.message
         )
-        assert f"Installing `{not_a_bundle}` failed" in failed.result.detail
+        assert "` failed" in failed.result.detail, failed.result.detail
 
     @pytest.mark.parametrize(
         ("section", "expected"),
@@ -336,7 +347,8 @@ def parse(text: str, **overrides: str) -> cfg.ServerConfig:
     return cfg.parse(parser, **overrides)
 
 
-def test_defaults() -> None:
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     config = parse("[service]\nlog_level = DEBUG\n")
 
     assert config == cfg.ServerConfig(
@@ -347,7 +359,40 @@ def test_defaults() -> None:
         socket_mode=0o660,
         script_path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         log_level="INFO",
+        download_dir=Path(tempfile.gettempdir()) / "upparat",  # the daemon's default
+        state_dir=Path("/var/lib/upparat-hookserver"),
+        trusted_keys=None,
+        require_signature=False,
     )
+
+
+def test_the_state_dir_is_systemds_state_directory_unless_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/upparat-hookserver-x:/var/lib/other")
+    assert parse("").state_dir == Path("/var/lib/upparat-hookserver-x")
+    assert parse("[hookserver]\nstate_dir = /srv/hs\n").state_dir == Path("/srv/hs")
+
+
+def test_the_shared_service_keys_are_read_as_the_daemon_reads_them(tmp_path: Path) -> None:
+    key = make_key(tmp_path, "release")
+
+    config = parse(
+        f"[service]\ndownload_location = {tmp_path}\ntrusted_keys = {key.public}\n"
+        "require_signature = yes\n"
+    )
+
+    assert config.download_dir == tmp_path / "upparat"
+    assert config.trusted_keys is not None
+    assert [k.source for k in config.trusted_keys.keys] == [str(key.public)]
+    assert config.require_signature is True
+
+
+def test_a_bad_trusted_keys_is_a_config_error_of_the_hook_server_too(tmp_path: Path) -> None:
+    with pytest.raises(cfg.ConfigError) as err:
+        parse(f"[service]\ntrusted_keys = {tmp_path / 'missing.pem'}\nrequire_signature = 1\n")
+
+    assert "config: [service] trusted_keys must be a PEM file" in str(err.value)
 
 
 def test_listen_overrides_endpoint_and_the_command_line_overrides_both() -> None:

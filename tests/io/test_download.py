@@ -28,6 +28,7 @@ import pytest
 
 import upparat.io.download as download_module
 from tests.io.httpserver import Blob, ForwardProxy, Reply, ScriptedServer, serving
+from tests.support.keys import SigningKey, make_key
 from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
 from upparat.core.events import (
     DownloadCompleted,
@@ -38,6 +39,7 @@ from upparat.core.events import (
 )
 from upparat.core.model import DownloadFailure, DownloadId, JobId
 from upparat.io.download import Downloader, redact_url
+from upparat.signing import load_trusted_keys
 
 SECRET = "s3cr3t"
 """The signature in every test URL's query string: must never reach a log line or event."""
@@ -178,6 +180,7 @@ def start(
     job_id: str = JOB,
     sha256: str | None = None,
     size: int | None = None,
+    signature: bytes | None = None,
 ) -> None:
     downloader.execute(
         StartDownload(
@@ -186,6 +189,7 @@ def start(
             url=url,
             sha256=sha256,
             size=size,
+            signature=signature,
         )
     )
 
@@ -535,6 +539,85 @@ def test_sha256_mismatch_fails_and_removes_the_file(
     assert wrong in failed.message
     assert blob.sha256() in failed.message
     assert list(folder.iterdir()) == []
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> SigningKey:
+    return make_key(tmp_path / "keys", "release")
+
+
+def signature_of(blob: Blob, key: SigningKey, tmp_path: Path) -> bytes:
+    """What `openssl dgst -sha256 -sign` makes of the blob's bytes."""
+    copy = tmp_path / "blob.bin"
+    copy.write_bytes(blob.read())
+    return key.sign(copy)
+
+
+def test_a_signature_is_checked_on_the_digest_of_the_download(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    key: SigningKey,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keys = load_trusted_keys(key.public)
+
+    start(make(trusted_keys=keys), server.url(), signature=signature_of(blob, key, tmp_path))
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert "signature verified with" in caplog.text
+    assert server.bytes_served == blob.size
+
+
+def test_a_signature_of_another_key_fails_and_removes_the_file(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    key: SigningKey,
+    folder: Path,
+    tmp_path: Path,
+) -> None:
+    other = make_key(tmp_path / "other", "other")
+    keys = load_trusted_keys(key.public)
+
+    start(make(trusted_keys=keys), server.url(), signature=signature_of(blob, other, tmp_path))
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.VERIFICATION_FAILED
+    assert failed.message.startswith("signature: does not verify")
+    assert "127.0.0.1" not in failed.message  # names the signature, never the URL
+    assert list(folder.iterdir()) == []
+
+
+def test_a_complete_file_found_again_is_checked_against_the_signature_too(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    key: SigningKey,
+    folder: Path,
+    tmp_path: Path,
+) -> None:
+    downloader = make(trusted_keys=load_trusted_keys(key.public))
+    start(downloader, server.url(), sha256=blob.sha256(), size=blob.size)
+    recorder.completed()
+
+    garbage = b"\x30\x06\x02\x01\x01\x02\x01\x01"
+    start(downloader, server.url(), download_id=2, sha256=blob.sha256(), signature=garbage)
+
+    assert recorder.failed(2).message.startswith("signature: ")
+    assert list(folder.iterdir()) == []
+
+
+def test_without_trusted_keys_a_signature_is_passed_on_unchecked(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    start(make(), server.url(), signature=b"\x30\x06\x02\x01\x01\x02\x01\x01")
+
+    assert recorder.completed().sha256 == blob.sha256()
 
 
 def test_a_size_contradicting_content_length_fails_before_the_body(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.keys import make_key
 from upparat.jobtool import cli
 from upparat.jobtool.backend import BackendError
 from upparat.jobtool.model import FileFacts, FileSource, JobSpec
@@ -249,3 +252,112 @@ def test_the_emulator_path_never_imports_boto3() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["sha256"] == SHA
+
+
+# --- signing --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A bundle and the create arguments naming it (its sha256 and size given, so the fake
+    backend reports exactly those)."""
+    path = tmp_path / "fw.raucb"
+    path.write_bytes(b"firmware 3.1\n" * 999)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    argv = [
+        "create", "--file", "https://cdn.example.com/fw.raucb", "--version", "3.1",
+        "--thing", "dev-1", "--sha256", sha, "--size", str(path.stat().st_size),
+    ]  # fmt: skip
+    return path, argv
+
+
+def test_sign_key_signs_the_bundles_sha256_as_openssl_would_check_it(
+    fake: FakeBackend, bundle: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    path, argv = bundle
+    key = make_key(tmp_path / "keys", "release")
+
+    assert cli.main([*argv, "--sign-key", str(key.private)]) == 0
+
+    ((_, document, _),) = fake.created
+    sig = tmp_path / "sig.der"
+    sig.write_bytes(base64.b64decode(json.loads(document)["signature"]))
+    verify = ["openssl", "dgst", "-sha256", "-verify", str(key.public), "-signature", str(sig)]
+    done = subprocess.run([*verify, str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_signature_made_elsewhere_is_checked_then_put_in_the_document(
+    fake: FakeBackend,
+    bundle: tuple[Path, list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path, argv = bundle
+    key = make_key(tmp_path / "keys", "release")
+    sig = tmp_path / "fw.sig"
+    sig.write_bytes(key.sign(path))
+
+    code = cli.main([*argv, "--signature", str(sig), "--trusted-keys", str(key.certificate())])
+
+    assert code == 0
+    ((_, document, _),) = fake.created
+    assert base64.b64decode(json.loads(document)["signature"]) == sig.read_bytes()
+    assert "--signature: signature verified with" in capsys.readouterr().err
+
+
+def test_a_signature_the_devices_would_refuse_creates_no_job(
+    fake: FakeBackend,
+    bundle: tuple[Path, list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path, argv = bundle
+    trusted = make_key(tmp_path / "keys", "release")
+    other = make_key(tmp_path / "other", "other")
+    sig = tmp_path / "fw.sig"
+    sig.write_bytes(other.sign(path))
+
+    for extra in (
+        ["--signature", str(sig), "--trusted-keys", str(trusted.public)],
+        ["--sign-key", str(other.private), "--trusted-keys", str(trusted.public)],
+    ):
+        assert cli.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "does not verify" in err
+        assert "devices with these keys would refuse it" in err
+    assert fake.created == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--signature", "{sig}"], "--signature needs --trusted-keys"),
+        (["--signature", "{sig}", "--sign-key", "{key}"], "exclude each other"),
+        (["--sign-key", "{pub}"], "--sign-key: not an unencrypted PEM private key"),
+        (["--sign-key", "{key}", "--trusted-keys", "{key}"], "--trusted-keys: "),
+        (["--trusted-keys", "{pub}"], "--trusted-keys checks --sign-key or --signature"),
+        (["--signature", "{missing}", "--trusted-keys", "{pub}"], "No such file"),
+    ],
+)
+def test_signing_usage_errors_exit_2_before_any_service_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+    bundle: tuple[Path, list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    def no_backend(self: object) -> FakeBackend:
+        raise AssertionError("a backend was opened for bad input")
+
+    monkeypatch.setattr(cli._Connection, "_open", no_backend)
+    path, argv = bundle
+    key = make_key(tmp_path / "keys", "release")
+    sig = tmp_path / "fw.sig"
+    sig.write_bytes(key.sign(path))
+    names = {"sig": sig, "key": key.private, "pub": key.public, "missing": tmp_path / "nope"}
+
+    assert cli.main([*argv, *(e.format(**names) for e in extra)]) == 2
+
+    assert message in capsys.readouterr().err

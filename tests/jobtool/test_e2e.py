@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.keys import make_key
 from upparat.devstack.stack import Stack
 from upparat.jobtool.cli import main
 
@@ -50,3 +51,26 @@ def test_jobs_created_by_the_tool_run_on_the_daemon(
         "state": "download_verification_failed",
         "message": f"sha256: expected {wrong}, got {sha}",
     }
+
+
+def test_a_job_the_tool_signs_runs_on_a_daemon_that_requires_signatures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = make_key(tmp_path / "keys", "release")
+    trust = {"service": {"trusted_keys": str(key.public), "require_signature": "true"}}
+    with Stack(tmp_path / "stack", thing="dev-1", config=trust) as stack:
+        stack.start()
+        url, _ = stack.publish_file("fw-3.0.raucb", 200_000)
+        where = ["--emulator", f"127.0.0.1:{stack.broker.port}"]
+        create = ["create", *where, "--file", url, "--version", "3.0", "--thing", "dev-1"]
+        watch = ["--watch", "--interval", "0.2", "--json"]
+
+        signed = [*create, "--presign", "--sign-key", str(key.private)]
+        assert main([*signed, "--job-id", "signed"]) == 0
+        assert "signature" in json.loads(capsys.readouterr().out)
+        assert main([*create, "--presign", "--job-id", "unsigned"]) == 0
+        capsys.readouterr()
+        for job, status in (("signed", "SUCCEEDED"), ("unsigned", "REJECTED")):
+            assert main(["status", f"upparat_{job}", *where, *watch]) == 0
+            final = json.loads(capsys.readouterr().out.splitlines()[-1])
+            assert [e["status"] for e in final["executions"]] == [status], final

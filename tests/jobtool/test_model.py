@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from upparat.aws import inbound
+from upparat.core.model import JobDocument
 from upparat.jobtool.model import (
     JOB_ID_RE,
     MAX_DOCUMENT_CHARS,
@@ -82,6 +85,23 @@ def test_s3_job_document_uses_the_presigned_url_placeholder() -> None:
     # compact on the wire, readable on the terminal, same content
     assert " " not in doc.text.replace("channel=stable", "")
     assert json.loads(doc.shown) == json.loads(doc.text)
+
+
+def test_a_signature_goes_into_the_document_as_base64_the_device_parses() -> None:
+    spec = plan(s3_input(file="https://cdn.example.com/fw.raucb", role_arn=None))
+    der = bytes([0x30, 0x44, 0x02, 0x20]) + b"\x01" * 32 + bytes([0x02, 0x20]) + b"\x02" * 32
+
+    doc = build_document(spec, FACTS, der)
+
+    assert not isinstance(doc, Rejected)
+    document = json.loads(doc.text)
+    assert document["signature"] == base64.b64encode(der).decode()
+    parsed = inbound._document(document)  # what the daemon makes of it
+    assert isinstance(parsed, JobDocument)
+    assert parsed.signature == der
+    unsigned = build_document(spec, FACTS)
+    assert not isinstance(unsigned, Rejected)
+    assert "signature" not in json.loads(unsigned.text)
 
 
 def test_https_file_goes_into_the_document_as_is_without_presigning() -> None:

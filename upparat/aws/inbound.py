@@ -10,8 +10,10 @@ absent). Unknown fields are ignored, so the service may add some.
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
+from base64 import b64decode
 from typing import NoReturn, TypeAlias, cast
 
 from upparat.aws import topics
@@ -57,6 +59,9 @@ decoder recurses once per level: on a small thread stack (musl: 128 KiB) a deep 
 could crash the process before Python's recursion limit is reached."""
 
 MAX_FILE_URL_CHARS = 2048
+MAX_SIGNATURE_BYTES = 72
+"""A DER ECDSA P-256 signature: a SEQUENCE of two INTEGERs of at most 33 bytes each."""
+MIN_SIGNATURE_BYTES = 8
 
 # A JSON string (possessive, and ending at the end of the text when unterminated, so the
 # scan stays linear on any input) or one bracket.
@@ -297,6 +302,10 @@ def _document(value: object) -> JobDocument | InvalidJobDocument:
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         return _invalid("size", f"must be a non-negative integer (bytes), got {_kind(size)}")
 
+    signature = _signature(doc.get("signature"))
+    if isinstance(signature, InvalidJobDocument):
+        return signature
+
     return JobDocument(
         file=file,
         version=version,
@@ -304,7 +313,34 @@ def _document(value: object) -> JobDocument | InvalidJobDocument:
         meta=meta,
         sha256=sha256.lower() if isinstance(sha256, str) else None,
         size=size,
+        signature=signature,
     )
+
+
+def _signature(value: object) -> bytes | InvalidJobDocument | None:
+    """The DER bytes of `signature` (base64 in the document); what they sign is checked by
+    `upparat.signing`, which needs the file's digest."""
+    if value is None:
+        return None
+    expected = (
+        "must be the base64 of a DER ECDSA P-256 signature of the file's sha256"
+        " (openssl dgst -sha256 -sign key.pem FILE | base64 -w0)"
+    )
+    if not isinstance(value, str):
+        return _invalid("signature", f"{expected}, got {_kind(value)}")
+    if len(value) > 4 * MAX_SIGNATURE_BYTES:
+        return _invalid("signature", f"{expected}, got {len(value)} characters")
+    try:
+        der = b64decode(value.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return _invalid("signature", f"{expected}: not base64 (A-Z a-z 0-9 + / and = padding)")
+    if not MIN_SIGNATURE_BYTES <= len(der) <= MAX_SIGNATURE_BYTES:
+        return _invalid(
+            "signature",
+            f"{expected}: {len(der)} bytes, such a signature has"
+            f" {MIN_SIGNATURE_BYTES}-{MAX_SIGNATURE_BYTES}",
+        )
+    return der
 
 
 def _url_problem(url: str) -> str | None:

@@ -14,6 +14,7 @@ from upparat.core.model import (
     DownloadId,
     HookContext,
     HookKind,
+    InstallFile,
     JobId,
     JobStatus,
     JournalRecord,
@@ -61,7 +62,7 @@ class CallHook:
     context: HookContext
     timeout: float
     """Deadline of the RPC in seconds."""
-    file_path: str | None = None
+    file: InstallFile | None = None
     """Install only."""
 
 
@@ -79,6 +80,8 @@ class StartDownload:
     url: str
     sha256: str | None = None
     size: int | None = None
+    signature: bytes | None = None
+    """Checked by the driver on the digest it computes, when it has trusted keys."""
 
 
 @attrs.frozen(kw_only=True)

@@ -67,6 +67,7 @@ from upparat.core.model import (
     DownloadId,
     HookContext,
     HookKind,
+    InstallFile,
     InvalidJobDocument,
     JobDocument,
     JobExecution,
@@ -300,7 +301,7 @@ class RefreshingUrl:
 class Installing:
     job: Job
     call: Call
-    path: str
+    file: InstallFile
 
 
 @attrs.frozen(kw_only=True)
@@ -729,6 +730,13 @@ def _document(state: State, execution: JobExecution) -> JobDocument | InvalidJob
         expected = " or ".join(f"{s}://" for s in allowed)
         got = f"a {scheme}:// URL" if separator else "no URL"
         return InvalidJobDocument(field="file", reason=f"must be an {expected} URL, got {got}")
+    if state.settings.require_signature and document.signature is None:
+        # Before any download: an unsigned file never reaches the device.
+        return InvalidJobDocument(
+            field="signature",
+            reason="is missing and this device requires one ([service] require_signature):"
+            " sign the file (upparat-job create --sign-key KEY.pem)",
+        )
     return document
 
 
@@ -842,6 +850,7 @@ def _start_download(state: State, job: Job, now: float, *, refusals: int) -> Out
         url=document.file,
         sha256=document.sha256,
         size=document.size,
+        signature=document.signature,
     )
     message = f"job {job.job_id}: downloading {_redact(document.file)}"
     state = attrs.evolve(
@@ -850,14 +859,14 @@ def _start_download(state: State, job: Job, now: float, *, refusals: int) -> Out
     return state, [*commands, *more, start, _log(LogLevel.INFO, message, job.job_id)]
 
 
-def _install_phase(state: State, job: Job, path: str, now: float) -> Out:
+def _install_phase(state: State, job: Job, file: InstallFile, now: float) -> Out:
     state, commands = _persist(state, job.job_id, Phase.INSTALLING)
     if HookKind.INSTALL in state.absent_hooks:
         state, more = _no_install_hook(state, job)
         return state, [*commands, *more]
     state, job, more = _report_phase(state, job, ReportedState.INSTALLATION_START, "", now)
-    state, call, calls = _start_call(state, job, HookKind.INSTALL, now, file_path=path)
-    state = attrs.evolve(state, stage=Installing(job=job, call=call, path=path))
+    state, call, calls = _start_call(state, job, HookKind.INSTALL, now, file=file)
+    state = attrs.evolve(state, stage=Installing(job=job, call=call, file=file))
     return state, [*commands, *more, *calls]
 
 
@@ -1037,14 +1046,14 @@ def _previous_version(state: State, job_id: JobId) -> str | None:
 
 
 def _start_call(
-    state: State, job: Job, hook: HookKind, now: float, *, file_path: str | None = None
+    state: State, job: Job, hook: HookKind, now: float, *, file: InstallFile | None = None
 ) -> tuple[State, Call, list[Command]]:
     call = Call(attempt=1, started_at=now, pending=Sleeping(timer=0))
-    return _invoke(state, job, hook, call, now, file_path)
+    return _invoke(state, job, hook, call, now, file)
 
 
 def _invoke(
-    state: State, job: Job, hook: HookKind, call: Call, now: float, file_path: str | None
+    state: State, job: Job, hook: HookKind, call: Call, now: float, file: InstallFile | None
 ) -> tuple[State, Call, list[Command]]:
     state, serial = _next(state)
     call_id = CallId(serial)
@@ -1058,9 +1067,7 @@ def _invoke(
         force=document.force,
     )
     timeout = settings.install_timeout if hook is HookKind.INSTALL else settings.hook_timeout
-    command = CallHook(
-        call_id=call_id, hook=hook, context=context, timeout=timeout, file_path=file_path
-    )
+    command = CallHook(call_id=call_id, hook=hook, context=context, timeout=timeout, file=file)
     return state, attrs.evolve(call, pending=Running(call_id=call_id)), [command]
 
 
@@ -1286,14 +1293,14 @@ def _hook_absent(state: State, stage: HookStage, now: float) -> Out:
 def _recall(state: State, stage: HookStage, now: float) -> Out:
     """The HOOK_RETRY timer fired: call the same hook again."""
     commands: list[Command] = []
-    file_path: str | None = None
+    file: InstallFile | None = None
     if isinstance(stage, Installing):
-        file_path = stage.path
+        file = stage.file
     if isinstance(stage, Restarting):
         # Restart may end the process: the journal must be on disk first.
         state, persist = _persist_restarting(state, stage.job.job_id)
         commands.append(persist)
-    state, call, more = _invoke(state, stage.job, _hook_of(stage), stage.call, now, file_path)
+    state, call, more = _invoke(state, stage.job, _hook_of(stage), stage.call, now, file)
     return attrs.evolve(state, stage=attrs.evolve(stage, call=call)), [*commands, *more]
 
 
@@ -1396,9 +1403,12 @@ def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
             state, job, commands = _report_progress(state, job, details, None, now)
             commands.append(_log(LogLevel.WARNING, f"job {job.job_id}: {message}", job.job_id))
             return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
-        case DownloadCompleted(path=path, size=size):
+        case DownloadCompleted(path=path, size=size, sha256=sha256):
             note = f"job {job.job_id}: downloaded {size} bytes to {path}"
-            state, commands = _install_phase(state, job, path, now)
+            file = InstallFile(
+                path=path, size=size, sha256=sha256, signature=job.document.signature
+            )
+            state, commands = _install_phase(state, job, file, now)
             return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
         case DownloadFailed(failure=failure, message=message):
             return _download_failed(state, stage, failure, message, now)

@@ -90,6 +90,22 @@ class JobDocument:
     """Lower-case hex, 64 characters, when given."""
     size: int | None = None
     """Bytes, when given (>= 0)."""
+    signature: bytes | None = None
+    """DER ECDSA P-256 signature over the file's SHA-256 (base64 in the document), when
+    given. The edge checked only its encoding; `upparat.signing` checks what it signs."""
+
+
+@attrs.frozen(kw_only=True)
+class InstallFile:
+    """The downloaded, verified file Install is called with. The hook server checks it
+    again (size, sha256 and signature) before root installs it."""
+
+    path: str
+    size: int
+    sha256: str
+    """Lower-case hex, as the download computed it."""
+    signature: bytes | None = None
+    """The job document's signature, passed on for the hook server to check."""
 
 
 @attrs.frozen(kw_only=True)
@@ -247,6 +263,8 @@ class Settings:
     """Random per process (the daemon draws it): client tokens `upparat-<nonce>-<n>` that
     another client on a shared broker cannot guess to answer our requests. Empty in tests:
     `upparat-<n>`."""
+    require_signature: bool = False
+    """A job document without `signature` is REJECTED before any download."""
     request_timeout: float = 30.0
     """Seconds to wait for a reply to get / describe / update before asking again."""
     restart_timeout: float = 600.0

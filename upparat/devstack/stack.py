@@ -62,6 +62,11 @@ class Stack:
         self._control: EmulatorControl | None = None
         self.daemon_starts = 0
 
+    @property
+    def hookserver_state_dir(self) -> Path:
+        """`[hookserver] state_dir`: the hook server's checked copies are in `verified/`."""
+        return self.workdir / "hookserver-state"
+
     # --- configuration ----------------------------------------------------------------
 
     def write_config(self) -> Path:
@@ -86,7 +91,10 @@ class Stack:
                 "max_retries": "5",
                 **{name: str(path) for name, path in self.hooks.items()},
             },
-            "hookserver": {"cancel_grace_period": "2"},
+            "hookserver": {
+                "cancel_grace_period": "2",
+                "state_dir": str(self.hookserver_state_dir),
+            },
         }
         for section, values in self.extra_config.items():
             sections.setdefault(section, {}).update(values)

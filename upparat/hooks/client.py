@@ -430,12 +430,17 @@ class HookClient:
 
     def _install(self, call: _Call, context: hooks_pb2.JobContext) -> HookResult | None:
         command = call.command
-        if command.file_path is None:
-            return HookFailure(reason="CLIENT_ERROR", message="install call without a file path")
-        stream = self._hooks.Install(
-            hooks_pb2.InstallRequest(context=context, file_path=command.file_path),
-            timeout=command.timeout,
+        file = command.file
+        if file is None:
+            return HookFailure(reason="CLIENT_ERROR", message="install call without a file")
+        request = hooks_pb2.InstallRequest(
+            context=context,
+            file_path=file.path,
+            sha256=file.sha256,
+            size=file.size,
+            signature=file.signature or b"",
         )
+        stream = self._hooks.Install(request, timeout=command.timeout)
         if not self._start(call, stream.cancel):
             return None
         result: HookResult | None = None

@@ -3,7 +3,9 @@
 Owns the files in the download folder (`<job id>` plus its `<job id>.meta.json` sidecar),
 one transfer thread at a time, and the one place where socket, TLS, HTTP and file system
 errors become `Download*` events. It retries transient errors by itself; it decides nothing
-about the job (what a failure means is the core's business).
+about the job (what a failure means is the core's business). It checks the file as it ends:
+size and sha256 from the job document and, with trusted keys, the signature, on the digest
+hashed while downloading (the file is not read again).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from upparat.core.events import (
 )
 from upparat.core.model import DownloadFailure, DownloadId, JobId
 from upparat.io.folder import FolderRefused, prepare_download_folder
+from upparat.signing import NotVerified, TrustedKeys
 
 log = logging.getLogger("upparat.download")
 
@@ -497,6 +500,7 @@ class _Options:
     backoff_cap: float
     min_free_space: int
     max_download_size: int | None
+    trusted_keys: TrustedKeys | None = None
 
 
 SPACE_CHECK_BYTES = 1024 * 1024
@@ -883,6 +887,10 @@ class _Transfer:
                 failure=DownloadFailure.VERIFICATION_FAILED,
                 message=f"sha256: expected {cmd.sha256.lower()}, got {actual}",
             )
+        signature = self._check_signature(bytes.fromhex(actual))
+        if signature is not None:
+            self._remove_files()
+            return signature
         part.sync()
         self._emit(
             DownloadProgressed(download_id=self.download_id, bytes_done=part.size, total=part.size)
@@ -900,6 +908,28 @@ class _Transfer:
             )
         )
         return _Done()
+
+    def _check_signature(self, digest: bytes) -> _Failed | None:
+        keys, signature = self._opt.trusted_keys, self.command.signature
+        if signature is None:
+            return None
+        if keys is None:
+            log.info(
+                "download %s of job %s: signature not checked here: no [service] trusted_keys",
+                self.download_id,
+                self.job_id,
+            )
+            return None
+        result = keys.verify(digest, signature)
+        if isinstance(result, NotVerified):
+            return _Failed(failure=DownloadFailure.VERIFICATION_FAILED, message=result.reason)
+        log.info(
+            "download %s of job %s: signature verified with %s",
+            self.download_id,
+            self.job_id,
+            result.key,
+        )
+        return None
 
     # -- one request (and its redirects) --
 
@@ -1276,6 +1306,7 @@ class Downloader:
         statvfs: StatVfs = os.statvfs,
         boot_id: Callable[[], str | None] = current_boot_id,
         ssl_context: ssl.SSLContext | None = None,
+        trusted_keys: TrustedKeys | None = None,
     ) -> None:
         if chunk_size < 4096:
             raise ValueError(f"download: chunk_size must be at least 4096 bytes, got {chunk_size}")
@@ -1303,6 +1334,7 @@ class Downloader:
             backoff_cap=backoff_cap,
             min_free_space=min_free_space,
             max_download_size=max_download_size,
+            trusted_keys=trusted_keys,
         )
         self._rng = rng if rng is not None else random.Random()
         self._statvfs = statvfs

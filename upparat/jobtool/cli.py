@@ -13,14 +13,20 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO, assert_never
 
+import attrs
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from upparat import signing
 from upparat.jobtool.backend import Backend, BackendError, InputError
 from upparat.jobtool.model import (
     DEFAULT_JOB_PREFIX,
     MAX_EXPIRES_IN,
     MAX_TIMEOUT_MINUTES,
     CreateInput,
+    FileFacts,
     Given,
     JobSpec,
     Mode,
@@ -168,13 +174,15 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
             pass
         case _:
             assert_never(planned)
+    signer = _signer(args)
     for warning in warnings:
         _note(f"warning: {warning}")
     backend = connection.get()
     if spec.sha256 is None or spec.size is None or isinstance(spec.file, S3Object):
         _note(f"reading sha256 and size of {spec.file} ...")
     facts = backend.file_facts(spec.file, spec)
-    built = build_document(spec, facts)
+    signature = None if signer is None else signer.signature(facts)
+    built = build_document(spec, facts, signature)
     if isinstance(built, Rejected):
         raise _Usage(built.problems)
     targets = backend.resolve_targets(spec)
@@ -187,6 +195,85 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
     named = "" if created == spec.job_id else f" ({created})"
     _note(f"created job {spec.job_id} for {what} on {backend.where}{named}")
     return 0
+
+
+@attrs.frozen(kw_only=True)
+class _Signer:
+    """--sign-key or --signature, read and checked before any service is asked."""
+
+    option: str
+    private_key: ec.EllipticCurvePrivateKey | None = attrs.field(repr=False)
+    """--sign-key: the key to sign with."""
+    given: bytes | None
+    """--signature: a DER signature made elsewhere (AWS Signer, an HSM, openssl)."""
+    trusted: signing.TrustedKeys | None
+    """--trusted-keys: what the devices check with; the signature is checked the same way."""
+
+    def signature(self, facts: FileFacts) -> bytes:
+        """The signature of the file whose sha256 the backend found, checked against the
+        trusted keys (as a device will) before it goes into the document."""
+        digest = bytes.fromhex(facts.sha256)
+        if self.private_key is not None:
+            made = signing.sign_digest(self.private_key, digest)
+        else:
+            assert self.given is not None
+            made = self.given
+        if self.trusted is not None:
+            checked = self.trusted.verify(digest, made)
+            if isinstance(checked, signing.NotVerified):
+                text = f"{self.option} {checked.reason}; devices with these keys would refuse it"
+                raise _Usage([Problem(option=self.option, text=text)])
+            _note(f"{self.option}: signature verified with {checked.key}")
+        return made
+
+
+def _signer(args: argparse.Namespace) -> _Signer | None:
+    key, given, trusted = args.sign_key, args.signature, args.trusted_keys
+    if key is None and given is None:
+        if trusted is not None:
+            raise _Usage(
+                [Problem(option="--trusted-keys", text="--trusted-keys checks --sign-key or"
+                         " --signature; give one of them")]
+            )  # fmt: skip
+        return None
+    if key is not None and given is not None:
+        text = "--sign-key and --signature exclude each other: sign here, or bring a signature"
+        raise _Usage([Problem(option="--sign-key", text=text)])
+    option = "--sign-key" if key is not None else "--signature"
+    if given is not None and trusted is None:
+        text = (
+            "--signature needs --trusted-keys (the public key or certificate the devices"
+            " check it with), so a wrong signature is caught here, not on every device"
+        )
+        raise _Usage([Problem(option="--trusted-keys", text=text)])
+    keys = private = None
+    try:
+        if trusted is not None:
+            option_now = "--trusted-keys"
+            keys = signing.load_trusted_keys(Path(trusted))
+        if key is not None:
+            option_now = "--sign-key"
+            private = signing.load_private_key(_read(key, option_now, 64 * 1024))
+    except signing.UnusableKeys as e:
+        raise _Usage([Problem(option=option_now, text=f"{option_now}: {e}")]) from None
+    return _Signer(
+        option=option,
+        private_key=private,
+        given=None if given is None else _read(given, option, 1024),
+        trusted=keys,
+    )
+
+
+def _read(path: str, option: str, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise _Usage([Problem(option=option, text=f"{option} {path}: {e.strerror}")]) from None
+    if len(data) > limit:
+        text = f"{option} {path}: larger than {limit} bytes, not a key or a DER signature"
+        raise _Usage([Problem(option=option, text=text)])
+    return data
 
 
 def _status(
@@ -384,6 +471,27 @@ def _parser() -> argparse.ArgumentParser:
         "--sha256", metavar="HEX", help="the bundle's sha256 (with --size: no download)"
     )
     create.add_argument("--size", type=_whole, metavar="BYTES", help="the bundle's size in bytes")
+    signed = create.add_argument_group(
+        "signing (devices with [service] trusted_keys check it; README: Security)"
+    )
+    signed.add_argument(
+        "--sign-key",
+        metavar="KEY.pem",
+        help="sign the bundle's sha256 with this EC P-256 private key (PEM) and put the"
+        " signature in the document",
+    )
+    signed.add_argument(
+        "--signature",
+        metavar="SIG.der",
+        help="a DER signature of the bundle made elsewhere (openssl dgst -sha256 -sign,"
+        " AWS Signer, an HSM); needs --trusted-keys",
+    )
+    signed.add_argument(
+        "--trusted-keys",
+        metavar="PATH",
+        help="the public key(s) or certificate(s) the devices trust (their [service]"
+        " trusted_keys): the signature is checked with them before the job is created",
+    )
     create.add_argument(
         "--presign",
         action="store_true",

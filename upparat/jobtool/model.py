@@ -8,6 +8,7 @@ developer guide (jobs-configurations-details); the document fields: `upparat.aws
 
 from __future__ import annotations
 
+import base64
 import datetime
 import enum
 import json
@@ -297,8 +298,12 @@ def plan_create(given: CreateInput, mode: Mode, *, now: float, token: str) -> Pl
     )
 
 
-def build_document(spec: JobSpec, facts: FileFacts) -> Document | Rejected:
-    """The upparat job document (see upparat.aws.inbound), within the AWS size limit."""
+def build_document(
+    spec: JobSpec, facts: FileFacts, signature: bytes | None = None
+) -> Document | Rejected:
+    """The upparat job document (see upparat.aws.inbound), within the AWS size limit.
+
+    `signature`: DER ECDSA over `facts.sha256`, checked by the caller; goes in as base64."""
     doc: dict[str, str | int | bool] = {
         "file": spec.document_file,
         "version": spec.version,
@@ -308,6 +313,8 @@ def build_document(spec: JobSpec, facts: FileFacts) -> Document | Rejected:
         doc["meta"] = spec.meta
     doc["sha256"] = facts.sha256.lower()
     doc["size"] = facts.size
+    if signature is not None:
+        doc["signature"] = base64.b64encode(signature).decode("ascii")
     # AWS counts characters of the document as sent; non-ASCII stays unescaped.
     text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     if len(text) > MAX_DOCUMENT_CHARS:

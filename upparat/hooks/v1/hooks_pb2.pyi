@@ -444,8 +444,28 @@ class InstallRequest(_message.Message):
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     FILE_PATH_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     file_path: _builtins.str
     """Absolute path of the downloaded, verified file on the device."""
+    sha256: _builtins.str
+    """SHA-256 of the file's bytes as the daemon computed it while downloading,
+    64 lower-case hex characters. A server that runs the install as root
+    should hash the file again (and install what it hashed, not the path,
+    which the daemon's user can still change): a mismatch means the file
+    changed after the daemon's check. upparat-hookserver then answers
+    OUTCOME_FAILURE with reason FILE_CHANGED.
+    """
+    size: _builtins.int
+    """The file's size in bytes as downloaded."""
+    signature: _builtins.bytes
+    """The job document's `signature`: DER ECDSA P-256 over the SHA-256 of the
+    file (what `openssl dgst -sha256 -sign` writes). Empty when the job has
+    none. The daemon has checked it when it has trusted keys; a server with
+    the same keys checks it again (upparat-hookserver: SIGNATURE_INVALID,
+    or SIGNATURE_MISSING where signatures are required).
+    """
     @_builtins.property
     def context(self) -> Global___JobContext:
         """The job this call is for."""
@@ -455,12 +475,17 @@ class InstallRequest(_message.Message):
         *,
         context: Global___JobContext | None = ...,
         file_path: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size: _builtins.int | None = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "context", b"context", "size", b"size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "file_path", b"file_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size", b"_size", "context", b"context", "file_path", b"file_path", "sha256", b"sha256", "signature", b"signature", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__size: _TypeAlias = _typing.Literal["size"]  # noqa: Y015
+    _WhichOneofArgType__size: _TypeAlias = _typing.Literal["_size", b"_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size) -> _WhichOneofReturnType__size | None: ...
 
 Global___InstallRequest: _TypeAlias = InstallRequest  # noqa: Y015
 

@@ -1232,15 +1232,25 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
             return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
         case VerifyingVersion(origin=origin):
             if value != version:
-                text = f"Expected version '{version}', got '{value}'"
-                details = _details(ReportedState.VERSION_MISMATCH, text)
-                return _finish(state, job.job_id, JobStatus.FAILED, details)
+                return _finish(
+                    state, job.job_id, JobStatus.FAILED, _wrong_version(state, job, value)
+                )
             return _check_ready(state, job, origin, now, version_checked=True)
         case VerifyingReady():
             details = _details(ReportedState.COMPLETE_READY, message)
             return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
         case _:
             assert_never(stage)
+
+
+def _wrong_version(state: State, job: Job, value: str) -> tuple[tuple[str, str], ...]:
+    """After the restart the device runs `value`, not the job's version: `rolled_back` when
+    that is the version it ran before the update, else `version_mismatch`."""
+    version, previous = job.document.version, _previous_version(state, job.job_id)
+    if previous is not None and value == previous:
+        text = f"Rolled back: expected version '{version}', the previous version '{value}' runs"
+        return _details(ReportedState.ROLLED_BACK, text)
+    return _details(ReportedState.VERSION_MISMATCH, f"Expected version '{version}', got '{value}'")
 
 
 def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:

@@ -217,6 +217,9 @@ class ReportedState(enum.Enum):
     # FAILED
     ERROR_MULTIPLE_IN_PROGRESS = "error_multiple_in_progress"
     VERSION_MISMATCH = "version_mismatch"
+    ROLLED_BACK = "rolled_back"
+    """After the restart the device runs the version it ran before the update (a
+    bootloader fell back, or the install never took): the journal's previous_version."""
     REBOOT_LOOP = "reboot_loop"
     DOWNLOAD_FAILED = "download_failed"
     DOWNLOAD_VERIFICATION_FAILED = "download_verification_failed"

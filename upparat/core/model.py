@@ -193,6 +193,10 @@ class JournalRecord:
     """How many times the device came back in `reboot_start` for this job."""
     previous_version: str | None = None
     """The version the version hook reported before the update (None: not asked)."""
+    execution_number: int | None = None
+    """The cloud's executionNumber of the attempt this record belongs to (None: unknown,
+    e.g. a journal written by an older upparat). An AWS retry of a failed or timed-out
+    execution comes with a new number and must not inherit this record."""
 
 
 class ReportedState(enum.Enum):

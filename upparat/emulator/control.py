@@ -116,12 +116,14 @@ def dispatch(emulator: JobsEmulator, verb: str, args: Mapping[str, JsonValue]) -
         case "create-job":
             document = a.obj("document")
             timeout = a.opt_int("inProgressTimeoutMinutes")
+            retries = a.opt_obj("retries")
             job = emulator.create_job(
                 a.text("jobId"),
                 document,
                 a.texts("targets"),
                 presigned_expires_in=a.opt_int("presignedExpiresIn") or MAX_EXPIRES_IN,
                 in_progress_timeout_minutes=timeout,
+                retries=None if retries is None else _retry_counts(retries),
             )
             return _job_info(emulator, job.job_id)
         case "cancel-job":
@@ -219,11 +221,24 @@ class _Args:
             raise self._fail(name, "a JSON object")
         return value
 
+    def opt_obj(self, name: str) -> JsonObject | None:
+        return None if self._args.get(name) is None else self.obj(name)
+
     def texts(self, name: str) -> list[str]:
         value = self._args.get(name)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self._fail(name, "a list of strings")
         return [v for v in value if isinstance(v, str)]
+
+
+def _retry_counts(retries: JsonObject) -> dict[str, int]:
+    """{failureType: numberOfRetries}; the model checks names and ranges."""
+    counts: dict[str, int] = {}
+    for kind, count in retries.items():
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise EmulatorError(f"create-job: retries.{kind} must be an integer, got {count!r}")
+        counts[kind] = count
+    return counts
 
 
 # ---- client side ----------------------------------------------------------------------
@@ -387,6 +402,7 @@ class EmulatorControl:
         targets: Iterable[str],
         presigned_expires_in: int = MAX_EXPIRES_IN,
         in_progress_timeout_minutes: int | None = None,
+        retries: Mapping[str, int] | None = None,
     ) -> JsonObject:
         if isinstance(targets, str):
             targets = [targets]
@@ -399,6 +415,7 @@ class EmulatorControl:
                     "targets": list(targets),
                     "presignedExpiresIn": presigned_expires_in,
                     "inProgressTimeoutMinutes": in_progress_timeout_minutes,
+                    "retries": None if retries is None else dict(retries),
                 },
             )
         )

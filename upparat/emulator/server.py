@@ -464,6 +464,7 @@ class JobsEmulator:
         targets: Iterable[str],
         presigned_expires_in: int = MAX_EXPIRES_IN,
         in_progress_timeout_minutes: int | None = None,
+        retries: Mapping[str, int] | None = None,
     ) -> Job:
         """Queue `document` as job `job_id` for each thing in `targets` (+ notify, notify-next)."""
         if isinstance(targets, str):
@@ -477,6 +478,7 @@ class JobsEmulator:
                 self.signer,
                 presigned_expires_in=presigned_expires_in,
                 in_progress_timeout_minutes=in_progress_timeout_minutes,
+                retries=retries,
             )
             self._changed(publishes)
             log.info(

@@ -140,6 +140,8 @@ def _encode(record: JournalRecord) -> bytes:
     }
     if record.previous_version is not None:
         doc["previous_version"] = record.previous_version
+    if record.execution_number is not None:
+        doc["execution_number"] = record.execution_number
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -166,9 +168,13 @@ def _decode(data: bytes) -> JournalRecord:
     previous_version = doc.get("previous_version")
     if previous_version is not None and not isinstance(previous_version, str):
         raise _Corrupt(f"has an invalid previous_version {previous_version!r}")
+    execution_number = doc.get("execution_number")
+    if execution_number is not None and (type(execution_number) is not int or execution_number < 1):
+        raise _Corrupt(f"has an invalid execution_number {execution_number!r}")
     return JournalRecord(
         job_id=JobId(job_id),
         phase=phase,
         restart_count=restart_count,
         previous_version=previous_version,
+        execution_number=execution_number,
     )

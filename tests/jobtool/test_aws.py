@@ -60,7 +60,7 @@ def create(*extra: str, file: str = f"s3://{BUCKET}/with-meta.raucb") -> list[st
 
 
 def placeholder(key: str) -> str:
-    return f"${{aws:iot:s3-presigned-url:https://{BUCKET}.s3.amazonaws.com/{key}}}"
+    return f"${{aws:iot:s3-presigned-url-v2:https://s3.{REGION}.amazonaws.com/{BUCKET}/{key}}}"
 
 
 def arn(kind: str, name: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -221,8 +222,10 @@ def test_emulator_errors(
     base = ["create", *where(mosquitto), "--version", "1", "--sha256", "ab" * 32, "--size", "1"]
     assert main([*base, "--file", "http://h/f", "--group", "fleet"]) == 2
     assert "--group cannot be used with --emulator" in capsys.readouterr().err
-    assert main([*base, "--file", "s3://bucket/key", "--thing", "d"]) == 2
-    assert "--file must be an http(s) URL with --emulator" in capsys.readouterr().err
+    assert main([*base, "--file", "s3://bucket/key", "--thing", "d"]) == 1
+    assert "serves no S3 objects: start it with --s3-endpoint" in capsys.readouterr().err
+    assert main([*base, "--file", "http://h/f", "--thing", "d", "--placeholder", "v2"]) == 2
+    assert "--placeholder v2 names an S3 object" in capsys.readouterr().err
     assert emulator.list_jobs() == []
 
 
@@ -241,3 +244,77 @@ def test_no_emulator_on_the_broker(
     )
     assert rc == 1
     assert "no jobs emulator answered" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("key", "form", "placeholder"),
+    [
+        (
+            "bundles/fw 1.2+rc.raucb",
+            [],
+            "${aws:iot:s3-presigned-url-v2:https://s3.us-east-1.amazonaws.com/upparat-fw/bundles/fw%201.2%2Brc.raucb}",
+        ),
+        (
+            "bundles/fw-1.2.raucb",
+            ["--placeholder", "v1"],
+            "${aws:iot:s3-presigned-url:https://upparat-fw.s3.amazonaws.com/bundles/fw-1.2.raucb}",
+        ),
+    ],
+)
+def test_s3_files_come_from_the_emulators_s3_endpoint_in_both_placeholder_forms(
+    mosquitto: Mosquitto,
+    files: FileServer,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    form: list[str],
+    placeholder: str,
+) -> None:
+    files.files[f"/upparat-fw/{key}"] = BUNDLE
+    with (
+        JobsEmulator(
+            "127.0.0.1", mosquitto.port, tick_interval=None, s3_endpoint=files.url("")
+        ) as em,
+        Device(mosquitto.port, "dev-1") as dev,
+    ):
+        rc = main(
+            [
+                "create",
+                *where(mosquitto),
+                "--file",
+                f"s3://upparat-fw/{key}",
+                "--version",
+                "1.2",
+                "--thing",
+                "dev-1",
+                "--job-id",
+                "s3",
+                "--expires",
+                "120",
+                *form,
+            ]
+        )
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        assert json.loads(out)["file"] == placeholder
+        assert json.loads(out)["sha256"] == BUNDLE_SHA256  # streamed from the endpoint
+        assert json.loads(em.job("upparat_s3").document)["file"] == placeholder
+
+        event = described(dev, "upparat_s3")
+        document = event.execution.document
+        assert isinstance(document, JobDocument), document
+        signed = urllib.parse.urlsplit(document.file)
+        endpoint = urllib.parse.urlsplit(files.url(""))
+        assert (signed.scheme, signed.netloc) == (endpoint.scheme, endpoint.netloc)
+        assert urllib.parse.unquote(signed.path) == f"/upparat-fw/{key}"
+        assert "X-Amz-Expires=120" in signed.query
+        with urllib.request.urlopen(document.file, timeout=5) as response:
+            assert response.read() == BUNDLE
+
+
+def test_v1_refuses_an_s3_key_it_cannot_name_and_v2_takes_it(
+    mosquitto: Mosquitto, emulator: JobsEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["create", *where(mosquitto), "--version", "1", "--thing", "d", "--dry-run"]
+    base += ["--file", "s3://upparat-fw/fw 1+2.raucb", "--sha256", "ab" * 32, "--size", "1"]
+    assert main([*base, "--placeholder", "v1"]) == 2
+    assert "with --placeholder v1 the S3 key may only use" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from types import FrameType
 
 from upparat.emulator.control import DEFAULT_PREFIX, EmulatorControl
 from upparat.emulator.model import EmulatorError
-from upparat.emulator.presign import MAX_EXPIRES_IN
+from upparat.emulator.presign import MAX_EXPIRES_IN, endpoint_problem
 from upparat.emulator.server import JobsEmulator
 from upparat.emulator.wire import JsonValue
 
@@ -44,6 +44,13 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
     return value
+
+
+def _endpoint(text: str) -> str:
+    problem = endpoint_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text.rstrip("/")
 
 
 def _broker_args(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +99,13 @@ def serve_parser() -> argparse.ArgumentParser:
         "--strict-transitions",
         action="store_true",
         help="refuse QUEUED -> SUCCEEDED without IN_PROGRESS first (AWS allows it)",
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        type=_endpoint,
+        metavar="URL",
+        help="serve S3 objects of pre-signed URL placeholders from here: a v2 placeholder"
+        " (or a v1 one with an S3 URL) for bucket B and key K becomes URL/B/K, signed",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     return parser
@@ -269,6 +283,7 @@ def run_serve(argv: Sequence[str]) -> int:
             control_prefix=args.prefix,
             client_id=args.client_id,
             strict_transitions=args.strict_transitions,
+            s3_endpoint=args.s3_endpoint,
         )
         emulator.start(timeout=args.connect_timeout)
     except (EmulatorError, ConnectionError) as e:

@@ -112,6 +112,7 @@ def dispatch(emulator: JobsEmulator, verb: str, args: Mapping[str, JsonValue]) -
                 "clientId": emulator.client_id,
                 "now": emulator.clock.now(),
                 "jobs": len(emulator.list_jobs()),
+                "s3Endpoint": emulator.s3_endpoint,
             }
         case "create-job":
             document = a.obj("document")

@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from upparat.emulator.clock import Clock, SystemClock
 from upparat.emulator.control import no_delay, serve_control
 from upparat.emulator.model import EmulatorError, Execution, Job, JobsModel, Publish, Result
-from upparat.emulator.presign import MAX_EXPIRES_IN, DefaultSigner, Signer
+from upparat.emulator.presign import MAX_EXPIRES_IN, DefaultSigner, Signer, endpoint_problem
 from upparat.emulator.wire import (
     BadRequest,
     Describe,
@@ -153,9 +153,13 @@ class JobsEmulator:
         client_id: str | None = None,
         strict_transitions: bool = False,
         keepalive: int = 30,
+        s3_endpoint: str | None = None,
     ) -> None:
         if seconds_per_minute <= 0:
             raise ValueError(f"seconds_per_minute must be > 0, got {seconds_per_minute}")
+        if s3_endpoint is not None and endpoint_problem(s3_endpoint) is not None:
+            raise ValueError(endpoint_problem(s3_endpoint))
+        s3_endpoint = None if s3_endpoint is None else s3_endpoint.rstrip("/")
         self.host = host
         self.port = port
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -165,7 +169,11 @@ class JobsEmulator:
         self.control_prefix = control_prefix
         self.client_id = client_id or f"upparat-emulator-{secrets.token_hex(4)}"
         self.keepalive = keepalive
-        self._model = JobsModel(minute=seconds_per_minute, strict_transitions=strict_transitions)
+        self._model = JobsModel(
+            minute=seconds_per_minute,
+            strict_transitions=strict_transitions,
+            s3_endpoint=s3_endpoint,
+        )
         self._cond = threading.Condition(threading.RLock())
         self._history: collections.deque[HistoryEntry] = collections.deque(maxlen=HISTORY_LIMIT)
         self._published: collections.deque[tuple[float, Publish]] = collections.deque(
@@ -246,6 +254,11 @@ class JobsEmulator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        """Where pre-signed S3 objects are served from (None: the real S3 host)."""
+        return self._model.s3_endpoint
 
     @property
     def connected(self) -> bool:

@@ -121,6 +121,18 @@ class AwsBackend:
             raise InputError(problems)
         return found
 
+    def s3_region(self, obj: S3Object) -> str:
+        """HeadBucket's BucketRegion (S3 answers it even across regions); else ours."""
+        try:
+            with _errors(f"S3 HeadBucket {obj.bucket}"):
+                head = self._s3.head_bucket(Bucket=obj.bucket)
+        except BackendError:
+            return self.region
+        region = head.get("BucketRegion") or head.get("ResponseMetadata", {}).get(
+            "HTTPHeaders", {}
+        ).get("x-amz-bucket-region")
+        return region if isinstance(region, str) and region else self.region
+
     def _stream(self, obj: S3Object) -> FileFacts:
         with _errors(f"S3 GetObject {obj}", not_found=f"{obj}: no such object"):
             body = self._s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]

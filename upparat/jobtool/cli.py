@@ -30,6 +30,7 @@ from upparat.jobtool.model import (
     Given,
     JobSpec,
     Mode,
+    Placeholder,
     Planned,
     Problem,
     Rejected,
@@ -165,6 +166,7 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
         sha256=args.sha256,
         size=args.size,
         presign=args.presign,
+        placeholder=None if args.placeholder is None else Placeholder(args.placeholder),
     )
     planned = plan_create(given, mode, now=time.time(), token=secrets.token_hex(2))
     match planned:
@@ -181,6 +183,8 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
     if spec.sha256 is None or spec.size is None or isinstance(spec.file, S3Object):
         _note(f"reading sha256 and size of {spec.file} ...")
     facts = backend.file_facts(spec.file, spec)
+    if isinstance(spec.file, S3Object):
+        spec = attrs.evolve(spec, s3_region=backend.s3_region(spec.file))
     signature = None if signer is None else signer.signature(facts)
     built = build_document(spec, facts, signature)
     if isinstance(built, Rejected):
@@ -497,6 +501,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--emulator only: wrap the URL in the pre-signed URL placeholder so the"
         " emulator signs it like AWS IoT does (lifetime --expires)",
+    )
+    create.add_argument(
+        "--placeholder",
+        choices=[p.value for p in Placeholder],
+        help="pre-signed URL placeholder for s3:// files: v2 (default;"
+        " ${aws:iot:s3-presigned-url-v2:https://s3.<region>.amazonaws.com/<bucket>/<key>},"
+        " key S3-encoded, any key) or v1 (${aws:iot:s3-presigned-url:<url>}, S3-safe keys only)",
     )
     create.add_argument(
         "--dry-run",

@@ -180,6 +180,23 @@ def ctl_parser() -> argparse.ArgumentParser:
     verbs.add_parser("check-timeouts", help="time out expired executions now")
     verbs.add_parser("ping", help="check that an emulator answers")
 
+    p = verbs.add_parser("shadow-get", help="a thing's named shadow ($package by default)")
+    p.add_argument("--thing", required=True)
+    p.add_argument("--name", default="$package", help="shadow name (default $package)")
+
+    p = verbs.add_parser("shadow-update", help="update a named shadow from the cloud side")
+    p.add_argument("--thing", required=True)
+    p.add_argument("--name", default="$package", help="shadow name (default $package)")
+    p.add_argument(
+        "--document",
+        required=True,
+        help='request state document, e.g. {"state":{"desired":{...}}}: JSON, @file or @-',
+    )
+
+    p = verbs.add_parser("shadow-history", help="named-shadow requests received")
+    p.add_argument("--thing")
+    p.add_argument("--name")
+
     p = verbs.add_parser("wait-status", help="wait until an execution reaches a status")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--thing", required=True)
@@ -201,7 +218,7 @@ def _document(text: str) -> dict[str, JsonValue]:
     except ValueError as e:
         raise EmulatorError(f"--document: not JSON ({e})") from None
     if not isinstance(value, dict):
-        raise EmulatorError("--document: the job document must be a JSON object")
+        raise EmulatorError("--document: the document must be a JSON object")
     return value
 
 
@@ -246,6 +263,12 @@ def run_ctl(argv: Sequence[str]) -> int:
                 case "clear-faults" | "pause" | "resume" | "check-timeouts" | "ping":
                     call_args = {"drop": args.drop} if args.verb == "pause" else {}
                     result = ctl.call(args.verb, call_args)
+                case "shadow-get":
+                    result = ctl.shadow(args.thing, args.name)
+                case "shadow-update":
+                    result = ctl.update_shadow(args.thing, _document(args.document), args.name)
+                case "shadow-history":
+                    result = list[JsonValue](ctl.shadow_history(args.thing, args.name))
                 case "wait-status":
                     result = ctl.wait_for_status(
                         args.job_id, args.thing, *args.status, timeout=args.wait

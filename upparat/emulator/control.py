@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from upparat.emulator.model import EmulatorError
 from upparat.emulator.presign import MAX_EXPIRES_IN
+from upparat.emulator.shadow import PACKAGE_SHADOW
 from upparat.emulator.wire import ExecutionStatus, JsonObject, JsonValue
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ VERBS = (
     "pause",
     "resume",
     "check-timeouts",
+    "shadow-get",
+    "shadow-update",
+    "shadow-history",
 )
 
 
@@ -172,6 +176,18 @@ def dispatch(emulator: JobsEmulator, verb: str, args: Mapping[str, JsonValue]) -
             return {}
         case "check-timeouts":
             return {"timedOut": emulator.check_timeouts()}
+        case "shadow-get":
+            # null: the thing has no such shadow (GetThingShadow's 404).
+            return emulator.shadow(a.text("thing"), a.opt_text("name") or PACKAGE_SHADOW)
+        case "shadow-update":
+            return emulator.update_shadow(
+                a.text("thing"), a.obj("document"), a.opt_text("name") or PACKAGE_SHADOW
+            )
+        case "shadow-history":
+            return [
+                h.to_json()
+                for h in emulator.shadow_history(a.opt_text("thing"), a.opt_text("name"))
+            ]
         case _:
             raise EmulatorError(f"unknown control verb {verb!r}; known: {', '.join(VERBS)}")
 
@@ -458,6 +474,25 @@ class EmulatorControl:
         result = _obj(self.call("check-timeouts"))
         count = result.get("timedOut")
         return count if isinstance(count, int) else 0
+
+    def shadow(self, thing: str, name: str = PACKAGE_SHADOW) -> JsonObject | None:
+        """The named shadow as GetThingShadow returns it, or None when there is none."""
+        found = self.call("shadow-get", {"thing": thing, "name": name})
+        return None if found is None else _obj(found)
+
+    def update_shadow(
+        self, thing: str, document: Mapping[str, object], name: str = PACKAGE_SHADOW
+    ) -> JsonObject:
+        """UpdateThingShadow from the cloud side; EmulatorError with the code on a rejection."""
+        return _obj(
+            self.call(
+                "shadow-update",
+                {"thing": thing, "name": name, "document": _json_object(document)},
+            )
+        )
+
+    def shadow_history(self, thing: str | None = None, name: str | None = None) -> list[JsonObject]:
+        return [_obj(v) for v in _list(self.call("shadow-history", {"thing": thing, "name": name}))]
 
     def wait_for(
         self, predicate: Callable[[], JsonValue], timeout: float = 5.0, interval: float = 0.05

@@ -291,3 +291,21 @@ def result(found: tuple[str, bytes] | Unreportable) -> tuple[str, bytes]:
 def must(value: ShadowRequest | None) -> ShadowRequest:
     assert value is not None
     return value
+
+
+def test_reported_versions_lists_every_package_of_a_shadow_document() -> None:
+    doc = {
+        "state": {
+            "reported": {
+                "zeta": {"version": "3"},
+                "firmware": {"version": "2.0.0", "attributes": {}},
+                "broken": {"version": 7},
+                "flat": "1.0",
+            },
+            "desired": {"firmware": {"version": "9"}},
+        },
+        "version": 4,
+    }
+    assert shadow.reported_versions(doc) == (("firmware", "2.0.0"), ("zeta", "3"))
+    assert shadow.reported_versions({"state": {}}) == ()
+    assert shadow.reported_versions(None) == ()

@@ -190,11 +190,15 @@ def test_status_watch_and_cancel(
         out = capsys.readouterr().out
     assert rc == 0
     first, second = out.split("\n\n")
-    assert "1 QUEUED, 1 IN_PROGRESS" in first
+    assert first.splitlines()[-1] == (
+        "2 targets: 0 succeeded, 0 failed, 0 rolled back, 1 in progress; 1 queued"
+    )
     assert second.splitlines()[0] == f"job {job_id}: COMPLETED (SNAPSHOT; targets: 2 things)"
     assert "phase=ready" in second
     assert "reason=version" in second
-    assert second.splitlines()[-1] == "1 SUCCEEDED, 1 REJECTED; finished"
+    assert second.splitlines()[-1] == (
+        "2 targets: 1 succeeded, 0 failed, 0 rolled back, 0 in progress; 1 rejected; finished"
+    )
 
     # cancel: a new job, one execution IN_PROGRESS needs --force
     assert main([*create[:-1], "c"]) == 0
@@ -318,3 +322,46 @@ def test_v1_refuses_an_s3_key_it_cannot_name_and_v2_takes_it(
     base += ["--file", "s3://upparat-fw/fw 1+2.raucb", "--sha256", "ab" * 32, "--size", "1"]
     assert main([*base, "--placeholder", "v1"]) == 2
     assert "with --placeholder v1 the S3 key may only use" in capsys.readouterr().err
+
+
+def test_status_shows_each_things_package_version_and_the_fleet_summary(
+    mosquitto: Mosquitto, emulator: JobsEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    things = ["--thing", "dev-1", "--thing", "dev-2", "--thing", "dev-3", "--thing", "dev-4"]
+    create = ["create", *where(mosquitto), "--file", "http://h/fw.raucb", "--version", "2.0.0"]
+    create += [*things, "--sha256", BUNDLE_SHA256, "--size", "10", "--job-id", "fleet"]
+    assert main(create) == 0
+    job = "upparat_fleet"
+    outcomes = {
+        "dev-1": ("SUCCEEDED", "complete_ready", "2.0.0"),
+        "dev-2": ("FAILED", "rolled_back", "1.0.0"),
+        "dev-3": ("IN_PROGRESS", "download_progress", None),
+    }
+    for thing, (status, state, running) in outcomes.items():
+        with Device(mosquitto.port, thing) as dev:
+            dev.accepted(f"{job}/update", {"status": status, "statusDetails": {"state": state}})
+        if running is not None:
+            with Device(mosquitto.port, thing, shadow="$package") as pkg:
+                body = {"state": {"reported": {"firmware": {"version": running}}}}
+                pkg.accepted("update", body)
+    capsys.readouterr()
+
+    assert main(["status", job, *where(mosquitto)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in table[2:6]] == [
+        ["dev-1", "SUCCEEDED", "2.0.0"],
+        ["dev-2", "FAILED", "1.0.0"],
+        ["dev-3", "IN_PROGRESS", "-"],
+        ["dev-4", "QUEUED", "-"],
+    ]
+    assert table[6] == "4 targets: 1 succeeded, 0 failed, 1 rolled back, 1 in progress; 1 queued"
+
+    assert main(["status", job, *where(mosquitto), "--json", "--package", "firmware"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["packageVersions"] == {
+        "dev-1": {"firmware": "2.0.0"},
+        "dev-2": {"firmware": "1.0.0"},
+        "dev-3": None,
+        "dev-4": None,
+    }
+    assert (report["summary"]["succeeded"], report["summary"]["rolledBack"]) == (1, 1)

@@ -310,6 +310,22 @@ def parse(thing: ThingName, package: str, topic: str, payload: bytes) -> ShadowR
     )
 
 
+def reported_versions(document: object) -> tuple[tuple[str, str], ...]:
+    """Every `state.reported.<package>.version` of a `$package` shadow document (as
+    GetThingShadow or get/accepted return it), sorted by package; entries without a
+    string version are left out."""
+    state = document.get("state") if isinstance(document, dict) else None
+    reported = state.get("reported") if isinstance(state, dict) else None
+    if not isinstance(reported, dict):
+        return ()
+    found = [
+        (name, entry["version"])
+        for name, entry in reported.items()
+        if isinstance(entry, dict) and isinstance(entry.get("version"), str)
+    ]
+    return tuple(sorted(found))
+
+
 def _rejected(
     body: dict[str, object], token: ClientToken | None, operation: ShadowOperation
 ) -> PackageShadowMissing | ShadowRejected:

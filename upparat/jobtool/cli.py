@@ -102,12 +102,17 @@ class _Connection:
             endpoint = parse_endpoint(args.emulator)
             if isinstance(endpoint, Problem):
                 raise _Usage([endpoint])
-            if args.region is not None or args.profile is not None:
+            if (
+                args.region is not None
+                or args.profile is not None
+                or getattr(args, "iot_data_endpoint", None) is not None
+            ):
                 raise _Usage(
                     [
                         Problem(
                             option="--emulator",
-                            text="--region and --profile are for AWS; drop them with --emulator",
+                            text="--region, --profile and --iot-data-endpoint are for AWS;"
+                            " drop them with --emulator",
                         )
                     ]
                 )
@@ -139,7 +144,11 @@ class _Connection:
                     " (or use the local emulator with --emulator HOST:PORT)"
                 ) from None
             raise
-        return AwsBackend(region=self._args.region, profile=self._args.profile)
+        return AwsBackend(
+            region=self._args.region,
+            profile=self._args.profile,
+            data_endpoint=getattr(self._args, "iot_data_endpoint", None),
+        )
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -296,7 +305,7 @@ def _status(
         text = (
             json.dumps(to_json(report), ensure_ascii=False, separators=(",", ":"))
             if args.json
-            else render_table(report)
+            else render_table(report, args.package)
         )
         if not args.watch:
             print(text)
@@ -518,8 +527,10 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         parents=[common],
-        help="every target's execution status and statusDetails",
-        description="A table of every target's execution status and statusDetails.",
+        help="every target's execution status, running version and statusDetails",
+        description="A table of every target's execution status, the version its $package"
+        " shadow reports, and statusDetails, with a summary line (succeeded, failed, rolled"
+        " back, in progress).",
     )
     status.add_argument("job_id", metavar="JOB_ID")
     status.add_argument(
@@ -536,6 +547,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--json", action="store_true", help="JSON instead of a table (one line per refresh)"
+    )
+    status.add_argument(
+        "--package",
+        metavar="NAME",
+        help="the devices' [service] package_name: VERSION shows that package of each"
+        " thing's $package shadow (default: the only one, else name=version for each)",
+    )
+    status.add_argument(
+        "--iot-data-endpoint",
+        metavar="URL",
+        help="AWS only: the IoT data plane endpoint for GetThingShadow (default: the"
+        " account's, from DescribeEndpoint iot:Data-ATS)",
     )
 
     cancel = commands.add_parser(

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 from typing import assert_never
 
+import attrs
+
+from upparat.aws.shadow import PACKAGE_SHADOW, reported_versions
 from upparat.emulator import EmulatorControl, EmulatorError
 from upparat.emulator.presign import S3Location, object_url
 from upparat.emulator.wire import JsonObject, JsonValue
 from upparat.jobtool import fetch
 from upparat.jobtool.backend import BackendError
 from upparat.jobtool.model import FileFacts, FileSource, HttpFile, JobSpec, S3Object
-from upparat.jobtool.report import ExecutionRow, ExecutionStatus, JobReport
+from upparat.jobtool.report import ExecutionRow, ExecutionStatus, JobReport, PackageVersions
 
 # The emulator has no regions; v2 placeholders it gets from us name this one.
 EMULATOR_REGION = "us-east-1"
@@ -103,8 +106,20 @@ class EmulatorBackend:
             raise BackendError(f"{self.where}: list refused: {e}") from None
         for job in jobs:
             if job.get("jobId") == job_id:
-                return _report(job)
+                found = _report(job)
+                things = sorted({e.thing for e in found.executions} | set(found.thing_targets))
+                return attrs.evolve(found, versions=self._versions(things))
         raise BackendError(f"{self.where}: no job {job_id}")
+
+    def _versions(self, things: list[str]) -> tuple[tuple[str, PackageVersions | None], ...]:
+        out: list[tuple[str, PackageVersions | None]] = []
+        for thing in things:
+            try:
+                document = self._ctl().shadow(thing, PACKAGE_SHADOW)
+            except (EmulatorError, TimeoutError) as e:
+                raise BackendError(f"{self.where}: shadow-get refused: {e}") from None
+            out.append((thing, None if document is None else reported_versions(document)))
+        return tuple(out)
 
     def cancel(self, job_id: str, *, force: bool, comment: str | None) -> str:
         try:

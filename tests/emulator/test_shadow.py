@@ -284,3 +284,28 @@ def test_pause_holds_shadow_requests_too(emulator: JobsEmulator, shadow: Device)
     assert shadow.messages(since=start) == []
     emulator.resume()
     assert shadow.wait("update/accepted", since=start).body["clientToken"] == "held"
+
+
+def test_injected_faults_reject_the_next_shadow_requests_then_stop(
+    emulator: JobsEmulator, shadow: Device
+) -> None:
+    emulator.inject_shadow_fault(429, 2, operation="update")
+    for _ in range(2):
+        body = shadow.rejected("update", report("1.0.0", clientToken="again"))
+        assert body == {
+            "code": 429,
+            "message": "Too Many Requests",
+            "timestamp": T,
+            "clientToken": "again",
+        }
+    assert shadow.rejected("get")["code"] == 404  # gets were not targeted, nothing stored
+    assert shadow.accepted("update", report("1.0.0"))["version"] == 1
+    emulator.inject_shadow_fault(500, thing="dev-1")
+    assert shadow.rejected("get")["code"] == 500
+    emulator.inject_shadow_fault(500, thing="dev-2")
+    emulator.clear_faults()
+    assert shadow.accepted("get")["version"] == 1
+    with pytest.raises(EmulatorError, match="code must be one of 429, 500"):
+        emulator.inject_shadow_fault(409)
+    with pytest.raises(EmulatorError, match="operation must be get, update, delete or any"):
+        emulator.inject_shadow_fault(500, operation="list")

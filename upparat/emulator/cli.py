@@ -193,6 +193,12 @@ def ctl_parser() -> argparse.ArgumentParser:
         help='request state document, e.g. {"state":{"desired":{...}}}: JSON, @file or @-',
     )
 
+    p = verbs.add_parser("inject-shadow-fault", help="reject the next N shadow requests")
+    p.add_argument("code", type=int, choices=[429, 500])
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--thing")
+    p.add_argument("--operation", choices=["get", "update", "delete", "any"], default="any")
+
     p = verbs.add_parser("shadow-history", help="named-shadow requests received")
     p.add_argument("--thing")
     p.add_argument("--name")
@@ -267,6 +273,11 @@ def run_ctl(argv: Sequence[str]) -> int:
                     result = ctl.shadow(args.thing, args.name)
                 case "shadow-update":
                     result = ctl.update_shadow(args.thing, _document(args.document), args.name)
+                case "inject-shadow-fault":
+                    ctl.inject_shadow_fault(
+                        args.code, args.count, thing=args.thing, operation=args.operation
+                    )
+                    result = {"injected": args.code, "count": args.count}
                 case "shadow-history":
                     result = list[JsonValue](ctl.shadow_history(args.thing, args.name))
                 case "wait-status":

@@ -65,6 +65,7 @@ VERBS = (
     "shadow-get",
     "shadow-update",
     "shadow-history",
+    "inject-shadow-fault",
 )
 
 
@@ -183,6 +184,17 @@ def dispatch(emulator: JobsEmulator, verb: str, args: Mapping[str, JsonValue]) -
             return emulator.update_shadow(
                 a.text("thing"), a.obj("document"), a.opt_text("name") or PACKAGE_SHADOW
             )
+        case "inject-shadow-fault":
+            code = a.opt_int("code")
+            if code is None:
+                raise EmulatorError("inject-shadow-fault: code must be 429 or 500")
+            emulator.inject_shadow_fault(
+                code,
+                a.opt_int("count") or 1,
+                thing=a.opt_text("thing"),
+                operation=a.opt_text("operation"),
+            )
+            return {"injected": code}
         case "shadow-history":
             return [
                 h.to_json()
@@ -489,6 +501,20 @@ class EmulatorControl:
                 "shadow-update",
                 {"thing": thing, "name": name, "document": _json_object(document)},
             )
+        )
+
+    def inject_shadow_fault(
+        self,
+        code: int,
+        count: int = 1,
+        *,
+        thing: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        """Reject the next `count` named-shadow requests with 429 or 500."""
+        self.call(
+            "inject-shadow-fault",
+            {"code": code, "count": count, "thing": thing, "operation": operation},
         )
 
     def shadow_history(self, thing: str | None = None, name: str | None = None) -> list[JsonObject]:

@@ -32,6 +32,9 @@ from upparat.emulator.control import no_delay, serve_control
 from upparat.emulator.model import EmulatorError, Execution, Job, JobsModel, Publish, Result
 from upparat.emulator.presign import MAX_EXPIRES_IN, DefaultSigner, Signer, endpoint_problem
 from upparat.emulator.shadow import (
+    FAULT_CODES as SHADOW_FAULT_CODES,
+)
+from upparat.emulator.shadow import (
     PACKAGE_SHADOW,
     SHADOW_FILTERS,
     ShadowOp,
@@ -40,6 +43,7 @@ from upparat.emulator.shadow import (
     ShadowStore,
     parse_topic,
 )
+from upparat.emulator.shadow import reject as reject_shadow
 from upparat.emulator.wire import (
     BadRequest,
     Describe,
@@ -172,6 +176,14 @@ class _Fault:
     operation: Operation | None  # None: any operation
 
 
+@attrs.define(kw_only=True)
+class _ShadowFault:
+    code: int
+    remaining: int
+    thing: str | None
+    operation: ShadowOp | None  # None: any operation
+
+
 class JobsEmulator:
     """A stand-in for the AWS IoT Jobs service on an MQTT broker, for any thing name.
 
@@ -228,6 +240,7 @@ class JobsEmulator:
             maxlen=HISTORY_LIMIT
         )
         self._faults: list[_Fault] = []
+        self._shadow_faults: list[_ShadowFault] = []
         self._paused: Literal["hold", "drop"] | None = None
         self._held: list[tuple[str, bytes]] = []
         self._client: Client | None = None
@@ -430,7 +443,11 @@ class JobsEmulator:
             self._record_shadow(request, "mqtt", payload, now, None)
             log.info("paused: dropped a request on %s", topic)
             return
-        result = self._shadows.handle(request, payload, now)
+        fault = self._take_shadow_fault(request)
+        if fault is not None:
+            result = reject_shadow(request, payload, fault, SHADOW_FAULT_CODES[fault], now)
+        else:
+            result = self._shadows.handle(request, payload, now)
         self._publish_all(result.publishes)
         self._record_shadow(request, "mqtt", payload, now, result)
         if result.code is not None:
@@ -452,6 +469,18 @@ class JobsEmulator:
             )
             self._save_state()
         self._cond.notify_all()
+
+    def _take_shadow_fault(self, request: ShadowRequest) -> int | None:
+        for fault in self._shadow_faults:
+            if fault.thing is not None and fault.thing != request.thing:
+                continue
+            if fault.operation is not None and fault.operation is not request.op:
+                continue
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                self._shadow_faults.remove(fault)
+            return fault.code
+        return None
 
     def _record_shadow(
         self,
@@ -770,6 +799,31 @@ class JobsEmulator:
             self._cond.notify_all()
             return result.publishes[0].json()
 
+    def inject_shadow_fault(
+        self,
+        code: int,
+        count: int = 1,
+        *,
+        thing: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        """Reject the next `count` matching named-shadow requests with 429 or 500."""
+        if code not in SHADOW_FAULT_CODES:
+            allowed = ", ".join(str(c) for c in sorted(SHADOW_FAULT_CODES))
+            raise EmulatorError(f"inject_shadow_fault: code must be one of {allowed}, got {code}")
+        if count < 1:
+            raise EmulatorError(f"inject_shadow_fault: count must be >= 1, got {count}")
+        try:
+            op = None if operation in (None, "any") else ShadowOp(operation)
+        except ValueError:
+            raise EmulatorError(
+                f"inject_shadow_fault: operation must be get, update, delete or any, got {operation!r}"
+            ) from None
+        with self._cond:
+            self._shadow_faults.append(
+                _ShadowFault(code=code, remaining=count, thing=thing, operation=op)
+            )
+
     def shadow_history(
         self, thing: str | None = None, name: str | None = None
     ) -> list[ShadowHistoryEntry]:
@@ -806,6 +860,7 @@ class JobsEmulator:
     def clear_faults(self) -> None:
         with self._cond:
             self._faults.clear()
+            self._shadow_faults.clear()
 
     def pause(self, drop: bool = False) -> None:
         """Stop answering: hold requests until resume() (or, with drop, ignore them)."""

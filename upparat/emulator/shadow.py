@@ -37,6 +37,9 @@ MAX_DEPTH = 6  # levels of nesting in desired or reported
 MAX_CLIENT_TOKEN_BYTES = 64
 
 # Exact filters, not `.../#`: the emulator must not hear its own answers.
+# What a test may inject: the service's own trouble, which a device should retry.
+FAULT_CODES = {429: "Too Many Requests", 500: "Internal service failure"}
+
 SHADOW_FILTERS = tuple(f"$aws/things/+/shadow/name/+/{op}" for op in ("get", "update", "delete"))
 
 _TOPIC = re.compile(r"\$aws/things/([^/]+)/shadow/name/([^/]+)/(get|update|delete)")
@@ -362,6 +365,17 @@ def _accept(
         version=version,
         client_token=token,
     )
+
+
+def reject(
+    request: ShadowRequest, payload: bytes, code: int, message: str, now: float
+) -> ShadowResult:
+    """Answer `request` on its /rejected topic without touching any shadow (injected faults)."""
+    try:
+        token = _client_token(_body(payload))
+    except _Refused:
+        token = None
+    return _reject(request, code, message, token, now)
 
 
 def _reject(

@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from upparat.emulator.model import EmulatorError
 from upparat.emulator.presign import MAX_EXPIRES_IN
+from upparat.emulator.shadow import PACKAGE_SHADOW
 from upparat.emulator.wire import ExecutionStatus, JsonObject, JsonValue
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ VERBS = (
     "pause",
     "resume",
     "check-timeouts",
+    "shadow-get",
+    "shadow-update",
+    "shadow-history",
+    "inject-shadow-fault",
 )
 
 
@@ -112,6 +117,7 @@ def dispatch(emulator: JobsEmulator, verb: str, args: Mapping[str, JsonValue]) -
                 "clientId": emulator.client_id,
                 "now": emulator.clock.now(),
                 "jobs": len(emulator.list_jobs()),
+                "s3Endpoint": emulator.s3_endpoint,
             }
         case "create-job":
             document = a.obj("document")
@@ -173,6 +179,29 @@ def dispatch(emulator: JobsEmulator, verb: str, args: Mapping[str, JsonValue]) -
             return {}
         case "check-timeouts":
             return {"timedOut": emulator.check_timeouts()}
+        case "shadow-get":
+            # null: the thing has no such shadow (GetThingShadow's 404).
+            return emulator.shadow(a.text("thing"), a.opt_text("name") or PACKAGE_SHADOW)
+        case "shadow-update":
+            return emulator.update_shadow(
+                a.text("thing"), a.obj("document"), a.opt_text("name") or PACKAGE_SHADOW
+            )
+        case "inject-shadow-fault":
+            code = a.opt_int("code")
+            if code is None:
+                raise EmulatorError("inject-shadow-fault: code must be 429 or 500")
+            emulator.inject_shadow_fault(
+                code,
+                a.opt_int("count") or 1,
+                thing=a.opt_text("thing"),
+                operation=a.opt_text("operation"),
+            )
+            return {"injected": code}
+        case "shadow-history":
+            return [
+                h.to_json()
+                for h in emulator.shadow_history(a.opt_text("thing"), a.opt_text("name"))
+            ]
         case _:
             raise EmulatorError(f"unknown control verb {verb!r}; known: {', '.join(VERBS)}")
 
@@ -474,6 +503,39 @@ class EmulatorControl:
         result = _obj(self.call("check-timeouts"))
         count = result.get("timedOut")
         return count if isinstance(count, int) else 0
+
+    def shadow(self, thing: str, name: str = PACKAGE_SHADOW) -> JsonObject | None:
+        """The named shadow as GetThingShadow returns it, or None when there is none."""
+        found = self.call("shadow-get", {"thing": thing, "name": name})
+        return None if found is None else _obj(found)
+
+    def update_shadow(
+        self, thing: str, document: Mapping[str, object], name: str = PACKAGE_SHADOW
+    ) -> JsonObject:
+        """UpdateThingShadow from the cloud side; EmulatorError with the code on a rejection."""
+        return _obj(
+            self.call(
+                "shadow-update",
+                {"thing": thing, "name": name, "document": _json_object(document)},
+            )
+        )
+
+    def inject_shadow_fault(
+        self,
+        code: int,
+        count: int = 1,
+        *,
+        thing: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        """Reject the next `count` named-shadow requests with 429 or 500."""
+        self.call(
+            "inject-shadow-fault",
+            {"code": code, "count": count, "thing": thing, "operation": operation},
+        )
+
+    def shadow_history(self, thing: str | None = None, name: str | None = None) -> list[JsonObject]:
+        return [_obj(v) for v in _list(self.call("shadow-history", {"thing": thing, "name": name}))]
 
     def wait_for(
         self, predicate: Callable[[], JsonValue], timeout: float = 5.0, interval: float = 0.05

@@ -15,7 +15,13 @@ from typing import TypeAlias, assert_never
 
 import attrs
 
-from upparat.emulator.presign import MAX_EXPIRES_IN, MIN_EXPIRES_IN, Signer, substitute
+from upparat.emulator.presign import (
+    MAX_EXPIRES_IN,
+    MIN_EXPIRES_IN,
+    Signer,
+    check_placeholders,
+    substitute,
+)
 from upparat.emulator.wire import (
     JOB_ID_RE,
     THING_NAME_RE,
@@ -186,6 +192,8 @@ class JobsModel:
     # A device must report IN_PROGRESS before SUCCEEDED: stricter than AWS may be
     # (AWS documents no such rule), so a daemon that passes here passes there.
     strict_transitions: bool = False
+    # Where pre-signed S3 objects are served from (presign.py); None: the S3 host itself.
+    s3_endpoint: str | None = None
     jobs: dict[JobId, Job] = attrs.field(factory=dict)
     executions: dict[Key, Execution] = attrs.field(factory=dict)
     next_seq: int = 1
@@ -461,7 +469,7 @@ class JobsModel:
     def render_document(self, job: Job, sign: Signer) -> JsonValue:
         # The URL lifetime scales with timeout minutes, so a fast e2e run can see one expire.
         lifetime = max(1, round(job.presigned_expires_in * self.minute / 60))
-        return substitute(job.document_json(), sign, lifetime)
+        return substitute(job.document_json(), sign, lifetime, self.s3_endpoint)
 
     def render_execution(
         self, found: Execution, sign: Signer, *, include_document: bool = True
@@ -593,6 +601,9 @@ class JobsModel:
             raise EmulatorError(
                 f"create_job: the job document is {len(text)} characters, the limit is {MAX_DOCUMENT_CHARS}"
             )
+        placeholder_problem = check_placeholders(json.loads(text))
+        if placeholder_problem is not None:
+            raise EmulatorError(f"create_job: {placeholder_problem}")
         things = list(dict.fromkeys(targets))
         if not things:
             raise EmulatorError("create_job: give at least one target thing")

@@ -463,7 +463,7 @@ def _job_id(value: object, where: str) -> JobId:
     text = _string(value, where)
     job_id = topics.job_id_or_none(text)
     if job_id is None:
-        _fail(f"{where} {_show(text)} is not a job id ([a-zA-Z0-9_-]{{1,64}})")
+        _fail(f"{where} {_show(text)} is not a job id ({topics.JOB_ID_PATTERN})")
     return job_id
 
 

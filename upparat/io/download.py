@@ -37,6 +37,7 @@ from typing import Protocol, assert_never
 
 import attrs
 
+from upparat.aws.topics import JOB_ID_RE as _JOB_ID
 from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
 from upparat.core.events import (
     DownloadCompleted,
@@ -69,7 +70,6 @@ FSYNC_INTERVAL = 8 * 1024 * 1024
 CANCEL_POLL = 0.2
 """Seconds between two looks at the cancel flag while a connect is pending."""
 
-_JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _SIDECAR_SUFFIX = ".meta.json"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")

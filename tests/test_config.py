@@ -612,13 +612,15 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         ),
         (
             "[service]\nproxy = socks5://p:1080\n",
-            "config: [service] proxy must be a proxy URL like http://proxy.example:3128,"
-            ' got "socks5://p:1080"',
+            "config: [service] proxy must be an http:// proxy URL like"
+            ' http://[user:password@]proxy.example:3128, got "socks5://p:1080"'
+            " (the proxy must be an http:// URL, got socks5://)",
         ),
         (
             "[service]\nproxy = http://p:port\n",
-            "config: [service] proxy must be a proxy URL like http://proxy.example:3128,"
-            ' got "http://p:port"',
+            "config: [service] proxy must be an http:// proxy URL like"
+            ' http://[user:password@]proxy.example:3128, got "http://p:port"'
+            " (the proxy URL cannot be parsed: malformed port)",
         ),
         (
             "[hooks]\nretry_interval = -1\n",

@@ -17,12 +17,12 @@ import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, TypeVar, assert_never
 from urllib.parse import urlsplit
 
 import attrs
 
-from upparat import scriptenv, signing
+from upparat import scriptenv, signing, urls
 from upparat.core.model import LogLevel, Settings, ThingName
 
 __all__ = [
@@ -419,11 +419,12 @@ T = TypeVar("T")
 
 
 class _Invalid(Exception):
-    """A value does not parse; `expected` completes "must be ..."."""
+    """A value does not parse; `expected` completes "must be ...", `detail` says why not."""
 
-    def __init__(self, expected: str) -> None:
+    def __init__(self, expected: str, *, detail: str | None = None) -> None:
         super().__init__(expected)
         self.expected = expected
+        self.detail = detail
 
 
 class _Reader:
@@ -478,7 +479,7 @@ class _Reader:
         text = self.raw(section, key)
         if text is None:
             return default
-        shown = _quote(text)
+        shown = _quote(_USERINFO_PASSWORD.sub(r"\1***@", text))
         if secret:
             shown = (
                 _quote(_redact_dsn(text)) if "@" in text else f"a value of {len(text)} characters"
@@ -497,8 +498,13 @@ class _Reader:
         try:
             return parse(text)
         except _Invalid as e:
-            self.problem(f"[{section}] {key} must be {e.expected}, got {shown}")
+            why = "" if e.detail is None else f" ({e.detail})"
+            self.problem(f"[{section}] {key} must be {e.expected}, got {shown}{why}")
             return default
+
+
+_USERINFO_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+"""The password of a `scheme://user:password@host` value, masked in messages."""
 
 
 def _closest(name: str, candidates: list[str], fmt: str) -> str:
@@ -694,13 +700,15 @@ def _endpoint(text: str) -> str:
 
 
 def _proxy(text: str) -> str:
-    expected = "a proxy URL like http://proxy.example:3128"
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(expected)
-    if _safe_port(text) is None and ":" in parts.netloc.rsplit("@", 1)[-1].strip("[]"):
-        raise _Invalid(expected)
-    return text
+    # The download driver reads the value by the same rule (upparat.urls), so what passes
+    # here is what it uses.
+    match urls.parse_proxy_url(text):
+        case urls.BadUrl(reason=reason):
+            raise _Invalid(f"{urls.PROXY_EXPECTED}", detail=reason)
+        case urls.ProxyUrl():
+            return text
+        case never:
+            assert_never(never)
 
 
 _DSN_PATH_RE = re.compile(r"(/[^/]+)*/[0-9]+")

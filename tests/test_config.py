@@ -486,8 +486,8 @@ def test_thing_name_from_the_command_line_wins_over_everything(tmp_path: Path) -
 
 def test_bad_thing_name_from_the_command_line() -> None:
     assert problems("", thing_name_override="a/b") == (
-        "config: the thing name given on the command line must be a thing name of 1-128"
-        ' characters without "/", "+", "#" or spaces, got "a/b"',
+        "config: the thing name given on the command line must be a thing name: 1-128 of"
+        ' the characters a-z A-Z 0-9 : _ - (AWS IoT), got "a/b"',
     )
 
 
@@ -495,7 +495,7 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(socket, "gethostname", lambda: "")
     assert one_problem("") == (
         'config: [broker] thing_name is not set and the hostname "" cannot stand in for it:'
-        ' it must be a thing name of 1-128 characters without "/", "+", "#" or spaces.'
+        " it must be a thing name: 1-128 of the characters a-z A-Z 0-9 : _ - (AWS IoT)."
         " Set thing_name."
     )
 
@@ -521,12 +521,28 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         ),
         (
             "[broker]\nkeepalive = -1\n",
-            'config: [broker] keepalive must be an integer 0-65535, got "-1"',
+            'config: [broker] keepalive must be an integer 1-65535, got "-1"',
+        ),
+        (
+            # The MQTT driver refused 0 at start (exit 1, "unexpected error").
+            "[broker]\nkeepalive = 0\n",
+            'config: [broker] keepalive must be an integer 1-65535, got "0"',
+        ),
+        (
+            # The MQTT driver refused it at start; AWS IoT thing names have no ".".
+            "[broker]\nthing_name = dev.example\n",
+            "config: [broker] thing_name must be a thing name: 1-128 of the characters"
+            ' a-z A-Z 0-9 : _ - (AWS IoT), got "dev.example"',
+        ),
+        (
+            "[broker]\nclient_id = " + "x" * 129 + "\n",
+            "config: [broker] client_id must be 1-128 bytes of UTF-8 (the AWS IoT limit),"
+            ' got "' + "x" * 129 + '"',
         ),
         (
             "[broker]\nthing_name = a+b\n",
-            "config: [broker] thing_name must be a thing name of 1-128 characters without"
-            ' "/", "+", "#" or spaces, got "a+b"',
+            "config: [broker] thing_name must be a thing name: 1-128 of the characters"
+            ' a-z A-Z 0-9 : _ - (AWS IoT), got "a+b"',
         ),
         (
             "[broker]\nhost =\n",

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from upparat import scriptenv, signing, urls
+from upparat.aws import topics
 from upparat.core.model import LogLevel, Settings, ThingName
 
 __all__ = [
@@ -635,22 +636,36 @@ def _path(text: str) -> Path:
     return Path(os.path.abspath(text))
 
 
-_JOB_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")
-
-
 def _job_prefix(text: str) -> str:
-    # AWS IoT job ids are [a-zA-Z0-9_-]{1,64}: a longer prefix could match no job.
-    if not _JOB_PREFIX_RE.fullmatch(text):
+    # A prefix as long as a whole job id could match no job.
+    if not topics.is_job_prefix(text):
         raise _Invalid("1-63 of the characters a-z A-Z 0-9 _ - (AWS IoT job id characters)")
     return text
 
 
+THING_NAME_EXPECTED: Final = "a thing name: 1-128 of the characters a-z A-Z 0-9 : _ - (AWS IoT)"
+
+
 def _thing_name(text: str) -> ThingName:
-    # The thing name becomes part of MQTT topics ($aws/things/<name>/jobs/...):
-    # wildcard characters and "/" would subscribe to or publish on other topics.
-    if not 1 <= len(text) <= 128 or any(c in "/+#\0" or c.isspace() for c in text):
-        raise _Invalid('a thing name of 1-128 characters without "/", "+", "#" or spaces')
+    # The AWS IoT rule, the one the MQTT driver and the topics use: the name becomes part
+    # of MQTT topics ($aws/things/<name>/jobs/...), where "/", "+" and "#" would reach
+    # other things' topics.
+    if not topics.is_thing_name(text):
+        raise _Invalid(THING_NAME_EXPECTED)
     return ThingName(text)
+
+
+def _client_id(text: str) -> str:
+    if not topics.is_client_id(text):
+        raise _Invalid(f"1-{topics.MAX_CLIENT_ID_BYTES} bytes of UTF-8 (the AWS IoT limit)")
+    return text
+
+
+def _keepalive(text: str) -> int:
+    # MQTT 3.1.1 section 3.1.2.10 allows 0 (no keepalive), but then a connection that dies
+    # silently (a NAT forgets it) is never noticed and the device hears no job again; the
+    # MQTT driver takes the value as given. AWS IoT treats less than 30 as 30, caps at 1200.
+    return _integer(1, 65535)(text)
 
 
 def _port(text: str) -> int:
@@ -885,11 +900,10 @@ def _build_broker(r: _Reader, thing_name_override: str | None) -> BrokerConfig:
         host=r.value(sec, "host", _text, "127.0.0.1"),
         port=port,
         thing_name=thing_name,
-        client_id=r.value(sec, "client_id", _text, "upparat"),
+        client_id=r.value(sec, "client_id", _client_id, "upparat"),
         tls=tls,
         alpn=alpn,
-        # MQTT 3.1.1 section 3.1.2.10: a 16-bit number of seconds, 0 turns keepalive off.
-        keepalive=r.value(sec, "keepalive", _integer(0, 65535), 60),
+        keepalive=r.value(sec, "keepalive", _keepalive, 60),
     )
 
 

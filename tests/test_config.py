@@ -20,9 +20,12 @@ from upparat.config import (
     Config,
     ConfigError,
     SigningConfig,
+    TcpEndpoint,
     TlsFiles,
+    UnixEndpoint,
     load_config,
     parse_config,
+    parse_endpoint,
     parse_shared_keys,
     unix_socket_path,
 )
@@ -661,12 +664,14 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         (
             "[hooks]\nendpoint = localhost:0\n",
             "config: [hooks] endpoint must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, or host:port, got "localhost:0"',
+            " unix:///run/upparat/hooks.sock, or host:port ([v6]:port, or :port for 127.0.0.1)"
+            ' with a port 1-65535, got "localhost:0"',
         ),
         (
             "[hooks]\nendpoint = unix://host/x.sock\n",
             "config: [hooks] endpoint must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, or host:port, got "unix://host/x.sock"',
+            " unix:///run/upparat/hooks.sock, or host:port ([v6]:port, or :port for 127.0.0.1)"
+            ' with a port 1-65535, got "unix://host/x.sock"',
         ),
         (
             "[hooks]\ninstall = /a\n  /b\n",
@@ -674,18 +679,19 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         ),
         (
             "[hookserver]\nsocket_mode = 0999\n",
-            "config: [hookserver] socket_mode must be an octal file mode 000-777 like 0660,"
-            ' got "0999"',
+            "config: [hookserver] socket_mode must be an octal mode of 0660 or tighter"
+            ' (no bits outside 0660, e.g. 0600), got "0999"',
         ),
         (
             "[hookserver]\nsocket_mode = 4777\n",
-            "config: [hookserver] socket_mode must be an octal file mode 000-777 like 0660,"
-            ' got "4777"',
+            "config: [hookserver] socket_mode must be an octal mode of 0660 or tighter"
+            ' (no bits outside 0660, e.g. 0600), got "4777"',
         ),
         (
             "[hookserver]\nlisten = unix-abstract:upparat\n",
             "config: [hookserver] listen must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, or host:port, got "unix-abstract:upparat"',
+            " unix:///run/upparat/hooks.sock, or host:port ([v6]:port, or :port for 127.0.0.1)"
+            ' with a port 1-65535, got "unix-abstract:upparat"',
         ),
         (
             "[hookserver]\ncancel_grace_period = -1\n",
@@ -850,3 +856,30 @@ def test_docs_list_every_key() -> None:
     }
     expected = {(section, key) for section, keys in KNOWN_KEYS.items() for key in keys}
     assert rows == expected
+
+
+def test_the_daemon_and_the_hook_server_read_an_endpoint_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`:port` and a relative socket path meant something to the hook server only; now both
+    read them by `parse_endpoint`, and the daemon's target is where the server listens."""
+    monkeypatch.chdir(tmp_path)
+    config = parse_config("[hooks]\nendpoint = :50051\n[hookserver]\nlisten = unix:rel.sock\n")
+
+    assert config.hooks.endpoint == "127.0.0.1:50051"
+    assert config.hookserver.listen == f"unix://{tmp_path / 'rel.sock'}"
+    assert parse_endpoint("[::1]:7") == TcpEndpoint(host="::1", port=7)
+    assert parse_endpoint(":7") == TcpEndpoint(host="127.0.0.1", port=7)
+    assert parse_endpoint("unix:/run/x.sock") == UnixEndpoint(path=Path("/run/x.sock"))
+    for bad in ("::1:80", ":0", "unix:", "unix://host/x.sock", "[::1]", "h:80/x"):
+        with pytest.raises(ValueError, match="unix socket target"):
+            parse_endpoint(bad)
+
+
+@pytest.mark.parametrize("mode", ["0666", "0664", "0770", "0777"])
+def test_a_socket_mode_beyond_0660_is_refused(mode: str) -> None:
+    # The daemon accepted these and the hook server refused them.
+    assert one_problem(f"[hookserver]\nsocket_mode = {mode}\n") == (
+        "config: [hookserver] socket_mode must be an octal mode of 0660 or tighter"
+        f' (no bits outside 0660, e.g. 0600), got "{mode}"'
+    )

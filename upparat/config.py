@@ -28,18 +28,26 @@ from upparat.core.model import LogLevel, Settings, ThingName
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "DEFAULT_HOOKSERVER_STATE_DIR",
+    "ENDPOINT_EXPECTED",
     "KNOWN_KEYS",
     "BrokerConfig",
     "Config",
     "ConfigError",
     "DownloadConfig",
+    "Endpoint",
     "HookServerConfig",
     "HooksConfig",
     "ServiceConfig",
     "SigningConfig",
+    "TcpEndpoint",
     "TlsFiles",
+    "UnixEndpoint",
+    "config_from_parser",
+    "default_hookserver_state_dir",
     "load_config",
     "parse_config",
+    "parse_endpoint",
     "parse_shared_keys",
     "unix_socket_path",
 ]
@@ -175,6 +183,14 @@ def default_download_location(environ: Mapping[str, str]) -> Path:
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
     return _systemd_directory(environ, "STATE_DIRECTORY") or Path("/var/lib/upparat")
+
+
+DEFAULT_HOOKSERVER_STATE_DIR: Final = Path("/var/lib/upparat-hookserver")
+
+
+def default_hookserver_state_dir(environ: Mapping[str, str]) -> Path:
+    """Unset `[hookserver] state_dir`: the hook server unit's StateDirectory, else fixed."""
+    return _systemd_directory(environ, "STATE_DIRECTORY") or DEFAULT_HOOKSERVER_STATE_DIR
 
 
 def _systemd_directory(environ: Mapping[str, str], name: str) -> Path | None:
@@ -408,6 +424,16 @@ def parse_config(
     except configparser.Error as e:
         # configparser's messages span lines; a problem is one line.
         raise ConfigError((f"config: {' '.join(e.message.split())}",)) from e
+    return config_from_parser(parser, source=source, thing_name_override=thing_name_override)
+
+
+def config_from_parser(
+    parser: configparser.RawConfigParser,
+    *,
+    source: Path | None = None,
+    thing_name_override: str | None = None,
+) -> Config:
+    """The checked `Config` of an INI file already read (the hook server's tests use it)."""
     reader = _Reader(parser)
     reader.check_names()
     config = _build(reader, source, thing_name_override)
@@ -691,27 +717,97 @@ def unix_socket_path(endpoint: str) -> Path:
     return Path(rest)
 
 
-def _endpoint(text: str) -> str:
+ENDPOINT_EXPECTED: Final = (
+    "a unix socket target like unix:///run/upparat/hooks.sock, or host:port ([v6]:port,"
+    " or :port for 127.0.0.1) with a port 1-65535"
+)
+
+
+@attrs.frozen(kw_only=True)
+class UnixEndpoint:
+    """A unix socket file: who may connect is decided by its owner and mode."""
+
+    path: Path
+    """Absolute."""
+
+    @property
+    def target(self) -> str:
+        """The gRPC target."""
+        return f"unix://{self.path}"
+
+    def __str__(self) -> str:
+        return self.target
+
+
+@attrs.frozen(kw_only=True)
+class TcpEndpoint:
+    host: str
+    """Without brackets for an IPv6 address."""
+    port: int
+
+    @property
+    def address(self) -> str:
+        """The gRPC bind address and target."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def target(self) -> str:
+        return self.address
+
+    def __str__(self) -> str:
+        return self.address
+
+
+Endpoint = UnixEndpoint | TcpEndpoint
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """`[hooks] endpoint` and `[hookserver] listen`, read by the daemon and the hook server.
+
+    `unix:///abs`, `unix:/abs`, `unix:relative` (from the working directory), `host:port`,
+    `[v6]:port`, `:port` (127.0.0.1). Raises ValueError(ENDPOINT_EXPECTED).
+    """
     # A unix socket file is the default and the recommendation: the hook server runs
     # install scripts as root, so who may call it is decided by the socket file's owner
-    # and mode. TCP (`host:port`) is accepted for development and for hook servers in
-    # another container; it has no such check, so the hook server binds loopback unless
-    # told otherwise.
-    expected = "a unix socket target like unix:///run/upparat/hooks.sock, or host:port"
+    # and mode. TCP is accepted for development and for hook servers in another
+    # container; it has no such check, so a bare :port means loopback.
     if text.startswith("unix:"):
         if text.startswith("unix://") and text[7:8] != "/":
-            raise _Invalid(expected)
-        if str(unix_socket_path(text)) in ("", "."):
-            raise _Invalid(expected)
-        return text
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _Invalid(expected)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or any(ch.isspace() or ch in "/@?#" for ch in host):
-        raise _Invalid(expected)
-    return text
+            raise ValueError(ENDPOINT_EXPECTED)  # unix://host/... names no path
+        rest = str(unix_socket_path(text))
+        if rest in ("", "."):
+            raise ValueError(ENDPOINT_EXPECTED)
+        return UnixEndpoint(path=Path(os.path.abspath(rest)))
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep or ":" not in host:
+            raise ValueError(ENDPOINT_EXPECTED)
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:  # an IPv6 address needs brackets
+            raise ValueError(ENDPOINT_EXPECTED)
+        host = host or "127.0.0.1"
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(ENDPOINT_EXPECTED)
+    if any(ch.isspace() or ch in "/@?#[]" for ch in host):
+        raise ValueError(ENDPOINT_EXPECTED)
+    return TcpEndpoint(host=host, port=int(port))
+
+
+def _endpoint(text: str) -> str:
+    try:
+        endpoint = parse_endpoint(text)
+    except ValueError:
+        raise _Invalid(ENDPOINT_EXPECTED) from None
+    # Kept as written where gRPC reads it the same way; a relative socket path and a bare
+    # :port are written out so the daemon connects where the hook server listens.
+    match endpoint:
+        case UnixEndpoint():
+            return text if os.path.isabs(unix_socket_path(text)) else endpoint.target
+        case TcpEndpoint():
+            return endpoint.target if text.startswith(":") else text
+        case never:
+            assert_never(never)
 
 
 def _proxy(text: str) -> str:
@@ -755,10 +851,14 @@ def _environment_names(text: str) -> tuple[str, ...]:
         raise _Invalid(str(e)) from None
 
 
+SOCKET_MODE_LIMIT: Final = 0o660
+"""Who may connect to the hook server may have root run scripts: never other users."""
+
+
 def _socket_mode(text: str) -> int:
     match = re.fullmatch(r"(0o)?([0-7]{3,4})", text)
-    if match is None or int(match.group(2), 8) > 0o777:
-        raise _Invalid("an octal file mode 000-777 like 0660")
+    if match is None or int(match.group(2), 8) & ~SOCKET_MODE_LIMIT:
+        raise _Invalid("an octal mode of 0660 or tighter (no bits outside 0660, e.g. 0600)")
     return int(match.group(2), 8)
 
 

@@ -101,8 +101,10 @@ def write_config(workdir: Path, broker_port: int, section: str, key: str, value:
     return conf
 
 
-def run_all(conf: Path) -> dict[str, tuple[int, str]]:
-    """Exit status and stderr of the three programs, run side by side on `conf`."""
+def run_all(
+    conf: Path, programs: tuple[str, ...] = ("check-config", "daemon", "hookserver")
+) -> dict[str, tuple[int, str]]:
+    """Exit status and stderr of the programs, run side by side on `conf`."""
     env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "CACHE_DIRECTORY")}
     argvs = {
         "check-config": [*CHECK_CONFIG, "-c", str(conf)],
@@ -120,6 +122,7 @@ def run_all(conf: Path) -> dict[str, tuple[int, str]]:
             text=True,
         )
         for name, argv in argvs.items()
+        if name in programs
     }
     results: dict[str, tuple[int, str]] = {}
     try:
@@ -222,3 +225,22 @@ def test_a_good_value_is_accepted_by_all_three(
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def test_a_download_folder_the_daemon_refuses_is_refused_by_check_config_alike(
+    workdir: Path, broker: socket.socket
+) -> None:
+    """Not a value rule but the folder on disk: both programs look at it and say the same."""
+    conf = write_config(workdir, broker.getsockname()[1], "hooks", "version", "/bin/true")
+    (workdir / "elsewhere").mkdir()
+    (workdir / "downloads" / "upparat").symlink_to(workdir / "elsewhere")
+
+    # The hook server checks the folder at each install, not at start.
+    results = run_all(conf, ("check-config", "daemon"))
+
+    assert results["check-config"][0] == results["daemon"][0] == 2, results
+    (line,) = results["daemon"][1].splitlines()
+    assert line.startswith("config: "), line
+    assert "is a symlink" in line, line
+    assert results["check-config"][1] == line + "\n"
+    assert connections(broker) == 0

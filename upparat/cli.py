@@ -119,7 +119,7 @@ def check_config(argv: Sequence[str]) -> int:
 
     folder = folder_problem(config.download.directory, uid=None)
     if folder is not None:
-        print(f"config {args.config}: {folder}", file=sys.stderr)
+        print(f"config: {folder}", file=sys.stderr)  # as the daemon says it
         return EXIT_CONFIG
     print(f"config {args.config}: ok")
     temp = shared_temp_warning(config.download.location)

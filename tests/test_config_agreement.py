@@ -187,24 +187,13 @@ def test_a_good_value_is_accepted_by_all_three(
     load_config(conf)
     env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "CACHE_DIRECTORY")}
 
-    check = subprocess.run(
-        [*CHECK_CONFIG, "-c", str(conf)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    server = subprocess.run(
-        [*HOOKSERVER, "-c", str(conf), "--check"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    check = run(*CHECK_CONFIG, "-c", str(conf))
+    server = run(*HOOKSERVER, "-c", str(conf), "--check")
 
     # check-config passed the file and went on to look for the hook server (exit 3).
     assert (check.returncode, check.stdout.splitlines()[0]) == (3, f"config {conf}: ok"), check

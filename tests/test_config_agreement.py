@@ -233,3 +233,22 @@ def test_a_download_folder_the_daemon_refuses_is_refused_by_check_config_alike(
     assert "is a symlink" in line, line
     assert results["check-config"][1] == line + "\n"
     assert connections(broker) == 0
+
+
+def test_tls_files_the_mqtt_driver_cannot_load_are_exit_2_not_an_unexpected_error(
+    workdir: Path, broker: socket.socket
+) -> None:
+    conf = write_config(workdir, broker.getsockname()[1], "broker", "cafile", "/nonexistent/ca.pem")
+    conf.write_text(
+        conf.read_text().replace(
+            "[broker]\n",
+            "[broker]\ncertfile = /nonexistent/cert.pem\nkeyfile = /nonexistent/k.pem\n",
+        )
+    )
+
+    (code, err) = run_all(conf, ("daemon",))["daemon"]
+
+    assert code == 2, err
+    (line,) = err.splitlines()
+    assert line.startswith("config: [broker] mqtt: cafile '/nonexistent/ca.pem' is not readable")
+    assert connections(broker) == 0

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hookservers.shell import config as hookserver_config
 from tests.support.keys import make_key
 from upparat.config import (
     DEFAULT_ENDPOINT,
@@ -26,7 +27,6 @@ from upparat.config import (
     load_config,
     parse_config,
     parse_endpoint,
-    parse_shared_keys,
     unix_socket_path,
 )
 from upparat.core.model import LogLevel, Settings, ThingName
@@ -248,25 +248,26 @@ def test_a_bad_trusted_keys_is_the_only_problem_reported_with_require_signature(
 
 def test_the_hook_server_reads_the_shared_keys_by_the_same_rules(tmp_path: Path) -> None:
     key = make_key(tmp_path, "release")
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(
+    text = (
         f"[service]\ndownload_location = {tmp_path}\ntrusted_keys = {key.public}\n"
         "require_signature = on\n[hooks]\ninstall = /x\n"
     )
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
 
-    download, signing_config, found = parse_shared_keys(parser)
+    server = hookserver_config.parse(parser)
+    daemon = parse_config(text)
 
-    assert found == ()
-    assert download.directory == tmp_path / "upparat"
-    assert (
-        signing_config
-        == parse_config(f"[service]\ntrusted_keys = {key.public}\nrequire_signature = on\n").signing
-    )
+    assert server.download_dir == daemon.download.directory == tmp_path / "upparat"
+    assert server.trusted_keys == daemon.signing.trusted_keys
+    assert server.require_signature is daemon.signing.require_signature is True
 
-    parser.read_string(f"[service]\ntrusted_keys = {tmp_path / 'nope'}\n")
-    assert parse_shared_keys(parser)[2] == problems(
-        f"[service]\ntrusted_keys = {tmp_path / 'nope'}\n"
-    )
+    bad = f"[service]\ntrusted_keys = {tmp_path / 'nope'}\n"
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(bad)
+    with pytest.raises(ConfigError) as err:
+        hookserver_config.parse(parser)
+    assert err.value.problems == problems(bad)
 
 
 # -- upparat 1.12 files --------------------------------------------------------------

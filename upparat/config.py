@@ -48,7 +48,6 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_endpoint",
-    "parse_shared_keys",
     "unix_socket_path",
 ]
 
@@ -876,16 +875,6 @@ def _build(reader: _Reader, source: Path | None, thing_name_override: str | None
         hookserver=_build_hookserver(reader, hooks),
         signing=_build_signing(reader),
     )
-
-
-def parse_shared_keys(
-    parser: configparser.RawConfigParser,
-) -> tuple[DownloadConfig, SigningConfig, tuple[str, ...]]:
-    """The `[service]` keys the hook server shares with the daemon (the download folder,
-    the trusted keys), read by the same rules; with one line per problem found."""
-    reader = _Reader(parser)
-    download, signing_config = _build_download(reader), _build_signing(reader)
-    return download, signing_config, tuple(reader.problems)
 
 
 def _build_service(r: _Reader) -> ServiceConfig:

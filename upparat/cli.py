@@ -107,11 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(logging.DEBUG if args.verbose else _level(config))
     from upparat.daemon import run_daemon  # the drivers load only when running
+    from upparat.io.mqtt import MqttConfigError
 
     try:
         return run_daemon(config)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
+        return EXIT_CONFIG
+    except MqttConfigError as err:
+        # The TLS files are read by the driver, not the config (unreadable, not PEM, an
+        # encrypted key): still the configuration's fault, not an unexpected error.
+        print(f"config: [broker] {err}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception:
         log.exception("upparat stopped on an unexpected error")
@@ -132,7 +138,7 @@ def check_config(argv: Sequence[str]) -> int:
 
     folder = folder_problem(config.download.directory, uid=None)
     if folder is not None:
-        print(f"config {args.config}: {folder}", file=sys.stderr)
+        print(f"config: {folder}", file=sys.stderr)  # as the daemon says it
         return EXIT_CONFIG
     print(f"config {args.config}: ok")
     temp = shared_temp_warning(config.download.location)

@@ -737,7 +737,6 @@ def test_unreadable_tls_files_are_config_errors(pki: Pki, tmp_path: Path) -> Non
         (lambda: _driver(client_id=""), "client_id"),
         (lambda: _driver(client_id="x" * 129), "client_id"),
         (lambda: _driver(thing_name="dev/1"), "thing_name"),
-        (lambda: _driver(keepalive=0), "keepalive"),
         (lambda: _driver(reconnect_min_delay=5, reconnect_max_delay=2), "reconnect delays"),
         (lambda: _driver(alpn=["x-amzn-mqtt-ca"]), "alpn needs TLS"),
     ],

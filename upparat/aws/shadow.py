@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from upparat.aws.topics import is_thing_name
 from upparat.core.model import ClientToken, ThingName
 
 PACKAGE_SHADOW = "$package"
@@ -39,7 +40,6 @@ VERSION_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,64}")
 ATTRIBUTE_KEY_RE = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
 MAX_ATTRIBUTE_VALUE_CHARS = 256
 
-_THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _CLIENT_TOKEN = re.compile(r"[\x21-\x7e]{1,64}")
 
 Attributes = tuple[tuple[str, str], ...]
@@ -231,7 +231,7 @@ def update_request(
     with a 409 if the shadow changed since that version was read.
     Raises ValueError only for a thing name or client token no correct caller produces.
     """
-    if not _THING_NAME.fullmatch(thing):
+    if not is_thing_name(thing):
         raise ValueError(f"thing name {thing!r} is not [a-zA-Z0-9:_-]{{1,128}}")
     if not PACKAGE_NAME_RE.fullmatch(package):
         return Unreportable(

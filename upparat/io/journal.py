@@ -11,11 +11,11 @@ import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Final
 
+from upparat.aws.topics import JOB_ID_RE as _JOB_ID_RE
 from upparat.core.model import JobId, JournalRecord, Phase
 
 __all__ = ["FORMAT_VERSION", "Journal", "JournalError"]
@@ -26,7 +26,6 @@ FORMAT_VERSION: Final = 1
 """Bumped when the file's meaning changes; an unknown version is set aside like a corrupt file."""
 
 _FILE_NAME: Final = "journal.json"
-_JOB_ID_RE: Final = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 class JournalError(Exception):

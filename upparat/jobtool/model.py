@@ -20,6 +20,9 @@ from typing import NewType, TypeAlias, assert_never
 
 import attrs
 
+from upparat.aws.topics import JOB_ID_RE as JOB_ID_RE  # re-exported: the one rule
+from upparat.aws.topics import JOB_PREFIX_RE as JOB_PREFIX_RE
+from upparat.aws.topics import THING_NAME_RE as THING_NAME_RE
 from upparat.emulator.presign import BUCKET_RE, MAX_KEY_BYTES, placeholder_v1, placeholder_v2
 
 JobId = NewType("JobId", str)
@@ -27,10 +30,6 @@ ThingName = NewType("ThingName", str)
 GroupName = NewType("GroupName", str)
 
 DEFAULT_JOB_PREFIX = "upparat_"
-JOB_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-JOB_PREFIX_RE = re.compile(r"[a-zA-Z0-9_-]{1,63}")
-# ThingName and ThingGroupName share the pattern and the length.
-THING_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 # RoleArn is 20-2048 characters; IAM role names and paths use [\w+=,.@-].
 ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+")
 SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")

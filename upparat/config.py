@@ -17,13 +17,16 @@ import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
-from upparat import scriptenv, signing
+from upparat import scriptenv
 from upparat.core.model import LogLevel, Settings, ThingName
+
+if TYPE_CHECKING:
+    from upparat import signing
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -804,6 +807,9 @@ def _build_download(r: _Reader) -> DownloadConfig:
 
 
 def _trusted_keys(text: str) -> signing.TrustedKeys:
+    # Imported here: cryptography adds ~10 MB RSS, needed only where keys are configured.
+    from upparat import signing
+
     try:
         return signing.load_trusted_keys(_path(text))
     except signing.UnusableKeys as e:

@@ -43,6 +43,7 @@ from upbench.rigs import (
     legacy_available,
 )
 
+from hookservers.shell.ondemand import IDLE_STOP
 from upparat.devstack.fileserver import make_bundle
 from upparat.devstack.procs import mosquitto_binary
 
@@ -457,6 +458,19 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         hooks = measure.measure_hook_overhead(ours, count=mode.hook_calls)
         say("cloud round trip: a probe client's GetPendingJobExecutions")
         cloud_rtt = measure.measure_cloud_rtt(ours, count=mode.hook_calls)
+        hookserver_alone = None
+        hookserver = ours.hookserver_pid()
+        if hookserver is not None:
+            settle = IDLE_STOP + min(mode.settle, 5.0)
+            say(f"hook server alone: daemon stopped, idle after {settle:.0f} s")
+            ours.stack.stop_daemon()
+            hookserver_alone = measure.measure_alone(
+                hookserver,
+                settle=settle,
+                window=mode.pinned_window,
+                windows=mode.pinned_windows,
+                evidence=mode.evidence,
+            )
         hookserver = ours.hookserver_pid()
         if profile_skipped is None and hookserver is not None:
             say("profile: the hook server during the GetVersion calls, under py-spy")
@@ -492,6 +506,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         hooks=hooks,
         pinned=pinned,
         cloud_rtt=cloud_rtt,
+        hookserver_alone=hookserver_alone,
         profiles=tuple(profiles),
         profile_skipped=profile_skipped,
     )

@@ -111,6 +111,7 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
             assert issue16.count(f"| {label} |") == 2, label
             verdict = _rows(issue16)[label][4]
             assert verdict in ("met", "**missed**", "not measured"), (label, verdict)
+    assert "| I2b hook server idle wakeups/s, no daemon connected |" in issue16
     download_rows = _rows(_section(markdown, "## 1. Download"))
 
     results = json.loads((tmp_path / "results.json").read_text())

@@ -914,3 +914,18 @@ def measure_cloud_rtt(rig: Rig, *, count: int) -> Timing:
         client.loop_stop()
         client.disconnect()
     return Timing(samples=tuple(samples))
+
+
+def measure_alone(
+    pid: int, *, settle: float, window: float, windows: int, evidence: bool
+) -> ProcessWakeups:
+    """Wakeups of one process (the hook server after the daemon stopped), `settle` seconds
+    from now, over `windows` windows."""
+    time.sleep(settle)
+    counted = wakeups.measure(
+        {"p": pid}, windows=windows, seconds=window / windows, evidence=False, py_spy=py_spy
+    )["p"]
+    if not evidence:
+        return counted
+    seen = wakeups.measure({"p": pid}, windows=1, seconds=1.0, evidence=True, py_spy=py_spy)
+    return wakeups.with_evidence(counted, seen["p"])

@@ -27,7 +27,7 @@ from upbench.measure import (
     Timing,
 )
 from upbench.rigs import JobRun
-from upbench.wakeups import grouped, owner
+from upbench.wakeups import ProcessWakeups, grouped, owner
 
 NOT_MEASURED = "not measured"
 
@@ -100,6 +100,8 @@ class Results:
     """The same product started on one core (None: not measured)."""
     cloud_rtt: Timing | None
     """GetPendingJobExecutions round trips of a probe client to the emulator."""
+    hookserver_alone: ProcessWakeups | None
+    """The hook server idle with no daemon connected (None: not measured)."""
     profiles: tuple[Profile, ...]
     profile_skipped: str | None
 
@@ -1369,6 +1371,24 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
     return rows
 
 
+def _alone_row(r: Results) -> list[str]:
+    label = "I2b hook server idle wakeups/s, no daemon connected"
+    a = r.hookserver_alone
+    if a is None:
+        return [label, "≤ 1", "-", "(no hook server)", "", NOT_MEASURED, ""]
+    verdict = _verdict16(a.rate, 1.0)
+    who = ", ".join(f"{w} {x:.1f}/s" for w, x in grouped(a.threads)[:3] if x >= 0.05)
+    return [
+        label,
+        "≤ 1",
+        f"{a.rate:.1f} (CPU {a.cpu:.3f} s/min)",
+        "(no hook server)",
+        "",
+        verdict,
+        who if verdict != "met" else "",
+    ]
+
+
 def _latency_bound(res: LatencyResult, r: Results) -> str:
     hooks = sum(1 for s in res.timeline if s.what.endswith("hook started"))
     updates = sum(1 for s in res.timeline if s.what.startswith("cloud received"))
@@ -1398,9 +1418,12 @@ def _issue16(r: Results) -> str:
         "verdict",
         "what bounds it",
     )
-    for title, run in _runs16(r):
+    for n, (title, run) in enumerate(_runs16(r)):
         out.append(f"\n### {title}\n\n")
-        out.append(_table(header, _rows16(run, r)))
+        rows = _rows16(run, r)
+        if n == 0:
+            rows.insert(2, _alone_row(r))
+        out.append(_table(header, rows))
     if r.pinned is None:
         out.append("\nOne core: not measured in this run.\n")
     else:

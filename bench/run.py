@@ -414,6 +414,12 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         say(f"latency: {mode.latency_jobs} jobs each of " + " and ".join(n for n, _ in both))
         lat, *rest = latency(*both)
         lat_legacy = rest[0] if rest else None
+        # Right after the latency jobs, on the same processes, so the per-call breakdown
+        # of a job compares numbers taken under the same load.
+        say(f"hook overhead: {mode.hook_calls} GetVersion calls and script runs")
+        hooks = measure.measure_hook_overhead(ours, count=mode.hook_calls)
+        say("cloud round trip: a probe client's GetPendingJobExecutions")
+        cloud_rtt = measure.measure_cloud_rtt(ours, count=mode.hook_calls)
         if profile_skipped is None:
             say("profile: the latency jobs again under py-spy")
             profiles.append(
@@ -454,10 +460,6 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         )
         (lat_112,) = latency(("upparat, verify_soft_restart = false", ours))
 
-        say(f"hook overhead: {mode.hook_calls} GetVersion calls and script runs")
-        hooks = measure.measure_hook_overhead(ours, count=mode.hook_calls)
-        say("cloud round trip: a probe client's GetPendingJobExecutions")
-        cloud_rtt = measure.measure_cloud_rtt(ours, count=mode.hook_calls)
         hookserver_alone = None
         hookserver = ours.hookserver_pid()
         if hookserver is not None:

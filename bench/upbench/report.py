@@ -740,6 +740,13 @@ def _hooks_section(r: Results) -> str:
             str(len(h.subprocess.samples)),
         ],
         [
+            "GetInfo via the shell hook server (the round trip alone, no script)",
+            _ms(h.info.median) if h.info.samples else "-",
+            _ms(h.info.best) if h.info.samples else "-",
+            _ms(p90(h.info)) if h.info.samples else "-",
+            str(len(h.info.samples)),
+        ],
+        [
             "hook server overhead",
             _ms(h.grpc.median - h.subprocess.median),
             "",
@@ -750,7 +757,7 @@ def _hooks_section(r: Results) -> str:
     return (
         "## 6. Hook overhead: one GetVersion (gRPC on the unix socket + fork/exec of the script)\n\n"
         + _table(("call", "median ms", "best ms", "p90 ms", "n"), rows)
-        + "\nCalls alternate (one GetVersion, one subprocess.run) after three warm-up rounds;"
+        + "\nCalls alternate (one GetVersion, one subprocess.run, one GetInfo) after three warm-up rounds;"
         " the channel stays open, as the daemon's does. upparat 1.12 has no hook server: it"
         " runs each hook with subprocess.Popen in a new thread of the daemon, so its cost per"
         " hook is about the subprocess.run row.\n"
@@ -1394,7 +1401,7 @@ def _latency_bound(res: LatencyResult, r: Results) -> str:
     updates = sum(1 for s in res.timeline if s.what.startswith("cloud received"))
     per_call = r.hooks.grpc.median
     return (
-        f"{hooks} hook calls x {_ms(per_call)} ms (gRPC round trip + script run) and"
+        f"{hooks} hook calls x {_ms(per_call)} ms (a GetVersion on all cores, section 6) and"
         f" {updates} cloud round trips, one per phase (breakdown below)"
     )
 
@@ -1546,7 +1553,7 @@ def _breakdown(r: Results) -> str:
                 "the daemon's own share of each hook call: hook-to-hook gap with no cloud"
                 f" update between ({_ms(statistics.median(gaps))} ms, median of {len(gaps)})"
                 " minus a whole GetVersion from a bare client",
-                _ms(daemon_per_hook),
+                _ms(daemon_per_hook) if daemon_per_hook > 0 else "≈ 0 (within the noise)",
                 str(hooks),
                 _ms(hooks * daemon_per_hook),
             ]

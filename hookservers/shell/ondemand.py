@@ -37,11 +37,11 @@ class OnDemandServer:
     def __init__(self, listener: socket.socket, make_server: Callable[[], grpc.Server]) -> None:
         self._listener = listener
         self._make_server = make_server
-        self._dir = Path(tempfile.mkdtemp(prefix="upparat-hookserver-"))  # mode 0700
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
+        self._dir: Path | None = None
+        """The private directory of the running server's socket (mode 0700)."""
         self._address = ""
-        self._generation = 0
         self._connections: set[socket.socket] = set()
         self._idle_timer: threading.Timer | None = None
         self._closing = False
@@ -63,22 +63,36 @@ class OnDemandServer:
             self._idle_timer.cancel()
             self._idle_timer = None
         if self._server is None:
-            # A fresh path per server: an old one may still be closing its socket.
-            self._generation += 1
-            path = self._dir / f"grpc-{self._generation}.sock"
+            # A fresh directory per server, made now and removed with it: nothing of it
+            # waits for months in /tmp for a cleaner to take away.
+            folder = Path(tempfile.mkdtemp(prefix="upparat-hookserver-"))
+            path = folder / "grpc.sock"
             server = self._make_server()
-            server.add_insecure_port(f"unix://{path}")
-            server.start()
-            self._server, self._address = server, str(path)
+            try:
+                server.add_insecure_port(f"unix://{path}")
+                server.start()
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            self._server, self._dir, self._address = server, folder, str(path)
             log.debug("gRPC server started on %s", path)
         return self._address
+
+    def _drop_server(self) -> tuple[grpc.Server | None, Path | None]:
+        """Forgets the running server (called with the lock); the caller stops it."""
+        server, folder = self._server, self._dir
+        self._server, self._dir, self._address = None, None, ""
+        return server, folder
 
     def _stop_if_idle(self) -> None:
         with self._lock:
             if self._connections or self._server is None or self._closing:
                 return
-            server, self._server = self._server, None
+            server, folder = self._drop_server()
+            assert server is not None
             server.stop(grace=None).wait(5.0)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         log.debug("no connection for %.0f s: gRPC server dropped", IDLE_STOP)
 
     # -- connections ------------------------------------------------------------------------
@@ -122,7 +136,7 @@ class OnDemandServer:
         the listener."""
         with self._lock:
             self._closing = True
-            server, self._server = self._server, None
+            server, folder = self._drop_server()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
         if server is not None:
@@ -137,7 +151,8 @@ class OnDemandServer:
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class _Relay:

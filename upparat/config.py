@@ -17,14 +17,17 @@ import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, TypeVar, assert_never
+from typing import TYPE_CHECKING, Final, TypeVar, assert_never
 from urllib.parse import urlsplit
 
 import attrs
 
-from upparat import scriptenv, signing, urls
+from upparat import scriptenv, urls
 from upparat.aws import topics
 from upparat.core.model import LogLevel, Settings, ThingName
+
+if TYPE_CHECKING:
+    from upparat import signing
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -916,6 +919,9 @@ def _build_download(r: _Reader) -> DownloadConfig:
 
 
 def _trusted_keys(text: str) -> signing.TrustedKeys:
+    # Imported here: cryptography adds ~10 MB RSS, needed only where keys are configured.
+    from upparat import signing
+
     try:
         return signing.load_trusted_keys(_path(text))
     except signing.UnusableKeys as e:

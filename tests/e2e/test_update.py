@@ -56,7 +56,7 @@ def test_update_with_a_reboot_succeeds_once_the_device_is_back(
     assert outcome(stack.execution(JOB)) == ("IN_PROGRESS", "reboot_start")
     # What the next boot needs was written before Restart was called.
     assert journal(stack) == JournalRecord(
-        job_id=JobId(JOB), phase=Phase.RESTARTING, previous_version=OLD
+        job_id=JobId(JOB), phase=Phase.RESTARTING, previous_version=OLD, execution_number=1
     )
     device.power_cycle(stack)
 

@@ -167,12 +167,22 @@ def test_every_field_is_checked_when_read(tmp_path: Path) -> None:
         assert reason in found.reason
 
 
-def test_the_default_place_is_the_runtime_directory_else_the_state_dir() -> None:
+def test_the_default_place_is_the_runtime_directory_else_the_state_dir(tmp_path: Path) -> None:
     state = Path("/var/lib/upparat")
-    assert status.default_path({}, state) == state / "status.json"
+    absent = tmp_path / "no-unit"
+    assert status.default_path({}, state, absent) == state / "status.json"
     runtime = {"RUNTIME_DIRECTORY": "/run/upparat-daemon:/run/other"}
-    assert status.default_path(runtime, state) == Path("/run/upparat-daemon/status.json")
-    assert status.default_path({"RUNTIME_DIRECTORY": "relative"}, state) == state / "status.json"
+    assert status.default_path(runtime, state, absent) == Path("/run/upparat-daemon/status.json")
+    relative = {"RUNTIME_DIRECTORY": "relative"}
+    assert status.default_path(relative, state, absent) == state / "status.json"
+    # From a shell (no $RUNTIME_DIRECTORY) next to the running unit: the unit's directory.
+    assert status.default_path({}, state, tmp_path) == tmp_path / "status.json"
+
+
+def test_the_unit_gives_the_daemon_the_directory_upparat_status_reads() -> None:
+    unit = (Path(__file__).parents[2] / "systemd" / "upparat.service").read_text()
+    assert f"RuntimeDirectory={status.UNIT_RUNTIME_DIR.name}" in unit.splitlines()
+    assert "RuntimeDirectoryMode=0755" in unit.splitlines()
 
 
 def test_plain_and_terminal_renderings() -> None:

@@ -107,12 +107,22 @@ class StatusWriteFailed:
 # ---- where ---------------------------------------------------------------------------------
 
 
-def default_path(environ: Mapping[str, str], state_dir: Path) -> Path:
-    """`$RUNTIME_DIRECTORY/status.json` (systemd's RuntimeDirectory=, a tmpfs that goes
-    away with the unit), else `<state_dir>/status.json`."""
+UNIT_RUNTIME_DIR = Path("/run/upparat-status")
+"""`RuntimeDirectory=upparat-status` of upparat.service (0755: a product UI may read it)."""
+
+
+def default_path(
+    environ: Mapping[str, str], state_dir: Path, unit_dir: Path = UNIT_RUNTIME_DIR
+) -> Path:
+    """`$RUNTIME_DIRECTORY/status.json` (the daemon under systemd: a tmpfs that goes away
+    with the unit); else the unit's directory when it exists (`upparat status` run from a
+    shell next to the running unit); else `<state_dir>/status.json`."""
     first = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    base = Path(first) if os.path.isabs(first) else state_dir
-    return base / FILE_NAME
+    if os.path.isabs(first):
+        return Path(first) / FILE_NAME
+    if unit_dir.is_dir():
+        return unit_dir / FILE_NAME
+    return state_dir / FILE_NAME
 
 
 # ---- write and read -----------------------------------------------------------------------

@@ -100,6 +100,24 @@ def like(kind: type[Command], **fields: Any) -> Like:
     return Like(kind, fields)
 
 
+@attrs.frozen(eq=False)
+class Between:
+    """Equal to any number from `low` to `high`: a jittered delay."""
+
+    low: float
+    high: float
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int | float) and self.low <= other <= self.high
+
+    def __hash__(self) -> int:
+        return hash((self.low, self.high))
+
+
+def between(low: float, high: float) -> Between:
+    return Between(low, high)
+
+
 @attrs.frozen
 class Reported:
     """Equal to an UpdateJob with this status whose statusDetails contain these pairs."""

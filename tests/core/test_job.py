@@ -10,6 +10,7 @@ from tests.core.playbook import (
     OTHER,
     URL,
     Playbook,
+    between,
     execution,
     failed,
     kinds,
@@ -442,7 +443,7 @@ def test_reboot_start_rejected_with_throttling_is_sent_again_before_restarting()
     p = Playbook()
     at_install(p)
     p.answer(HookSuccess())
-    assert p.reject(RejectCode.REQUEST_THROTTLED) == [like(SetTimer, delay=1.0)]
+    assert p.reject(RejectCode.REQUEST_THROTTLED) == [like(SetTimer, delay=between(1.0, 2.0))]
     assert p.fire(TimerKind.UPDATE_RETRY) == [reported("reboot_start"), like(SetTimer)]
     assert kinds(p.accept()) == [Persist, CallHook]
 

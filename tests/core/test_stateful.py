@@ -405,7 +405,7 @@ class CoreMachine(RuleBasedStateMachine):
             job.state = dict(update.details).get("state")
             self.feed(UpdateAccepted(job_id=update.job_id, client_token=token))
             self.feed(self.cloud_notification())
-        elif isinstance(head, machine.Backoff):
+        elif isinstance(head, machine.Throttled):
             self.now += 60
             self.feed(TimerFired(timer=TimerKind.UPDATE_RETRY, token=head.timer))
         elif isinstance(stage, machine.FetchingJobs) and stage.request is not None:

@@ -12,6 +12,7 @@ from typing import assert_never
 
 import attrs
 
+from upparat.core.backoff import Backoff
 from upparat.core.commands import (
     CallHook,
     CancelDownload,
@@ -84,11 +85,6 @@ from upparat.core.model import (
     TimerKind,
 )
 
-UNAVAILABLE_FIRST_DELAY = 1.0
-"""Seconds before calling an unreachable hook server again; doubles up to the cap."""
-UNAVAILABLE_MAX_DELAY = 60.0
-BACKOFF_MAX_DELAY = 60.0
-"""Cap of the exponential backoff after RequestThrottled / InternalError."""
 RETRY_AFTER_CAP = 10
 """A hook's retry_after hint is capped at this many retry_intervals."""
 MAX_DETAIL_CHARS = 1024
@@ -146,10 +142,10 @@ class Sleeping:
 
 @attrs.frozen(kw_only=True)
 class Outage:
-    """The hook server has been unreachable since `since`; next wait is `delay`."""
+    """The hook server has been unreachable since `since`, for `failures` calls in a row."""
 
     since: float
-    delay: float
+    failures: int
 
 
 @attrs.frozen(kw_only=True)
@@ -214,7 +210,7 @@ class Sent:
 
 
 @attrs.frozen(kw_only=True)
-class Backoff:
+class Throttled:
     """The head update was throttled; UPDATE_RETRY `timer` sends it again."""
 
     update: Update
@@ -228,7 +224,7 @@ class Outbox:
     """Job updates, sent one at a time and in order, so the cloud never sees them reordered."""
 
     queue: tuple[Update, ...] = ()
-    head: Sent | Backoff | None = None
+    head: Sent | Throttled | None = None
 
 
 # --- stages: one class per state of the lifecycle --------------------------------
@@ -380,6 +376,8 @@ class State:
     """Hooks the server does not implement (HookServerInfo, or UNIMPLEMENTED answers)."""
     outbox: Outbox = Outbox()
     ready_signalled: bool = False
+    draws: int = 0
+    """How many jitters were drawn from `settings.seed` (the next draw's number)."""
     skipped_seen: tuple[str, ...] = ()
     """Reasons of bad pending-list entries already logged (the latest few): a broken entry
     that every notification repeats is logged once, not with every message."""
@@ -1143,13 +1141,14 @@ def _judge(
         case HookSuccess(value=value, message=message):
             return state, _Succeeded(value=value, message=message)
         case HookRetryLater(retry_after=retry_after, message=message):
-            if call.attempt > settings.max_retries:
+            policy = settings.hook_retry_backoff
+            if policy.exhausted(retries=call.attempt - 1, elapsed=elapsed):
                 text = (
                     f"gave up on the {name} after {call.attempt} attempts in {elapsed:.0f} s "
                     f"of RETRY_LATER" + (f": {message}" if message else "")
                 )
                 return state, _GaveUp(reported=_failed_state(hook), message=text)
-            delay = settings.retry_interval
+            state, delay = _delay(state, policy, call.attempt)
             if retry_after is not None:
                 delay = max(0.0, min(retry_after, RETRY_AFTER_CAP * settings.retry_interval))
             state, timer = _next(state)
@@ -1169,19 +1168,16 @@ def _judge(
         case HookUnavailable(detail=detail):
             outage = call.outage
             since = now if outage is None else outage.since
-            limit = settings.hook_unavailable_timeout
-            if now - since >= limit:
+            failures = 1 if outage is None else outage.failures + 1
+            policy = settings.hook_unavailable_backoff
+            if policy.exhausted(retries=failures - 1, elapsed=now - since):
                 text = f"the hook server was unreachable for {now - since:.0f} s ({detail})"
                 return state, _GaveUp(reported=ReportedState.HOOK_SERVER_UNAVAILABLE, message=text)
-            delay = (
-                UNAVAILABLE_FIRST_DELAY
-                if outage is None
-                else min(UNAVAILABLE_MAX_DELAY, outage.delay * 2)
-            )
+            state, delay = _delay(state, policy, failures)
             state, timer = _next(state)
             # Unavailable does not spend a retry: `attempt` stays.
             again = attrs.evolve(
-                call, outage=Outage(since=since, delay=delay), pending=Sleeping(timer=timer)
+                call, outage=Outage(since=since, failures=failures), pending=Sleeping(timer=timer)
             )
             log = f"job {job.job_id}: hook server unreachable ({detail}); calling again in {delay:.0f} s"
             commands = (
@@ -1593,7 +1589,7 @@ def _requeue(outbox: Outbox) -> Outbox:
 
 
 def _head_matches(
-    head: Sent | Backoff | None, job_id: JobId | None, token: ClientToken | None
+    head: Sent | Throttled | None, job_id: JobId | None, token: ClientToken | None
 ) -> bool:
     if head is None or token is None or token not in head.tokens:
         return False
@@ -1657,9 +1653,9 @@ def _update_rejected(state: State, event: RequestRejected) -> Out:
     code = event.code
     what = f"job {job_id}: update {update.status.value} rejected: {code.value} {event.message}"
     if _retryable(code):
+        state, delay = _delay(state, state.settings.request_backoff, head.attempt)
         state, timer = _next(state)
-        delay = _backoff(head.attempt)
-        retry = Backoff(update=update, tokens=head.tokens, timer=timer, attempt=head.attempt + 1)
+        retry = Throttled(update=update, tokens=head.tokens, timer=timer, attempt=head.attempt + 1)
         state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=retry))
         return state, [
             SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=delay),
@@ -1751,7 +1747,7 @@ def _on_reply_unusable(state: State, event: ReplyUnusable) -> Out:
     request = stage.request
     if request is None or event.client_token != request.token:
         return state, [_log(LogLevel.DEBUG, "a stale describe reply was ignored")]
-    delay = _backoff(request.attempt)
+    state, delay = _delay(state, state.settings.request_backoff, request.attempt)
     state, timer = _next(state)
     request = attrs.evolve(request, timer=timer, attempt=request.attempt + 1)
     job_id = stage.job_id if isinstance(stage, Describing) else stage.job.job_id
@@ -1768,14 +1764,22 @@ def _back_off(
     state: State, request: Request, code: RejectCode
 ) -> tuple[State, Request, list[Command]]:
     """Ask again after a backoff (throttling) or after request_timeout (anything else)."""
-    delay = _backoff(request.attempt) if _retryable(code) else _timeout(state)
+    if _retryable(code):
+        state, delay = _delay(state, state.settings.request_backoff, request.attempt)
+    else:
+        delay = _timeout(state)
     state, timer = _next(state)
     request = attrs.evolve(request, timer=timer, attempt=request.attempt + 1)
     return state, request, [SetTimer(timer=TimerKind.REQUEST_RETRY, token=timer, delay=delay)]
 
 
-def _backoff(attempt: int) -> float:
-    return min(BACKOFF_MAX_DELAY, 2.0 ** max(0, min(attempt - 1, 16)))
+def _delay(state: State, policy: Backoff, retry: int) -> tuple[State, float]:
+    """The wait before retry `retry` under `policy`, with the next jitter of the seed."""
+    if policy.jitter == 0:
+        return state, policy.delay(retry, seed=state.settings.seed, draw=0)
+    draw = state.draws
+    state = attrs.evolve(state, draws=draw + 1)
+    return state, policy.delay(retry, seed=state.settings.seed, draw=draw)
 
 
 def _timeout(state: State) -> float:
@@ -1852,7 +1856,7 @@ def _on_timer(state: State, event: TimerFired, now: float) -> Out:
     return state, []
 
 
-def _resend_update(state: State, head: Sent | Backoff) -> Out:
+def _resend_update(state: State, head: Sent | Throttled) -> Out:
     if state.link is not Link.UP:
         return attrs.evolve(state, outbox=_requeue(state.outbox)), []
     state, token, commands = _publish(state, head.update)

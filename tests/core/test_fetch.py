@@ -19,6 +19,7 @@ from tests.core.playbook import (
 from upparat.core import machine
 from upparat.core.commands import (
     CallHook,
+    ConnectMqtt,
     DescribeJob,
     DiscardDownload,
     Persist,
@@ -58,7 +59,7 @@ from upparat.core.model import (
 
 def test_start_subscribes_then_requests_pending_jobs_once_acknowledged() -> None:
     p = Playbook()
-    assert p.feed(Started()) == []
+    assert p.feed(Started()) == [ConnectMqtt()]
     assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
     assert p.feed(SubscriptionsAcked()) == [
         like(RequestPendingJobs),
@@ -84,7 +85,10 @@ def test_every_reconnect_subscribes_and_fetches_again_with_a_new_token() -> None
     p = Playbook()
     p.boot()
     first = p.last(RequestPendingJobs).client_token
-    assert p.feed(MqttDisconnected(reason="keepalive")) == []
+    assert p.feed(MqttDisconnected(reason="keepalive")) == [
+        like(SetTimer, timer=TimerKind.RECONNECT)
+    ]
+    assert p.fire(TimerKind.RECONNECT) == [ConnectMqtt()]
     assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
     assert kinds(p.feed(SubscriptionsAcked())) == [RequestPendingJobs, SetTimer]
     second = p.last(RequestPendingJobs).client_token

@@ -304,7 +304,7 @@ def test_download_failures(failure: DownloadFailure, state: str) -> None:
 def test_the_download_keeps_running_while_the_broker_is_down() -> None:
     p = Playbook()
     at_download(p)
-    assert p.feed(MqttDisconnected(reason="x")) == []
+    assert p.feed(MqttDisconnected(reason="x")) == [like(SetTimer, timer=TimerKind.RECONNECT)]
     p.tick(20)
     assert p.download_progress(500, 1000) == []  # queued, not published
     out = p.downloaded()

@@ -36,17 +36,35 @@ class Started:
 
 @attrs.frozen(kw_only=True)
 class MqttConnected:
-    """The MQTT session is up (first connect or reconnect)."""
+    """A `ConnectMqtt` attempt succeeded (CONNACK accepted): the session is up."""
+
+
+@attrs.frozen(kw_only=True)
+class MqttConnectFailed:
+    """A `ConnectMqtt` attempt ended without a session (TCP, TLS or CONNACK refused)."""
+
+    reason: str
 
 
 @attrs.frozen(kw_only=True)
 class MqttDisconnected:
+    """The session `MqttConnected` announced ended; the driver does not reconnect."""
+
     reason: str
 
 
 @attrs.frozen(kw_only=True)
 class SubscriptionsAcked:
     """The broker acknowledged (SUBACK) every subscription of `SubscribeJobTopics`."""
+
+
+@attrs.frozen(kw_only=True)
+class SubscriptionsRefused:
+    """The broker refused filters of `SubscribeJobTopics` (e.g. the IoT policy lacks
+    iot:Subscribe); the core subscribes again after a backoff."""
+
+    refused: tuple[tuple[str, str], ...]
+    """(filter, the broker's reason code) of each refused filter."""
 
 
 @attrs.frozen(kw_only=True)
@@ -256,8 +274,10 @@ class ShutdownRequested:
 Event = (
     Started
     | MqttConnected
+    | MqttConnectFailed
     | MqttDisconnected
     | SubscriptionsAcked
+    | SubscriptionsRefused
     | PendingJobsListed
     | JobsChanged
     | JobDescribed

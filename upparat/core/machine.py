@@ -18,6 +18,7 @@ from upparat.core.commands import (
     CancelDownload,
     CancelHook,
     Command,
+    ConnectMqtt,
     DescribeJob,
     DiscardDownload,
     Exit,
@@ -49,6 +50,7 @@ from upparat.core.events import (
     JobDescribed,
     JobsChanged,
     MqttConnected,
+    MqttConnectFailed,
     MqttDisconnected,
     PayloadIgnored,
     PendingJobsListed,
@@ -58,6 +60,7 @@ from upparat.core.events import (
     ShutdownRequested,
     Started,
     SubscriptionsAcked,
+    SubscriptionsRefused,
     TimerFired,
     UpdateAccepted,
 )
@@ -116,6 +119,31 @@ class VerifyOrigin(enum.Enum):
     SOFT_RESTART = "soft_restart"
     """Restart returned and the daemon lives on."""
     NO_RESTART_HOOK = "no_restart_hook"
+
+
+@attrs.frozen(kw_only=True)
+class Dialing:
+    """`ConnectMqtt` was sent: waiting for `MqttConnected` or `MqttConnectFailed`."""
+
+    failures: int
+    """Attempts that failed in a row before this one (a lost session counts as one)."""
+
+
+@attrs.frozen(kw_only=True)
+class Redialing:
+    """Waiting for the RECONNECT `timer` to connect again."""
+
+    failures: int
+    timer: int
+
+
+@attrs.frozen(kw_only=True)
+class Resubscribing:
+    """The broker refused filters `refusals` times in a row on this connection; the
+    SUBSCRIBE_RETRY `timer` subscribes again."""
+
+    refusals: int
+    timer: int
 
 
 @attrs.frozen(kw_only=True)
@@ -368,6 +396,10 @@ class State:
     settings: Settings
     stage: Stage
     link: Link = Link.DOWN
+    dial: Dialing | Redialing | None = None
+    """Connecting to the broker; None before `Started` and while a session is up."""
+    resubscribe: Resubscribing | None = None
+    """Subscriptions refused on this connection (only while `link` is SUBSCRIBING)."""
     serial: int = 0
     """Source of client tokens, call ids, download ids and timer tokens."""
     journal: JournalRecord | None = None
@@ -404,13 +436,21 @@ def _dispatch(state: State, event: Event, now: float) -> Out:
         case Started():
             return _on_started(state, event)
         case MqttConnected():
-            state = _forget_requests(attrs.evolve(state, link=Link.SUBSCRIBING))
+            state = attrs.evolve(state, link=Link.SUBSCRIBING, dial=None, resubscribe=None)
+            state = _forget_requests(state)
             return state, [SubscribeJobTopics(), _log(LogLevel.INFO, "MQTT connected")]
+        case MqttConnectFailed(reason=reason):
+            return _on_connect_failed(state, reason)
         case MqttDisconnected(reason=reason):
-            state = _forget_requests(attrs.evolve(state, link=Link.DOWN))
-            return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}")]
+            if state.link is Link.DOWN:
+                return state, [_log(LogLevel.DEBUG, f"MQTT: a second disconnect ({reason})")]
+            state = attrs.evolve(state, link=Link.DOWN, resubscribe=None)
+            state, commands = _redial(_forget_requests(state), failures=1)
+            return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}"), *commands]
         case SubscriptionsAcked():
-            return _on_subscribed(state)
+            return _on_subscribed(attrs.evolve(state, resubscribe=None))
+        case SubscriptionsRefused(refused=refused):
+            return _on_subscriptions_refused(state, refused)
         case PendingJobsListed():
             return _on_pending_listed(state, event, now)
         case JobsChanged():
@@ -456,7 +496,52 @@ def _on_started(state: State, event: Started) -> Out:
             f"{journal.restart_count} restart(s)"
         )
     state = attrs.evolve(state, journal=journal, stage=FetchingJobs())
-    return state, [_log(LogLevel.INFO, f"started; {note}")]
+    commands: list[Command] = [_log(LogLevel.INFO, f"started; {note}")]
+    if state.link is Link.DOWN and state.dial is None:
+        state = attrs.evolve(state, dial=Dialing(failures=0))
+        commands.append(ConnectMqtt())
+    return state, commands
+
+
+def _on_connect_failed(state: State, reason: str) -> Out:
+    dial = state.dial
+    if not isinstance(dial, Dialing):
+        return state, [_log(LogLevel.DEBUG, f"MQTT: a stale connect failure ({reason})")]
+    state, commands = _redial(state, failures=dial.failures + 1)
+    delay = state.settings.reconnect_backoff.cap
+    # One line for operators per outage; the repeats at debug level.
+    level = LogLevel.WARNING if dial.failures == 0 else LogLevel.DEBUG
+    message = f"MQTT: cannot connect: {reason}; trying again with backoff (at most {delay:g} s)"
+    return state, [_log(level, message), *commands]
+
+
+def _redial(state: State, *, failures: int) -> Out:
+    """Connect again after the reconnect backoff: jittered, so that a fleet that lost its
+    broker at the same instant does not come back in lockstep."""
+    state, delay = _delay(state, state.settings.reconnect_backoff, failures)
+    state, timer = _next(state)
+    state = attrs.evolve(state, dial=Redialing(failures=failures, timer=timer))
+    return state, [SetTimer(timer=TimerKind.RECONNECT, token=timer, delay=delay)]
+
+
+def _on_subscriptions_refused(state: State, refused: tuple[tuple[str, str], ...]) -> Out:
+    if state.link is not Link.SUBSCRIBING:
+        return state, [_log(LogLevel.DEBUG, "a SUBACK refusal without a pending subscribe")]
+    previous = state.resubscribe
+    refusals = 1 if previous is None else previous.refusals + 1
+    state, delay = _delay(state, state.settings.reconnect_backoff, refusals)
+    state, timer = _next(state)
+    state = attrs.evolve(state, resubscribe=Resubscribing(refusals=refusals, timer=timer))
+    commands: list[Command] = [
+        _log(
+            LogLevel.WARNING,
+            f"the broker refused the subscription to {topic_filter} ({code}); check that "
+            f"the IoT policy allows iot:Subscribe on it; subscribing again in {delay:.0f} s",
+        )
+        for topic_filter, code in refused
+    ]
+    commands.append(SetTimer(timer=TimerKind.SUBSCRIBE_RETRY, token=timer, delay=delay))
+    return state, commands
 
 
 def _forget_requests(state: State) -> State:
@@ -1851,6 +1936,14 @@ def _on_timer(state: State, event: TimerFired, now: float) -> Out:
             if isinstance(stage, ShuttingDown) and stage.timer == token:
                 message = "gave up waiting for the last job reports to be accepted"
                 return _exit(state, [_log(LogLevel.WARNING, message)])
+        case TimerKind.RECONNECT:
+            dial = state.dial
+            if isinstance(dial, Redialing) and dial.timer == token:
+                return attrs.evolve(state, dial=Dialing(failures=dial.failures)), [ConnectMqtt()]
+        case TimerKind.SUBSCRIBE_RETRY:
+            again = state.resubscribe
+            if state.link is Link.SUBSCRIBING and again is not None and again.timer == token:
+                return state, [SubscribeJobTopics()]
         case _:
             assert_never(event.timer)
     return state, []

@@ -172,6 +172,10 @@ class TimerKind(enum.Enum):
     REQUEST_RETRY = "request_retry"
     """A request (get / describe) that got no answer in time."""
     SHUTDOWN = "shutdown"
+    RECONNECT = "reconnect"
+    """Connect to the broker again (after a failed attempt or a lost connection)."""
+    SUBSCRIBE_RETRY = "subscribe_retry"
+    """Subscribe again after the broker refused a filter."""
 
 
 class Phase(enum.Enum):

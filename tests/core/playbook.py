@@ -26,6 +26,7 @@ from upparat.core.commands import (
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
+    DownloadInterrupted,
     DownloadProgressed,
     Event,
     HookFinished,
@@ -263,6 +264,19 @@ class Playbook:
         download = self.last(StartDownload)
         return self.feed(
             DownloadProgressed(download_id=download.download_id, bytes_done=done, total=total)
+        )
+
+    def download_interrupted(
+        self, done: int, reason: str = "connection reset", retry_after: float | None = None
+    ) -> list[Command]:
+        download = self.last(StartDownload)
+        return self.feed(
+            DownloadInterrupted(
+                download_id=download.download_id,
+                bytes_done=done,
+                reason=reason,
+                retry_after=retry_after,
+            )
         )
 
     def download_failed(self, failure: DownloadFailure, message: str = "boom") -> list[Command]:

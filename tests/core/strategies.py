@@ -16,8 +16,8 @@ from upparat.core import machine
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
+    DownloadInterrupted,
     DownloadProgressed,
-    DownloadRetrying,
     Event,
     HookDeadlineExceeded,
     HookFailure,
@@ -121,6 +121,18 @@ st.register_type_strategy(
     ),
 )
 
+st.register_type_strategy(
+    machine.Downloading,
+    st.builds(
+        machine.Downloading,
+        job=st.from_type(machine.Job),
+        download_id=st.integers(0, 10).map(DownloadId),
+        refusals=st.integers(0, 5),
+        interruptions=st.integers(0, 20),
+        baseline=st.integers(0, 1000),
+        retry=st.none() | st.integers(0, 10),
+    ),
+)
 st.register_type_strategy(
     machine.CheckingVersion,
     st.builds(
@@ -299,12 +311,12 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
         bytes_done=st.integers(-10, 10**6),
         total=st.none() | st.integers(-1, 10**6),
     ),
-    DownloadRetrying: st.builds(
-        DownloadRetrying,
+    DownloadInterrupted: st.builds(
+        DownloadInterrupted,
         download_id=_ints.map(DownloadId),
-        attempt=_ints,
+        bytes_done=st.integers(-10, 10**6),
         reason=_texts,
-        delay=finite,
+        retry_after=st.none() | finite,
     ),
     DownloadCompleted: st.builds(
         DownloadCompleted,

@@ -34,7 +34,6 @@ from upparat.core.commands import (
 )
 from upparat.core.events import (
     DownloadCompleted,
-    DownloadRetrying,
     HookFailure,
     HookServerInfo,
     HookSuccess,
@@ -247,9 +246,8 @@ def test_download_retrying_is_reported() -> None:
     p = Playbook(auto_accept=True)
     at_download(p)
     p.tick(20)
-    download = p.last(StartDownload).download_id
-    out = p.feed(DownloadRetrying(download_id=download, attempt=2, reason="timeout", delay=4))
-    assert out[0] == reported("download_retrying")
+    out = p.download_interrupted(40, "timeout")
+    assert out[0] == reported("download_retrying", bytes="40")
     assert "timeout" in dict(p.last(UpdateJob).status_details)["message"]
 
 

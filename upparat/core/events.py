@@ -230,13 +230,17 @@ class DownloadProgressed:
 
 
 @attrs.frozen(kw_only=True)
-class DownloadRetrying:
-    """A transient error; the driver retries by itself after `delay` seconds."""
+class DownloadInterrupted:
+    """The attempt ended on a transient error (network, timeout, HTTP 5xx / 429, too
+    slow); the partial file stays for the next `StartDownload`, which resumes it. Whether
+    and when that comes is the core's `Settings.download_backoff`."""
 
     download_id: DownloadId
-    attempt: int
+    bytes_done: int
+    """Bytes of the file on disk when the attempt ended."""
     reason: str
-    delay: float
+    retry_after: float | None = None
+    """The server's Retry-After in seconds, if it sent one."""
 
 
 @attrs.frozen(kw_only=True)
@@ -289,7 +293,7 @@ Event = (
     | HookProgressed
     | HookFinished
     | DownloadProgressed
-    | DownloadRetrying
+    | DownloadInterrupted
     | DownloadCompleted
     | DownloadFailed
     | TimerFired

@@ -34,8 +34,8 @@ from upparat.core.commands import (
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
+    DownloadInterrupted,
     DownloadProgressed,
-    DownloadRetrying,
     Event,
     HookDeadlineExceeded,
     HookFailure,
@@ -306,10 +306,17 @@ class CheckingDownload:
 
 @attrs.frozen(kw_only=True)
 class Downloading:
+    """One attempt runs (`retry` None), or the DOWNLOAD_RETRY `retry` timer starts the next."""
+
     job: Job
     download_id: DownloadId
     refusals: int = 0
     """URL_EXPIRED failures in a row without any progress in between."""
+    interruptions: int = 0
+    """Attempts interrupted in a row; one that got new bytes starts the count again."""
+    baseline: int = 0
+    """Most bytes on disk at the end of an earlier attempt: more is progress."""
+    retry: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -471,7 +478,7 @@ def _dispatch(state: State, event: Event, now: float) -> Out:
             return _on_hook_progressed(state, event, now)
         case HookFinished():
             return _on_hook_finished(state, event, now)
-        case DownloadProgressed() | DownloadRetrying() | DownloadCompleted() | DownloadFailed():
+        case DownloadProgressed() | DownloadInterrupted() | DownloadCompleted() | DownloadFailed():
             return _on_download(state, event, now)
         case TimerFired():
             return _on_timer(state, event, now)
@@ -1075,7 +1082,7 @@ def _abandon(state: State, stage: JobStage, why: str, *, ended: bool) -> Out:
         outbox = state.outbox
         queue = tuple(u for u in outbox.queue if u.terminal or u.job_id != job_id)
         state = attrs.evolve(state, outbox=attrs.evolve(outbox, queue=queue), journal=None)
-        if not isinstance(stage, Downloading):
+        if not isinstance(stage, Downloading) or stage.retry is not None:
             commands.append(DiscardDownload(job_id=job_id))
         commands.append(Persist(record=None))
     commands.append(_log(LogLevel.WARNING, f"job {job_id}: {why}", job_id))
@@ -1096,8 +1103,10 @@ def _stop_work(stage: JobStage, *, discard: bool) -> list[Command]:
             if isinstance(pending, Running):
                 return [CancelHook(call_id=pending.call_id)]
             return []
-        case Downloading(download_id=download_id):
+        case Downloading(download_id=download_id, retry=None):
             return [CancelDownload(download_id=download_id, discard=discard)]
+        case Downloading():
+            return []  # between two attempts: nothing runs
         case RefreshingUrl() | ReportingReboot() | AwaitingReboot():
             return []
         case _:
@@ -1460,12 +1469,16 @@ def _timed_out_state(hook: HookKind) -> ReportedState:
 
 # --- downloads --------------------------------------------------------------------------
 
-DownloadEvent = DownloadProgressed | DownloadRetrying | DownloadCompleted | DownloadFailed
+DownloadEvent = DownloadProgressed | DownloadInterrupted | DownloadCompleted | DownloadFailed
 
 
 def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
     stage = state.stage
-    if not isinstance(stage, Downloading) or stage.download_id != event.download_id:
+    if (
+        not isinstance(stage, Downloading)
+        or stage.download_id != event.download_id
+        or stage.retry is not None
+    ):
         return state, [_log(LogLevel.DEBUG, f"event of unknown download {event.download_id}")]
     job = stage.job
     match event:
@@ -1478,12 +1491,8 @@ def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
             )
             state, job, commands = _report_progress(state, job, details, percent, now)
             return attrs.evolve(state, stage=attrs.evolve(stage, job=job, refusals=0)), commands
-        case DownloadRetrying(attempt=attempt, reason=reason, delay=delay):
-            message = f"download attempt {attempt} failed ({reason}); retrying in {delay:.0f} s"
-            details = _details(ReportedState.DOWNLOAD_RETRYING, message)
-            state, job, commands = _report_progress(state, job, details, None, now)
-            commands.append(_log(LogLevel.WARNING, f"job {job.job_id}: {message}", job.job_id))
-            return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
+        case DownloadInterrupted(bytes_done=done, reason=reason, retry_after=retry_after):
+            return _download_interrupted(state, stage, done, reason, retry_after, now)
         case DownloadCompleted(path=path, size=size, sha256=sha256):
             note = f"job {job.job_id}: downloaded {size} bytes to {path}"
             file = InstallFile(
@@ -1495,6 +1504,66 @@ def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
             return _download_failed(state, stage, failure, message, now)
         case _:
             assert_never(event)
+
+
+def _download_interrupted(
+    state: State,
+    stage: Downloading,
+    done: int,
+    reason: str,
+    retry_after: float | None,
+    now: float,
+) -> Out:
+    """Give-up rule: `download_retries` interrupted attempts in a row without a new byte
+    (`Settings.download_backoff`), then FAILED download_failed with the last reason."""
+    job = stage.job
+    policy = state.settings.download_backoff
+    interruptions = 1 if done > stage.baseline else stage.interruptions + 1
+    if policy.exhausted(retries=interruptions - 1, elapsed=0.0):
+        text = (
+            f"gave up after {interruptions} interrupted attempts in a row without new data "
+            f"(download_retries is {policy.retries}): {reason}"
+        )
+        return _finish(
+            state, job.job_id, JobStatus.FAILED, _details(ReportedState.DOWNLOAD_FAILED, text)
+        )
+    state, delay = _delay(state, policy, interruptions)
+    if retry_after is not None:
+        # The server's Retry-After (HTTP 429 / 503), within the policy's cap.
+        delay = max(delay, min(max(0.0, retry_after), policy.cap))
+    state, timer = _next(state)
+    message = f"download interrupted after {done} bytes ({reason}); retrying in {delay:.0f} s"
+    details = _details(ReportedState.DOWNLOAD_RETRYING, message, bytes_done=done)
+    state, job, commands = _report_progress(state, job, details, None, now)
+    commands.append(SetTimer(timer=TimerKind.DOWNLOAD_RETRY, token=timer, delay=delay))
+    commands.append(_log(LogLevel.WARNING, f"job {job.job_id}: {message}", job.job_id))
+    stage = attrs.evolve(
+        stage,
+        job=job,
+        interruptions=interruptions,
+        baseline=max(stage.baseline, done),
+        retry=timer,
+    )
+    return attrs.evolve(state, stage=stage), commands
+
+
+def _next_attempt(state: State, stage: Downloading) -> Out:
+    """DOWNLOAD_RETRY fired: the next attempt, resuming the partial file."""
+    job = stage.job
+    state, serial = _next(state)
+    download_id = DownloadId(serial)
+    document = job.document
+    start = StartDownload(
+        download_id=download_id,
+        job_id=job.job_id,
+        url=document.file,
+        sha256=document.sha256,
+        size=document.size,
+        signature=document.signature,
+    )
+    message = f"job {job.job_id}: download attempt {stage.interruptions + 1}, resuming"
+    stage = attrs.evolve(stage, download_id=download_id, retry=None)
+    return attrs.evolve(state, stage=stage), [start, _log(LogLevel.INFO, message, job.job_id)]
 
 
 def _download_failed(
@@ -1936,6 +2005,9 @@ def _on_timer(state: State, event: TimerFired, now: float) -> Out:
             if isinstance(stage, ShuttingDown) and stage.timer == token:
                 message = "gave up waiting for the last job reports to be accepted"
                 return _exit(state, [_log(LogLevel.WARNING, message)])
+        case TimerKind.DOWNLOAD_RETRY:
+            if isinstance(stage, Downloading) and stage.retry == token:
+                return _next_attempt(state, stage)
         case TimerKind.RECONNECT:
             dial = state.dial
             if isinstance(dial, Redialing) and dial.timer == token:

@@ -176,6 +176,8 @@ class TimerKind(enum.Enum):
     """Connect to the broker again (after a failed attempt or a lost connection)."""
     SUBSCRIBE_RETRY = "subscribe_retry"
     """Subscribe again after the broker refused a filter."""
+    DOWNLOAD_RETRY = "download_retry"
+    """Start the next attempt of an interrupted download."""
 
 
 class Phase(enum.Enum):

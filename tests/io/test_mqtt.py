@@ -499,13 +499,16 @@ def test_a_connect_asked_for_right_after_a_failure_is_made(
     # the next attempt, not be taken for a second concurrent one and dropped.
     events = Recorder()
     drivers: list[MqttDriver] = []
+    built = threading.Event()
 
     def core(event: Event) -> None:
         events(event)
         if isinstance(event, MqttConnectFailed) and events.count(MqttConnectFailed) < 5:
+            built.wait(5)  # the first attempt may fail before make_driver returns
             assert drivers[0].execute(ConnectMqtt())
 
     drivers.append(make_driver(free_port(), core, redial=None))
+    built.set()
     deadline = time.monotonic() + 10
     while events.count(MqttConnectFailed) < 5:
         assert time.monotonic() < deadline, events.events

@@ -24,6 +24,13 @@ from upparat.core.model import (
 
 
 @attrs.frozen(kw_only=True)
+class ConnectMqtt:
+    """Make one attempt to connect to the broker; answered by `MqttConnected` or
+    `MqttConnectFailed`. The driver never reconnects by itself: when to try again is
+    the core's `Settings.reconnect_backoff`."""
+
+
+@attrs.frozen(kw_only=True)
 class SubscribeJobTopics:
     """Subscribe to notify and every reply topic we use; answered by `SubscriptionsAcked`."""
 
@@ -53,6 +60,11 @@ class UpdateJob:
     client_token: ClientToken
     step_timeout_minutes: int | None = None
     expected_version: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AskHookInfo:
+    """One GetInfo call; answered by `HookServerInfo` or `HookInfoFailed`."""
 
 
 @attrs.frozen(kw_only=True)
@@ -137,10 +149,12 @@ class Exit:
 
 
 Command = (
-    SubscribeJobTopics
+    ConnectMqtt
+    | SubscribeJobTopics
     | RequestPendingJobs
     | DescribeJob
     | UpdateJob
+    | AskHookInfo
     | CallHook
     | CancelHook
     | StartDownload

@@ -22,6 +22,7 @@ from typing import Any, Protocol, assert_never, cast
 import attrs
 
 from upparat import aws
+from upparat.aws import topics as aws_topics
 from upparat.core import commands as c
 from upparat.core import events as e
 from upparat.core.machine import Idle, State, initial_state, step
@@ -643,10 +644,16 @@ class Fleet:
 
     def _subscribed_to(self, thing: ThingName, topic: str) -> bool:
         """Does one of the filters the driver subscribes (`SubscribeJobTopics`) match?"""
-        known = self._routes.get(topic)
+        # Every filter is `$aws/things/<thing>/jobs/...` for the device's own thing, so the
+        # answer depends only on what follows that prefix: one match per distinct rest.
+        prefix = aws_topics.prefix(thing)
+        if not topic.startswith(prefix):
+            return False
+        rest = topic[len(prefix) :]
+        known = self._routes.get(rest)
         if known is None:
             filters = aws.subscription_filters(thing)
-            known = self._routes[topic] = any(_matches(f, topic) for f in filters)
+            known = self._routes[rest] = any(_matches(f, topic) for f in filters)
         return known
 
     def _deliver(self, device: Device, topic: str, body: bytes, session: int) -> None:

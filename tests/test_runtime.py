@@ -114,17 +114,20 @@ class Cloud:
     status: JobStatus = JobStatus.QUEUED
     fail_on: type[c.Command] | None = None
 
-    def start(self) -> None:
-        self.log.append(("mqtt", "start"))
-        self.inbox.post(e.MqttConnected())
-
     def execute(
-        self, command: c.SubscribeJobTopics | c.RequestPendingJobs | c.DescribeJob | c.UpdateJob
+        self,
+        command: c.ConnectMqtt
+        | c.SubscribeJobTopics
+        | c.RequestPendingJobs
+        | c.DescribeJob
+        | c.UpdateJob,
     ) -> object:
         self.log.append(("mqtt", command))
         if self.fail_on is not None and isinstance(command, self.fail_on):
             raise RuntimeError("the MQTT driver has a bug")
         match command:
+            case c.ConnectMqtt():
+                self.inbox.post(e.MqttConnected())
             case c.SubscribeJobTopics():
                 self.inbox.post(e.SubscriptionsAcked())
             case c.RequestPendingJobs(client_token=token):

@@ -66,6 +66,7 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "max_speed",
         "min_free_space",
         "max_download_size",
+        "download_retries",
         "trusted_keys",
         "require_signature",
     ),
@@ -204,6 +205,9 @@ class DownloadConfig:
     """Bytes a download leaves free on the download folder's file system."""
     max_download_size: int | None = None
     """Bytes; a larger file (announced or received) fails the job. None: no limit."""
+    retries: int = 10
+    """`download_retries`: interrupted attempts in a row without a new byte before the
+    job fails (the rule is `upparat.core.model.Settings.download_backoff`)."""
 
     @property
     def directory(self) -> Path:
@@ -318,6 +322,7 @@ class Config:
             max_restarts=self.service.max_restarts,
             verify_soft_restart=self.service.verify_soft_restart,
             allow_http=self.download.allow_http,
+            download_retries=self.download.retries,
             require_signature=self.signing.require_signature,
         )
 
@@ -800,6 +805,7 @@ def _build_download(r: _Reader) -> DownloadConfig:
         max_speed=r.value(sec, "max_speed", _integer(1), None),
         min_free_space=r.value(sec, "min_free_space", _size(allow_zero=True), d.min_free_space),
         max_download_size=r.value(sec, "max_download_size", _size(allow_zero=False), None),
+        retries=r.value(sec, "download_retries", _integer(0), d.retries),
     )
 
 

@@ -101,8 +101,13 @@ def run_daemon(config: Config) -> int:
     )
     hooks = HookClient(config.hooks.endpoint, inbox.post)
     runtime = Runtime(
-        # 64 random bits: client tokens nobody else on the broker can predict.
-        settings=attrs.evolve(config.core_settings(), token_nonce=secrets.token_hex(8)),
+        # 64 random bits: client tokens nobody else on the broker can predict; and a
+        # seed of its own per process, so a fleet's retries are not in lockstep.
+        settings=attrs.evolve(
+            config.core_settings(),
+            token_nonce=secrets.token_hex(8),
+            seed=secrets.randbits(64),
+        ),
         inbox=inbox,
         mqtt=mqtt,
         hooks=hooks,

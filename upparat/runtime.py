@@ -59,9 +59,13 @@ class EventQueue:
 
 
 class MqttDriver(Protocol):
-    def start(self) -> None: ...
     def execute(
-        self, command: c.SubscribeJobTopics | c.RequestPendingJobs | c.DescribeJob | c.UpdateJob
+        self,
+        command: c.ConnectMqtt
+        | c.SubscribeJobTopics
+        | c.RequestPendingJobs
+        | c.DescribeJob
+        | c.UpdateJob,
     ) -> object: ...
     def stop(self) -> None: ...
 
@@ -165,8 +169,8 @@ class Runtime:
 
     def run(self) -> int:
         """Run until the core says Exit; returns the process exit status."""
+        # The core answers Started with ConnectMqtt: every connect attempt is its decision.
         self.feed(e.Started(journal=self._journal.load()))
-        self._mqtt.start()
         watchdog = self._services.watchdog_interval()
         next_watchdog = self._clock() + watchdog / 2 if watchdog else None
         while not self._done():
@@ -216,7 +220,9 @@ class Runtime:
 
     def _execute(self, command: c.Command, now: float) -> None:
         match command:
-            case c.SubscribeJobTopics() | c.RequestPendingJobs() | c.DescribeJob():
+            case (
+                c.ConnectMqtt() | c.SubscribeJobTopics() | c.RequestPendingJobs() | c.DescribeJob()
+            ):
                 self._mqtt.execute(command)
             case c.UpdateJob():
                 self._mqtt.execute(command)

@@ -26,6 +26,7 @@ from upparat.core.commands import (
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
+    DownloadInterrupted,
     DownloadProgressed,
     Event,
     HookFinished,
@@ -98,6 +99,24 @@ class Like:
 
 def like(kind: type[Command], **fields: Any) -> Like:
     return Like(kind, fields)
+
+
+@attrs.frozen(eq=False)
+class Between:
+    """Equal to any number from `low` to `high`: a jittered delay."""
+
+    low: float
+    high: float
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int | float) and self.low <= other <= self.high
+
+    def __hash__(self) -> int:
+        return hash((self.low, self.high))
+
+
+def between(low: float, high: float) -> Between:
+    return Between(low, high)
 
 
 @attrs.frozen
@@ -245,6 +264,19 @@ class Playbook:
         download = self.last(StartDownload)
         return self.feed(
             DownloadProgressed(download_id=download.download_id, bytes_done=done, total=total)
+        )
+
+    def download_interrupted(
+        self, done: int, reason: str = "connection reset", retry_after: float | None = None
+    ) -> list[Command]:
+        download = self.last(StartDownload)
+        return self.feed(
+            DownloadInterrupted(
+                download_id=download.download_id,
+                bytes_done=done,
+                reason=reason,
+                retry_after=retry_after,
+            )
         )
 
     def download_failed(self, failure: DownloadFailure, message: str = "boom") -> list[Command]:

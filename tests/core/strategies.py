@@ -16,8 +16,8 @@ from upparat.core import machine
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
+    DownloadInterrupted,
     DownloadProgressed,
-    DownloadRetrying,
     Event,
     HookDeadlineExceeded,
     HookFailure,
@@ -32,6 +32,7 @@ from upparat.core.events import (
     JobDescribed,
     JobsChanged,
     MqttConnected,
+    MqttConnectFailed,
     MqttDisconnected,
     PayloadIgnored,
     PendingJobsListed,
@@ -41,6 +42,7 @@ from upparat.core.events import (
     ShutdownRequested,
     Started,
     SubscriptionsAcked,
+    SubscriptionsRefused,
     TimerFired,
     UpdateAccepted,
 )
@@ -87,6 +89,9 @@ settings = st.builds(
     allow_http=st.booleans(),
     request_timeout=finite,
     restart_timeout=finite,
+    seed=st.integers(0, 2**64 - 1),
+    download_retries=st.integers(-1, 20),
+    reconnect_max_delay=finite,
 )
 
 # Reports held inside a generated stage (a deferred progress report, the outbox)
@@ -117,6 +122,18 @@ st.register_type_strategy(
 )
 
 st.register_type_strategy(
+    machine.Downloading,
+    st.builds(
+        machine.Downloading,
+        job=st.from_type(machine.Job),
+        download_id=st.integers(0, 10).map(DownloadId),
+        refusals=st.integers(0, 5),
+        interruptions=st.integers(0, 20),
+        baseline=st.integers(0, 1000),
+        retry=st.none() | st.integers(0, 10),
+    ),
+)
+st.register_type_strategy(
     machine.CheckingVersion,
     st.builds(
         machine.CheckingVersion,
@@ -126,12 +143,24 @@ st.register_type_strategy(
     ),
 )
 
+_dials = (
+    st.none()
+    | st.builds(machine.Dialing, failures=st.integers(0, 100))
+    | st.builds(machine.Redialing, failures=st.integers(0, 100), timer=st.integers(0, 10))
+)
+_resubscribes = st.none() | st.builds(
+    machine.Resubscribing, refusals=st.integers(0, 100), timer=st.integers(0, 10)
+)
+
 states: st.SearchStrategy[machine.State] = st.builds(
     machine.State,
     settings=settings,
     stage=st.one_of(*(st.from_type(c) for c in STAGE_CLASSES)),
     link=st.sampled_from(machine.Link),
     serial=st.integers(0, 10**6),
+    dial=_dials,
+    resubscribe=_resubscribes,
+    draws=st.integers(0, 10**6),
 )
 
 
@@ -142,6 +171,9 @@ def _state_in(stage_class: type[machine.Stage]) -> st.SearchStrategy[machine.Sta
         stage=st.from_type(stage_class),
         link=st.sampled_from(machine.Link),
         serial=st.integers(0, 10**6),
+        dial=_dials,
+        resubscribe=_resubscribes,
+        draws=st.integers(0, 10**6),
     )
 
 
@@ -231,8 +263,12 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
         ),
     ),
     MqttConnected: st.just(MqttConnected()),
+    MqttConnectFailed: st.builds(MqttConnectFailed, reason=_texts),
     MqttDisconnected: st.builds(MqttDisconnected, reason=_texts),
     SubscriptionsAcked: st.just(SubscriptionsAcked()),
+    SubscriptionsRefused: st.builds(
+        SubscriptionsRefused, refused=st.lists(st.tuples(_texts, _texts), max_size=3).map(tuple)
+    ),
     PendingJobsListed: st.builds(
         PendingJobsListed,
         in_progress=_lists,
@@ -275,12 +311,12 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
         bytes_done=st.integers(-10, 10**6),
         total=st.none() | st.integers(-1, 10**6),
     ),
-    DownloadRetrying: st.builds(
-        DownloadRetrying,
+    DownloadInterrupted: st.builds(
+        DownloadInterrupted,
         download_id=_ints.map(DownloadId),
-        attempt=_ints,
+        bytes_done=st.integers(-10, 10**6),
         reason=_texts,
-        delay=finite,
+        retry_after=st.none() | finite,
     ),
     DownloadCompleted: st.builds(
         DownloadCompleted,

@@ -10,6 +10,7 @@ from tests.core.playbook import (
     JOB,
     OTHER,
     Playbook,
+    between,
     execution,
     failed,
     kinds,
@@ -53,6 +54,7 @@ from upparat.core.model import (
     JournalRecord,
     Phase,
     RejectCode,
+    Settings,
     TimerKind,
 )
 
@@ -209,15 +211,26 @@ def test_an_update_rejected_otherwise_fetches_again_keeping_the_partial_file() -
     )
 
 
-def test_a_throttled_update_is_sent_again_with_backoff() -> None:
-    p = Playbook()
+def throttled_delays(seed: int) -> list[float]:
+    p = Playbook(Settings(seed=seed))
     downloading(p)
     delays = []
     for _ in range(8):
         p.reject(RejectCode.REQUEST_THROTTLED)
         delays.append(p.last(SetTimer).delay)
         assert p.fire(TimerKind.UPDATE_RETRY) == [reported("download_start"), like(SetTimer)]
-    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    return delays
+
+
+def test_a_throttled_update_is_sent_again_with_backoff() -> None:
+    # Doubling from 2 s up to 60 s, of which up to half is jitter (issue 15: one jittered
+    # Backoff for cloud requests), so never less than 1 s: no hot loop.
+    delays = throttled_delays(seed=1)
+    windows = [(1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (30, 60), (30, 60), (30, 60)]
+    assert delays == [between(low, high) for low, high in windows]
+    # The jitter comes from the seed: the same seed, the same delays; another, others.
+    assert throttled_delays(seed=1) == delays
+    assert throttled_delays(seed=2) != delays
 
 
 def test_a_terminal_update_is_sent_until_accepted_then_jobs_are_fetched() -> None:

@@ -9,6 +9,7 @@ from tests.core.playbook import (
     JOB,
     OTHER,
     Playbook,
+    between,
     execution,
     failed,
     kinds,
@@ -18,6 +19,7 @@ from tests.core.playbook import (
 from upparat.core import machine
 from upparat.core.commands import (
     CallHook,
+    ConnectMqtt,
     DescribeJob,
     DiscardDownload,
     Persist,
@@ -57,7 +59,7 @@ from upparat.core.model import (
 
 def test_start_subscribes_then_requests_pending_jobs_once_acknowledged() -> None:
     p = Playbook()
-    assert p.feed(Started()) == []
+    assert p.feed(Started()) == [ConnectMqtt()]
     assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
     assert p.feed(SubscriptionsAcked()) == [
         like(RequestPendingJobs),
@@ -83,7 +85,10 @@ def test_every_reconnect_subscribes_and_fetches_again_with_a_new_token() -> None
     p = Playbook()
     p.boot()
     first = p.last(RequestPendingJobs).client_token
-    assert p.feed(MqttDisconnected(reason="keepalive")) == []
+    assert p.feed(MqttDisconnected(reason="keepalive")) == [
+        like(SetTimer, timer=TimerKind.RECONNECT)
+    ]
+    assert p.fire(TimerKind.RECONNECT) == [ConnectMqtt()]
     assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
     assert kinds(p.feed(SubscriptionsAcked())) == [RequestPendingJobs, SetTimer]
     second = p.last(RequestPendingJobs).client_token
@@ -198,7 +203,7 @@ def test_describe_throttled_is_sent_again_after_a_backoff() -> None:
     p.list_jobs(queued=[summary()])
     first = p.last(DescribeJob)
     assert p.reject(RejectCode.REQUEST_THROTTLED, RequestKind.DESCRIBE) == [
-        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=1.0)
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=between(1.0, 2.0))
     ]
     assert p.fire(TimerKind.REQUEST_RETRY) == [
         like(DescribeJob, job_id=JOB),
@@ -206,7 +211,7 @@ def test_describe_throttled_is_sent_again_after_a_backoff() -> None:
     ]
     assert p.last(DescribeJob).client_token != first.client_token
     assert p.reject(RejectCode.REQUEST_THROTTLED, RequestKind.DESCRIBE) == [
-        like(SetTimer, delay=2.0)
+        like(SetTimer, delay=between(2.0, 4.0))
     ]
 
 
@@ -214,7 +219,7 @@ def test_get_pending_throttled_is_sent_again_after_a_backoff() -> None:
     p = Playbook()
     p.boot()
     assert p.reject(RejectCode.INTERNAL_ERROR, RequestKind.GET_PENDING) == [
-        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=1.0)
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=between(1.0, 2.0))
     ]
     assert kinds(p.fire(TimerKind.REQUEST_RETRY)) == [RequestPendingJobs, SetTimer]
 
@@ -407,7 +412,9 @@ def test_an_unusable_describe_answer_is_asked_again_after_a_short_backoff() -> N
         client_token=first.client_token,
         reason="execution.jobId 'upparat_2' differs from the job id",
     )
-    assert p.feed(unusable) == [like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=1.0)]
+    assert p.feed(unusable) == [
+        like(SetTimer, timer=TimerKind.REQUEST_RETRY, delay=between(1.0, 2.0))
+    ]
     assert "differs from the job id" in p.logs[-1].message
     assert p.fire(TimerKind.REQUEST_RETRY) == [
         like(DescribeJob, job_id=JOB),
@@ -416,7 +423,7 @@ def test_an_unusable_describe_answer_is_asked_again_after_a_short_backoff() -> N
     second = p.last(DescribeJob)
     assert second.client_token != first.client_token
     again = attrs.evolve(unusable, client_token=second.client_token)
-    assert p.feed(again) == [like(SetTimer, delay=2.0)]
+    assert p.feed(again) == [like(SetTimer, delay=between(2.0, 4.0))]
     # The first request's token is stale now.
     assert p.feed(unusable) == []
 

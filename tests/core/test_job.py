@@ -10,6 +10,7 @@ from tests.core.playbook import (
     OTHER,
     URL,
     Playbook,
+    between,
     execution,
     failed,
     kinds,
@@ -33,7 +34,6 @@ from upparat.core.commands import (
 )
 from upparat.core.events import (
     DownloadCompleted,
-    DownloadRetrying,
     HookFailure,
     HookServerInfo,
     HookSuccess,
@@ -246,9 +246,8 @@ def test_download_retrying_is_reported() -> None:
     p = Playbook(auto_accept=True)
     at_download(p)
     p.tick(20)
-    download = p.last(StartDownload).download_id
-    out = p.feed(DownloadRetrying(download_id=download, attempt=2, reason="timeout", delay=4))
-    assert out[0] == reported("download_retrying")
+    out = p.download_interrupted(40, "timeout")
+    assert out[0] == reported("download_retrying", bytes="40")
     assert "timeout" in dict(p.last(UpdateJob).status_details)["message"]
 
 
@@ -303,7 +302,7 @@ def test_download_failures(failure: DownloadFailure, state: str) -> None:
 def test_the_download_keeps_running_while_the_broker_is_down() -> None:
     p = Playbook()
     at_download(p)
-    assert p.feed(MqttDisconnected(reason="x")) == []
+    assert p.feed(MqttDisconnected(reason="x")) == [like(SetTimer, timer=TimerKind.RECONNECT)]
     p.tick(20)
     assert p.download_progress(500, 1000) == []  # queued, not published
     out = p.downloaded()
@@ -442,7 +441,7 @@ def test_reboot_start_rejected_with_throttling_is_sent_again_before_restarting()
     p = Playbook()
     at_install(p)
     p.answer(HookSuccess())
-    assert p.reject(RejectCode.REQUEST_THROTTLED) == [like(SetTimer, delay=1.0)]
+    assert p.reject(RejectCode.REQUEST_THROTTLED) == [like(SetTimer, delay=between(1.0, 2.0))]
     assert p.fire(TimerKind.UPDATE_RETRY) == [reported("reboot_start"), like(SetTimer)]
     assert kinds(p.accept()) == [Persist, CallHook]
 

@@ -30,8 +30,8 @@ from upparat.core.commands import (
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
+    DownloadInterrupted,
     DownloadProgressed,
-    DownloadRetrying,
     Event,
     HookDeadlineExceeded,
     HookFailure,
@@ -178,7 +178,11 @@ class CoreMachine(RuleBasedStateMachine):
         match event:
             case HookFinished(call_id=call_id):
                 self.calls.pop(call_id, None)
-            case DownloadCompleted(download_id=d) | DownloadFailed(download_id=d):
+            case (
+                DownloadCompleted(download_id=d)
+                | DownloadFailed(download_id=d)
+                | DownloadInterrupted(download_id=d)
+            ):
                 self.downloads.pop(d, None)
             case _:
                 pass
@@ -405,7 +409,7 @@ class CoreMachine(RuleBasedStateMachine):
             job.state = dict(update.details).get("state")
             self.feed(UpdateAccepted(job_id=update.job_id, client_token=token))
             self.feed(self.cloud_notification())
-        elif isinstance(head, machine.Backoff):
+        elif isinstance(head, machine.Throttled):
             self.now += 60
             self.feed(TimerFired(timer=TimerKind.UPDATE_RETRY, token=head.timer))
         elif isinstance(stage, machine.FetchingJobs) and stage.request is not None:
@@ -447,14 +451,15 @@ class CoreMachine(RuleBasedStateMachine):
                 healthy = HookUnavailable(detail="going down")  # what a reboot looks like
             result = data.draw(st.one_of(*[st.just(healthy)] * 8, hook_results))
             self.feed(HookFinished(call_id=call_id, hook=hook, result=result))
-        elif isinstance(stage, machine.Downloading):
+        elif isinstance(stage, machine.Downloading) and stage.retry is None:
             d = stage.download_id
             choice = data.draw(st.integers(0, 11))
             if choice < 4:
                 done = data.draw(st.integers(0, 1000))
                 self.feed(DownloadProgressed(download_id=d, bytes_done=done, total=1000))
             elif choice < 5:
-                self.feed(DownloadRetrying(download_id=d, attempt=2, reason="reset", delay=4))
+                done = data.draw(st.integers(0, 1000))
+                self.feed(DownloadInterrupted(download_id=d, bytes_done=done, reason="reset"))
             elif choice < 9:
                 self.feed(DownloadCompleted(download_id=d, path="/d/f", size=1000, sha256="x"))
             else:
@@ -477,6 +482,8 @@ class CoreMachine(RuleBasedStateMachine):
             awaited.append((TimerKind.HOOK_RETRY, stage.timer))
         if isinstance(stage, machine.ShuttingDown):
             awaited.append((TimerKind.SHUTDOWN, stage.timer))
+        if isinstance(stage, machine.Downloading) and stage.retry is not None:
+            awaited.append((TimerKind.DOWNLOAD_RETRY, stage.retry))
         if isinstance(stage, machine.JobStage) and stage.job.reporter.deferred is not None:
             awaited.append((TimerKind.PROGRESS_FLUSH, stage.job.reporter.deferred.timer))
         requesting = machine.FetchingJobs | machine.Describing | machine.RefreshingUrl
@@ -668,7 +675,7 @@ class CoreMachine(RuleBasedStateMachine):
         if what == "progress":
             event = DownloadProgressed(download_id=d, bytes_done=done, total=1000)
         elif what == "retrying":
-            event = DownloadRetrying(download_id=d, attempt=2, reason="reset", delay=4)
+            event = DownloadInterrupted(download_id=d, bytes_done=done, reason="reset")
         elif what == "completed":
             event = DownloadCompleted(download_id=d, path="/d/f", size=done, sha256="x")
         else:
@@ -690,7 +697,7 @@ class CoreMachine(RuleBasedStateMachine):
         # Garbage is about ids nobody knows; answers of real calls are the other rules' job.
         if isinstance(event, HookFinished | HookProgressed) and event.call_id in self.calls:
             return
-        downloads = DownloadCompleted | DownloadFailed | DownloadProgressed | DownloadRetrying
+        downloads = DownloadCompleted | DownloadFailed | DownloadProgressed | DownloadInterrupted
         if isinstance(event, downloads) and event.download_id in self.downloads:
             return
         self.feed(event)  # random tokens and timers: almost always stale, which is the point

@@ -27,16 +27,24 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.support.procs import Mosquitto, free_port, running_mosquitto
-from upparat.core.commands import DescribeJob, RequestPendingJobs, SubscribeJobTopics, UpdateJob
+from upparat.core.commands import (
+    ConnectMqtt,
+    DescribeJob,
+    RequestPendingJobs,
+    SubscribeJobTopics,
+    UpdateJob,
+)
 from upparat.core.events import (
     Event,
     JobDescribed,
     JobsChanged,
     MqttConnected,
+    MqttConnectFailed,
     MqttDisconnected,
     PayloadIgnored,
     PendingJobsListed,
     SubscriptionsAcked,
+    SubscriptionsRefused,
 )
 from upparat.core.model import ClientToken, JobDocument, JobId, JobStatus
 from upparat.io.mqtt import AWS_ALPN_PROTOCOL, MqttConfigError, MqttDriver, StrPath, alpn_protocols
@@ -244,42 +252,61 @@ class Options(TypedDict, total=False):
     certfile: StrPath | None
     keyfile: StrPath | None
     alpn: Sequence[str] | None
-    reconnect_min_delay: int
-    reconnect_max_delay: int
     connect_timeout: float
 
 
 class DriverFactory(Protocol):
     def __call__(
-        self, port: int, on_event: Callable[[Event], None], **options: Unpack[Options]
+        self,
+        port: int,
+        on_event: Callable[[Event], None],
+        *,
+        redial: float | None = 0.5,
+        **options: Unpack[Options],
     ) -> MqttDriver: ...
 
 
 @pytest.fixture
 def make_driver() -> Iterator[DriverFactory]:
-    """Builds started drivers with test timings; stops them all afterwards."""
+    """Builds drivers with test timings and makes their first connect attempt; stops them
+    all afterwards. `redial` stands in for the core: so many seconds after an attempt or
+    a session ended, it sends the next `ConnectMqtt` (None: never)."""
     drivers: list[MqttDriver] = []
+    timers: list[threading.Timer] = []
 
     def make(
-        port: int, on_event: Callable[[Event], None], **options: Unpack[Options]
+        port: int,
+        on_event: Callable[[Event], None],
+        *,
+        redial: float | None = 0.5,
+        **options: Unpack[Options],
     ) -> MqttDriver:
         options.setdefault("keepalive", 5)
-        options.setdefault("reconnect_min_delay", 1)
-        options.setdefault("reconnect_max_delay", 2)
         options.setdefault("connect_timeout", 2.0)
+
+        def core(event: Event) -> None:
+            on_event(event)
+            if redial is not None and isinstance(event, MqttConnectFailed | MqttDisconnected):
+                timer = threading.Timer(redial, driver.execute, args=(ConnectMqtt(),))
+                timer.daemon = True
+                timers.append(timer)
+                timer.start()
+
         driver = MqttDriver(
             host="127.0.0.1",
             port=port,
             client_id=f"upparat-test-{len(drivers)}",
             thing_name=THING,
-            on_event=on_event,
+            on_event=core,
             **options,
         )
         drivers.append(driver)
-        driver.start()
+        assert driver.execute(ConnectMqtt())
         return driver
 
     yield make
+    for timer in timers:
+        timer.cancel()
     for driver in drivers:
         driver.stop()
 
@@ -376,8 +403,8 @@ def test_broker_restart_reconnects_and_resubscribes(
     mosquitto: Mosquitto, make_driver: DriverFactory
 ) -> None:
     events = Recorder()
-    # reconnect_min_delay 2: the peer below is subscribed before the driver is back.
-    driver = make_driver(mosquitto.port, events, reconnect_min_delay=2, reconnect_max_delay=2)
+    # redial 2: the peer below is subscribed before the driver is back.
+    driver = make_driver(mosquitto.port, events, redial=2)
     connect_and_subscribe(driver, events)
     assert driver.execute(RequestPendingJobs(client_token=ClientToken("before")))
 
@@ -414,7 +441,7 @@ def test_publishes_in_flight_when_the_link_breaks_are_not_resent(
     mosquitto: Mosquitto, make_driver: DriverFactory
 ) -> None:
     events = Recorder()
-    driver = make_driver(mosquitto.port, events, reconnect_min_delay=2, reconnect_max_delay=2)
+    driver = make_driver(mosquitto.port, events, redial=2)
     connect_and_subscribe(driver, events)
     assert mosquitto.proc is not None
     mosquitto.proc.send_signal(signal.SIGSTOP)  # the broker stops reading: no PUBACK
@@ -446,13 +473,19 @@ def test_a_broker_down_at_start_is_fine(tmp_path: Path, make_driver: DriverFacto
     events = Recorder()
     driver = make_driver(broker.port, events)
     assert not driver.execute(SubscribeJobTopics())  # remembered for the first connect
-    time.sleep(1.2)
-    assert events.events == []
+    # Each attempt ends in one MqttConnectFailed; the next one is the core's (here:
+    # the factory's) decision.
+    failed = events.wait_for(MqttConnectFailed)
+    assert "connection failed" in failed.reason
+    assert "Connection refused" in failed.reason
     broker.start()
     try:
         events.wait_for(MqttConnected, timeout=6)
         events.wait_for(SubscriptionsAcked)
         assert events.count(MqttDisconnected) == 0
+        assert {type(e) for e in events.events[: events.index_of(MqttConnected)]} == {
+            MqttConnectFailed
+        }
     finally:
         broker.stop()
 
@@ -489,7 +522,7 @@ def _dynamic_security_plugin() -> Path | None:
     return None
 
 
-def test_a_refused_subscription_is_reported_and_retried(
+def test_a_refused_subscription_is_reported_and_subscribed_again_on_request(
     tmp_path: Path, make_driver: DriverFactory
 ) -> None:
     # mosquitto's acl_file never refuses a SUBSCRIBE (it filters on delivery); its dynamic
@@ -541,15 +574,19 @@ def test_a_refused_subscription_is_reported_and_retried(
         driver = make_driver(broker.port, events)
         events.wait_for(MqttConnected)
         assert driver.execute(SubscribeJobTopics())
-        refused = events.wait_for(PayloadIgnored)
-        assert refused.topic == P + "+/update/rejected"
-        assert "refused the subscription" in refused.reason
-        assert events.count(PayloadIgnored) == 1  # the six granted filters are fine
-        assert driver.execute(SubscribeJobTopics())  # shares the pending retry
+        refused = events.wait_for(SubscriptionsRefused)
+        # Only the filter the policy lacks; the six granted ones are fine.
+        assert [f for f, _ in refused.refused] == [P + "+/update/rejected"]
+        assert events.count(SubscriptionsRefused) == 1
+        # The driver does not retry by itself (the core's backoff does): silence...
+        time.sleep(1.0)
+        assert events.count(SubscriptionsRefused) == 1
+        # ...until asked: that subscribes again and is answered again.
+        assert driver.execute(SubscribeJobTopics())
         retried = events.wait_for(
-            PayloadIgnored, timeout=4, after=events.index_of(PayloadIgnored) + 1
+            SubscriptionsRefused, timeout=4, after=events.index_of(SubscriptionsRefused) + 1
         )
-        assert retried.topic == P + "+/update/rejected"
+        assert [f for f, _ in retried.refused] == [P + "+/update/rejected"]
         assert events.count(SubscriptionsAcked) == 0
 
 
@@ -568,7 +605,7 @@ def test_stop_is_quick_and_silent(mosquitto: Mosquitto, make_driver: DriverFacto
 
 
 def test_stop_while_reconnecting_is_quick(tmp_path: Path, make_driver: DriverFactory) -> None:
-    driver = make_driver(free_port(), Recorder(), reconnect_min_delay=30, reconnect_max_delay=30)
+    driver = make_driver(free_port(), Recorder(), redial=30)
     time.sleep(0.3)
     started = time.monotonic()
     driver.stop()
@@ -609,8 +646,11 @@ def test_a_client_certificate_from_another_ca_is_refused(
     driver = make_driver(
         tls_broker.port, events, cafile=pki.ca, certfile=pki.rogue_cert, keyfile=pki.rogue_key
     )
-    time.sleep(3.0)
-    assert events.events == []  # neither MqttConnected nor a MqttDisconnected for a failed attempt
+    failed = events.wait_for(MqttConnectFailed, timeout=5)
+    time.sleep(1.0)
+    # Only failed attempts: never MqttConnected, nor a MqttDisconnected for an attempt.
+    assert {type(e) for e in events.events} == {MqttConnectFailed}
+    assert failed.reason
     assert not driver.connected
 
 
@@ -625,8 +665,10 @@ def test_a_server_certificate_from_another_ca_is_refused(
         certfile=pki.client_cert,
         keyfile=pki.client_key,
     )
-    time.sleep(2.0)
-    assert events.events == []
+    failed = events.wait_for(MqttConnectFailed, timeout=5)
+    assert "CERTIFICATE_VERIFY_FAILED" in failed.reason
+    time.sleep(1.0)
+    assert {type(e) for e in events.events} == {MqttConnectFailed}
     assert not driver.connected
 
 
@@ -738,7 +780,6 @@ def test_unreadable_tls_files_are_config_errors(pki: Pki, tmp_path: Path) -> Non
         (lambda: _driver(client_id="x" * 129), "client_id"),
         (lambda: _driver(thing_name="dev/1"), "thing_name"),
         (lambda: _driver(keepalive=0), "keepalive"),
-        (lambda: _driver(reconnect_min_delay=5, reconnect_max_delay=2), "reconnect delays"),
         (lambda: _driver(alpn=["x-amzn-mqtt-ca"]), "alpn needs TLS"),
     ],
 )

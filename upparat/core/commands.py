@@ -24,6 +24,13 @@ from upparat.core.model import (
 
 
 @attrs.frozen(kw_only=True)
+class ConnectMqtt:
+    """Make one attempt to connect to the broker; answered by `MqttConnected` or
+    `MqttConnectFailed`. The driver never reconnects by itself: when to try again is
+    the core's `Settings.reconnect_backoff`."""
+
+
+@attrs.frozen(kw_only=True)
 class SubscribeJobTopics:
     """Subscribe to notify and every reply topic we use; answered by `SubscriptionsAcked`."""
 
@@ -137,7 +144,8 @@ class Exit:
 
 
 Command = (
-    SubscribeJobTopics
+    ConnectMqtt
+    | SubscribeJobTopics
     | RequestPendingJobs
     | DescribeJob
     | UpdateJob

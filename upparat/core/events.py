@@ -36,17 +36,35 @@ class Started:
 
 @attrs.frozen(kw_only=True)
 class MqttConnected:
-    """The MQTT session is up (first connect or reconnect)."""
+    """A `ConnectMqtt` attempt succeeded (CONNACK accepted): the session is up."""
+
+
+@attrs.frozen(kw_only=True)
+class MqttConnectFailed:
+    """A `ConnectMqtt` attempt ended without a session (TCP, TLS or CONNACK refused)."""
+
+    reason: str
 
 
 @attrs.frozen(kw_only=True)
 class MqttDisconnected:
+    """The session `MqttConnected` announced ended; the driver does not reconnect."""
+
     reason: str
 
 
 @attrs.frozen(kw_only=True)
 class SubscriptionsAcked:
     """The broker acknowledged (SUBACK) every subscription of `SubscribeJobTopics`."""
+
+
+@attrs.frozen(kw_only=True)
+class SubscriptionsRefused:
+    """The broker refused filters of `SubscribeJobTopics` (e.g. the IoT policy lacks
+    iot:Subscribe); the core subscribes again after a backoff."""
+
+    refused: tuple[tuple[str, str], ...]
+    """(filter, the broker's reason code) of each refused filter."""
 
 
 @attrs.frozen(kw_only=True)
@@ -212,13 +230,17 @@ class DownloadProgressed:
 
 
 @attrs.frozen(kw_only=True)
-class DownloadRetrying:
-    """A transient error; the driver retries by itself after `delay` seconds."""
+class DownloadInterrupted:
+    """The attempt ended on a transient error (network, timeout, HTTP 5xx / 429, too
+    slow); the partial file stays for the next `StartDownload`, which resumes it. Whether
+    and when that comes is the core's `Settings.download_backoff`."""
 
     download_id: DownloadId
-    attempt: int
+    bytes_done: int
+    """Bytes of the file on disk when the attempt ended."""
     reason: str
-    delay: float
+    retry_after: float | None = None
+    """The server's Retry-After in seconds, if it sent one."""
 
 
 @attrs.frozen(kw_only=True)
@@ -256,8 +278,10 @@ class ShutdownRequested:
 Event = (
     Started
     | MqttConnected
+    | MqttConnectFailed
     | MqttDisconnected
     | SubscriptionsAcked
+    | SubscriptionsRefused
     | PendingJobsListed
     | JobsChanged
     | JobDescribed
@@ -269,7 +293,7 @@ Event = (
     | HookProgressed
     | HookFinished
     | DownloadProgressed
-    | DownloadRetrying
+    | DownloadInterrupted
     | DownloadCompleted
     | DownloadFailed
     | TimerFired

@@ -12,11 +12,13 @@ from typing import assert_never
 
 import attrs
 
+from upparat.core.backoff import Backoff
 from upparat.core.commands import (
     CallHook,
     CancelDownload,
     CancelHook,
     Command,
+    ConnectMqtt,
     DescribeJob,
     DiscardDownload,
     Exit,
@@ -32,8 +34,8 @@ from upparat.core.commands import (
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
+    DownloadInterrupted,
     DownloadProgressed,
-    DownloadRetrying,
     Event,
     HookDeadlineExceeded,
     HookFailure,
@@ -48,6 +50,7 @@ from upparat.core.events import (
     JobDescribed,
     JobsChanged,
     MqttConnected,
+    MqttConnectFailed,
     MqttDisconnected,
     PayloadIgnored,
     PendingJobsListed,
@@ -57,6 +60,7 @@ from upparat.core.events import (
     ShutdownRequested,
     Started,
     SubscriptionsAcked,
+    SubscriptionsRefused,
     TimerFired,
     UpdateAccepted,
 )
@@ -84,11 +88,6 @@ from upparat.core.model import (
     TimerKind,
 )
 
-UNAVAILABLE_FIRST_DELAY = 1.0
-"""Seconds before calling an unreachable hook server again; doubles up to the cap."""
-UNAVAILABLE_MAX_DELAY = 60.0
-BACKOFF_MAX_DELAY = 60.0
-"""Cap of the exponential backoff after RequestThrottled / InternalError."""
 RETRY_AFTER_CAP = 10
 """A hook's retry_after hint is capped at this many retry_intervals."""
 MAX_DETAIL_CHARS = 1024
@@ -123,6 +122,31 @@ class VerifyOrigin(enum.Enum):
 
 
 @attrs.frozen(kw_only=True)
+class Dialing:
+    """`ConnectMqtt` was sent: waiting for `MqttConnected` or `MqttConnectFailed`."""
+
+    failures: int
+    """Attempts that failed in a row before this one (a lost session counts as one)."""
+
+
+@attrs.frozen(kw_only=True)
+class Redialing:
+    """Waiting for the RECONNECT `timer` to connect again."""
+
+    failures: int
+    timer: int
+
+
+@attrs.frozen(kw_only=True)
+class Resubscribing:
+    """The broker refused filters `refusals` times in a row on this connection; the
+    SUBSCRIBE_RETRY `timer` subscribes again."""
+
+    refusals: int
+    timer: int
+
+
+@attrs.frozen(kw_only=True)
 class Request:
     """A get / describe we sent and whose reply we wait for."""
 
@@ -146,10 +170,10 @@ class Sleeping:
 
 @attrs.frozen(kw_only=True)
 class Outage:
-    """The hook server has been unreachable since `since`; next wait is `delay`."""
+    """The hook server has been unreachable since `since`, for `failures` calls in a row."""
 
     since: float
-    delay: float
+    failures: int
 
 
 @attrs.frozen(kw_only=True)
@@ -214,7 +238,7 @@ class Sent:
 
 
 @attrs.frozen(kw_only=True)
-class Backoff:
+class Throttled:
     """The head update was throttled; UPDATE_RETRY `timer` sends it again."""
 
     update: Update
@@ -228,7 +252,7 @@ class Outbox:
     """Job updates, sent one at a time and in order, so the cloud never sees them reordered."""
 
     queue: tuple[Update, ...] = ()
-    head: Sent | Backoff | None = None
+    head: Sent | Throttled | None = None
 
 
 # --- stages: one class per state of the lifecycle --------------------------------
@@ -282,10 +306,17 @@ class CheckingDownload:
 
 @attrs.frozen(kw_only=True)
 class Downloading:
+    """One attempt runs (`retry` None), or the DOWNLOAD_RETRY `retry` timer starts the next."""
+
     job: Job
     download_id: DownloadId
     refusals: int = 0
     """URL_EXPIRED failures in a row without any progress in between."""
+    interruptions: int = 0
+    """Attempts interrupted in a row; one that got new bytes starts the count again."""
+    baseline: int = 0
+    """Most bytes on disk at the end of an earlier attempt: more is progress."""
+    retry: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -372,6 +403,10 @@ class State:
     settings: Settings
     stage: Stage
     link: Link = Link.DOWN
+    dial: Dialing | Redialing | None = None
+    """Connecting to the broker; None before `Started` and while a session is up."""
+    resubscribe: Resubscribing | None = None
+    """Subscriptions refused on this connection (only while `link` is SUBSCRIBING)."""
     serial: int = 0
     """Source of client tokens, call ids, download ids and timer tokens."""
     journal: JournalRecord | None = None
@@ -380,6 +415,8 @@ class State:
     """Hooks the server does not implement (HookServerInfo, or UNIMPLEMENTED answers)."""
     outbox: Outbox = Outbox()
     ready_signalled: bool = False
+    draws: int = 0
+    """How many jitters were drawn from `settings.seed` (the next draw's number)."""
     skipped_seen: tuple[str, ...] = ()
     """Reasons of bad pending-list entries already logged (the latest few): a broken entry
     that every notification repeats is logged once, not with every message."""
@@ -406,13 +443,21 @@ def _dispatch(state: State, event: Event, now: float) -> Out:
         case Started():
             return _on_started(state, event)
         case MqttConnected():
-            state = _forget_requests(attrs.evolve(state, link=Link.SUBSCRIBING))
+            state = attrs.evolve(state, link=Link.SUBSCRIBING, dial=None, resubscribe=None)
+            state = _forget_requests(state)
             return state, [SubscribeJobTopics(), _log(LogLevel.INFO, "MQTT connected")]
+        case MqttConnectFailed(reason=reason):
+            return _on_connect_failed(state, reason)
         case MqttDisconnected(reason=reason):
-            state = _forget_requests(attrs.evolve(state, link=Link.DOWN))
-            return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}")]
+            if state.link is Link.DOWN:
+                return state, [_log(LogLevel.DEBUG, f"MQTT: a second disconnect ({reason})")]
+            state = attrs.evolve(state, link=Link.DOWN, resubscribe=None)
+            state, commands = _redial(_forget_requests(state), failures=1)
+            return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}"), *commands]
         case SubscriptionsAcked():
-            return _on_subscribed(state)
+            return _on_subscribed(attrs.evolve(state, resubscribe=None))
+        case SubscriptionsRefused(refused=refused):
+            return _on_subscriptions_refused(state, refused)
         case PendingJobsListed():
             return _on_pending_listed(state, event, now)
         case JobsChanged():
@@ -433,7 +478,7 @@ def _dispatch(state: State, event: Event, now: float) -> Out:
             return _on_hook_progressed(state, event, now)
         case HookFinished():
             return _on_hook_finished(state, event, now)
-        case DownloadProgressed() | DownloadRetrying() | DownloadCompleted() | DownloadFailed():
+        case DownloadProgressed() | DownloadInterrupted() | DownloadCompleted() | DownloadFailed():
             return _on_download(state, event, now)
         case TimerFired():
             return _on_timer(state, event, now)
@@ -458,7 +503,52 @@ def _on_started(state: State, event: Started) -> Out:
             f"{journal.restart_count} restart(s)"
         )
     state = attrs.evolve(state, journal=journal, stage=FetchingJobs())
-    return state, [_log(LogLevel.INFO, f"started; {note}")]
+    commands: list[Command] = [_log(LogLevel.INFO, f"started; {note}")]
+    if state.link is Link.DOWN and state.dial is None:
+        state = attrs.evolve(state, dial=Dialing(failures=0))
+        commands.append(ConnectMqtt())
+    return state, commands
+
+
+def _on_connect_failed(state: State, reason: str) -> Out:
+    dial = state.dial
+    if not isinstance(dial, Dialing):
+        return state, [_log(LogLevel.DEBUG, f"MQTT: a stale connect failure ({reason})")]
+    state, commands = _redial(state, failures=dial.failures + 1)
+    delay = state.settings.reconnect_backoff.cap
+    # One line for operators per outage; the repeats at debug level.
+    level = LogLevel.WARNING if dial.failures == 0 else LogLevel.DEBUG
+    message = f"MQTT: cannot connect: {reason}; trying again with backoff (at most {delay:g} s)"
+    return state, [_log(level, message), *commands]
+
+
+def _redial(state: State, *, failures: int) -> Out:
+    """Connect again after the reconnect backoff: jittered, so that a fleet that lost its
+    broker at the same instant does not come back in lockstep."""
+    state, delay = _delay(state, state.settings.reconnect_backoff, failures)
+    state, timer = _next(state)
+    state = attrs.evolve(state, dial=Redialing(failures=failures, timer=timer))
+    return state, [SetTimer(timer=TimerKind.RECONNECT, token=timer, delay=delay)]
+
+
+def _on_subscriptions_refused(state: State, refused: tuple[tuple[str, str], ...]) -> Out:
+    if state.link is not Link.SUBSCRIBING:
+        return state, [_log(LogLevel.DEBUG, "a SUBACK refusal without a pending subscribe")]
+    previous = state.resubscribe
+    refusals = 1 if previous is None else previous.refusals + 1
+    state, delay = _delay(state, state.settings.reconnect_backoff, refusals)
+    state, timer = _next(state)
+    state = attrs.evolve(state, resubscribe=Resubscribing(refusals=refusals, timer=timer))
+    commands: list[Command] = [
+        _log(
+            LogLevel.WARNING,
+            f"the broker refused the subscription to {topic_filter} ({code}); check that "
+            f"the IoT policy allows iot:Subscribe on it; subscribing again in {delay:.0f} s",
+        )
+        for topic_filter, code in refused
+    ]
+    commands.append(SetTimer(timer=TimerKind.SUBSCRIBE_RETRY, token=timer, delay=delay))
+    return state, commands
 
 
 def _forget_requests(state: State) -> State:
@@ -992,7 +1082,7 @@ def _abandon(state: State, stage: JobStage, why: str, *, ended: bool) -> Out:
         outbox = state.outbox
         queue = tuple(u for u in outbox.queue if u.terminal or u.job_id != job_id)
         state = attrs.evolve(state, outbox=attrs.evolve(outbox, queue=queue), journal=None)
-        if not isinstance(stage, Downloading):
+        if not isinstance(stage, Downloading) or stage.retry is not None:
             commands.append(DiscardDownload(job_id=job_id))
         commands.append(Persist(record=None))
     commands.append(_log(LogLevel.WARNING, f"job {job_id}: {why}", job_id))
@@ -1013,8 +1103,10 @@ def _stop_work(stage: JobStage, *, discard: bool) -> list[Command]:
             if isinstance(pending, Running):
                 return [CancelHook(call_id=pending.call_id)]
             return []
-        case Downloading(download_id=download_id):
+        case Downloading(download_id=download_id, retry=None):
             return [CancelDownload(download_id=download_id, discard=discard)]
+        case Downloading():
+            return []  # between two attempts: nothing runs
         case RefreshingUrl() | ReportingReboot() | AwaitingReboot():
             return []
         case _:
@@ -1143,13 +1235,14 @@ def _judge(
         case HookSuccess(value=value, message=message):
             return state, _Succeeded(value=value, message=message)
         case HookRetryLater(retry_after=retry_after, message=message):
-            if call.attempt > settings.max_retries:
+            policy = settings.hook_retry_backoff
+            if policy.exhausted(retries=call.attempt - 1, elapsed=elapsed):
                 text = (
                     f"gave up on the {name} after {call.attempt} attempts in {elapsed:.0f} s "
                     f"of RETRY_LATER" + (f": {message}" if message else "")
                 )
                 return state, _GaveUp(reported=_failed_state(hook), message=text)
-            delay = settings.retry_interval
+            state, delay = _delay(state, policy, call.attempt)
             if retry_after is not None:
                 delay = max(0.0, min(retry_after, RETRY_AFTER_CAP * settings.retry_interval))
             state, timer = _next(state)
@@ -1169,19 +1262,16 @@ def _judge(
         case HookUnavailable(detail=detail):
             outage = call.outage
             since = now if outage is None else outage.since
-            limit = settings.hook_unavailable_timeout
-            if now - since >= limit:
+            failures = 1 if outage is None else outage.failures + 1
+            policy = settings.hook_unavailable_backoff
+            if policy.exhausted(retries=failures - 1, elapsed=now - since):
                 text = f"the hook server was unreachable for {now - since:.0f} s ({detail})"
                 return state, _GaveUp(reported=ReportedState.HOOK_SERVER_UNAVAILABLE, message=text)
-            delay = (
-                UNAVAILABLE_FIRST_DELAY
-                if outage is None
-                else min(UNAVAILABLE_MAX_DELAY, outage.delay * 2)
-            )
+            state, delay = _delay(state, policy, failures)
             state, timer = _next(state)
             # Unavailable does not spend a retry: `attempt` stays.
             again = attrs.evolve(
-                call, outage=Outage(since=since, delay=delay), pending=Sleeping(timer=timer)
+                call, outage=Outage(since=since, failures=failures), pending=Sleeping(timer=timer)
             )
             log = f"job {job.job_id}: hook server unreachable ({detail}); calling again in {delay:.0f} s"
             commands = (
@@ -1379,12 +1469,16 @@ def _timed_out_state(hook: HookKind) -> ReportedState:
 
 # --- downloads --------------------------------------------------------------------------
 
-DownloadEvent = DownloadProgressed | DownloadRetrying | DownloadCompleted | DownloadFailed
+DownloadEvent = DownloadProgressed | DownloadInterrupted | DownloadCompleted | DownloadFailed
 
 
 def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
     stage = state.stage
-    if not isinstance(stage, Downloading) or stage.download_id != event.download_id:
+    if (
+        not isinstance(stage, Downloading)
+        or stage.download_id != event.download_id
+        or stage.retry is not None
+    ):
         return state, [_log(LogLevel.DEBUG, f"event of unknown download {event.download_id}")]
     job = stage.job
     match event:
@@ -1397,12 +1491,8 @@ def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
             )
             state, job, commands = _report_progress(state, job, details, percent, now)
             return attrs.evolve(state, stage=attrs.evolve(stage, job=job, refusals=0)), commands
-        case DownloadRetrying(attempt=attempt, reason=reason, delay=delay):
-            message = f"download attempt {attempt} failed ({reason}); retrying in {delay:.0f} s"
-            details = _details(ReportedState.DOWNLOAD_RETRYING, message)
-            state, job, commands = _report_progress(state, job, details, None, now)
-            commands.append(_log(LogLevel.WARNING, f"job {job.job_id}: {message}", job.job_id))
-            return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
+        case DownloadInterrupted(bytes_done=done, reason=reason, retry_after=retry_after):
+            return _download_interrupted(state, stage, done, reason, retry_after, now)
         case DownloadCompleted(path=path, size=size, sha256=sha256):
             note = f"job {job.job_id}: downloaded {size} bytes to {path}"
             file = InstallFile(
@@ -1414,6 +1504,66 @@ def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
             return _download_failed(state, stage, failure, message, now)
         case _:
             assert_never(event)
+
+
+def _download_interrupted(
+    state: State,
+    stage: Downloading,
+    done: int,
+    reason: str,
+    retry_after: float | None,
+    now: float,
+) -> Out:
+    """Give-up rule: `download_retries` interrupted attempts in a row without a new byte
+    (`Settings.download_backoff`), then FAILED download_failed with the last reason."""
+    job = stage.job
+    policy = state.settings.download_backoff
+    interruptions = 1 if done > stage.baseline else stage.interruptions + 1
+    if policy.exhausted(retries=interruptions - 1, elapsed=0.0):
+        text = (
+            f"gave up after {interruptions} interrupted attempts in a row without new data "
+            f"(download_retries is {policy.retries}): {reason}"
+        )
+        return _finish(
+            state, job.job_id, JobStatus.FAILED, _details(ReportedState.DOWNLOAD_FAILED, text)
+        )
+    state, delay = _delay(state, policy, interruptions)
+    if retry_after is not None:
+        # The server's Retry-After (HTTP 429 / 503), within the policy's cap.
+        delay = max(delay, min(max(0.0, retry_after), policy.cap))
+    state, timer = _next(state)
+    message = f"download interrupted after {done} bytes ({reason}); retrying in {delay:.0f} s"
+    details = _details(ReportedState.DOWNLOAD_RETRYING, message, bytes_done=done)
+    state, job, commands = _report_progress(state, job, details, None, now)
+    commands.append(SetTimer(timer=TimerKind.DOWNLOAD_RETRY, token=timer, delay=delay))
+    commands.append(_log(LogLevel.WARNING, f"job {job.job_id}: {message}", job.job_id))
+    stage = attrs.evolve(
+        stage,
+        job=job,
+        interruptions=interruptions,
+        baseline=max(stage.baseline, done),
+        retry=timer,
+    )
+    return attrs.evolve(state, stage=stage), commands
+
+
+def _next_attempt(state: State, stage: Downloading) -> Out:
+    """DOWNLOAD_RETRY fired: the next attempt, resuming the partial file."""
+    job = stage.job
+    state, serial = _next(state)
+    download_id = DownloadId(serial)
+    document = job.document
+    start = StartDownload(
+        download_id=download_id,
+        job_id=job.job_id,
+        url=document.file,
+        sha256=document.sha256,
+        size=document.size,
+        signature=document.signature,
+    )
+    message = f"job {job.job_id}: download attempt {stage.interruptions + 1}, resuming"
+    stage = attrs.evolve(stage, download_id=download_id, retry=None)
+    return attrs.evolve(state, stage=stage), [start, _log(LogLevel.INFO, message, job.job_id)]
 
 
 def _download_failed(
@@ -1593,7 +1743,7 @@ def _requeue(outbox: Outbox) -> Outbox:
 
 
 def _head_matches(
-    head: Sent | Backoff | None, job_id: JobId | None, token: ClientToken | None
+    head: Sent | Throttled | None, job_id: JobId | None, token: ClientToken | None
 ) -> bool:
     if head is None or token is None or token not in head.tokens:
         return False
@@ -1657,9 +1807,9 @@ def _update_rejected(state: State, event: RequestRejected) -> Out:
     code = event.code
     what = f"job {job_id}: update {update.status.value} rejected: {code.value} {event.message}"
     if _retryable(code):
+        state, delay = _delay(state, state.settings.request_backoff, head.attempt)
         state, timer = _next(state)
-        delay = _backoff(head.attempt)
-        retry = Backoff(update=update, tokens=head.tokens, timer=timer, attempt=head.attempt + 1)
+        retry = Throttled(update=update, tokens=head.tokens, timer=timer, attempt=head.attempt + 1)
         state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=retry))
         return state, [
             SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=delay),
@@ -1751,7 +1901,7 @@ def _on_reply_unusable(state: State, event: ReplyUnusable) -> Out:
     request = stage.request
     if request is None or event.client_token != request.token:
         return state, [_log(LogLevel.DEBUG, "a stale describe reply was ignored")]
-    delay = _backoff(request.attempt)
+    state, delay = _delay(state, state.settings.request_backoff, request.attempt)
     state, timer = _next(state)
     request = attrs.evolve(request, timer=timer, attempt=request.attempt + 1)
     job_id = stage.job_id if isinstance(stage, Describing) else stage.job.job_id
@@ -1768,14 +1918,22 @@ def _back_off(
     state: State, request: Request, code: RejectCode
 ) -> tuple[State, Request, list[Command]]:
     """Ask again after a backoff (throttling) or after request_timeout (anything else)."""
-    delay = _backoff(request.attempt) if _retryable(code) else _timeout(state)
+    if _retryable(code):
+        state, delay = _delay(state, state.settings.request_backoff, request.attempt)
+    else:
+        delay = _timeout(state)
     state, timer = _next(state)
     request = attrs.evolve(request, timer=timer, attempt=request.attempt + 1)
     return state, request, [SetTimer(timer=TimerKind.REQUEST_RETRY, token=timer, delay=delay)]
 
 
-def _backoff(attempt: int) -> float:
-    return min(BACKOFF_MAX_DELAY, 2.0 ** max(0, min(attempt - 1, 16)))
+def _delay(state: State, policy: Backoff, retry: int) -> tuple[State, float]:
+    """The wait before retry `retry` under `policy`, with the next jitter of the seed."""
+    if policy.jitter == 0:
+        return state, policy.delay(retry, seed=state.settings.seed, draw=0)
+    draw = state.draws
+    state = attrs.evolve(state, draws=draw + 1)
+    return state, policy.delay(retry, seed=state.settings.seed, draw=draw)
 
 
 def _timeout(state: State) -> float:
@@ -1847,12 +2005,23 @@ def _on_timer(state: State, event: TimerFired, now: float) -> Out:
             if isinstance(stage, ShuttingDown) and stage.timer == token:
                 message = "gave up waiting for the last job reports to be accepted"
                 return _exit(state, [_log(LogLevel.WARNING, message)])
+        case TimerKind.DOWNLOAD_RETRY:
+            if isinstance(stage, Downloading) and stage.retry == token:
+                return _next_attempt(state, stage)
+        case TimerKind.RECONNECT:
+            dial = state.dial
+            if isinstance(dial, Redialing) and dial.timer == token:
+                return attrs.evolve(state, dial=Dialing(failures=dial.failures)), [ConnectMqtt()]
+        case TimerKind.SUBSCRIBE_RETRY:
+            again = state.resubscribe
+            if state.link is Link.SUBSCRIBING and again is not None and again.timer == token:
+                return state, [SubscribeJobTopics()]
         case _:
             assert_never(event.timer)
     return state, []
 
 
-def _resend_update(state: State, head: Sent | Backoff) -> Out:
+def _resend_update(state: State, head: Sent | Throttled) -> Out:
     if state.link is not Link.UP:
         return attrs.evolve(state, outbox=_requeue(state.outbox)), []
     state, token, commands = _publish(state, head.update)

@@ -10,6 +10,8 @@ from typing import NewType
 
 import attrs
 
+from upparat.core.backoff import Backoff
+
 JobId = NewType("JobId", str)
 """An AWS IoT job id that passed the edge's check (`[a-zA-Z0-9_-]{1,64}`)."""
 
@@ -170,6 +172,12 @@ class TimerKind(enum.Enum):
     REQUEST_RETRY = "request_retry"
     """A request (get / describe) that got no answer in time."""
     SHUTDOWN = "shutdown"
+    RECONNECT = "reconnect"
+    """Connect to the broker again (after a failed attempt or a lost connection)."""
+    SUBSCRIBE_RETRY = "subscribe_retry"
+    """Subscribe again after the broker refused a filter."""
+    DOWNLOAD_RETRY = "download_retry"
+    """Start the next attempt of an interrupted download."""
 
 
 class Phase(enum.Enum):
@@ -270,3 +278,42 @@ class Settings:
     restart_timeout: float = 600.0
     """Seconds to wait for the daemon to be stopped after the hook server went away during
     Restart; after that the installation is verified as after a soft restart."""
+    seed: int = 0
+    """Seed of every jitter the core draws (the daemon draws it at random per process, so
+    a fleet does not retry in lockstep; tests fix it)."""
+    download_retries: int = 10
+    """Interrupted download attempts in a row without a new byte before the job fails
+    (`download_failed`, with the last reason); an attempt that adds bytes resets it."""
+    reconnect_max_delay: float = 120.0
+    """The longest wait between two attempts to connect to the broker."""
+
+    # --- the retry policies: every delay the core asks for comes from one of these ---
+
+    @property
+    def reconnect_backoff(self) -> Backoff:
+        """MQTT connect attempts: 1, 2, 4 ... s up to `reconnect_max_delay`, full jitter (a
+        fleet that lost its broker at the same instant must not come back in lockstep)."""
+        return Backoff(base=1.0, cap=max(1.0, self.reconnect_max_delay), jitter=1.0)
+
+    @property
+    def request_backoff(self) -> Backoff:
+        """Cloud requests answered RequestThrottled / InternalError (AWS: retry those with
+        backoff) or unusably: 1-2, 2-4, 4-8 ... up to 30-60 s."""
+        return Backoff(base=2.0, cap=60.0, jitter=0.5)
+
+    @property
+    def download_backoff(self) -> Backoff:
+        """Interrupted downloads: full jitter up to 64 s; gives up after `download_retries`
+        attempts in a row that added no byte."""
+        return Backoff(base=1.0, cap=64.0, jitter=1.0, retries=max(0, self.download_retries))
+
+    @property
+    def hook_retry_backoff(self) -> Backoff:
+        """RETRY_LATER: every `retry_interval`, at most `max_retries` retries."""
+        interval = max(0.0, self.retry_interval)
+        return Backoff(base=interval, cap=interval, factor=1.0, retries=max(0, self.max_retries))
+
+    @property
+    def hook_unavailable_backoff(self) -> Backoff:
+        """An unreachable hook server: 1, 2, 4 ... 60 s, for `hook_unavailable_timeout`."""
+        return Backoff(base=1.0, cap=60.0, give_up_after=self.hook_unavailable_timeout)

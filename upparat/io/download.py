@@ -2,8 +2,10 @@
 
 Owns the files in the download folder (`<job id>` plus its `<job id>.meta.json` sidecar),
 one transfer thread at a time, and the one place where socket, TLS, HTTP and file system
-errors become `Download*` events. It retries transient errors by itself; it decides nothing
-about the job (what a failure means is the core's business). It checks the file as it ends:
+errors become `Download*` events. One StartDownload is one attempt: it ends in
+DownloadCompleted, DownloadFailed, or DownloadInterrupted (a transient error: the partial
+file and its sidecar stay for the next attempt, which resumes them). Whether and when to
+try again is the core's `Backoff`; the driver decides nothing about the job. It checks the file as it ends:
 size and sha256 from the job document and, with trusted keys, the signature, on the digest
 hashed while downloading (the file is not read again).
 """
@@ -19,7 +21,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import random
 import re
 import select
 import socket
@@ -33,7 +34,7 @@ from base64 import b64encode
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, assert_never
+from typing import assert_never
 
 import attrs
 
@@ -41,8 +42,8 @@ from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
+    DownloadInterrupted,
     DownloadProgressed,
-    DownloadRetrying,
     Event,
 )
 from upparat.core.model import DownloadFailure, DownloadId, JobId
@@ -53,12 +54,6 @@ log = logging.getLogger("upparat.download")
 
 DownloadCommand = StartDownload | CancelDownload | DiscardDownload
 StatVfs = Callable[[str], os.statvfs_result]
-
-
-class Jitter(Protocol):
-    """Where the backoff's full jitter comes from (`random.Random` in production)."""
-
-    def uniform(self, a: float, b: float, /) -> float: ...
 
 
 MAX_REDIRECTS = 5
@@ -496,8 +491,6 @@ class _Options:
     chunk_size: int
     connect_timeout: float
     read_timeout: float
-    backoff_base: float
-    backoff_cap: float
     min_free_space: int
     max_download_size: int | None
     trusted_keys: TrustedKeys | None = None
@@ -516,7 +509,6 @@ class _Transfer:
         folder: Path,
         options: _Options,
         on_event: Callable[[Event], None],
-        rng: Jitter,
         statvfs: StatVfs,
         ssl_context: ssl.SSLContext,
         boot_id: str | None,
@@ -528,7 +520,6 @@ class _Transfer:
         self._folder = folder
         self._opt = options
         self._on_event = on_event
-        self._rng = rng
         self._statvfs = statvfs
         self._ssl_context = ssl_context
         # Guards `cancelled`, the event callback and the creation of files, so that after
@@ -538,7 +529,6 @@ class _Transfer:
         self._wake: socket.socket | None = None
         self._part: _PartFile | None = None
         self._sidecar: _Sidecar | None = None
-        self._failures = 0
         self._total: int | None = command.size
         # Two buffers: one is hashed in the background while the other receives.
         self._buffers = (bytearray(options.chunk_size), bytearray(options.chunk_size))
@@ -576,6 +566,23 @@ class _Transfer:
             match outcome:
                 case _Done():
                     pass  # _finish sent DownloadCompleted itself, after the fsync
+                case _Retry(reason=reason, retry_after=retry_after):
+                    done = self._part.size if self._part is not None else 0
+                    log.warning(
+                        "download %s of job %s: %s after %d bytes on disk",
+                        self.download_id,
+                        self.job_id,
+                        reason,
+                        done,
+                    )
+                    self._emit(
+                        DownloadInterrupted(
+                            download_id=self.download_id,
+                            bytes_done=done,
+                            reason=reason,
+                            retry_after=retry_after,
+                        )
+                    )
                 case _Failed(failure=failure, message=message):
                     log.error("download %s of job %s: %s", self.download_id, self.job_id, message)
                     self._emit(
@@ -612,7 +619,7 @@ class _Transfer:
         if self._cancel.is_set():
             raise _Cancelled
 
-    def _download(self) -> _Done | _Failed:
+    def _download(self) -> _Done | _Failed | _Retry:
         cmd = self.command
         url = _parse_url(cmd.url, allow_http=self._opt.allow_http)
         if isinstance(url, _BadUrl):
@@ -634,7 +641,7 @@ class _Transfer:
         )
         try:
             self._prepare_folder()
-            return self._loop(url)
+            return self._once(url)
         except _LocalError as e:
             return self._local_failure(e)
         except FolderRefused as e:
@@ -814,9 +821,9 @@ class _Transfer:
             f" left in {self._folder}, min_free_space keeps {reserve} free",
         )
 
-    # -- the retry loop --
+    # -- one attempt --
 
-    def _loop(self, url: _Url) -> _Done | _Failed:
+    def _once(self, url: _Url) -> _Done | _Failed | _Retry:
         part = self._open_part(url)
         if self.command.size is not None:
             if part.size > self.command.size:
@@ -825,52 +832,28 @@ class _Transfer:
             if short is not None:
                 self._remove_files()
                 return short
-        while True:
+        self._check_cancel()
+        try:
+            outcome = self._attempt(url, part)
+        except (OSError, http.client.HTTPException) as e:
+            # A cancel shuts the socket down: that error is the cancel, not the network.
             self._check_cancel()
-            try:
-                outcome = self._attempt(url, part)
-            except (OSError, http.client.HTTPException) as e:
-                # A cancel shuts the socket down: that error is the cancel, not the network.
-                self._check_cancel()
-                outcome = _Retry(reason=_describe(e))
-            match outcome:
-                case _Done():
-                    return self._finish(part)
-                case _Failed(
-                    failure=DownloadFailure.VERIFICATION_FAILED
-                    | DownloadFailure.INSUFFICIENT_DISK_SPACE
-                ):
-                    # Nothing to resume: a wrong file, or one that does not fit.
-                    self._remove_files()
-                    return outcome
-                case _Failed():
-                    return outcome
-                case _Retry(reason=reason, retry_after=retry_after):
-                    self._backoff(reason, retry_after)
-                case _:
-                    assert_never(outcome)
-
-    def _backoff(self, reason: str, retry_after: float | None) -> None:
-        self._failures += 1
-        ceiling = min(self._opt.backoff_cap, self._opt.backoff_base * 2 ** (self._failures - 1))
-        delay = self._rng.uniform(0.0, ceiling)  # "full jitter"
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self._opt.backoff_cap))
-        log.warning(
-            "download %s of job %s: %s; retry %d in %.2f s",
-            self.download_id,
-            self.job_id,
-            reason,
-            self._failures,
-            delay,
-        )
-        self._emit(
-            DownloadRetrying(
-                download_id=self.download_id, attempt=self._failures, reason=reason, delay=delay
-            )
-        )
-        if self._cancel.wait(delay):
-            raise _Cancelled
+            outcome = _Retry(reason=_describe(e))
+        match outcome:
+            case _Done():
+                return self._finish(part)
+            case _Failed(
+                failure=DownloadFailure.VERIFICATION_FAILED
+                | DownloadFailure.INSUFFICIENT_DISK_SPACE
+            ):
+                # Nothing to resume: a wrong file, or one that does not fit.
+                self._remove_files()
+                return outcome
+            case _Failed() | _Retry():
+                # _Retry: the partial file and its sidecar stay; the next attempt resumes.
+                return outcome
+            case _:
+                assert_never(outcome)
 
     def _finish(self, part: _PartFile) -> _Done | _Failed:
         cmd = self.command
@@ -1298,9 +1281,6 @@ class Downloader:
         chunk_size: int = 1024 * 1024,
         connect_timeout: float = 30.0,
         read_timeout: float = 60.0,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 64.0,
-        rng: Jitter | None = None,
         min_free_space: int = 0,
         max_download_size: int | None = None,
         statvfs: StatVfs = os.statvfs,
@@ -1330,13 +1310,10 @@ class Downloader:
             chunk_size=chunk_size,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
             min_free_space=min_free_space,
             max_download_size=max_download_size,
             trusted_keys=trusted_keys,
         )
-        self._rng = rng if rng is not None else random.Random()
         self._statvfs = statvfs
         self._boot_id = boot_id
         # Built on the first download, not at start: loading the CA store costs an idle
@@ -1385,7 +1362,6 @@ class Downloader:
             self._folder,
             self._options,
             self._on_event,
-            self._rng,
             self._statvfs,
             self._ssl_context,
             self._boot_id(),

@@ -1,23 +1,24 @@
-"""MQTT driver: one paho-mqtt 2.x client, its TLS setup, reconnects and subscriptions.
+"""MQTT driver: one paho-mqtt 2.x client, its TLS setup, connect attempts and subscriptions.
 
 Owns the connection and turns paho callbacks into core events; payloads are parsed and
-built by `upparat.aws` only. It never decides anything about jobs and never logs
+built by `upparat.aws` only. It never decides anything about jobs, never waits to try
+again (when to reconnect or resubscribe is the core's `Backoff`), and never logs
 payloads (a job document holds pre-signed URLs) or key material.
 
 Contract with the runtime (all calls from the runtime thread; `on_event` is called from
-paho's network thread and must only queue the event):
+the driver's network thread and must only queue the event):
 
-* `start()` connects in the background; a broker that is down at start is fine. Every
-  successful (re)connect emits `MqttConnected`; losing an established connection emits
-  `MqttDisconnected`. Failed attempts are only logged, with capped exponential backoff.
+* `ConnectMqtt` makes one connect attempt in a network thread: it ends in
+  `MqttConnected`, or in `MqttConnectFailed(reason)` (TCP, TLS or the broker's CONNACK).
+  After `MqttConnected`, the end of that session emits `MqttDisconnected(reason)` and the
+  thread ends; nothing reconnects by itself. One attempt at a time: a `ConnectMqtt`
+  while one runs is ignored.
 * `SubscribeJobTopics` is answered by `SubscriptionsAcked` once the broker granted every
-  filter (SUBACK). After a reconnect the driver resubscribes by itself (MQTT clean
-  session) and emits `SubscriptionsAcked` again, after `MqttConnected`. A
-  `SubscribeJobTopics` while a subscription is in flight shares its answer; one sent
-  after the answer subscribes again and is answered again. A refused filter (SUBACK
-  failure, e.g. the IoT policy lacks iot:Subscribe) emits `PayloadIgnored(filter,
-  reason)` and the whole set is retried with the reconnect backoff; `SubscriptionsAcked`
-  waits until every filter is granted.
+  filter (SUBACK). Every connect resubscribes by itself (MQTT clean session) and emits
+  `SubscriptionsAcked` again, after `MqttConnected`. A `SubscribeJobTopics` while a
+  subscription is in flight shares its answer; one sent after the answer subscribes
+  again and is answered again. Refused filters (SUBACK failure, e.g. the IoT policy
+  lacks iot:Subscribe) are answered by one `SubscriptionsRefused` naming them.
 * Requests are published at QoS 1 only while connected; otherwise `execute` drops them
   and returns False. Publishes still unacknowledged when the link broke are dropped on
   reconnect too (paho would re-send them). So after a reconnect only what the core
@@ -25,6 +26,10 @@ paho's network thread and must only queue the event):
   `SubscriptionsAcked`, when the replies can no longer be missed.
 * `stop()` disconnects and returns within about `stop_timeout` seconds; no event is
   emitted after it returns.
+
+The network thread waits in select() for a quarter of the keepalive at a time (paho's
+default is one second): an idle daemon wakes rarely, and the PINGREQ still goes out
+well before the broker's 1.5 x keepalive limit.
 """
 
 from __future__ import annotations
@@ -45,19 +50,27 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from upparat.aws import build, parse, topics
-from upparat.core.commands import DescribeJob, RequestPendingJobs, SubscribeJobTopics, UpdateJob
+from upparat.core.commands import (
+    ConnectMqtt,
+    DescribeJob,
+    RequestPendingJobs,
+    SubscribeJobTopics,
+    UpdateJob,
+)
 from upparat.core.events import (
     Event,
     MqttConnected,
+    MqttConnectFailed,
     MqttDisconnected,
     PayloadIgnored,
     SubscriptionsAcked,
+    SubscriptionsRefused,
 )
 from upparat.core.model import ThingName
 
 log = logging.getLogger(__name__)
 
-MqttCommand = SubscribeJobTopics | RequestPendingJobs | DescribeJob | UpdateJob
+MqttCommand = ConnectMqtt | SubscribeJobTopics | RequestPendingJobs | DescribeJob | UpdateJob
 """The commands the runtime hands to this driver."""
 
 AWS_ALPN_PORT = 443
@@ -84,7 +97,7 @@ class _Round:
     refused: list[tuple[str, str]] = attrs.Factory(list)
     """(filter, reason code) of every refused filter."""
     done: bool = False
-    """Answered with `SubscriptionsAcked`. A refused round stays undone until its retry."""
+    """Answered, with `SubscriptionsAcked` or `SubscriptionsRefused`."""
 
 
 class MqttDriver:
@@ -103,12 +116,10 @@ class MqttDriver:
         certfile: StrPath | None = None,
         keyfile: StrPath | None = None,
         alpn: Sequence[str] | None = None,
-        reconnect_min_delay: int = 1,
-        reconnect_max_delay: int = 120,
         connect_timeout: float = 5.0,
         stop_timeout: float = 2.0,
     ) -> None:
-        """Check the settings and prepare the client; `start()` connects.
+        """Check the settings and prepare the client; `ConnectMqtt` connects.
 
         keepalive: seconds (AWS IoT treats values below 30 as 30 and caps at 1200; a local
         broker honours any value). alpn: None picks `x-amzn-mqtt-ca` on port 443 and none
@@ -121,16 +132,12 @@ class MqttDriver:
             client_id=client_id,
             thing_name=thing_name,
             keepalive=keepalive,
-            reconnect_min_delay=reconnect_min_delay,
-            reconnect_max_delay=reconnect_max_delay,
         )
         self._host = host
         self._port = port
         self._keepalive = keepalive
         self._thing = ThingName(thing_name)
         self._on_event = on_event
-        self._reconnect_min_delay = reconnect_min_delay
-        self._reconnect_max_delay = reconnect_max_delay
         self._stop_timeout = stop_timeout
 
         tls = _tls_context(cafile=cafile, certfile=certfile, keyfile=keyfile, alpn=alpn, port=port)
@@ -142,32 +149,32 @@ class MqttDriver:
             client_id=client_id,
             clean_session=True,
             protocol=paho.MQTTv311,
+            # One attempt per ConnectMqtt: the core decides when to try again.
+            reconnect_on_failure=False,
         )
         # Our callbacks catch everything themselves; this keeps paho's network thread alive
         # even if one day one does not.
         self._client.suppress_exceptions = True
         if tls is not None:
             self._client.tls_set_context(tls)
-        self._client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)
         self._client.connect_timeout = connect_timeout
         self._client.on_connect = self._on_connect
-        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
         # Shared between the runtime thread (execute, stop) and paho's network thread.
         self._lock = threading.RLock()
-        self._started = False
         self._stopped = False
         self._connected = False
         self._connection = 0
-        """Counts successful connects; stale SUBACKs and retries of an old one are ignored."""
+        """Counts successful connects; stale SUBACKs of an old one are ignored."""
         self._subscribe_wanted = False
         self._round: _Round | None = None
-        self._refusals = 0
-        self._retry_timer: threading.Timer | None = None
-        self._failed_attempts = 0
+        self._attempt: threading.Thread | None = None
+        self._attempts = 0
+        self._ended: str | None = None
+        """Why the current attempt or session ended (the first reason paho gave)."""
 
     # --- runtime API ---------------------------------------------------------------
 
@@ -176,28 +183,14 @@ class MqttDriver:
         with self._lock:
             return self._connected
 
-    def start(self) -> None:
-        """Connect in the background and keep reconnecting until `stop()`."""
-        with self._lock:
-            if self._started:
-                raise RuntimeError("MqttDriver.start() called twice")
-            self._started = True
-        log.info(
-            "mqtt: connecting to %s:%d as %r (%s)",
-            self._host,
-            self._port,
-            self._client_id,
-            "TLS" if self._tls else "plain TCP",
-        )
-        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
-        self._client.loop_start()
-
     def execute(self, command: MqttCommand) -> bool:
         """Carry out `command`; False when it was not sent because the connection is down.
 
         Raises `upparat.aws.InvalidCommandError` for a command no correct core produces.
         """
         match command:
+            case ConnectMqtt():
+                return self._connect_requested()
             case SubscribeJobTopics():
                 return self._subscribe_requested()
             case RequestPendingJobs() | DescribeJob() | UpdateJob():
@@ -212,20 +205,76 @@ class MqttDriver:
             if self._stopped:
                 return
             self._stopped = True
-            self._cancel_retry()
-            started = self._started
-        if not started:
+            attempt = self._attempt
+        if attempt is None:
             return
         self._client.disconnect()
-        # loop_stop joins paho's thread without a timeout; it is a daemon thread, so if a
-        # connect attempt is still blocking we return on time and the thread dies with us.
-        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
-        stopper.start()
-        stopper.join(self._stop_timeout)
-        if stopper.is_alive():
+        # The thread is a daemon: if a connect is still blocking (DNS, TCP, TLS) we return
+        # on time and it dies with us; it emits nothing after `_stopped` is set.
+        attempt.join(self._stop_timeout)
+        if attempt.is_alive():
             log.warning("mqtt: network thread did not stop within %.1f s", self._stop_timeout)
         else:
             log.info("mqtt: stopped")
+
+    # --- one connect attempt ----------------------------------------------------------
+
+    def _connect_requested(self) -> bool:
+        with self._lock:
+            if self._stopped:
+                return False
+            if self._attempt is not None and self._attempt.is_alive():
+                log.debug("mqtt: a connect attempt is running; ConnectMqtt ignored")
+                return False
+            self._attempts += 1
+            self._ended = None
+            thread = threading.Thread(
+                target=self._run_attempt, name=f"mqtt-{self._attempts}", daemon=True
+            )
+            self._attempt = thread
+        log.debug(
+            "mqtt: connecting to %s:%d as %r (%s)",
+            self._host,
+            self._port,
+            self._client_id,
+            "TLS" if self._tls else "plain TCP",
+        )
+        thread.start()
+        return True
+
+    def _run_attempt(self) -> None:
+        """The network thread of one attempt: connect, then serve the session until it ends;
+        exactly one of MqttConnectFailed / MqttDisconnected at the end."""
+        with self._lock:
+            sessions = self._connection
+        try:
+            try:
+                self._client.connect(self._host, self._port, keepalive=self._keepalive)
+            except (OSError, ValueError) as err:  # ssl.SSLError and socket.timeout too
+                self._emit(MqttConnectFailed(reason=f"TCP or TLS connection failed: {_why(err)}"))
+                return
+            self._client.loop_forever(timeout=max(1.0, self._keepalive / 4))
+            with self._lock:
+                was_connected = self._connection != sessions
+                self._connected = False
+                self._round = None
+                reason = self._ended or "the connection closed"
+            if was_connected:
+                log.warning("mqtt: %s", reason)
+                self._emit(MqttDisconnected(reason=reason))
+            else:
+                self._emit(MqttConnectFailed(reason=reason))
+        except Exception as err:  # a bug here must still end the attempt with an event
+            log.exception("mqtt: the connect attempt failed")
+            with self._lock:
+                was_connected = self._connection != sessions
+                self._connected = False
+            ended: Event = (
+                MqttDisconnected(reason=f"internal error: {err!r}")
+                if was_connected
+                else MqttConnectFailed(reason=f"internal error: {err!r}")
+            )
+            self._emit(ended)
 
     # --- publishing and subscribing -------------------------------------------------
 
@@ -255,7 +304,6 @@ class MqttDriver:
         Holding the lock across `subscribe()` matters: paho's thread may process the
         SUBACK before `subscribe()` returns the mid, and `_on_subscribe` waits for it.
         """
-        self._cancel_retry()
         round_ = _Round(connection=self._connection)
         self._round = round_
         for batch in topics.subscription_batches(self._thing):
@@ -267,17 +315,6 @@ class MqttDriver:
                 return False
             round_.pending[mid] = batch
         return True
-
-    def _retry_round(self, connection: int) -> None:
-        with self._lock:
-            if self._stopped or not self._connected or connection != self._connection:
-                return
-            self._start_round_locked()
-
-    def _cancel_retry(self) -> None:
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
 
     # --- paho callbacks (network thread) ------------------------------------------------
 
@@ -291,8 +328,8 @@ class MqttDriver:
     ) -> None:
         try:
             if reason_code.is_failure:
-                # paho closes the connection and retries with backoff.
-                self._connect_failed(f"the broker refused the connection: {reason_code}")
+                # paho closes the connection; the attempt ends in MqttConnectFailed.
+                self._end(f"the broker refused the connection: {reason_code}")
                 return
             # Requests and their replies are small and latency-bound: without TCP_NODELAY
             # each request waits ~40 ms for the broker's delayed ACK (Nagle).
@@ -313,7 +350,6 @@ class MqttDriver:
                     return
                 self._connected = True
                 self._connection += 1
-                self._failed_attempts = 0
                 self._round = None
                 if self._subscribe_wanted:
                     self._start_round_locked()
@@ -322,29 +358,11 @@ class MqttDriver:
         except Exception:
             log.exception("mqtt: on_connect failed")
 
-    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
-        try:
-            # paho does not pass the OSError / ssl.SSLError on; the broker log has details.
-            self._connect_failed(
-                "TCP or TLS connection failed (wrong host/port, broker down, or certificate rejected)"
-            )
-        except Exception:
-            log.exception("mqtt: on_connect_fail failed")
-
-    def _connect_failed(self, why: str) -> None:
+    def _end(self, why: str) -> None:
+        """Remember why the attempt or session ends; the first reason counts."""
         with self._lock:
-            self._failed_attempts += 1
-            first = self._failed_attempts == 1
-        # One line for operators per outage, the repeats at debug level.
-        log.log(
-            logging.WARNING if first else logging.DEBUG,
-            "mqtt: cannot connect to %s:%d: %s; retrying every %d-%d s",
-            self._host,
-            self._port,
-            why,
-            self._reconnect_min_delay,
-            self._reconnect_max_delay,
-        )
+            if self._ended is None:
+                self._ended = why
 
     def _on_disconnect(
         self,
@@ -357,20 +375,15 @@ class MqttDriver:
         try:
             with self._lock:
                 was_connected = self._connected
+                # No publish from now on; the attempt's thread reports the end.
                 self._connected = False
                 self._round = None
-                self._cancel_retry()
-                stopped = self._stopped
-            if stopped:
-                return
             if not was_connected:
                 # Lost before CONNACK: typically a TLS client certificate the broker rejected.
-                self._connect_failed(f"connection closed during the handshake ({reason_code})")
+                self._end(f"connection closed during the handshake ({reason_code})")
                 return
             by = " by the broker" if flags.is_disconnect_packet_from_server else ""
-            reason = f"connection lost{by} ({reason_code})"
-            log.warning("mqtt: %s; reconnecting", reason)
-            self._emit(MqttDisconnected(reason=reason))
+            self._end(f"connection lost{by} ({reason_code})")
         except Exception:
             log.exception("mqtt: on_disconnect failed")
 
@@ -398,40 +411,15 @@ class MqttDriver:
                     )
                 if round_.pending:
                     return
+                round_.done = True
                 if not round_.refused:
-                    round_.done = True
-                    self._refusals = 0
                     events.append(SubscriptionsAcked())
                 else:
-                    delay = self._schedule_retry_locked(round_.connection)
-                    events.extend(
-                        PayloadIgnored(
-                            topic=topic_filter,
-                            reason=(
-                                f"the broker refused the subscription ({code}); check that the IoT "
-                                f"policy allows iot:Subscribe on it; retrying in {delay} s"
-                            ),
-                        )
-                        for topic_filter, code in round_.refused
-                    )
+                    events.append(SubscriptionsRefused(refused=tuple(round_.refused)))
             for event in events:
-                if isinstance(event, PayloadIgnored):
-                    log.warning("mqtt: %s: %s", event.topic, event.reason)
                 self._emit(event)
         except Exception:
             log.exception("mqtt: on_subscribe failed")
-
-    def _schedule_retry_locked(self, connection: int) -> int:
-        self._refusals += 1
-        backoff = self._reconnect_min_delay << min(self._refusals - 1, 16)
-        delay = min(self._reconnect_max_delay, backoff)
-        self._cancel_retry()
-        timer = threading.Timer(delay, self._retry_round, args=(connection,))
-        timer.daemon = True
-        timer.name = "mqtt-subscribe-retry"
-        self._retry_timer = timer
-        timer.start()
-        return delay
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         try:
@@ -466,8 +454,6 @@ def _check_settings(
     client_id: str,
     thing_name: str,
     keepalive: int,
-    reconnect_min_delay: int,
-    reconnect_max_delay: int,
 ) -> None:
     if not host:
         raise MqttConfigError("mqtt: host must not be empty")
@@ -484,11 +470,6 @@ def _check_settings(
     if isinstance(keepalive, bool) or not 1 <= keepalive <= 65535:
         raise MqttConfigError(
             f"mqtt: keepalive must be 1-65535 seconds (AWS IoT uses 30-1200), got {keepalive!r}"
-        )
-    if not 1 <= reconnect_min_delay <= reconnect_max_delay:
-        raise MqttConfigError(
-            "mqtt: reconnect delays must satisfy 1 <= min <= max seconds, "
-            f"got min {reconnect_min_delay!r}, max {reconnect_max_delay!r}"
         )
 
 

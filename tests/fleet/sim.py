@@ -17,7 +17,7 @@ import heapq
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, assert_never, cast
+from typing import assert_never, cast
 
 import attrs
 
@@ -70,47 +70,6 @@ class Link:
     """(start, duration) of outages of this device's own link, in simulated seconds."""
     loss: float = 0.0
     """Share of messages to the device that are lost (a QoS 1 resend the driver dropped)."""
-
-
-# --- reconnect policies -----------------------------------------------------------------
-
-
-class ReconnectPolicy(Protocol):
-    """How long a device waits before connect attempt `attempt` (1 = first after a loss)."""
-
-    @property
-    def name(self) -> str: ...
-
-    def delay(self, attempt: int, rng: random.Random) -> float: ...
-
-
-@attrs.frozen(kw_only=True)
-class PahoBackoff:
-    """Today's driver (`upparat.io.mqtt`): paho's `reconnect_delay_set(min, max)`, which
-    waits min, 2 min, 4 min … max seconds with no jitter."""
-
-    minimum: float
-    maximum: float
-    name: str = "paho backoff, no jitter"
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return min(self.maximum, self.minimum * 2.0 ** min(attempt - 1, 30))
-
-
-@attrs.frozen(kw_only=True)
-class FullJitterBackoff:
-    """Capped exponential backoff with full jitter: uniform(0, min(cap, base · 2^(n-1)))
-    ("Exponential Backoff And Jitter", AWS Architecture Blog), at least `floor` seconds
-    (AWS IoT refuses a second CONNECT of one client id within a second)."""
-
-    base: float
-    cap: float
-    floor: float = 1.0
-    name: str = "capped exponential backoff, full jitter"
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.cap, self.base * 2.0 ** min(attempt - 1, 30))
-        return max(self.floor, rng.uniform(0.0, ceiling))
 
 
 # --- simulated drivers' timing -----------------------------------------------------------
@@ -220,7 +179,6 @@ class Device:
 
     __slots__ = (
         "alive",
-        "attempt",
         "connected",
         "fault",
         "index",
@@ -265,8 +223,6 @@ class Device:
         self.subscribed = False
         self.session = 0
         """Counts connections; a message of an earlier one is lost."""
-        self.attempt = 0
-        """Connect attempts since the link was lost."""
 
 
 # Event kinds of the queue (ints: compared never, dispatched once per event).
@@ -274,8 +230,7 @@ _FEED = 0  # payload: a core event
 _TIMER = 1  # payload: (TimerKind, token)
 _ARRIVE = 2  # payload: (session, topic, bytes), at the broker
 _DELIVER = 3  # payload: (session, topic, bytes), at the device
-_CONNECT = 4  # payload: None: one connect attempt
-_CONNACK = 5  # payload: session
+_CONNECT = 4  # payload: None: the answer to one ConnectMqtt
 _SUBACK = 6  # payload: session
 _LOST = 7  # payload: None: the device notices its connection is gone
 _GLOBAL = 8  # payload: a callable run at that time
@@ -311,7 +266,7 @@ class Fleet:
         *,
         size: int,
         seed: int,
-        reconnect: ReconnectPolicy,
+        shared_seed: int | None = None,
         settings: Settings | None = None,
         timing: Timing | None = None,
         faults: dict[int, str] | None = None,
@@ -321,12 +276,12 @@ class Fleet:
     ) -> None:
         """`warm`: every device starts where one real boot left the daemon (Idle, subscribed,
         its first pending-jobs fetch answered), instead of booting each at a random time in
-        [0, timing.boot_spread). The state is immutable, so 10,000 devices share it."""
+        [0, timing.boot_spread); each device gets that state with its own settings (seed)."""
         self.rng = random.Random(seed)
         self.now = 0.0
         self.settings = settings or Settings()
         self.timing = timing or Timing()
-        self.reconnect = reconnect
+        self.shared_seed = shared_seed
         self.broker_up = True
         self.cloud = Cloud(rng=random.Random(seed + 1), throttle=throttle)
         self.metrics = Metrics()
@@ -339,13 +294,12 @@ class Fleet:
         links = links or {}
         self.devices: list[Device] = []
         template = self._booted() if warm else None
-        seeded = "seed" in attrs.fields_dict(Settings)
         for index in range(size):
             thing = ThingName(f"device-{index:05d}")
             device = Device(
                 index=index,
                 thing=thing,
-                settings=self._own(index) if seeded else self.settings,
+                settings=self._own(),
                 link=links.get(index, Link()),
                 fault=faults.get(index, Fault.NONE),
                 running=OLD_VERSION,
@@ -360,26 +314,24 @@ class Fleet:
                 self._boot(device, self.rng.uniform(0.0, self.timing.boot_spread))
             else:
                 state, timers = template
-                device.state = attrs.evolve(state, settings=device.settings) if seeded else state
+                device.state = attrs.evolve(state, settings=device.settings)
                 device.connected = device.subscribed = True
                 device.session = 1
                 for kind, token, due in timers:
                     device.timers[kind] = token
                     self._push(due, _TIMER, device, (kind, token))
 
-    def _own(self, index: int) -> Settings:
-        """The settings of device `index`: its own jitter seed, as the daemon draws one per
-        process (with one seed for all, a fleet would retry in lockstep)."""
-        # Keyword by name: Settings has no seed before the core's Backoff (issue 15 part 1).
-        own: dict[str, Any] = {"seed": self.rng.getrandbits(63)}
-        return attrs.evolve(self.settings, **own)
+    def _own(self) -> Settings:
+        """A device's settings: its own jitter seed, as the daemon draws one per process,
+        or `shared_seed` for all (then every device draws the same jitter)."""
+        seed = self.rng.getrandbits(63) if self.shared_seed is None else self.shared_seed
+        return attrs.evolve(self.settings, seed=seed)
 
     def _booted(self) -> tuple[State, list[tuple[TimerKind, int, float]]]:
         """Boot one device with nothing pending through the real core and edge, until Idle."""
         probe = Fleet(
             size=1,
             seed=0,
-            reconnect=self.reconnect,
             settings=self.settings,
             timing=attrs.evolve(self.timing, boot_spread=0.0),
             warm=False,
@@ -435,17 +387,13 @@ class Fleet:
                 if session == device.session and device.connected and device.subscribed:
                     self._feed(device, aws.parse(device.thing, topic, body))
             elif kind == _CONNECT:
-                self._connect(device)
-            elif kind == _CONNACK:
-                if payload == device.session and device.connected:
-                    self._feed(device, e.MqttConnected())
+                self._connect_answer(device)
             elif kind == _SUBACK:
                 if payload == device.session and device.connected:
                     device.subscribed = True
                     self._feed(device, e.SubscriptionsAcked())
             elif kind == _LOST:
                 self._feed(device, e.MqttDisconnected(reason="connection lost (simulated)"))
-                self._retry_connect(device)
             elif kind == _LINK_DOWN:
                 self._link_down(device, cast(float, payload))
         self.now = max(self.now, until)
@@ -474,6 +422,8 @@ class Fleet:
                         device,
                         (device.session, topic, payload),
                     )
+            case c.ConnectMqtt():
+                self._dial(device)
             case c.SubscribeJobTopics():
                 if device.connected:
                     self._push(now + 2 * device.link.latency, _SUBACK, device, device.session)
@@ -580,36 +530,34 @@ class Fleet:
 
     def _boot(self, device: Device, at: float) -> None:
         self._push(at, _FEED, device, e.Started(journal=device.journal))
-        self._push(at, _CONNECT, device, None)  # the driver connects at start
 
     # --- the link ---------------------------------------------------------------------------
 
     def _reachable(self, device: Device) -> bool:
         return self.broker_up and not _in_drop(device.link, self.now)
 
-    def _connect(self, device: Device) -> None:
+    def _dial(self, device: Device) -> None:
+        """ConnectMqtt: one attempt; the broker answers after a round trip (a CONNACK, or a
+        refused or reset connection when it is away)."""
+        self.metrics.attempts[int(self.now)] += 1
+        self._push(self.now + 2 * device.link.latency, _CONNECT, device, None)
+
+    def _connect_answer(self, device: Device) -> None:
         if device.connected:
             return
-        second = int(self.now)
-        self.metrics.attempts[second] += 1
         if not self._reachable(device):
-            self._retry_connect(device)
+            self._feed(device, e.MqttConnectFailed(reason="connection refused (simulated)"))
             return
+        second = int(self.now)
         last = self.last_connect.get(device.index)
         if last is not None:
             self.metrics.min_connect_gap = min(self.metrics.min_connect_gap, self.now - last)
         self.last_connect[device.index] = self.now
         self.metrics.connects[second] += 1
-        device.attempt = 0
         device.connected = True
         device.subscribed = False
         device.session += 1
-        self._push(self.now + 2 * device.link.latency, _CONNACK, device, device.session)
-
-    def _retry_connect(self, device: Device) -> None:
-        device.attempt += 1
-        delay = self.reconnect.delay(device.attempt, self.rng)
-        self._push(self.now + delay, _CONNECT, device, None)
+        self._feed(device, e.MqttConnected())
 
     def _drop_connection(self, device: Device, notice: float) -> None:
         if not device.connected:

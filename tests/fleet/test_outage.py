@@ -5,11 +5,12 @@ for ten minutes; each device retries with its reconnect policy, and after the SU
 asks for its pending jobs again (notifications sent meanwhile are lost). What AWS IoT would
 see is measured per second: accepted CONNECTs, and gets (GetPendingJobExecutions).
 
-The reconnect still lives in the MQTT driver on this branch, not in the core (issue 15
-part 1 moves it there). So the jittered run drives `SIMULATED_RECONNECT`, a capped full-jitter
-backoff the harness simulates with the driver's base and cap (or the core's Settings once they
-have them); the baseline is the driver's policy today, paho's jitter-free doubling. Switching
-to the core's own reconnect means replacing `SIMULATED_RECONNECT` in tests/fleet/outage.py.
+The reconnect is the core's own (merged from the core branch, issue 15 part 1): the
+simulated driver answers each `ConnectMqtt` with one attempt, and the core waits
+`Settings.reconnect_backoff` (1 s doubling to 120 s, full jitter from its seed) between
+attempts. The daemon draws the seed per process; the baseline gives the whole fleet one
+seed, so that the very same policy draws the same jitter everywhere and the fleet comes
+back in lockstep: the jitter, not the cap, is what keeps it under the ceiling.
 """
 
 from __future__ import annotations
@@ -22,23 +23,18 @@ from tests.fleet.limits import (
     CONNECTS_PER_SECOND_PER_CLIENT_ID,
     GET_CEILING,
 )
-from tests.fleet.outage import (
-    DRIVER_RECONNECT,
-    SIMULATED_RECONNECT,
-    SIZE,
-    run_outage,
-)
+from tests.fleet.outage import ONE_SEED, OWN_SEEDS, RECONNECT, SIZE, run_outage
 from upparat.core.machine import Idle, Link
 
 
 @pytest.mark.timeout(600)
 def test_jittered_reconnect_stays_under_the_connect_and_get_ceilings() -> None:
-    fleet, rates = run_outage(SIMULATED_RECONNECT)
+    fleet, rates = run_outage(OWN_SEEDS)
 
     assert rates.peak_connects <= CONNECT_CEILING, rates.connects[:60]
     assert rates.peak_gets <= GET_CEILING, rates.gets[:60]
     # ... and the fleet is not slowed to a trickle: all back within the cap plus a second.
-    cap = int(SIMULATED_RECONNECT.cap) + 1
+    cap = int(RECONNECT.cap) + 1
     assert sum(rates.connects[:cap]) == SIZE
     # Each device came back exactly once and asked for its jobs exactly once.
     assert sum(rates.connects) == SIZE
@@ -52,11 +48,11 @@ def test_jittered_reconnect_stays_under_the_connect_and_get_ceilings() -> None:
 
 
 @pytest.mark.timeout(600)
-def test_without_jitter_the_fleet_reconnects_in_lockstep_above_the_account_quota() -> None:
-    """The baseline that makes the jitter necessary: today's driver policy."""
-    fleet, rates = run_outage(DRIVER_RECONNECT)
+def test_with_one_seed_for_all_the_fleet_reconnects_in_lockstep_above_the_quota() -> None:
+    """The baseline that shows what the jitter does: the same policy, the same draws."""
+    fleet, rates = run_outage(ONE_SEED)
 
-    # Every device waits 1, 2, 4 ... 120 s from the same instant (the broker reset every
+    # Every device draws the same waits from the same instant (the broker reset every
     # connection within a second): the whole fleet comes back within two seconds, at
     # several times the account's whole connect quota.
     assert rates.peak_connects > CONNECTS_PER_SECOND_PER_ACCOUNT

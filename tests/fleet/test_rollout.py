@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from tests.fleet.limits import ROLLOUT_PER_MINUTE
-from tests.fleet.sim import Fault, Fleet, FullJitterBackoff, Job, Link
+from tests.fleet.sim import Fault, Fleet, Job, Link
 from upparat.core.machine import Idle
 
 SIZE = 10_000
@@ -47,7 +47,6 @@ def _fleet() -> tuple[Fleet, dict[int, str], set[int]]:
     fleet = Fleet(
         size=SIZE,
         seed=SEED,
-        reconnect=FullJitterBackoff(base=1.0, cap=120.0),
         faults=faults,
         links=links,
     )

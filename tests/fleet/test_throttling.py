@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from tests.fleet.limits import ROLLOUT_PER_MINUTE
-from tests.fleet.sim import Fleet, FullJitterBackoff, Job
+from tests.fleet.sim import Fleet, Job
 from upparat.core.machine import Idle
 
 SIZE = 10_000
@@ -30,9 +30,7 @@ GAP = 60.0 / ROLLOUT_PER_MINUTE
 
 @pytest.mark.timeout(600)
 def test_a_throttling_cloud_slows_the_fleet_down_and_fails_no_job() -> None:
-    fleet = Fleet(
-        size=SIZE, seed=SEED, reconnect=FullJitterBackoff(base=1.0, cap=120.0), throttle=SHARE
-    )
+    fleet = Fleet(size=SIZE, seed=SEED, throttle=SHARE)
     fleet.cloud.throttle_until = START + THROTTLED_FOR
     fleet.create_job(JOB, per_minute=ROLLOUT_PER_MINUTE, start=START)
     fleet.run(until=3 * 3600.0)

@@ -87,6 +87,9 @@ class Timing:
     """A broker that goes away resets the connections: each device notices within this."""
     boot_spread: float = 60.0
     """Cold start: devices boot at uniform times in [0, boot_spread)."""
+    reboots: bool = True
+    """The restart hook reboots the device (a new daemon process boots from its journal);
+    False: a soft restart, the hook answers SUCCESS and the daemon verifies at once."""
     progress: bool = False
     """Report download and install progress half way. Off by default: the core's throttle
     (tests/core) decides what reaches the cloud, and here each report is one more update
@@ -473,8 +476,12 @@ class Fleet:
                         e.HookProgressed(call_id=call.call_id, line="50%", percent=50),
                     )
             case HookKind.RESTART:
-                self._restart(device)
-                return
+                if timing.reboots:
+                    self._restart(device)
+                    return
+                # A soft restart (an application, not the OS): the hook returns and the
+                # daemon lives on, running what was installed.
+                device.running = device.slot
             case _:
                 assert_never(call.hook)
         self._later(

@@ -63,7 +63,9 @@ def test_a_throttling_cloud_slows_the_fleet_down_and_fails_no_job() -> None:
     early = [durations[i] for i in range(int(120.0 / GAP))]
     late = [durations[i] for i in range(int((THROTTLED_FOR + 60.0) / GAP), SIZE)]
     slowdown = statistics.median(early) - statistics.median(late)
-    # Each job waits for the answers to its describe and to reboot_start; at 30 % many of
-    # them are refused, and the core waits at least 1 s (Settings.request_backoff) before
-    # sending a refused request again.
-    assert slowdown >= 1.0, (statistics.median(early), statistics.median(late))
+    # Three requests are on each job's critical path: the describe, reboot_start (Restart
+    # waits for its acceptance) and the final report (its acceptance is the end). At 30 %
+    # each is refused 0.43 times on average and then waits 1-2 s (Settings.request_backoff:
+    # 2 s, half of it jitter) before it is sent again: about 2 s more per job. (Seed 30:
+    # 139.5 s against 135.0 s.)
+    assert slowdown >= 2.0, (statistics.median(early), statistics.median(late))

@@ -176,8 +176,11 @@ class Hooks:
     version: str = "1.0"
     results: dict[HookKind, list[e.HookResult]] = attrs.field(factory=dict)
 
-    def execute(self, command: c.CallHook | c.CancelHook) -> None:
+    def execute(self, command: c.AskHookInfo | c.CallHook | c.CancelHook) -> None:
         self.log.append(("hooks", command))
+        if isinstance(command, c.AskHookInfo):
+            self.inbox.post(e.HookServerInfo(hooks=frozenset(HookKind)))
+            return
         if isinstance(command, c.CancelHook):
             return
         queued = self.results.get(command.hook)

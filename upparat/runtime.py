@@ -71,7 +71,7 @@ class MqttDriver(Protocol):
 
 
 class HookDriver(Protocol):
-    def execute(self, command: c.CallHook | c.CancelHook) -> None: ...
+    def execute(self, command: c.AskHookInfo | c.CallHook | c.CancelHook) -> None: ...
     def close(self) -> None: ...
 
 
@@ -231,7 +231,7 @@ class Runtime:
                     self._services.job_failed(
                         command.job_id, details.get("state", ""), details.get("message", "")
                     )
-            case c.CallHook() | c.CancelHook():
+            case c.AskHookInfo() | c.CallHook() | c.CancelHook():
                 self._hooks.execute(command)
             case c.StartDownload() | c.CancelDownload() | c.DiscardDownload():
                 self._downloader.execute(command)

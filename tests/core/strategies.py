@@ -22,6 +22,7 @@ from upparat.core.events import (
     HookDeadlineExceeded,
     HookFailure,
     HookFinished,
+    HookInfoFailed,
     HookProgressed,
     HookResult,
     HookRetryLater,
@@ -151,6 +152,11 @@ _dials = (
 _resubscribes = st.none() | st.builds(
     machine.Resubscribing, refusals=st.integers(0, 100), timer=st.integers(0, 10)
 )
+_hook_infos = (
+    st.none()
+    | st.builds(machine.Asking, failures=st.integers(0, 100))
+    | st.builds(machine.AskingLater, failures=st.integers(0, 100), timer=st.integers(0, 10))
+)
 
 states: st.SearchStrategy[machine.State] = st.builds(
     machine.State,
@@ -160,6 +166,7 @@ states: st.SearchStrategy[machine.State] = st.builds(
     serial=st.integers(0, 10**6),
     dial=_dials,
     resubscribe=_resubscribes,
+    hook_info=_hook_infos,
     draws=st.integers(0, 10**6),
 )
 
@@ -173,6 +180,7 @@ def _state_in(stage_class: type[machine.Stage]) -> st.SearchStrategy[machine.Sta
         serial=st.integers(0, 10**6),
         dial=_dials,
         resubscribe=_resubscribes,
+        hook_info=_hook_infos,
         draws=st.integers(0, 10**6),
     )
 
@@ -296,6 +304,7 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
     ),
     PayloadIgnored: st.builds(PayloadIgnored, topic=_texts, reason=_texts),
     HookServerInfo: st.builds(HookServerInfo, hooks=st.frozensets(st.sampled_from(HookKind))),
+    HookInfoFailed: st.builds(HookInfoFailed, detail=_texts, unimplemented=st.booleans()),
     HookProgressed: st.builds(
         HookProgressed,
         call_id=_ints.map(CallId),

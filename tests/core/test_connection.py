@@ -9,6 +9,7 @@ import collections
 from tests.core.playbook import Playbook, between, kinds, like
 from upparat.core import machine
 from upparat.core.commands import (
+    AskHookInfo,
     ConnectMqtt,
     RequestPendingJobs,
     SetTimer,
@@ -44,7 +45,7 @@ def failing_broker(p: Playbook, attempts: int) -> list[float]:
 
 def test_a_broker_down_at_start_is_tried_again_with_a_capped_jittered_backoff() -> None:
     p = Playbook(Settings(seed=7, reconnect_max_delay=120))
-    assert p.feed(Started()) == [ConnectMqtt()]
+    assert p.feed(Started()) == [AskHookInfo(), ConnectMqtt()]
     delays = failing_broker(p, 12)
     # Full jitter: anywhere from 0 to 1, 2, 4 ... s, never more than the cap.
     ceilings = [1, 2, 4, 8, 16, 32, 64, 120, 120, 120, 120, 120]

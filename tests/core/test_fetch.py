@@ -18,6 +18,7 @@ from tests.core.playbook import (
 )
 from upparat.core import machine
 from upparat.core.commands import (
+    AskHookInfo,
     CallHook,
     ConnectMqtt,
     DescribeJob,
@@ -59,7 +60,7 @@ from upparat.core.model import (
 
 def test_start_subscribes_then_requests_pending_jobs_once_acknowledged() -> None:
     p = Playbook()
-    assert p.feed(Started()) == [ConnectMqtt()]
+    assert p.feed(Started()) == [AskHookInfo(), ConnectMqtt()]
     assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
     assert p.feed(SubscriptionsAcked()) == [
         like(RequestPendingJobs),
@@ -71,7 +72,7 @@ def test_connection_before_started_waits_for_the_journal() -> None:
     p = Playbook()
     assert p.feed(MqttConnected()) == [SubscribeJobTopics()]
     assert p.feed(SubscriptionsAcked()) == []
-    assert kinds(p.feed(Started())) == [RequestPendingJobs, SetTimer]
+    assert kinds(p.feed(Started())) == [AskHookInfo, RequestPendingJobs, SetTimer]
 
 
 def test_nothing_is_published_before_the_subscription_is_acknowledged() -> None:

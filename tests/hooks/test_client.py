@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -31,12 +32,13 @@ from tests.hooks.contract_cases import (
     tree,
     wait_gone,
 )
-from upparat.core.commands import CallHook, CancelHook
+from upparat.core.commands import AskHookInfo, CallHook, CancelHook
 from upparat.core.events import (
     Event,
     HookDeadlineExceeded,
     HookFailure,
     HookFinished,
+    HookInfoFailed,
     HookProgressed,
     HookRetryLater,
     HookServerInfo,
@@ -55,6 +57,9 @@ from upparat.hooks.client import (
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
 WAIT = 10.0
+
+
+E = TypeVar("E", bound=Event)
 
 
 class Recorder:
@@ -98,6 +103,15 @@ class Recorder:
     def infos(self) -> list[HookServerInfo]:
         with self._cond:
             return [e for e in self.events if isinstance(e, HookServerInfo)]
+
+    def wait_for(self, kind: type[E], timeout: float = WAIT) -> E:
+        event = self.wait(lambda e: isinstance(e, kind), timeout)
+        assert isinstance(event, kind)
+        return event
+
+    def count(self, kind: type[Event]) -> int:
+        with self._cond:
+            return sum(isinstance(e, kind) for e in self.events)
 
 
 _ids = iter(range(1, 1_000_000))
@@ -191,9 +205,12 @@ def test_an_authority_in_a_unix_endpoint_is_refused() -> None:
 # --- against the shell hook server ---------------------------------------------------------
 
 
-def test_server_info_at_start(shell: tuple[HookClient, Recorder]) -> None:
-    _, recorder = shell
+def test_server_info_when_asked(shell: tuple[HookClient, Recorder]) -> None:
+    client, recorder = shell
+    time.sleep(0.2)
+    assert recorder.infos() == []  # only when the core asks (at start, when a job begins)
 
+    client.execute(AskHookInfo())
     info = recorder.info()
 
     assert info == HookServerInfo(
@@ -336,18 +353,27 @@ def test_close_cancels_running_calls_and_later_calls_are_unavailable(
     assert recorder.of_call(running.call_id) == []
 
 
-def test_server_down_is_unavailable_and_info_follows_every_comeback(
+def test_server_down_is_unavailable_and_info_is_asked_once_per_command(
     tmp_path: Path, client_for: Callable[..., tuple[HookClient, Recorder]]
 ) -> None:
     with hook_server_factory(SHELL, tmp_path) as factory:
         sock = factory.socket_path()
-        client, recorder = client_for(f"unix://{sock}", info_retry=0.2)
+        client, recorder = client_for(f"unix://{sock}", info_timeout=0.5)
 
         down = run(client, recorder, call_hook(HookKind.VERSION))
         assert isinstance(down, HookUnavailable)
+        client.execute(AskHookInfo())
+        failed = recorder.wait_for(HookInfoFailed)
+        assert failed.detail.startswith("DEADLINE_EXCEEDED")  # waited for it, bounded
+        assert not failed.unimplemented
         assert recorder.infos() == []
 
         first = factory.start({"version": "echo 1.0"}, socket_path=sock)
+        time.sleep(0.3)
+        # Nothing asks by itself: the one failed GetInfo stays the only answer.
+        assert recorder.infos() == []
+        assert recorder.count(HookInfoFailed) == 1
+        client.execute(AskHookInfo())
         info = recorder.info()
         assert info == HookServerInfo(
             hooks=frozenset({HookKind.VERSION}),
@@ -361,6 +387,7 @@ def test_server_down_is_unavailable_and_info_follows_every_comeback(
         assert isinstance(run(client, recorder, call_hook(HookKind.VERSION)), HookUnavailable)
 
         factory.start({"version": "echo 2.0"}, socket_path=sock)
+        client.execute(AskHookInfo())  # the core asks when the next job begins
         assert recorder.info(2).hooks == frozenset({HookKind.VERSION})
         assert run(client, recorder, call_hook(HookKind.VERSION)) == HookSuccess(value="2.0")
 
@@ -587,9 +614,10 @@ def test_garbage_progress_is_cleaned_and_a_bad_percent_dropped(
 def test_no_server_info_without_get_info(broken: tuple[HookClient, Recorder]) -> None:
     client, recorder = broken
 
-    run(client, recorder, call_hook(HookKind.RESTART))  # the channel is up by now
-    time.sleep(0.3)
+    client.execute(AskHookInfo())
+    failed = recorder.wait_for(HookInfoFailed)
 
+    assert failed.unimplemented
     assert recorder.infos() == []
 
 

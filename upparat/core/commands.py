@@ -63,6 +63,11 @@ class UpdateJob:
 
 
 @attrs.frozen(kw_only=True)
+class AskHookInfo:
+    """One GetInfo call; answered by `HookServerInfo` or `HookInfoFailed`."""
+
+
+@attrs.frozen(kw_only=True)
 class CallHook:
     call_id: CallId
     hook: HookKind
@@ -149,6 +154,7 @@ Command = (
     | RequestPendingJobs
     | DescribeJob
     | UpdateJob
+    | AskHookInfo
     | CallHook
     | CancelHook
     | StartDownload

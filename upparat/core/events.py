@@ -151,6 +151,15 @@ class HookServerInfo:
     server_version: str = ""
 
 
+@attrs.frozen(kw_only=True)
+class HookInfoFailed:
+    """GetInfo got no answer (`unimplemented`: the server has no GetInfo; its hooks are
+    learnt per call instead). When to ask again is the core's decision."""
+
+    detail: str
+    unimplemented: bool = False
+
+
 # --- hook call results -------------------------------------------------------
 
 
@@ -290,6 +299,7 @@ Event = (
     | UpdateAccepted
     | PayloadIgnored
     | HookServerInfo
+    | HookInfoFailed
     | HookProgressed
     | HookFinished
     | DownloadProgressed

@@ -14,6 +14,7 @@ import attrs
 
 from upparat.core.backoff import Backoff
 from upparat.core.commands import (
+    AskHookInfo,
     CallHook,
     CancelDownload,
     CancelHook,
@@ -40,6 +41,7 @@ from upparat.core.events import (
     HookDeadlineExceeded,
     HookFailure,
     HookFinished,
+    HookInfoFailed,
     HookProgressed,
     HookResult,
     HookRetryLater,
@@ -143,6 +145,21 @@ class Resubscribing:
     SUBSCRIBE_RETRY `timer` subscribes again."""
 
     refusals: int
+    timer: int
+
+
+@attrs.frozen(kw_only=True)
+class Asking:
+    """`AskHookInfo` was sent; `failures` calls failed in a row before it."""
+
+    failures: int
+
+
+@attrs.frozen(kw_only=True)
+class AskingLater:
+    """GetInfo failed `failures` times in a row; HOOK_INFO_RETRY `timer` asks again."""
+
+    failures: int
     timer: int
 
 
@@ -406,6 +423,8 @@ class State:
     dial: Dialing | Redialing | None = None
     """Connecting to the broker; None before `Started` and while a session is up."""
     resubscribe: Resubscribing | None = None
+    hook_info: Asking | AskingLater | None = None
+    """GetInfo under way; None once answered (it is asked at start and when a job begins)."""
     """Subscriptions refused on this connection (only while `link` is SUBSCRIBING)."""
     serial: int = 0
     """Source of client tokens, call ids, download ids and timer tokens."""
@@ -473,7 +492,9 @@ def _dispatch(state: State, event: Event, now: float) -> Out:
         case PayloadIgnored(topic=topic, reason=reason):
             return state, [_log(LogLevel.WARNING, f"ignored a message on {topic}: {reason}")]
         case HookServerInfo():
-            return _on_hook_server_info(state, event)
+            return _on_hook_server_info(attrs.evolve(state, hook_info=None), event)
+        case HookInfoFailed():
+            return _on_hook_info_failed(state, event)
         case HookProgressed():
             return _on_hook_progressed(state, event, now)
         case HookFinished():
@@ -504,6 +525,8 @@ def _on_started(state: State, event: Started) -> Out:
         )
     state = attrs.evolve(state, journal=journal, stage=FetchingJobs())
     commands: list[Command] = [_log(LogLevel.INFO, f"started; {note}")]
+    state, ask = _ask_hook_info(state)
+    commands += ask
     if state.link is Link.DOWN and state.dial is None:
         state = attrs.evolve(state, dial=Dialing(failures=0))
         commands.append(ConnectMqtt())
@@ -765,9 +788,8 @@ def _select(
         chosen = (running or waiting)[0].job_id
         which = "in progress" if running else "queued"
         message = f"job {chosen}: selected ({which}); describing it"
-        return attrs.evolve(state, stage=Describing(job_id=chosen)), [
-            _log(LogLevel.INFO, message, chosen)
-        ]
+        state, ask = _ask_hook_info(attrs.evolve(state, stage=Describing(job_id=chosen)))
+        return state, [_log(LogLevel.INFO, message, chosen), *ask]
     message = "no pending upparat job; waiting for notifications"
     return attrs.evolve(state, stage=Idle()), [_log(LogLevel.INFO, message)]
 
@@ -1407,6 +1429,45 @@ def _on_hook_progressed(state: State, event: HookProgressed, now: float) -> Out:
     return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
 
 
+def _ask_hook_info(state: State) -> Out:
+    """GetInfo at start and when a job begins (a hook server restarted or upgraded while
+    the device was idle is found by the next job); nothing is asked while idle."""
+    if state.hook_info is not None:
+        return state, []  # under way, or a retry is due anyway
+    return attrs.evolve(state, hook_info=Asking(failures=0)), [AskHookInfo()]
+
+
+def _on_hook_info_failed(state: State, event: HookInfoFailed) -> Out:
+    asking = state.hook_info
+    if not isinstance(asking, Asking):
+        return state, [_log(LogLevel.DEBUG, "a GetInfo answer nobody asked for was ignored")]
+    if event.unimplemented:
+        note = "the hook server has no GetInfo; its hooks are learnt per call"
+        return attrs.evolve(state, hook_info=None), [_log(LogLevel.INFO, note)]
+    failures = asking.failures + 1
+    policy = state.settings.hook_unavailable_backoff
+    state, delay = _delay(state, policy, failures)
+    state, timer = _next(state)
+    state = attrs.evolve(state, hook_info=AskingLater(failures=failures, timer=timer))
+    level = LogLevel.WARNING if failures == 1 else LogLevel.DEBUG
+    message = f"GetInfo failed ({event.detail}); asking again in {delay:.0f} s"
+    return state, [
+        SetTimer(timer=TimerKind.HOOK_INFO_RETRY, token=timer, delay=delay),
+        _log(level, message),
+    ]
+
+
+def _hook_info_timer(state: State, token: int) -> Out:
+    later = state.hook_info
+    if not isinstance(later, AskingLater) or later.timer != token:
+        return state, []
+    if isinstance(state.stage, Idle):
+        # Idle costs nothing: the next job asks again.
+        return attrs.evolve(state, hook_info=None), []
+    state = attrs.evolve(state, hook_info=Asking(failures=later.failures))
+    return state, [AskHookInfo()]
+
+
 def _on_hook_server_info(state: State, event: HookServerInfo) -> Out:
     absent = frozenset(HookKind) - event.hooks
     hooks = ", ".join(sorted(h.value for h in event.hooks)) or "none"
@@ -2005,6 +2066,8 @@ def _on_timer(state: State, event: TimerFired, now: float) -> Out:
             if isinstance(stage, ShuttingDown) and stage.timer == token:
                 message = "gave up waiting for the last job reports to be accepted"
                 return _exit(state, [_log(LogLevel.WARNING, message)])
+        case TimerKind.HOOK_INFO_RETRY:
+            return _hook_info_timer(state, token)
         case TimerKind.DOWNLOAD_RETRY:
             if isinstance(stage, Downloading) and stage.retry == token:
                 return _next_attempt(state, stage)

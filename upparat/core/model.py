@@ -178,6 +178,8 @@ class TimerKind(enum.Enum):
     """Subscribe again after the broker refused a filter."""
     DOWNLOAD_RETRY = "download_retry"
     """Start the next attempt of an interrupted download."""
+    HOOK_INFO_RETRY = "hook_info_retry"
+    """Ask the hook server for GetInfo again."""
 
 
 class Phase(enum.Enum):

@@ -1,14 +1,15 @@
 """The hook client driver: carries `CallHook` / `CancelHook` to the hook server over gRPC.
 
-Owns the channel, one thread per call and the GetInfo watcher. It is the only place in
+Owns the channel and one thread per call (GetInfo included). It is the only place in
 the daemon that catches gRPC exceptions: each call ends in exactly one `HookFinished`
-(unless the core cancelled it) and nothing here raises into the runtime. The mapping of
+(unless the core cancelled it), each `AskHookInfo` in one `HookServerInfo` or
+`HookInfoFailed`, and nothing here raises into the runtime. It never calls again by
+itself: when to ask again is the core's. The mapping of
 gRPC statuses and HookResults follows the comment block of hooks.proto.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -21,12 +22,13 @@ import attrs
 import grpc
 from google.protobuf import duration_pb2
 
-from upparat.core.commands import CallHook, CancelHook
+from upparat.core.commands import AskHookInfo, CallHook, CancelHook
 from upparat.core.events import (
     Event,
     HookDeadlineExceeded,
     HookFailure,
     HookFinished,
+    HookInfoFailed,
     HookProgressed,
     HookResult,
     HookRetryLater,
@@ -52,6 +54,10 @@ KEEPALIVE_MS = 300_000
 """Ping a quiet connection every 5 minutes: gRPC servers by default refuse pings more
 often than that (and then close the connection), and it still notices a dead TCP peer
 within a long install. A unix socket reports a dead server at once anyway."""
+
+IDLE_TIMEOUT_MS = 60_000
+INFO_TIMEOUT = 5.0
+"""Seconds one GetInfo may take."""
 
 _HOOK_KINDS = {
     hooks_pb2.HOOK_VERSION: HookKind.VERSION,
@@ -94,8 +100,9 @@ def channel_options() -> list[tuple[str, int | str]]:
         ("grpc.keepalive_permit_without_calls", 0),
         # The core decides about retries (the contract's UNAVAILABLE rule), not the channel.
         ("grpc.enable_retries", 0),
-        # Stay connected while idle: IDLE then means the hook server went away.
-        ("grpc.client_idle_timeout_ms", 2**31 - 1),
+        # A device is idle for months: drop the connection a minute after the last call
+        # (the next call reconnects; issue 16).
+        ("grpc.client_idle_timeout_ms", IDLE_TIMEOUT_MS),
         # Notice a hook server that came back within seconds, not minutes.
         ("grpc.initial_reconnect_backoff_ms", 500),
         ("grpc.max_reconnect_backoff_ms", 5_000),
@@ -227,8 +234,8 @@ class _Call:
 class HookClient:
     """Executes hook commands against the hook server at `endpoint`; reports via `on_event`.
 
-    `on_event` is called from the client's threads (GetInfo watcher, one per call); it
-    must be quick and thread-safe (e.g. put the event on the runtime's queue).
+    `on_event` is called from the client's threads (one per call); it must be quick and
+    thread-safe (e.g. put the event on the runtime's queue).
     A call cancelled by `CancelHook` emits nothing after `execute` returns; a result that
     arrived just before may already be on its way, and the core ignores events of a call
     id it cancelled.
@@ -239,28 +246,24 @@ class HookClient:
         endpoint: str,
         on_event: Callable[[Event], None],
         *,
-        info_retry: float = 5.0,
+        info_timeout: float = INFO_TIMEOUT,
     ) -> None:
         self.target = channel_target(endpoint)
         self._on_event = on_event
-        self._info_retry = info_retry
-        self._info_failures = 0
+        self._info_timeout = info_timeout
         self._channel = grpc.insecure_channel(self.target, options=channel_options())
         self._hooks = hooks_pb2_grpc.HookServiceStub(self._channel)
         self._identity = hooks_pb2_grpc.IdentityServiceStub(self._channel)
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
         self._calls: dict[CallId, _Call] = {}
         self._closed = False
-        self._state: grpc.ChannelConnectivity | None = None
-        self._channel.subscribe(self._on_connectivity)
-        self._watcher = threading.Thread(target=self._watch, name="hook-info", daemon=True)
-        self._watcher.start()
 
     # -- commands -------------------------------------------------------------------------
 
-    def execute(self, command: CallHook | CancelHook) -> None:
+    def execute(self, command: AskHookInfo | CallHook | CancelHook) -> None:
         match command:
+            case AskHookInfo():
+                threading.Thread(target=self._ask_info, name="hook-info", daemon=True).start()
             case CallHook():
                 self._call(command)
             case CancelHook(call_id=call_id):
@@ -275,14 +278,10 @@ class HookClient:
             calls = list(self._calls.values())
             for call in calls:
                 call.cancelled = True
-            self._cond.notify_all()
         for call in calls:
             if call.cancel_rpc is not None:
                 call.cancel_rpc()
-        with contextlib.suppress(ValueError):  # already gone
-            self._channel.unsubscribe(self._on_connectivity)
         self._channel.close()
-        self._watcher.join(timeout=2.0)
 
     def _call(self, command: CallHook) -> None:
         with self._lock:
@@ -487,67 +486,40 @@ class HookClient:
         except Exception:
             log.exception("event handler failed on %s", type(event).__name__)
 
-    # -- the GetInfo watcher ----------------------------------------------------------------
+    # -- GetInfo ------------------------------------------------------------------------
 
-    def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
-        with self._cond:
-            self._state = state
-            self._cond.notify_all()
+    def _ask_info(self) -> None:
+        """One GetInfo; ends in HookServerInfo or HookInfoFailed (none once closed)."""
+        try:
+            try:
+                # wait_for_ready, bounded by the timeout: a server that just came back is
+                # found although the channel is still in its reconnect backoff.
+                reply = self._identity.GetInfo(
+                    hooks_pb2.GetInfoRequest(), timeout=self._info_timeout, wait_for_ready=True
+                )
+            except grpc.RpcError as e:
+                code, details = rpc_status(e)
+                if self._is_closed():
+                    return
+                log.debug("GetInfo at %s failed: %s: %s", self.target, code.name, details)
+                self._emit(
+                    HookInfoFailed(
+                        detail=clean_line(f"{code.name}: {details}", 256),
+                        unimplemented=code == grpc.StatusCode.UNIMPLEMENTED,
+                    )
+                )
+                return
+            self._report_info(reply)
+        except Exception as e:  # a bug here must still answer AskHookInfo
+            log.exception("GetInfo failed")
+            if not self._is_closed():
+                self._emit(HookInfoFailed(detail=f"internal error in the hook client: {e!r}"))
 
     def _is_closed(self) -> bool:
-        return self._closed  # a call, so that mypy does not keep an earlier narrowing
+        with self._lock:
+            return self._closed
 
-    def _watch(self) -> None:
-        """GetInfo whenever the channel becomes READY: at start and after every reconnect."""
-        try:
-            while not self._is_closed():
-                if not self._ask_info():
-                    continue
-                with self._cond:
-                    # The subscription may report READY a moment after the answer.
-                    self._cond.wait_for(
-                        lambda: self._closed or self._state == grpc.ChannelConnectivity.READY,
-                        timeout=1.0,
-                    )
-                    self._cond.wait_for(
-                        lambda: self._closed or self._state != grpc.ChannelConnectivity.READY
-                    )
-                    if self._is_closed():
-                        return
-                    state = self._state
-                log.info("hook server connection lost (%s)", state.name if state else "?")
-        except Exception:
-            log.exception("hook server watcher stopped")
-
-    def _ask_info(self) -> bool:
-        """Asks GetInfo once; True when the server answered (or has no GetInfo) or we close."""
-        try:
-            # wait_for_ready: waits for the server (and makes an IDLE channel connect)
-            # instead of failing at once while it is away.
-            reply = self._identity.GetInfo(
-                hooks_pb2.GetInfoRequest(), timeout=self._info_retry, wait_for_ready=True
-            )
-        except grpc.RpcError as e:
-            code, details = rpc_status(e)
-            if self._is_closed():
-                return True
-            if code == grpc.StatusCode.UNIMPLEMENTED:
-                log.info("hook server does not implement GetInfo; hooks are learnt per call")
-                return True
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                log.debug("hook server not reachable at %s yet", self.target)
-                return False  # the wait for it was the pause
-            self._info_failures += 1
-            log.log(
-                logging.WARNING if self._info_failures == 1 else logging.DEBUG,
-                "GetInfo failed (%s: %s); asking again every %g s",
-                code.name,
-                details,
-                self._info_retry,
-            )
-            with self._cond:
-                return self._cond.wait_for(lambda: self._closed, timeout=self._info_retry)
-        self._info_failures = 0
+    def _report_info(self, reply: hooks_pb2.GetInfoResponse) -> None:
         hooks = frozenset(_HOOK_KINDS[h] for h in reply.hooks if h in _HOOK_KINDS)
         info = HookServerInfo(
             hooks=hooks,
@@ -567,4 +539,3 @@ class HookClient:
             )
         if not self._is_closed():
             self._emit(info)
-        return True

@@ -437,6 +437,10 @@ class Fleet:
                 device.timers.pop(kind, None)
             case c.Persist(record=record):
                 device.journal = record
+            case c.AskHookInfo():
+                # The hook server implements every hook (GetInfo over the socket).
+                info = e.HookServerInfo(hooks=frozenset(HookKind), server_name="simulated")
+                self._later(device, self.timing.hook, info)
             case c.CallHook():
                 self._hook(device, command)
             case c.CancelHook() | c.CancelDownload() | c.DiscardDownload():

@@ -490,6 +490,31 @@ def test_a_broker_down_at_start_is_fine(tmp_path: Path, make_driver: DriverFacto
         broker.stop()
 
 
+def test_a_connect_asked_for_right_after_a_failure_is_made(
+    tmp_path: Path, make_driver: DriverFactory
+) -> None:
+    # The core's jittered delay can be ~0 s: the ConnectMqtt that answers a failure may
+    # come before the failed attempt's thread has returned. Here it comes at the
+    # earliest possible moment, from inside the failure's own callback: it must start
+    # the next attempt, not be taken for a second concurrent one and dropped.
+    events = Recorder()
+    drivers: list[MqttDriver] = []
+    built = threading.Event()
+
+    def core(event: Event) -> None:
+        events(event)
+        if isinstance(event, MqttConnectFailed) and events.count(MqttConnectFailed) < 5:
+            built.wait(5)  # the first attempt may fail before make_driver returns
+            assert drivers[0].execute(ConnectMqtt())
+
+    drivers.append(make_driver(free_port(), core, redial=None))
+    built.set()
+    deadline = time.monotonic() + 10
+    while events.count(MqttConnectFailed) < 5:
+        assert time.monotonic() < deadline, events.events
+        time.sleep(0.05)
+
+
 def test_subscribe_while_subscribing_is_answered_once(
     mosquitto: Mosquitto, make_driver: DriverFactory
 ) -> None:

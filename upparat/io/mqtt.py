@@ -251,7 +251,8 @@ class MqttDriver:
             try:
                 self._client.connect(self._host, self._port, keepalive=self._keepalive)
             except (OSError, ValueError) as err:  # ssl.SSLError and socket.timeout too
-                self._emit(MqttConnectFailed(reason=f"TCP or TLS connection failed: {_why(err)}"))
+                reason = f"TCP or TLS connection failed: {_why(err)}"
+                self._end_attempt(MqttConnectFailed(reason=reason))
                 return
             self._client.loop_forever(timeout=max(1.0, self._keepalive / 4))
             with self._lock:
@@ -261,9 +262,9 @@ class MqttDriver:
                 reason = self._ended or "the connection closed"
             if was_connected:
                 log.warning("mqtt: %s", reason)
-                self._emit(MqttDisconnected(reason=reason))
+                self._end_attempt(MqttDisconnected(reason=reason))
             else:
-                self._emit(MqttConnectFailed(reason=reason))
+                self._end_attempt(MqttConnectFailed(reason=reason))
         except Exception as err:  # a bug here must still end the attempt with an event
             log.exception("mqtt: the connect attempt failed")
             with self._lock:
@@ -274,7 +275,16 @@ class MqttDriver:
                 if was_connected
                 else MqttConnectFailed(reason=f"internal error: {err!r}")
             )
-            self._emit(ended)
+            self._end_attempt(ended)
+
+    def _end_attempt(self, event: Event) -> None:
+        """The attempt's last event. The slot is freed first, under the same lock: the
+        core may answer with ConnectMqtt at once (a jittered delay can be ~0 s), and that
+        must start the next attempt, not be ignored as a second concurrent one."""
+        with self._lock:
+            if self._attempt is threading.current_thread():
+                self._attempt = None
+            self._emit(event)
 
     # --- publishing and subscribing -------------------------------------------------
 

@@ -13,7 +13,8 @@ executions, which suits the emulator's handful of things but would make 10,000 t
 Cost, measured (cProfile, 1,000 devices): a device's whole job is about 26 core steps and
 9 requests, 2-4 ms of CPU, of which the core's `step` takes ~35 %, the emulator's parse and
 model ~20 %, the edge's parse ~18 % and this loop ~12 %. So events are tuples on one heap,
-payloads are plain values, and a fleet starts warm (one real boot, its state shared).
+payloads are plain values, and a fleet starts warm (one real boot, its state handed to
+every device with its own seed).
 """
 
 from __future__ import annotations

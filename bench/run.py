@@ -5,6 +5,7 @@ the daemons, an HTTP origin) and measures download time, cloud traffic, memory, 
 job latency and hook overhead in one run. Prints progress on stderr.
 
     .venv/bin/python bench/run.py [--quick | --smoke] [--out DIR] [--keep] [--no-install]
+    .venv/bin/python bench/run.py --fleet [--out DIR]   # only the simulated fleet section
 
 --smoke needs no network: upparat 1.12 and py-spy are used only if already installed.
 Otherwise a missing bench/.venv112 (1.12) and py-spy are installed from PyPI first.
@@ -30,6 +31,7 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fleet
 from upbench import measure
 from upbench.origin import Origin
 from upbench.report import Environment, Results, render
@@ -536,7 +538,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-install", action="store_true", help="install neither upparat 1.12 nor py-spy"
     )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="only the simulated fleet section of RESULTS.md (bench/fleet.py, ~10 s)",
+    )
     args = parser.parse_args(args_list)
+    if args.fleet:
+        return fleet.main(["--out", str(args.out / "RESULTS.md")])
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     workdir = Path(tempfile.mkdtemp(prefix="upparat-bench-"))
     ok = False
@@ -545,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run(mode, workdir, allow_install=not args.no_install, argv=args_list)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "RESULTS.md").write_text(render(results))
+        if mode.name != "smoke":
+            say("the simulated fleet after a broker outage (bench/fleet.py)")
+            fleet.update(args.out / "RESULTS.md", fleet.run())
         measure.dump_json(results, args.out / "results.json")
         say(f"wrote {args.out / 'RESULTS.md'} in {time.monotonic() - started:.0f} s")
         ok = True

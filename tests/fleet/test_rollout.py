@@ -65,13 +65,17 @@ def test_every_device_ends_in_the_state_its_faults_call_for() -> None:
             ("SUCCEEDED", "complete_ready"): ok,
             ("FAILED", "installation_hook_failed"): PER_FAULT,
             ("FAILED", "download_verification_failed"): PER_FAULT,
-            ("FAILED", "version_mismatch"): PER_FAULT,
+            ("FAILED", "rolled_back"): PER_FAULT,
         }
     )
     expected = {
         Fault.INSTALL_FAILS: ("installation_hook_failed", "reason", "BUNDLE_REJECTED"),
         Fault.CORRUPT_DOWNLOAD: ("download_verification_failed", "message", "sha256"),
-        Fault.BOOTS_OLD_SLOT: ("version_mismatch", "message", "Expected version '2.0', got '1.0'"),
+        Fault.BOOTS_OLD_SLOT: (
+            "rolled_back",
+            "message",
+            "Rolled back: expected version '2.0', the previous version '1.0' runs",
+        ),
     }
     for index, execution in fleet.by_device(JOB.job_id, faults).items():
         state, key, text = expected[faults[index]]

@@ -16,11 +16,15 @@ import enum
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, TypeVar, assert_never
 
 import attrs
+
+from upparat.core import commands as c
+from upparat.core import events as e
+from upparat.core.model import HookKind, JobStatus, ReportedState
 
 FORMAT_VERSION: Final = 1
 FILE_NAME: Final = "status.json"
@@ -112,15 +116,16 @@ UNIT_RUNTIME_DIR = Path("/run/upparat-status")
 
 
 def default_path(
-    environ: Mapping[str, str], state_dir: Path, unit_dir: Path = UNIT_RUNTIME_DIR
+    environ: Mapping[str, str], state_dir: Path, unit_dir: Path | None = UNIT_RUNTIME_DIR
 ) -> Path:
     """`$RUNTIME_DIRECTORY/status.json` (the daemon under systemd: a tmpfs that goes away
-    with the unit); else the unit's directory when it exists (`upparat status` run from a
-    shell next to the running unit); else `<state_dir>/status.json`."""
+    with the unit); else `unit_dir` when it exists (`upparat status` run from a shell next
+    to the running unit; the daemon passes None: it writes where its unit says); else
+    `<state_dir>/status.json`."""
     first = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if os.path.isabs(first):
         return Path(first) / FILE_NAME
-    if unit_dir.is_dir():
+    if unit_dir is not None and unit_dir.is_dir():
         return unit_dir / FILE_NAME
     return state_dir / FILE_NAME
 
@@ -404,3 +409,118 @@ def _mib(n: int) -> str:
 def _short(text: str) -> str:
     text = "".join(c if c.isprintable() else " " for c in text)
     return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
+
+
+# ---- the daemon's side: what the loop saw becomes the snapshot ----------------------------
+
+PROGRESS_WRITE_INTERVAL: Final = 1.0
+"""Seconds between two writes that only move the progress (a phase change is written
+at once). The write follows an event: no timer of its own, so no idle wakeup."""
+
+
+class StatusTracker:
+    """Follows the events the runtime feeds the core and the commands the core answers
+    with, and keeps the status file up to date. Derives, never decides: the phase comes
+    from the journal records (`Persist`) and the reports (`UpdateJob`), the connection from
+    the MQTT events, the running version from the version hook's answers."""
+
+    def __init__(
+        self,
+        file: StatusFile,
+        *,
+        wall_clock: Callable[[], float],
+        on_write_failed: Callable[[StatusWriteFailed], None],
+    ) -> None:
+        self._file = file
+        self._wall_clock = wall_clock
+        self._on_write_failed = on_write_failed
+        self._current = StatusSnapshot(
+            phase=StatusPhase.IDLE, connection=Connection.CONNECTING, updated_at=0.0
+        )
+        self._written: StatusSnapshot | None = None
+        self._written_at = float("-inf")
+        self._failed = False
+
+    @property
+    def current(self) -> StatusSnapshot:
+        return self._current
+
+    def saw_event(self, event: e.Event) -> None:
+        s = self._current
+        match event:
+            case e.MqttConnected():
+                s = attrs.evolve(s, connection=Connection.CONNECTED)
+            case e.MqttConnectFailed() | e.MqttDisconnected():
+                s = attrs.evolve(s, connection=Connection.CONNECTING)
+            case e.HookFinished(hook=HookKind.VERSION, result=e.HookSuccess(value=value)) if value:
+                s = attrs.evolve(s, running_version=value)
+            case e.DownloadProgressed(bytes_done=done, total=total) if (
+                s.phase is StatusPhase.DOWNLOADING
+            ):
+                s = attrs.evolve(s, progress=Progress(done_bytes=done, total_bytes=total))
+            case e.HookProgressed(line=line, percent=percent) if s.phase is StatusPhase.INSTALLING:
+                s = attrs.evolve(s, progress=Progress(percent=percent, message=line or None))
+            case _:
+                return
+        self._current = s
+
+    def saw_command(self, command: c.Command) -> None:
+        s = self._current
+        match command:
+            case c.Persist(record=None):
+                s = attrs.evolve(s, phase=StatusPhase.IDLE, job_id=None, progress=None)
+            case c.Persist(record=record) if record is not None:
+                phase = StatusPhase(record.phase.value)
+                if phase is not s.phase or record.job_id != s.job_id:
+                    s = attrs.evolve(s, phase=phase, job_id=record.job_id, progress=None)
+            case c.UpdateJob(status=JobStatus.IN_PROGRESS, job_id=job_id):
+                reported = dict(command.status_details).get("state", "")
+                begun = _PHASE_OF_STATE.get(reported)
+                if begun is not None and (begun is not s.phase or job_id != s.job_id):
+                    s = attrs.evolve(s, phase=begun, job_id=job_id, progress=None)
+            case c.UpdateJob(status=status, job_id=job_id):
+                details = dict(command.status_details)
+                result = LastResult(
+                    job_id=job_id,
+                    status=status.value,
+                    state=details.get("state"),
+                    message=details.get("message"),
+                    at=self._wall_clock(),
+                )
+                s = attrs.evolve(
+                    s, phase=StatusPhase.IDLE, job_id=None, progress=None, last_result=result
+                )
+            case c.Exit():
+                s = attrs.evolve(s, connection=Connection.DISCONNECTED)
+            case _:
+                return
+        self._current = s
+
+    def flush(self, now: float) -> None:
+        """Write the snapshot if it changed: at once for anything but progress, at most
+        every PROGRESS_WRITE_INTERVAL seconds (of `now`, a monotonic clock) for progress."""
+        current, written = self._current, self._written
+        if written is not None and attrs.evolve(written, updated_at=0.0) == current:
+            return
+        only_progress = written is not None and attrs.evolve(
+            written, progress=current.progress, updated_at=0.0
+        ) == attrs.evolve(current, updated_at=0.0)
+        if only_progress and now - self._written_at < PROGRESS_WRITE_INTERVAL:
+            return
+        snapshot = attrs.evolve(current, updated_at=self._wall_clock())
+        failed = self._file.write(snapshot)
+        if failed is not None:
+            if not self._failed:
+                self._on_write_failed(failed)  # once: the status is for show
+            self._failed = True
+            return
+        self._failed = False
+        self._written, self._written_at = attrs.evolve(snapshot, updated_at=0.0), now
+
+
+_PHASE_OF_STATE: Final = {
+    ReportedState.DOWNLOAD_START.value: StatusPhase.DOWNLOADING,
+    ReportedState.INSTALLATION_START.value: StatusPhase.INSTALLING,
+    ReportedState.REBOOT_START.value: StatusPhase.RESTARTING,
+}
+"""The IN_PROGRESS reports that begin a phase (progress reports keep it)."""

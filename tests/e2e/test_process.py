@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 import subprocess
@@ -80,6 +81,33 @@ def test_hook_server_restart_while_idle(stack: Stack) -> None:
 
     create_update(stack, JOB)
     assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
+
+
+def thread_names(pid: int) -> list[str]:
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread may end while we look
+            names.append((task / "comm").read_text().strip())
+    return sorted(names)
+
+
+def test_an_idle_daemon_holds_no_grpc_channel_and_still_runs_the_next_job(stack: Stack) -> None:
+    # gRPC core keeps threads that wake several times a second while any channel exists
+    # (bench/RESULTS.md): between jobs the daemon has none, so none of those threads.
+    assert stack.daemon is not None
+    pid = stack.daemon.pid
+    wait_idle(stack)
+    grpc_threads = ("event_engine", "grpc_global_tim", "lifeguard")
+    wait_until(
+        lambda: not any(n in grpc_threads for n in thread_names(pid)),
+        "the daemon's gRPC threads to end after GetInfo",
+    )
+    create_update(stack, JOB)
+    assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
+    wait_until(
+        lambda: not any(n in grpc_threads for n in thread_names(pid)),
+        "the daemon's gRPC threads to end after the job",
+    )
 
 
 # --- an upparat 1.12 config file ----------------------------------------------------------

@@ -1,6 +1,10 @@
 """The hook client driver: carries `CallHook` / `CancelHook` to the hook server over gRPC.
 
-Owns the channel and one thread per call (GetInfo included). It is the only place in
+Owns the channel and one thread per call (GetInfo included). The channel exists only while
+a call or GetInfo runs: an idle daemon holds no gRPC channel, so gRPC core's threads
+(which wake several times a second while any channel exists) are gone, and the hook
+server can drop its gRPC too (bench/RESULTS.md). A fresh channel per busy spell also
+finds a hook server that restarted meanwhile at once. It is the only place in
 the daemon that catches gRPC exceptions: each call ends in exactly one `HookFinished`
 (unless the core cancelled it), each `AskHookInfo` in one `HookServerInfo` or
 `HookInfoFailed`, and nothing here raises into the runtime. It never calls again by
@@ -231,6 +235,12 @@ class _Call:
     cancelled: bool = False
 
 
+@attrs.frozen
+class _Stubs:
+    hooks: hooks_pb2_grpc.HookServiceStub
+    identity: hooks_pb2_grpc.IdentityServiceStub
+
+
 class HookClient:
     """Executes hook commands against the hook server at `endpoint`; reports via `on_event`.
 
@@ -251,9 +261,10 @@ class HookClient:
         self.target = channel_target(endpoint)
         self._on_event = on_event
         self._info_timeout = info_timeout
-        self._channel = grpc.insecure_channel(self.target, options=channel_options())
-        self._hooks = hooks_pb2_grpc.HookServiceStub(self._channel)
-        self._identity = hooks_pb2_grpc.IdentityServiceStub(self._channel)
+        self._channel: grpc.Channel | None = None
+        self._stubs: _Stubs | None = None
+        self._users = 0
+        """Calls and GetInfos using the channel; the last one out closes it."""
         self._lock = threading.Lock()
         self._calls: dict[CallId, _Call] = {}
         self._closed = False
@@ -278,10 +289,36 @@ class HookClient:
             calls = list(self._calls.values())
             for call in calls:
                 call.cancelled = True
+            channel, self._channel, self._stubs = self._channel, None, None
         for call in calls:
             if call.cancel_rpc is not None:
                 call.cancel_rpc()
-        self._channel.close()
+        if channel is not None:
+            channel.close()
+
+    def _acquire(self) -> _Stubs | None:
+        """The stubs of the channel, opened if no call holds one; None once closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            if self._stubs is None:
+                channel = grpc.insecure_channel(self.target, options=channel_options())
+                self._channel = channel
+                self._stubs = _Stubs(
+                    hooks=hooks_pb2_grpc.HookServiceStub(channel),
+                    identity=hooks_pb2_grpc.IdentityServiceStub(channel),
+                )
+            self._users += 1
+            return self._stubs
+
+    def _release(self) -> None:
+        channel = None
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._channel is not None:
+                channel, self._channel, self._stubs = self._channel, None, None
+        if channel is not None:
+            channel.close()
 
     def _call(self, command: CallHook) -> None:
         with self._lock:
@@ -329,8 +366,12 @@ class HookClient:
             command.timeout,
         )
         result: HookResult | None
+        stubs = self._acquire()
         try:
-            result = self._invoke(call)
+            if stubs is None:
+                result = HookUnavailable(detail="hook client is closed")
+            else:
+                result = self._invoke(call, stubs)
         except Exception as e:
             # Never let a call take the daemon down: report it as this call's failure.
             log.exception(
@@ -339,6 +380,9 @@ class HookClient:
             result = HookFailure(
                 reason="CLIENT_ERROR", message=clean_line(f"{type(e).__name__}: {e}")
             )
+        finally:
+            if stubs is not None:
+                self._release()
         with self._lock:
             self._calls.pop(command.call_id, None)
             cancelled = call.cancelled
@@ -370,7 +414,7 @@ class HookClient:
             cancel()
         return not cancelled
 
-    def _invoke(self, call: _Call) -> HookResult | None:
+    def _invoke(self, call: _Call, stubs: _Stubs) -> HookResult | None:
         """Runs the RPC; None when it was cancelled by the core."""
         command = call.command
         hook = command.hook
@@ -380,7 +424,7 @@ class HookClient:
             case HookKind.VERSION:
                 return self._unary(
                     call,
-                    self._hooks.GetVersion.future(
+                    stubs.hooks.GetVersion.future(
                         hooks_pb2.GetVersionRequest(context=context), timeout=timeout
                     ),
                     lambda reply: hook_result(hook, reply.result, reply.version),
@@ -388,7 +432,7 @@ class HookClient:
             case HookKind.DOWNLOAD:
                 return self._unary(
                     call,
-                    self._hooks.CheckDownload.future(
+                    stubs.hooks.CheckDownload.future(
                         hooks_pb2.CheckDownloadRequest(context=context), timeout=timeout
                     ),
                     lambda reply: hook_result(hook, reply.result),
@@ -396,7 +440,7 @@ class HookClient:
             case HookKind.RESTART:
                 return self._unary(
                     call,
-                    self._hooks.Restart.future(
+                    stubs.hooks.Restart.future(
                         hooks_pb2.RestartRequest(context=context), timeout=timeout
                     ),
                     lambda reply: hook_result(hook, reply.result),
@@ -404,13 +448,13 @@ class HookClient:
             case HookKind.READY:
                 return self._unary(
                     call,
-                    self._hooks.CheckReady.future(
+                    stubs.hooks.CheckReady.future(
                         hooks_pb2.CheckReadyRequest(context=context), timeout=timeout
                     ),
                     lambda reply: hook_result(hook, reply.result),
                 )
             case HookKind.INSTALL:
-                return self._install(call, context)
+                return self._install(call, context, stubs)
             case _:
                 assert_never(hook)
 
@@ -427,7 +471,9 @@ class HookClient:
             return None if call.cancelled else status_result(e)
         return read(reply)
 
-    def _install(self, call: _Call, context: hooks_pb2.JobContext) -> HookResult | None:
+    def _install(
+        self, call: _Call, context: hooks_pb2.JobContext, stubs: _Stubs
+    ) -> HookResult | None:
         command = call.command
         file = command.file
         if file is None:
@@ -439,7 +485,7 @@ class HookClient:
             size=file.size,
             signature=file.signature or b"",
         )
-        stream = self._hooks.Install(request, timeout=command.timeout)
+        stream = stubs.hooks.Install(request, timeout=command.timeout)
         if not self._start(call, stream.cancel):
             return None
         result: HookResult | None = None
@@ -490,11 +536,20 @@ class HookClient:
 
     def _ask_info(self) -> None:
         """One GetInfo; ends in HookServerInfo or HookInfoFailed (none once closed)."""
+        stubs = self._acquire()
+        if stubs is None:
+            return
+        try:
+            self._get_info(stubs)
+        finally:
+            self._release()
+
+    def _get_info(self, stubs: _Stubs) -> None:
         try:
             try:
                 # wait_for_ready, bounded by the timeout: a server that just came back is
                 # found although the channel is still in its reconnect backoff.
-                reply = self._identity.GetInfo(
+                reply = stubs.identity.GetInfo(
                     hooks_pb2.GetInfoRequest(), timeout=self._info_timeout, wait_for_ready=True
                 )
             except grpc.RpcError as e:

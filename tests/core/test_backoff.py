@@ -43,6 +43,13 @@ def test_jitter_stays_within_its_fraction_and_the_cap(retry: int, seed: int, dra
     assert 0 <= full.delay(retry, seed=seed, draw=draw) <= 120
 
 
+@given(st.integers(1, 100), st.integers(0, 2**64 - 1), st.integers(0, 1000))
+def test_a_floor_holds_whatever_the_jitter_drew(retry: int, seed: int, draw: int) -> None:
+    policy = Backoff(base=1, cap=120, jitter=1.0, floor=1.0)
+    assert 1.0 <= policy.delay(retry, seed=seed, draw=draw) <= 120
+    assert Backoff(base=0.5, cap=1, floor=0.8).delay(1, seed=seed, draw=draw) == 0.8
+
+
 def test_the_give_up_rule_counts_retries_and_time() -> None:
     by_count = Backoff(base=1, cap=1, retries=3)
     assert [by_count.exhausted(retries=n, elapsed=0) for n in range(5)] == [
@@ -65,6 +72,7 @@ def test_the_give_up_rule_counts_retries_and_time() -> None:
         {"base": -1, "cap": 1},
         {"base": 1, "cap": 2, "factor": 0.5},
         {"base": 1, "cap": 2, "jitter": 1.5},
+        {"base": 1, "cap": 2, "floor": 3},
     ],
 )
 def test_an_impossible_policy_is_a_bug(fields: dict[str, float]) -> None:

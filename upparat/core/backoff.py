@@ -29,7 +29,7 @@ class Backoff:
     The delay before retry n (1-based) is `min(cap, base * factor ** (n - 1))`, of which
     the fraction `jitter` is random: `jitter = 0` waits exactly that long, `jitter = 1`
     ("full jitter", AWS Architecture Blog "Exponential Backoff And Jitter") anywhere from
-    0 to it. So no delay is ever longer than `cap`.
+    0 to it. So no delay is ever longer than `cap`, nor shorter than `floor`.
 
     Give-up rule: no retry after `retries` retries (None: no limit by count), nor once
     `give_up_after` seconds passed since the first failure (None: no limit by time).
@@ -41,9 +41,17 @@ class Backoff:
     jitter: float = 0.0
     retries: int | None = None
     give_up_after: float | None = None
+    floor: float = 0.0
+    """The shortest delay whatever the jitter drew (AWS IoT: one CONNECT per second per
+    client id)."""
 
     def __attrs_post_init__(self) -> None:
-        if not (0.0 <= self.base <= self.cap and self.factor >= 1.0 and 0 <= self.jitter <= 1):
+        if not (
+            0.0 <= self.floor <= self.cap
+            and 0.0 <= self.base <= self.cap
+            and self.factor >= 1.0
+            and 0 <= self.jitter <= 1
+        ):
             raise ValueError(f"not a backoff: {self!r}")
 
     def ceiling(self, retry: int) -> float:
@@ -55,8 +63,8 @@ class Backoff:
         """Seconds to wait before retry `retry` (1-based); `draw` numbers the jitter drawn."""
         ceiling = self.ceiling(retry)
         if self.jitter == 0:
-            return ceiling
-        return ceiling * (1.0 - self.jitter * unit(seed, draw))
+            return max(self.floor, ceiling)
+        return max(self.floor, ceiling * (1.0 - self.jitter * unit(seed, draw)))
 
     def exhausted(self, *, retries: int, elapsed: float) -> bool:
         """True when no retry is left after `retries` retries, `elapsed` seconds after the

@@ -301,8 +301,10 @@ class Settings:
     @property
     def reconnect_backoff(self) -> Backoff:
         """MQTT connect attempts: 1, 2, 4 ... s up to `reconnect_max_delay`, full jitter (a
-        fleet that lost its broker at the same instant must not come back in lockstep)."""
-        return Backoff(base=1.0, cap=max(1.0, self.reconnect_max_delay), jitter=1.0)
+        fleet that lost its broker at the same instant must not come back in lockstep), and
+        never sooner than 1 s: AWS IoT Core takes one CONNECT per second per client id
+        (https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits)."""
+        return Backoff(base=1.0, cap=max(1.0, self.reconnect_max_delay), jitter=1.0, floor=1.0)
 
     @property
     def request_backoff(self) -> Backoff:

@@ -5,6 +5,7 @@ the daemons, an HTTP origin) and measures download time, cloud traffic, memory, 
 job latency and hook overhead in one run. Prints progress on stderr.
 
     .venv/bin/python bench/run.py [--quick | --smoke] [--out DIR] [--keep] [--no-install]
+    .venv/bin/python bench/run.py --fleet [--out DIR]   # only the simulated fleet section
 
 --smoke needs no network: upparat 1.12 and py-spy are used only if already installed.
 Otherwise a missing bench/.venv112 (1.12) and py-spy are installed from PyPI first.
@@ -30,6 +31,7 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fleet
 from upbench import measure
 from upbench.origin import Origin
 from upbench.report import Environment, Results, render
@@ -43,6 +45,7 @@ from upbench.rigs import (
     legacy_available,
 )
 
+from hookservers.shell.ondemand import IDLE_STOP
 from upparat.devstack.fileserver import make_bundle
 from upparat.devstack.procs import mosquitto_binary
 
@@ -62,6 +65,14 @@ class Mode:
     timeout: float
     install: bool
     profile: bool
+    idle_windows: int
+    """The idle window is split into this many; per-thread rates are their medians."""
+    evidence: bool
+    """strace and py-spy dump of the idle processes (what each thread waits in)."""
+    pinned_settle: float
+    pinned_window: float
+    pinned_windows: int
+    pinned_latency_jobs: int
 
 
 MODES = {
@@ -77,6 +88,12 @@ MODES = {
         timeout=900.0,
         install=True,
         profile=True,
+        idle_windows=6,
+        evidence=True,
+        pinned_settle=20.0,
+        pinned_window=30.0,
+        pinned_windows=3,
+        pinned_latency_jobs=6,
     ),
     "quick": Mode(
         name="quick",
@@ -90,6 +107,12 @@ MODES = {
         timeout=180.0,
         install=True,
         profile=True,
+        idle_windows=2,
+        evidence=True,
+        pinned_settle=5.0,
+        pinned_window=10.0,
+        pinned_windows=2,
+        pinned_latency_jobs=3,
     ),
     "smoke": Mode(
         name="smoke",
@@ -103,6 +126,12 @@ MODES = {
         timeout=60.0,
         install=False,
         profile=False,
+        idle_windows=1,
+        evidence=False,
+        pinned_settle=1.0,
+        pinned_window=1.0,
+        pinned_windows=1,
+        pinned_latency_jobs=1,
     ),
 }
 LATENCY_SIZE = 1_000_000
@@ -323,10 +352,14 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         )
         say(f"idle: RSS after {mode.settle:.0f} s, then CPU over {mode.idle_window:.0f} s")
         idle = measure.measure_idle(
-            ours, legacy, floor, settle=mode.settle, window=mode.idle_window
+            ours,
+            legacy,
+            floor,
+            settle=mode.settle,
+            window=mode.idle_window,
+            windows=mode.idle_windows,
+            evidence=mode.evidence,
         )
-        floor.close()
-        floor = None
 
         download = measure.measure_download(
             url=big,
@@ -383,6 +416,12 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         say(f"latency: {mode.latency_jobs} jobs each of " + " and ".join(n for n, _ in both))
         lat, *rest = latency(*both)
         lat_legacy = rest[0] if rest else None
+        # Right after the latency jobs, on the same processes, so the per-call breakdown
+        # of a job compares numbers taken under the same load.
+        say(f"hook overhead: {mode.hook_calls} GetVersion calls and script runs")
+        hooks = measure.measure_hook_overhead(ours, count=mode.hook_calls)
+        say("cloud round trip: a probe client's GetPendingJobExecutions")
+        cloud_rtt = measure.measure_cloud_rtt(ours, count=mode.hook_calls)
         if profile_skipped is None:
             say("profile: the latency jobs again under py-spy")
             profiles.append(
@@ -394,6 +433,27 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
                     lambda: latency(("upparat under py-spy", ours)),
                 )
             )
+        pinned = measure.measure_pinned(
+            ours=ours,
+            legacy=legacy,
+            floor=floor,
+            cpus={min(os.sched_getaffinity(0))},
+            settle=mode.pinned_settle,
+            window=mode.pinned_window,
+            windows=mode.pinned_windows,
+            url=big,
+            sha256=sha_big,
+            size=mode.size,
+            latency_url=small,
+            latency_sha256=sha_small,
+            latency_size=LATENCY_SIZE,
+            latency_jobs=mode.pinned_latency_jobs,
+            latency_pause=mode.latency_pause,
+            timeout=mode.timeout,
+            say=say,
+        )
+        floor.close()
+        floor = None
         say("restarting upparat with verify_soft_restart = false")
         ours.reconfigure("service", {"verify_soft_restart": "false"})
         job_id, version = ours.next_job("warmup")  # the first job of a fresh daemon is slow
@@ -402,8 +462,19 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         )
         (lat_112,) = latency(("upparat, verify_soft_restart = false", ours))
 
-        say(f"hook overhead: {mode.hook_calls} GetVersion calls and script runs")
-        hooks = measure.measure_hook_overhead(ours, count=mode.hook_calls)
+        hookserver_alone = None
+        hookserver = ours.hookserver_pid()
+        if hookserver is not None:
+            settle = IDLE_STOP + min(mode.settle, 5.0)
+            say(f"hook server alone: daemon stopped, idle after {settle:.0f} s")
+            ours.stack.stop_daemon()
+            hookserver_alone = measure.measure_alone(
+                hookserver,
+                settle=settle,
+                window=mode.pinned_window,
+                windows=mode.pinned_windows,
+                evidence=mode.evidence,
+            )
         hookserver = ours.hookserver_pid()
         if profile_skipped is None and hookserver is not None:
             say("profile: the hook server during the GetVersion calls, under py-spy")
@@ -437,6 +508,9 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         latency_112_hooks=lat_112,
         latency_legacy=lat_legacy,
         hooks=hooks,
+        pinned=pinned,
+        cloud_rtt=cloud_rtt,
+        hookserver_alone=hookserver_alone,
         profiles=tuple(profiles),
         profile_skipped=profile_skipped,
     )
@@ -464,7 +538,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-install", action="store_true", help="install neither upparat 1.12 nor py-spy"
     )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="only the simulated fleet section of RESULTS.md (bench/fleet.py, ~10 s)",
+    )
     args = parser.parse_args(args_list)
+    if args.fleet:
+        return fleet.main(["--out", str(args.out / "RESULTS.md")])
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     workdir = Path(tempfile.mkdtemp(prefix="upparat-bench-"))
     ok = False
@@ -473,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run(mode, workdir, allow_install=not args.no_install, argv=args_list)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "RESULTS.md").write_text(render(results))
+        if mode.name != "smoke":
+            say("the simulated fleet after a broker outage (bench/fleet.py)")
+            fleet.update(args.out / "RESULTS.md", fleet.run())
         measure.dump_json(results, args.out / "results.json")
         say(f"wrote {args.out / 'RESULTS.md'} in {time.monotonic() - started:.0f} s")
         ok = True

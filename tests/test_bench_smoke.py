@@ -40,9 +40,19 @@ ROWS = (
     "T6 peak RSS during the download above idle",
     "T7 latency vs 1.12",
     "T8 hook overhead over a bare fork/exec",
+    "I1 daemon idle wakeups/s",
+    "I2 hook server idle wakeups/s",
+    "I3 daemon idle CPU s/min",
+    "I4 hook server idle CPU s/min",
+    "I5 daemon idle RSS above the floor",
+    "I6 daemon + hook server idle PSS summed",
+    "I7 trivial job latency, median",
+    "I8 daemon CPU per GB downloaded",
+    "I9 download time vs the physical limit",
 )
 SECTIONS = (
     "## Machine and versions",
+    "## Issue 16: waiting is free, jobs are quick",
     "## Targets",
     "## 1. Download inside a job",
     "## 2. Cloud traffic",
@@ -94,6 +104,14 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
         if label.startswith("T"):
             verdict = targets[label][2]
             assert verdict in ("met", "**missed**", "not measured"), (label, verdict)
+    # Both tables of issue 16 (all cores, then one core), each row with a verdict.
+    issue16 = _section(markdown, "## Issue 16")
+    for label in ROWS:
+        if label.startswith("I"):
+            assert issue16.count(f"| {label} |") == 2, label
+            verdict = _rows(issue16)[label][4]
+            assert verdict in ("met", "**missed**", "not measured"), (label, verdict)
+    assert "| I2b hook server idle wakeups/s, no daemon connected |" in issue16
     download_rows = _rows(_section(markdown, "## 1. Download"))
 
     results = json.loads((tmp_path / "results.json").read_text())

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hookservers.shell import config as hookserver_config
 from tests.support.keys import make_key
 from upparat.config import (
     DEFAULT_ENDPOINT,
@@ -20,10 +21,12 @@ from upparat.config import (
     Config,
     ConfigError,
     SigningConfig,
+    TcpEndpoint,
     TlsFiles,
+    UnixEndpoint,
     load_config,
     parse_config,
-    parse_shared_keys,
+    parse_endpoint,
     unix_socket_path,
 )
 from upparat.core.model import LogLevel, Settings, ThingName
@@ -245,25 +248,26 @@ def test_a_bad_trusted_keys_is_the_only_problem_reported_with_require_signature(
 
 def test_the_hook_server_reads_the_shared_keys_by_the_same_rules(tmp_path: Path) -> None:
     key = make_key(tmp_path, "release")
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(
+    text = (
         f"[service]\ndownload_location = {tmp_path}\ntrusted_keys = {key.public}\n"
         "require_signature = on\n[hooks]\ninstall = /x\n"
     )
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
 
-    download, signing_config, found = parse_shared_keys(parser)
+    server = hookserver_config.parse(parser)
+    daemon = parse_config(text)
 
-    assert found == ()
-    assert download.directory == tmp_path / "upparat"
-    assert (
-        signing_config
-        == parse_config(f"[service]\ntrusted_keys = {key.public}\nrequire_signature = on\n").signing
-    )
+    assert server.download_dir == daemon.download.directory == tmp_path / "upparat"
+    assert server.trusted_keys == daemon.signing.trusted_keys
+    assert server.require_signature is daemon.signing.require_signature is True
 
-    parser.read_string(f"[service]\ntrusted_keys = {tmp_path / 'nope'}\n")
-    assert parse_shared_keys(parser)[2] == problems(
-        f"[service]\ntrusted_keys = {tmp_path / 'nope'}\n"
-    )
+    bad = f"[service]\ntrusted_keys = {tmp_path / 'nope'}\n"
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(bad)
+    with pytest.raises(ConfigError) as err:
+        hookserver_config.parse(parser)
+    assert err.value.problems == problems(bad)
 
 
 # -- upparat 1.12 files --------------------------------------------------------------
@@ -486,8 +490,8 @@ def test_thing_name_from_the_command_line_wins_over_everything(tmp_path: Path) -
 
 def test_bad_thing_name_from_the_command_line() -> None:
     assert problems("", thing_name_override="a/b") == (
-        "config: the thing name given on the command line must be a thing name of 1-128"
-        ' characters without "/", "+", "#" or spaces, got "a/b"',
+        "config: the thing name given on the command line must be a thing name: 1-128 of"
+        ' the characters a-z A-Z 0-9 : _ - (AWS IoT), got "a/b"',
     )
 
 
@@ -495,7 +499,7 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(socket, "gethostname", lambda: "")
     assert one_problem("") == (
         'config: [broker] thing_name is not set and the hostname "" cannot stand in for it:'
-        ' it must be a thing name of 1-128 characters without "/", "+", "#" or spaces.'
+        " it must be a thing name: 1-128 of the characters a-z A-Z 0-9 : _ - (AWS IoT)."
         " Set thing_name."
     )
 
@@ -521,12 +525,28 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         ),
         (
             "[broker]\nkeepalive = -1\n",
-            'config: [broker] keepalive must be an integer 0-65535, got "-1"',
+            'config: [broker] keepalive must be an integer 1-65535, got "-1"',
+        ),
+        (
+            # The MQTT driver refused 0 at start (exit 1, "unexpected error").
+            "[broker]\nkeepalive = 0\n",
+            'config: [broker] keepalive must be an integer 1-65535, got "0"',
+        ),
+        (
+            # The MQTT driver refused it at start; AWS IoT thing names have no ".".
+            "[broker]\nthing_name = dev.example\n",
+            "config: [broker] thing_name must be a thing name: 1-128 of the characters"
+            ' a-z A-Z 0-9 : _ - (AWS IoT), got "dev.example"',
+        ),
+        (
+            "[broker]\nclient_id = " + "x" * 129 + "\n",
+            "config: [broker] client_id must be 1-128 bytes of UTF-8 (the AWS IoT limit),"
+            ' got "' + "x" * 129 + '"',
         ),
         (
             "[broker]\nthing_name = a+b\n",
-            "config: [broker] thing_name must be a thing name of 1-128 characters without"
-            ' "/", "+", "#" or spaces, got "a+b"',
+            "config: [broker] thing_name must be a thing name: 1-128 of the characters"
+            ' a-z A-Z 0-9 : _ - (AWS IoT), got "a+b"',
         ),
         (
             "[broker]\nhost =\n",
@@ -612,13 +632,15 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         ),
         (
             "[service]\nproxy = socks5://p:1080\n",
-            "config: [service] proxy must be a proxy URL like http://proxy.example:3128,"
-            ' got "socks5://p:1080"',
+            "config: [service] proxy must be an http:// proxy URL like"
+            ' http://[user:password@]proxy.example:3128, got "socks5://p:1080"'
+            " (the proxy must be an http:// URL, got socks5://)",
         ),
         (
             "[service]\nproxy = http://p:port\n",
-            "config: [service] proxy must be a proxy URL like http://proxy.example:3128,"
-            ' got "http://p:port"',
+            "config: [service] proxy must be an http:// proxy URL like"
+            ' http://[user:password@]proxy.example:3128, got "http://p:port"'
+            " (the proxy URL cannot be parsed: malformed port)",
         ),
         (
             "[hooks]\nretry_interval = -1\n",
@@ -643,12 +665,14 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         (
             "[hooks]\nendpoint = localhost:0\n",
             "config: [hooks] endpoint must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, or host:port, got "localhost:0"',
+            " unix:///run/upparat/hooks.sock, or host:port ([v6]:port, or :port for 127.0.0.1)"
+            ' with a port 1-65535, got "localhost:0"',
         ),
         (
             "[hooks]\nendpoint = unix://host/x.sock\n",
             "config: [hooks] endpoint must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, or host:port, got "unix://host/x.sock"',
+            " unix:///run/upparat/hooks.sock, or host:port ([v6]:port, or :port for 127.0.0.1)"
+            ' with a port 1-65535, got "unix://host/x.sock"',
         ),
         (
             "[hooks]\ninstall = /a\n  /b\n",
@@ -656,18 +680,19 @@ def test_hostname_unusable_as_thing_name(monkeypatch: pytest.MonkeyPatch) -> Non
         ),
         (
             "[hookserver]\nsocket_mode = 0999\n",
-            "config: [hookserver] socket_mode must be an octal file mode 000-777 like 0660,"
-            ' got "0999"',
+            "config: [hookserver] socket_mode must be an octal mode of 0660 or tighter"
+            ' (no bits outside 0660, e.g. 0600), got "0999"',
         ),
         (
             "[hookserver]\nsocket_mode = 4777\n",
-            "config: [hookserver] socket_mode must be an octal file mode 000-777 like 0660,"
-            ' got "4777"',
+            "config: [hookserver] socket_mode must be an octal mode of 0660 or tighter"
+            ' (no bits outside 0660, e.g. 0600), got "4777"',
         ),
         (
             "[hookserver]\nlisten = unix-abstract:upparat\n",
             "config: [hookserver] listen must be a unix socket target like"
-            ' unix:///run/upparat/hooks.sock, or host:port, got "unix-abstract:upparat"',
+            " unix:///run/upparat/hooks.sock, or host:port ([v6]:port, or :port for 127.0.0.1)"
+            ' with a port 1-65535, got "unix-abstract:upparat"',
         ),
         (
             "[hookserver]\ncancel_grace_period = -1\n",
@@ -832,3 +857,30 @@ def test_docs_list_every_key() -> None:
     }
     expected = {(section, key) for section, keys in KNOWN_KEYS.items() for key in keys}
     assert rows == expected
+
+
+def test_the_daemon_and_the_hook_server_read_an_endpoint_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`:port` and a relative socket path meant something to the hook server only; now both
+    read them by `parse_endpoint`, and the daemon's target is where the server listens."""
+    monkeypatch.chdir(tmp_path)
+    config = parse_config("[hooks]\nendpoint = :50051\n[hookserver]\nlisten = unix:rel.sock\n")
+
+    assert config.hooks.endpoint == "127.0.0.1:50051"
+    assert config.hookserver.listen == f"unix://{tmp_path / 'rel.sock'}"
+    assert parse_endpoint("[::1]:7") == TcpEndpoint(host="::1", port=7)
+    assert parse_endpoint(":7") == TcpEndpoint(host="127.0.0.1", port=7)
+    assert parse_endpoint("unix:/run/x.sock") == UnixEndpoint(path=Path("/run/x.sock"))
+    for bad in ("::1:80", ":0", "unix:", "unix://host/x.sock", "[::1]", "h:80/x"):
+        with pytest.raises(ValueError, match="unix socket target"):
+            parse_endpoint(bad)
+
+
+@pytest.mark.parametrize("mode", ["0666", "0664", "0770", "0777"])
+def test_a_socket_mode_beyond_0660_is_refused(mode: str) -> None:
+    # The daemon accepted these and the hook server refused them.
+    assert one_problem(f"[hookserver]\nsocket_mode = {mode}\n") == (
+        "config: [hookserver] socket_mode must be an octal mode of 0660 or tighter"
+        f' (no bits outside 0660, e.g. 0600), got "{mode}"'
+    )

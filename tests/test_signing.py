@@ -211,3 +211,20 @@ def test_one_bad_file_in_a_directory_refuses_the_directory(tmp_path: Path, key: 
 
     with pytest.raises(signing.UnusableKeys, match=r"broken\.pem"):
         signing.load_trusted_keys(folder)
+
+
+def test_a_process_without_trusted_keys_never_loads_cryptography() -> None:
+    # cryptography costs ~10 MB of RSS: the daemon's and the hook server's modules load it
+    # only when a key is read or a signature checked.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, upparat.daemon, upparat.io.download, upparat.config,"
+        " hookservers.shell.server, hookservers.shell.verify;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -1,4 +1,5 @@
-"""Command line of the daemon: `upparat -c FILE [-v] [-t THING]` and `upparat check-config`.
+"""Command line of the daemon: `upparat -c FILE [-v] [-t THING]`, `upparat check-config`
+and `upparat status`.
 
 Owns argument parsing, logging set-up and wiring the drivers to the runtime.
 Exit codes: 0 clean stop (SIGTERM/SIGINT) or check passed; 1 unexpected error;
@@ -8,14 +9,22 @@ Exit codes: 0 clean stop (SIGTERM/SIGINT) or check passed; 1 unexpected error;
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import upparat
-from upparat.config import Config, ConfigError, load_config, unix_socket_path
+from upparat.config import (
+    Config,
+    ConfigError,
+    default_state_dir,
+    load_config,
+    unix_socket_path,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -30,6 +39,8 @@ commands:
   upparat check-config -c FILE
                              validate the config, then ask the hook server for its
                              GetInfo and print it
+  upparat status [-c FILE | --file PATH] [--watch] [--json]
+                             print what the daemon is doing (its status file)
 
 exit codes:
   0  stopped cleanly (SIGTERM / SIGINT), or check-config passed
@@ -86,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check-config":
         return check_config(argv[1:])
+    if argv and argv[0] == "status":
+        return status_command(argv[1:])
     if argv and argv[0] in ("run", "daemon"):
         argv = argv[1:]
     args = _parser("upparat", check=False).parse_args(argv)
@@ -94,11 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(logging.DEBUG if args.verbose else _level(config))
     from upparat.daemon import run_daemon  # the drivers load only when running
+    from upparat.io.mqtt import MqttConfigError
 
     try:
         return run_daemon(config)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
+        return EXIT_CONFIG
+    except MqttConfigError as err:
+        # The TLS files are read by the driver, not the config (unreadable, not PEM, an
+        # encrypted key): still the configuration's fault, not an unexpected error.
+        print(f"config: [broker] {err}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception:
         log.exception("upparat stopped on an unexpected error")
@@ -119,7 +138,7 @@ def check_config(argv: Sequence[str]) -> int:
 
     folder = folder_problem(config.download.directory, uid=None)
     if folder is not None:
-        print(f"config {args.config}: {folder}", file=sys.stderr)
+        print(f"config: {folder}", file=sys.stderr)  # as the daemon says it
         return EXIT_CONFIG
     print(f"config {args.config}: ok")
     temp = shared_temp_warning(config.download.location)
@@ -142,6 +161,96 @@ def check_config(argv: Sequence[str]) -> int:
     print(f"hook server at {endpoint}:")
     print(info)
     return EXIT_OK
+
+
+# ---- `upparat status`: prints the daemon's status file (upparat.io.status) ----------------
+
+
+def status_command(
+    argv: Sequence[str],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Exit codes: 0 printed (or --watch ended by SIGINT: 130); 1 no readable status file
+    (without --watch); 2 bad usage or bad config."""
+    from upparat.io import status
+
+    parser = argparse.ArgumentParser(
+        prog="upparat status",
+        description="Print what the daemon is doing, from its status file: a progress bar"
+        " on a terminal, one line of key=value otherwise, or --json (README: the status file).",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", type=Path, help="the daemon's config: its state_dir")
+    where.add_argument(
+        "--file",
+        type=Path,
+        help="the status file (default: $RUNTIME_DIRECTORY/status.json, else"
+        " <state_dir>/status.json)",
+    )
+    parser.add_argument("--watch", action="store_true", help="follow changes until Ctrl-C")
+    parser.add_argument("--json", action="store_true", help="the file's JSON, one line each")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        help="with --watch: seconds between looks at the file (default 0.5)",
+    )
+    args = parser.parse_args(list(argv))
+    if not args.interval > 0:
+        parser.error(f"--interval must be > 0 seconds, got {args.interval}")
+    if args.file is not None:
+        path: Path = args.file
+    elif args.config is not None:
+        try:
+            config = load_config(args.config)
+        except ConfigError as err:
+            print(str(err), file=sys.stderr)
+            return EXIT_CONFIG
+        path = status.default_path(os.environ, config.service.state_dir)
+    else:
+        path = status.default_path(os.environ, default_state_dir(os.environ))
+    tty = sys.stdout.isatty() and not args.json
+
+    def text_of(found: status.StatusSnapshot) -> str:
+        if args.json:
+            return json.dumps(status.to_json(found), ensure_ascii=False, separators=(",", ":"))
+        return status.render_tty(found) if tty else status.render_plain(found)
+
+    if not args.watch:
+        found = status.read(path)
+        if not isinstance(found, status.StatusSnapshot):
+            print(f"upparat status: {status.describe_problem(found)}", file=sys.stderr)
+            return EXIT_ERROR
+        print(text_of(found))
+        return EXIT_OK
+
+    # --watch polls the file's identity (inode, size, mtime) while it runs: this is the
+    # CLI, so the daemon gets no extra wakeups, and a reader needs no inotify.
+    seen: tuple[int, int, int] | bool | None = False
+    shown: str | None = None
+    try:
+        while True:
+            try:
+                st = path.stat()
+                now: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+            except OSError:
+                now = None
+            if now != seen:
+                seen = now
+                found = status.read(path)
+                if isinstance(found, status.StatusSnapshot):
+                    text = text_of(found)
+                    if text != shown:
+                        print(("\x1b[H\x1b[2J" + text) if tty else text, flush=True)
+                else:
+                    text = status.describe_problem(found)
+                    if text != shown:
+                        print(f"upparat status: {text}", file=sys.stderr, flush=True)
+                shown = text
+            sleep(args.interval)
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,29 +17,40 @@ import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar, assert_never
 from urllib.parse import urlsplit
 
 import attrs
 
-from upparat import scriptenv, signing
+from upparat import scriptenv, urls
+from upparat.aws import topics
 from upparat.core.model import LogLevel, Settings, ThingName
+
+if TYPE_CHECKING:
+    from upparat import signing
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "DEFAULT_HOOKSERVER_STATE_DIR",
+    "ENDPOINT_EXPECTED",
     "KNOWN_KEYS",
     "BrokerConfig",
     "Config",
     "ConfigError",
     "DownloadConfig",
+    "Endpoint",
     "HookServerConfig",
     "HooksConfig",
     "ServiceConfig",
     "SigningConfig",
+    "TcpEndpoint",
     "TlsFiles",
+    "UnixEndpoint",
+    "config_from_parser",
+    "default_hookserver_state_dir",
     "load_config",
     "parse_config",
-    "parse_shared_keys",
+    "parse_endpoint",
     "unix_socket_path",
 ]
 
@@ -175,6 +186,14 @@ def default_download_location(environ: Mapping[str, str]) -> Path:
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
     return _systemd_directory(environ, "STATE_DIRECTORY") or Path("/var/lib/upparat")
+
+
+DEFAULT_HOOKSERVER_STATE_DIR: Final = Path("/var/lib/upparat-hookserver")
+
+
+def default_hookserver_state_dir(environ: Mapping[str, str]) -> Path:
+    """Unset `[hookserver] state_dir`: the hook server unit's StateDirectory, else fixed."""
+    return _systemd_directory(environ, "STATE_DIRECTORY") or DEFAULT_HOOKSERVER_STATE_DIR
 
 
 def _systemd_directory(environ: Mapping[str, str], name: str) -> Path | None:
@@ -412,6 +431,16 @@ def parse_config(
     except configparser.Error as e:
         # configparser's messages span lines; a problem is one line.
         raise ConfigError((f"config: {' '.join(e.message.split())}",)) from e
+    return config_from_parser(parser, source=source, thing_name_override=thing_name_override)
+
+
+def config_from_parser(
+    parser: configparser.RawConfigParser,
+    *,
+    source: Path | None = None,
+    thing_name_override: str | None = None,
+) -> Config:
+    """The checked `Config` of an INI file already read (the hook server's tests use it)."""
     reader = _Reader(parser)
     reader.check_names()
     config = _build(reader, source, thing_name_override)
@@ -424,11 +453,12 @@ T = TypeVar("T")
 
 
 class _Invalid(Exception):
-    """A value does not parse; `expected` completes "must be ..."."""
+    """A value does not parse; `expected` completes "must be ...", `detail` says why not."""
 
-    def __init__(self, expected: str) -> None:
+    def __init__(self, expected: str, *, detail: str | None = None) -> None:
         super().__init__(expected)
         self.expected = expected
+        self.detail = detail
 
 
 class _Reader:
@@ -483,7 +513,7 @@ class _Reader:
         text = self.raw(section, key)
         if text is None:
             return default
-        shown = _quote(text)
+        shown = _quote(_USERINFO_PASSWORD.sub(r"\1***@", text))
         if secret:
             shown = (
                 _quote(_redact_dsn(text)) if "@" in text else f"a value of {len(text)} characters"
@@ -502,8 +532,13 @@ class _Reader:
         try:
             return parse(text)
         except _Invalid as e:
-            self.problem(f"[{section}] {key} must be {e.expected}, got {shown}")
+            why = "" if e.detail is None else f" ({e.detail})"
+            self.problem(f"[{section}] {key} must be {e.expected}, got {shown}{why}")
             return default
+
+
+_USERINFO_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+"""The password of a `scheme://user:password@host` value, masked in messages."""
 
 
 def _closest(name: str, candidates: list[str], fmt: str) -> str:
@@ -634,22 +669,36 @@ def _path(text: str) -> Path:
     return Path(os.path.abspath(text))
 
 
-_JOB_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")
-
-
 def _job_prefix(text: str) -> str:
-    # AWS IoT job ids are [a-zA-Z0-9_-]{1,64}: a longer prefix could match no job.
-    if not _JOB_PREFIX_RE.fullmatch(text):
+    # A prefix as long as a whole job id could match no job.
+    if not topics.is_job_prefix(text):
         raise _Invalid("1-63 of the characters a-z A-Z 0-9 _ - (AWS IoT job id characters)")
     return text
 
 
+THING_NAME_EXPECTED: Final = "a thing name: 1-128 of the characters a-z A-Z 0-9 : _ - (AWS IoT)"
+
+
 def _thing_name(text: str) -> ThingName:
-    # The thing name becomes part of MQTT topics ($aws/things/<name>/jobs/...):
-    # wildcard characters and "/" would subscribe to or publish on other topics.
-    if not 1 <= len(text) <= 128 or any(c in "/+#\0" or c.isspace() for c in text):
-        raise _Invalid('a thing name of 1-128 characters without "/", "+", "#" or spaces')
+    # The AWS IoT rule, the one the MQTT driver and the topics use: the name becomes part
+    # of MQTT topics ($aws/things/<name>/jobs/...), where "/", "+" and "#" would reach
+    # other things' topics.
+    if not topics.is_thing_name(text):
+        raise _Invalid(THING_NAME_EXPECTED)
     return ThingName(text)
+
+
+def _client_id(text: str) -> str:
+    if not topics.is_client_id(text):
+        raise _Invalid(f"1-{topics.MAX_CLIENT_ID_BYTES} bytes of UTF-8 (the AWS IoT limit)")
+    return text
+
+
+def _keepalive(text: str) -> int:
+    # MQTT 3.1.1 section 3.1.2.10 allows 0 (no keepalive), but then a connection that dies
+    # silently (a NAT forgets it) is never noticed and the device hears no job again; the
+    # MQTT driver takes the value as given. AWS IoT treats less than 30 as 30, caps at 1200.
+    return _integer(1, 65535)(text)
 
 
 def _port(text: str) -> int:
@@ -675,37 +724,109 @@ def unix_socket_path(endpoint: str) -> Path:
     return Path(rest)
 
 
-def _endpoint(text: str) -> str:
+ENDPOINT_EXPECTED: Final = (
+    "a unix socket target like unix:///run/upparat/hooks.sock, or host:port ([v6]:port,"
+    " or :port for 127.0.0.1) with a port 1-65535"
+)
+
+
+@attrs.frozen(kw_only=True)
+class UnixEndpoint:
+    """A unix socket file: who may connect is decided by its owner and mode."""
+
+    path: Path
+    """Absolute."""
+
+    @property
+    def target(self) -> str:
+        """The gRPC target."""
+        return f"unix://{self.path}"
+
+    def __str__(self) -> str:
+        return self.target
+
+
+@attrs.frozen(kw_only=True)
+class TcpEndpoint:
+    host: str
+    """Without brackets for an IPv6 address."""
+    port: int
+
+    @property
+    def address(self) -> str:
+        """The gRPC bind address and target."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def target(self) -> str:
+        return self.address
+
+    def __str__(self) -> str:
+        return self.address
+
+
+Endpoint = UnixEndpoint | TcpEndpoint
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """`[hooks] endpoint` and `[hookserver] listen`, read by the daemon and the hook server.
+
+    `unix:///abs`, `unix:/abs`, `unix:relative` (from the working directory), `host:port`,
+    `[v6]:port`, `:port` (127.0.0.1). Raises ValueError(ENDPOINT_EXPECTED).
+    """
     # A unix socket file is the default and the recommendation: the hook server runs
     # install scripts as root, so who may call it is decided by the socket file's owner
-    # and mode. TCP (`host:port`) is accepted for development and for hook servers in
-    # another container; it has no such check, so the hook server binds loopback unless
-    # told otherwise.
-    expected = "a unix socket target like unix:///run/upparat/hooks.sock, or host:port"
+    # and mode. TCP is accepted for development and for hook servers in another
+    # container; it has no such check, so a bare :port means loopback.
     if text.startswith("unix:"):
         if text.startswith("unix://") and text[7:8] != "/":
-            raise _Invalid(expected)
-        if str(unix_socket_path(text)) in ("", "."):
-            raise _Invalid(expected)
-        return text
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _Invalid(expected)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or any(ch.isspace() or ch in "/@?#" for ch in host):
-        raise _Invalid(expected)
-    return text
+            raise ValueError(ENDPOINT_EXPECTED)  # unix://host/... names no path
+        rest = str(unix_socket_path(text))
+        if rest in ("", "."):
+            raise ValueError(ENDPOINT_EXPECTED)
+        return UnixEndpoint(path=Path(os.path.abspath(rest)))
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep or ":" not in host:
+            raise ValueError(ENDPOINT_EXPECTED)
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:  # an IPv6 address needs brackets
+            raise ValueError(ENDPOINT_EXPECTED)
+        host = host or "127.0.0.1"
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(ENDPOINT_EXPECTED)
+    if any(ch.isspace() or ch in "/@?#[]" for ch in host):
+        raise ValueError(ENDPOINT_EXPECTED)
+    return TcpEndpoint(host=host, port=int(port))
+
+
+def _endpoint(text: str) -> str:
+    try:
+        endpoint = parse_endpoint(text)
+    except ValueError:
+        raise _Invalid(ENDPOINT_EXPECTED) from None
+    # Kept as written where gRPC reads it the same way; a relative socket path and a bare
+    # :port are written out so the daemon connects where the hook server listens.
+    match endpoint:
+        case UnixEndpoint():
+            return text if os.path.isabs(unix_socket_path(text)) else endpoint.target
+        case TcpEndpoint():
+            return endpoint.target if text.startswith(":") else text
+        case never:
+            assert_never(never)
 
 
 def _proxy(text: str) -> str:
-    expected = "a proxy URL like http://proxy.example:3128"
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(expected)
-    if _safe_port(text) is None and ":" in parts.netloc.rsplit("@", 1)[-1].strip("[]"):
-        raise _Invalid(expected)
-    return text
+    # The download driver reads the value by the same rule (upparat.urls), so what passes
+    # here is what it uses.
+    match urls.parse_proxy_url(text):
+        case urls.BadUrl(reason=reason):
+            raise _Invalid(f"{urls.PROXY_EXPECTED}", detail=reason)
+        case urls.ProxyUrl():
+            return text
+        case never:
+            assert_never(never)
 
 
 _DSN_PATH_RE = re.compile(r"(/[^/]+)*/[0-9]+")
@@ -737,10 +858,14 @@ def _environment_names(text: str) -> tuple[str, ...]:
         raise _Invalid(str(e)) from None
 
 
+SOCKET_MODE_LIMIT: Final = 0o660
+"""Who may connect to the hook server may have root run scripts: never other users."""
+
+
 def _socket_mode(text: str) -> int:
     match = re.fullmatch(r"(0o)?([0-7]{3,4})", text)
-    if match is None or int(match.group(2), 8) > 0o777:
-        raise _Invalid("an octal file mode 000-777 like 0660")
+    if match is None or int(match.group(2), 8) & ~SOCKET_MODE_LIMIT:
+        raise _Invalid("an octal mode of 0660 or tighter (no bits outside 0660, e.g. 0600)")
     return int(match.group(2), 8)
 
 
@@ -758,16 +883,6 @@ def _build(reader: _Reader, source: Path | None, thing_name_override: str | None
         hookserver=_build_hookserver(reader, hooks),
         signing=_build_signing(reader),
     )
-
-
-def parse_shared_keys(
-    parser: configparser.RawConfigParser,
-) -> tuple[DownloadConfig, SigningConfig, tuple[str, ...]]:
-    """The `[service]` keys the hook server shares with the daemon (the download folder,
-    the trusted keys), read by the same rules; with one line per problem found."""
-    reader = _Reader(parser)
-    download, signing_config = _build_download(reader), _build_signing(reader)
-    return download, signing_config, tuple(reader.problems)
 
 
 def _build_service(r: _Reader) -> ServiceConfig:
@@ -810,6 +925,9 @@ def _build_download(r: _Reader) -> DownloadConfig:
 
 
 def _trusted_keys(text: str) -> signing.TrustedKeys:
+    # Imported here: cryptography adds ~10 MB RSS, needed only where keys are configured.
+    from upparat import signing
+
     try:
         return signing.load_trusted_keys(_path(text))
     except signing.UnusableKeys as e:
@@ -883,11 +1001,10 @@ def _build_broker(r: _Reader, thing_name_override: str | None) -> BrokerConfig:
         host=r.value(sec, "host", _text, "127.0.0.1"),
         port=port,
         thing_name=thing_name,
-        client_id=r.value(sec, "client_id", _text, "upparat"),
+        client_id=r.value(sec, "client_id", _client_id, "upparat"),
         tls=tls,
         alpn=alpn,
-        # MQTT 3.1.1 section 3.1.2.10: a 16-bit number of seconds, 0 turns keepalive off.
-        keepalive=r.value(sec, "keepalive", _integer(0, 65535), 60),
+        keepalive=r.value(sec, "keepalive", _keepalive, 60),
     )
 
 

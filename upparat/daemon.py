@@ -6,7 +6,9 @@ Owns nothing but construction and teardown: which driver gets which config keys.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import time
 
 import attrs
 
@@ -24,6 +26,8 @@ from upparat.io.folder import (
 )
 from upparat.io.journal import Journal
 from upparat.io.mqtt import MqttDriver
+from upparat.io.status import StatusFile, StatusTracker
+from upparat.io.status import default_path as status_path
 from upparat.runtime import EventQueue, Runtime
 
 log = logging.getLogger("upparat")
@@ -114,6 +118,13 @@ def run_daemon(config: Config) -> int:
         downloader=downloader,
         journal=Journal(config.service.state_dir),
         services=ProcessServices(sentry_enabled=sentry_enabled),
+        status=StatusTracker(
+            StatusFile(status_path(os.environ, config.service.state_dir, unit_dir=None)),
+            wall_clock=time.time,
+            on_write_failed=lambda failed: log.warning(
+                "status file %s not written: %s (the job goes on)", failed.path, failed.reason
+            ),
+        ),
     )
     runtime.install_signal_handlers()
     try:

@@ -93,6 +93,14 @@ class Services(Protocol):
     def job_failed(self, job_id: str, state: str, message: str) -> None: ...
 
 
+class StatusSink(Protocol):
+    """The local status file (upparat.io.status.StatusTracker): sees what the loop sees."""
+
+    def saw_event(self, event: e.Event) -> None: ...
+    def saw_command(self, command: c.Command) -> None: ...
+    def flush(self, now: float) -> None: ...
+
+
 class Timers:
     """One pending timer per kind; `due()` pops those whose time has come."""
 
@@ -135,6 +143,7 @@ class Runtime:
         downloader: DownloadDriver,
         journal: JournalStore,
         services: Services,
+        status: StatusSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
@@ -144,6 +153,7 @@ class Runtime:
         self._downloader = downloader
         self._journal = journal
         self._services = services
+        self._status = status
         self._clock = clock
         self._timers = Timers()
         self._state: State = initial_state(settings)
@@ -200,6 +210,7 @@ class Runtime:
         """Hand one event to the core and carry out what it asks for."""
         now = self._clock()
         self._state, commands = step(self._state, event, now)
+        self._show(event, commands, now)
         unsaved: str | None = None
         for command in commands:
             if (
@@ -217,6 +228,17 @@ class Runtime:
                 log.exception("carrying out %s failed", type(command).__name__)
                 if isinstance(command, c.Persist):
                     unsaved = f"{type(err).__name__}: {err}"
+
+    def _show(self, event: e.Event, commands: tuple[c.Command, ...], now: float) -> None:
+        if self._status is None:
+            return
+        try:
+            self._status.saw_event(event)
+            for command in commands:
+                self._status.saw_command(command)
+            self._status.flush(now)
+        except Exception:  # the status is for show: it never stops a job
+            log.exception("updating the status file failed")
 
     def _execute(self, command: c.Command, now: float) -> None:
         match command:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
+
+# cryptography is imported where a key is loaded or a signature checked, not here: it
+# costs a process ~10 MB of RSS, and a device without [service] trusted_keys never needs
+# it (bench/RESULTS.md).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "KEYS_EXPECTED",
@@ -82,6 +84,14 @@ class TrustedKeys:
 
     def verify(self, sha256: bytes, signature: bytes) -> Verified | NotVerified:
         """Does `signature` (DER ECDSA) sign the file whose SHA-256 digest is `sha256`?"""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import (
+            Prehashed,
+            decode_dss_signature,
+        )
+
         if len(sha256) != _SHA256_BYTES:
             raise ValueError(f"signing: a SHA-256 digest has 32 bytes, got {len(sha256)}")
         try:
@@ -152,6 +162,10 @@ def _keys_of(file: Path) -> list[TrustedKey]:
 
 
 def _key_of(source: str, label: bytes, pem: bytes) -> TrustedKey:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     kind = label.decode("ascii")
     if label not in _PUBLIC_BLOCKS:
         if b"PRIVATE" in label:
@@ -187,6 +201,9 @@ def _key_of(source: str, label: bytes, pem: bytes) -> TrustedKey:
 
 def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
     """An EC P-256 private key from unencrypted PEM; `UnusableKeys` says why not."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         private = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
@@ -201,6 +218,10 @@ def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
 def sign_digest(private: ec.EllipticCurvePrivateKey, sha256: bytes) -> bytes:
     """The DER signature of a file whose SHA-256 digest is `sha256`: what
     `openssl dgst -sha256 -sign` makes of the file. For `upparat-job` and the demo."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
     if len(sha256) != _SHA256_BYTES:
         raise ValueError(f"signing: a SHA-256 digest has 32 bytes, got {len(sha256)}")
     return private.sign(sha256, ec.ECDSA(Prehashed(hashes.SHA256())))

@@ -14,19 +14,25 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
 import grpc
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from upbench.procstat import cpu_seconds, memory, smaps, switches_since, thread_switches
+from upbench import wakeups
+from upbench.procstat import cpu_seconds, memory, pss_kb, smaps, switches_since, thread_switches
 from upbench.rigs import JobRun, LegacyRig, Rig, UpparatRig
+from upbench.wakeups import ProcessWakeups
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
 FLOOR_IMPORTS = "import grpc, paho.mqtt.client, attrs"
@@ -63,12 +69,18 @@ class ProcIdle:
     """The same per thread name (the kernel's comm, 15 characters), most first."""
     mappings: tuple[tuple[str, int], ...]
     """Resident kB by kind of mapping (procstat.smaps), when RSS was sampled."""
+    pss_kb: int = 0
+    """Pss (smaps_rollup) when RSS was sampled."""
+    detail: ProcessWakeups | None = None
+    """Wakeups and CPU per window, per thread, with what each thread does."""
 
 
 @attrs.frozen(kw_only=True)
 class IdleResult:
     settle_seconds: float
     window_seconds: float
+    windows: int
+    """The window was split into this many; idle rates are their medians."""
     floor: ProcIdle
     daemon: ProcIdle
     hookserver: ProcIdle | None
@@ -105,8 +117,12 @@ def measure_idle(
     *,
     settle: float,
     window: float,
+    windows: int = 1,
+    evidence: bool = False,
 ) -> IdleResult:
-    """RSS `settle` seconds after each daemon started, then CPU over `window` more seconds.
+    """RSS `settle` seconds after each daemon started, then CPU and wakeups over `window`
+    more seconds, split into `windows` windows (medians of those are reported), then with
+    `evidence` py-spy dump and strace of each process.
 
     The rigs were started together; each is sampled at its own `settle` mark.
     """
@@ -122,18 +138,34 @@ def measure_idle(
     first: dict[str, tuple[float, dict[int, tuple[str, int]]]] = {}
     mem = {}
     maps: dict[str, dict[str, int]] = {}
+    pss: dict[str, int] = {}
     for name in sorted(pids, key=lambda n: started[n]):
         delay = started[name] + settle - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         mem[name] = memory(pids[name])
         maps[name] = smaps(pids[name])
+        pss[name] = pss_kb(pids[name])
         first[name] = (cpu_seconds(pids[name]), thread_switches(pids[name]))
-    time.sleep(window)
+    detail = wakeups.measure(
+        pids, windows=windows, seconds=window / windows, evidence=False, py_spy=py_spy
+    )
+    after = {
+        name: (cpu_seconds(pid), switches_since(pid, first[name][1])) for name, pid in pids.items()
+    }
+    if evidence:
+        # After the counted windows: strace slows what it traces.
+        for name, found in wakeups.measure(
+            {k: v for k, v in pids.items() if k != "floor"},
+            windows=1,
+            seconds=1.0,
+            evidence=True,
+            py_spy=py_spy,
+        ).items():
+            detail[name] = wakeups.with_evidence(detail[name], found)
     out: dict[str, ProcIdle] = {}
-    for name, pid in pids.items():
-        cpu0, switches0 = first[name]
-        by_thread = switches_since(pid, switches0)
+    for name in pids:
+        cpu1, by_thread = after[name]
         m = mem[name]
         out[name] = ProcIdle(
             rss_kb=m.rss_kb,
@@ -141,14 +173,17 @@ def measure_idle(
             anon_kb=m.anon_kb,
             file_kb=m.file_kb,
             threads=m.threads,
-            cpu_seconds=cpu_seconds(pid) - cpu0,
+            cpu_seconds=cpu1 - first[name][0],
             wakeups=sum(by_thread.values()),
             wakeups_by_thread=tuple(sorted(by_thread.items(), key=lambda kv: -kv[1])),
             mappings=tuple(sorted(maps[name].items(), key=lambda kv: -kv[1])),
+            pss_kb=pss[name],
+            detail=detail[name],
         )
     return IdleResult(
         settle_seconds=settle,
         window_seconds=window,
+        windows=windows,
         floor=out["floor"],
         daemon=out["daemon"],
         hookserver=out.get("hookserver"),
@@ -275,6 +310,8 @@ class DownloadResult:
     """hashlib.sha256 of the origin file (page cache) in the harness: one core's hash cost."""
     curl_cpu: Timing
     """CPU seconds (user + sys) of `curl -o /dev/null`."""
+    hashlib_cpu: Timing = Timing(samples=())
+    """CPU seconds (user + sys) of the harness thread that ran `hashlib` above."""
     upparat: tuple[JobRun, ...]
     legacy: tuple[JobRun, ...]
     legacy_file_ok: tuple[bool, ...]
@@ -325,6 +362,7 @@ def measure_download(
     pipeline: list[float] = []
     dd: list[float] = []
     hashing: list[float] = []
+    hash_cpu: list[float] = []
     runs: list[JobRun] = []
     legacy_runs: list[JobRun] = []
     legacy_ok: list[bool] = []
@@ -355,8 +393,11 @@ def measure_download(
         dd.append(wall_dd)
         target.unlink()
         start = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_THREAD)
         file_sha256(origin_file)
         hashing.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_THREAD)
+        hash_cpu.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
         say(
             f"download {rep}/{repeat}: curl -o /dev/null {null[-1]:.2f} s, -o FILE "
             f"{wall_file:.2f} s, sha256sum {wall_sum:.2f} s, dd oflag=direct {wall_dd:.2f} s"
@@ -384,6 +425,7 @@ def measure_download(
         dd_direct=Timing(samples=tuple(dd)),
         hashlib=Timing(samples=tuple(hashing)),
         curl_cpu=Timing(samples=tuple(cpu)),
+        hashlib_cpu=Timing(samples=tuple(hash_cpu)),
         upparat=tuple(runs),
         legacy=tuple(legacy_runs),
         legacy_file_ok=tuple(legacy_ok),
@@ -497,6 +539,8 @@ def _timeline(rig: Rig, run: JobRun) -> tuple[Step, ...]:
 class HookOverheadResult:
     grpc: Timing
     subprocess: Timing
+    info: Timing = Timing(samples=())
+    """GetInfo: the gRPC round trip through the hook server with no script behind it."""
 
 
 def measure_hook_overhead(rig: UpparatRig, *, count: int) -> HookOverheadResult:
@@ -505,6 +549,7 @@ def measure_hook_overhead(rig: UpparatRig, *, count: int) -> HookOverheadResult:
     channel = grpc.insecure_channel(f"unix://{rig.stack.socket}")
     try:
         stub = hooks_pb2_grpc.HookServiceStub(channel)
+        identity = hooks_pb2_grpc.IdentityServiceStub(channel)
         request = hooks_pb2.GetVersionRequest(
             context=hooks_pb2.JobContext(job_id="upparat_bench_hooks", meta="", attempt=1)
         )
@@ -516,6 +561,11 @@ def measure_hook_overhead(rig: UpparatRig, *, count: int) -> HookOverheadResult:
             if answer.result.outcome != hooks_pb2.OUTCOME_SUCCESS or not answer.version:
                 raise RuntimeError(f"GetVersion did not succeed: {answer}")
             return took
+
+        def info() -> float:
+            start = time.perf_counter()
+            identity.GetInfo(hooks_pb2.GetInfoRequest(), timeout=30)
+            return time.perf_counter() - start
 
         def via_subprocess() -> float:
             start = time.perf_counter()
@@ -530,15 +580,20 @@ def measure_hook_overhead(rig: UpparatRig, *, count: int) -> HookOverheadResult:
         for _ in range(3):  # connect, warm caches
             via_grpc()
             via_subprocess()
+            info()
         grpc_times: list[float] = []
         sub_times: list[float] = []
+        info_times: list[float] = []
         for _ in range(count):
             grpc_times.append(via_grpc())
             sub_times.append(via_subprocess())
+            info_times.append(info())
     finally:
         channel.close()
     return HookOverheadResult(
-        grpc=Timing(samples=tuple(grpc_times)), subprocess=Timing(samples=tuple(sub_times))
+        grpc=Timing(samples=tuple(grpc_times)),
+        subprocess=Timing(samples=tuple(sub_times)),
+        info=Timing(samples=tuple(info_times)),
     )
 
 
@@ -700,3 +755,177 @@ def dump_json(value: object, path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     path.write_text(json.dumps(_plain(value), indent=1, sort_keys=True) + "\n")
+
+
+# --- one core: the closest this machine gets to a small board --------------------------------
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process onto `cpus` (what `taskset -a -p` does)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.sched_setaffinity(int(task), cpus)
+
+
+@contextlib.contextmanager
+def affinity(cpus: set[int]) -> Iterator[None]:
+    """The harness's own thread on `cpus` meanwhile: processes it starts inherit the mask
+    from the start, as under `taskset -c`, so gRPC sizes its thread pools for one core."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def restart_product(rig: UpparatRig, cpus: set[int] | None) -> None:
+    """Hook server and daemon stopped and started again, on `cpus` (None: all of them)."""
+    rig.stack.stop_daemon()
+    rig.stack.stop_hookserver()
+    with affinity(cpus) if cpus else contextlib.nullcontext():
+        rig.stack.start_hookserver()
+        rig.start_daemon()
+
+
+@attrs.frozen(kw_only=True)
+class PinnedResult:
+    cpus: tuple[int, ...]
+    idle: IdleResult
+    latency: LatencyResult
+    latency_legacy: LatencyResult | None
+    curl_null: Timing
+    """`taskset -c` curl -o /dev/null (wall seconds)."""
+    curl_cpu: Timing
+    upparat: tuple[JobRun, ...]
+    legacy: tuple[JobRun, ...]
+
+
+def measure_pinned(
+    *,
+    ours: UpparatRig,
+    legacy: LegacyRig | None,
+    floor: FloorProcess,
+    cpus: set[int],
+    settle: float,
+    window: float,
+    windows: int,
+    url: str,
+    sha256: str,
+    size: int,
+    latency_url: str,
+    latency_sha256: str,
+    latency_size: int,
+    latency_jobs: int,
+    latency_pause: float,
+    timeout: float,
+    say: Callable[[str], None],
+) -> PinnedResult:
+    """Idle, latency and one download with the product (daemon and hook server) started
+    on `cpus`, and 1.12's threads moved there; both are put back on all cores after."""
+    all_cpus = os.sched_getaffinity(0)
+    restart_product(ours, cpus)
+    if legacy is not None:
+        pin_threads(legacy.daemon_pid(), cpus)
+        legacy.daemon_started_at = time.monotonic()
+    try:
+        say(f"one core: idle after {settle:.0f} s, then {windows} x {window / windows:.0f} s")
+        idle = measure_idle(ours, legacy, floor, settle=settle, window=window, windows=windows)
+        rigs: list[tuple[str, Rig]] = [("upparat, one core", ours)]
+        if legacy is not None:
+            rigs.append(("upparat 1.12, one core", legacy))
+        say(f"one core: latency, {latency_jobs} jobs each")
+        lat, *rest = measure_latency(
+            rigs,
+            url=latency_url,
+            sha256=latency_sha256,
+            size=latency_size,
+            count=latency_jobs,
+            pause=latency_pause,
+            timeout=timeout,
+            say=say,
+        )
+        curl = shutil.which("curl") or "curl"
+        taskset = shutil.which("taskset")
+        prefix = [taskset, "-c", ",".join(map(str, sorted(cpus)))] if taskset else []
+        os.sync()
+        wall, cpu = _timed([*prefix, curl, "-s", "-f", "-o", "/dev/null", url])
+        job_id, version = ours.next_job("dl1")
+        run = ours.run_job(
+            job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+        )
+        say(f"one core: curl -o /dev/null {wall:.2f} s, upparat {_show_run(run)}")
+        legacy_runs: list[JobRun] = []
+        if legacy is not None:
+            job_id, version = legacy.next_job("dl1")
+            legacy_run = legacy.run_job(
+                job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+            )
+            _check_legacy_file(legacy.download_folder / job_id, size, sha256)
+            legacy_runs.append(legacy_run)
+            say(f"one core: upparat 1.12 {_show_run(legacy_run)}")
+    finally:
+        say("back on all cores: restarting the hook server and the daemon")
+        restart_product(ours, None)
+        if legacy is not None:
+            pin_threads(legacy.daemon_pid(), all_cpus)
+    return PinnedResult(
+        cpus=tuple(sorted(cpus)),
+        idle=idle,
+        latency=lat,
+        latency_legacy=rest[0] if rest else None,
+        curl_null=Timing(samples=(wall,)),
+        curl_cpu=Timing(samples=(cpu,)),
+        upparat=(run,),
+        legacy=tuple(legacy_runs),
+    )
+
+
+# --- the cloud's share of a phase change -----------------------------------------------------
+
+
+def measure_cloud_rtt(rig: Rig, *, count: int) -> Timing:
+    """GetPendingJobExecutions round trips (publish → the emulator's answer) of a probe
+    client on the rig's broker, for a thing of its own so the daemon sees nothing: the
+    broker and the emulator's share of each update the daemon waits for."""
+    thing = "bench-rtt-probe"
+    answered = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=thing)
+    client.on_message = lambda c, u, m: answered.set()
+    client.connect("127.0.0.1", rig.stack.broker.port, keepalive=60)
+    sock = client.socket()
+    if isinstance(sock, socket.socket):  # as the daemon's MQTT driver does (Nagle off)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.loop_start()
+    samples: list[float] = []
+    try:
+        base = f"$aws/things/{thing}/jobs/get"
+        client.subscribe([(f"{base}/accepted", 1), (f"{base}/rejected", 1)])
+        time.sleep(0.5)  # SUBACK
+        for n in range(count + 2):
+            answered.clear()
+            start = time.perf_counter()
+            client.publish(base, json.dumps({"clientToken": f"probe-{n}"}), qos=1)
+            if not answered.wait(5):
+                raise RuntimeError("the emulator did not answer GetPendingJobExecutions")
+            if n >= 2:  # two warm-up rounds
+                samples.append(time.perf_counter() - start)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return Timing(samples=tuple(samples))
+
+
+def measure_alone(
+    pid: int, *, settle: float, window: float, windows: int, evidence: bool
+) -> ProcessWakeups:
+    """Wakeups of one process (the hook server after the daemon stopped), `settle` seconds
+    from now, over `windows` windows."""
+    time.sleep(settle)
+    counted = wakeups.measure(
+        {"p": pid}, windows=windows, seconds=window / windows, evidence=False, py_spy=py_spy
+    )["p"]
+    if not evidence:
+        return counted
+    seen = wakeups.measure({"p": pid}, windows=1, seconds=1.0, evidence=True, py_spy=py_spy)
+    return wakeups.with_evidence(counted, seen["p"])

@@ -122,6 +122,16 @@ class PeakSampler:
         self._sample()
 
 
+def pss_kb(pid: int) -> int:
+    """Pss from /proc/<pid>/smaps_rollup: resident memory with each shared page divided
+    among the processes that map it, so two processes' Pss add up to what they cost."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
 _HEAP_MAX = 64 * 1024 * 1024
 """glibc maps each non-main malloc arena at a multiple of HEAP_MAX_SIZE (64 MiB on 64 bit)."""
 _STACK = 8 * 1024 * 1024

@@ -20,12 +20,14 @@ from upbench.measure import (
     IdleResult,
     ImportStep,
     LatencyResult,
+    PinnedResult,
     ProcIdle,
     Profile,
     Step,
     Timing,
 )
 from upbench.rigs import JobRun
+from upbench.wakeups import ProcessWakeups, grouped, owner
 
 NOT_MEASURED = "not measured"
 
@@ -94,6 +96,12 @@ class Results:
     latency_112_hooks: LatencyResult
     latency_legacy: LatencyResult | None
     hooks: HookOverheadResult
+    pinned: PinnedResult | None
+    """The same product started on one core (None: not measured)."""
+    cloud_rtt: Timing | None
+    """GetPendingJobExecutions round trips of a probe client to the emulator."""
+    hookserver_alone: ProcessWakeups | None
+    """The hook server idle with no daemon connected (None: not measured)."""
     profiles: tuple[Profile, ...]
     profile_skipped: str | None
 
@@ -219,6 +227,7 @@ def render(r: Results) -> str:
     if r.legacy_skipped:
         out.append(f"**upparat 1.12 was not measured in this run:** {r.legacy_skipped}\n")
 
+    out.append(_issue16(r))
     out.append(_targets(r))
     out.append(_download_section(r))
     out.append(_traffic_section(r))
@@ -731,6 +740,13 @@ def _hooks_section(r: Results) -> str:
             str(len(h.subprocess.samples)),
         ],
         [
+            "GetInfo via the shell hook server (the round trip alone, no script)",
+            _ms(h.info.median) if h.info.samples else "-",
+            _ms(h.info.best) if h.info.samples else "-",
+            _ms(p90(h.info)) if h.info.samples else "-",
+            str(len(h.info.samples)),
+        ],
+        [
             "hook server overhead",
             _ms(h.grpc.median - h.subprocess.median),
             "",
@@ -741,7 +757,7 @@ def _hooks_section(r: Results) -> str:
     return (
         "## 6. Hook overhead: one GetVersion (gRPC on the unix socket + fork/exec of the script)\n\n"
         + _table(("call", "median ms", "best ms", "p90 ms", "n"), rows)
-        + "\nCalls alternate (one GetVersion, one subprocess.run) after three warm-up rounds;"
+        + "\nCalls alternate (one GetVersion, one subprocess.run, one GetInfo) after three warm-up rounds;"
         " the channel stays open, as the daemon's does. upparat 1.12 has no hook server: it"
         " runs each hook with subprocess.Popen in a new thread of the daemon, so its cost per"
         " hook is about the subprocess.run row.\n"
@@ -1086,3 +1102,487 @@ def _method(r: Results, mb: float) -> str:
   from an idle daemon.
 - A value shown as "-" or "{NOT_MEASURED}" was not measured in this run, with the reason beside it.
 """
+
+
+# --- issue 16: waiting is free, jobs are quick -------------------------------------------------
+
+ISSUE16_LABELS = (
+    "I1 daemon idle wakeups/s",
+    "I2 hook server idle wakeups/s",
+    "I3 daemon idle CPU s/min",
+    "I4 hook server idle CPU s/min",
+    "I5 daemon idle RSS above the floor",
+    "I6 daemon + hook server idle PSS summed",
+    "I7 trivial job latency, median",
+    "I8 daemon CPU per GB downloaded",
+    "I9 download time vs the physical limit",
+)
+
+
+def _rate(p: ProcIdle | None) -> float | None:
+    if p is None:
+        return None
+    if p.detail is not None and p.detail.windows:
+        return p.detail.rate
+    return None
+
+
+def _cpu_min(p: ProcIdle | None, window: float) -> float | None:
+    if p is None:
+        return None
+    if p.detail is not None and p.detail.cpu_per_minute:
+        return p.detail.cpu
+    return p.cpu_seconds * 60.0 / window
+
+
+def _bound_by_threads(p: ProcIdle | None, n: int = 3) -> str:
+    if p is None or p.detail is None:
+        return ""
+    parts = [f"{who} {rate:.1f}/s" for who, rate in grouped(p.detail.threads)[:n] if rate >= 0.05]
+    return ", ".join(parts)
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict16(value: float | None, goal: float | None) -> str:
+    if value is None or goal is None:
+        return NOT_MEASURED
+    return "met" if value <= goal else "**missed**"
+
+
+@attrs.frozen(kw_only=True)
+class _Run16:
+    """What one table of issue 16 needs (all cores, or the product on one core)."""
+
+    idle: IdleResult
+    latency: LatencyResult
+    latency_legacy: LatencyResult | None
+    downloads: tuple[JobRun, ...]
+    legacy_downloads: tuple[JobRun, ...]
+    size: int
+    curl_null: float
+    curl_cpu: float
+    durable_write: float
+    sha256: float
+    sha256_cpu: float | None
+
+
+def _runs16(r: Results) -> list[tuple[str, _Run16]]:
+    d = r.download
+    sha_cpu = d.hashlib_cpu.median if d.hashlib_cpu.samples else None
+    found = [
+        (
+            "all cores",
+            _Run16(
+                idle=r.idle,
+                latency=r.latency,
+                latency_legacy=r.latency_legacy,
+                downloads=d.upparat,
+                legacy_downloads=d.legacy,
+                size=d.size,
+                curl_null=d.curl_null.median,
+                curl_cpu=d.curl_cpu.median,
+                durable_write=d.dd_direct.median,
+                sha256=d.hashlib.median,
+                sha256_cpu=sha_cpu,
+            ),
+        )
+    ]
+    p = r.pinned
+    if p is not None:
+        found.append(
+            (
+                f"daemon and hook server on one core (cpu {','.join(map(str, p.cpus))})",
+                _Run16(
+                    idle=p.idle,
+                    latency=p.latency,
+                    latency_legacy=p.latency_legacy,
+                    downloads=p.upparat,
+                    legacy_downloads=p.legacy,
+                    size=d.size,
+                    curl_null=p.curl_null.median,
+                    curl_cpu=p.curl_cpu.median,
+                    durable_write=d.dd_direct.median,
+                    sha256=d.hashlib.median,
+                    sha256_cpu=sha_cpu,
+                ),
+            )
+        )
+    return found
+
+
+def _rows16(run: _Run16, r: Results) -> list[list[str]]:
+    i = run.idle
+    w = i.window_seconds
+    rows: list[list[str]] = []
+    legacy_idle = i.legacy
+
+    def row(
+        label: str,
+        goal_text: str,
+        ours: float | None,
+        legacy: str,
+        floor: str,
+        goal: float | None,
+        bound: str,
+        digits: int = 1,
+    ) -> None:
+        verdict = _verdict16(ours, goal)
+        rows.append(
+            [
+                label,
+                goal_text,
+                _num(ours, digits),
+                legacy,
+                floor,
+                verdict,
+                bound if verdict != "met" else "",
+            ]
+        )
+
+    # wakeups
+    row(
+        "I1 daemon idle wakeups/s",
+        "≤ 1",
+        _rate(i.daemon),
+        _num(_rate(legacy_idle)),
+        _num(_rate(i.floor)),
+        1.0,
+        _bound_by_threads(i.daemon),
+    )
+    row(
+        "I2 hook server idle wakeups/s",
+        "≤ 1",
+        _rate(i.hookserver),
+        "(no hook server)",
+        _num(_rate(i.floor)),
+        1.0,
+        _bound_by_threads(i.hookserver),
+    )
+    row(
+        "I3 daemon idle CPU s/min",
+        "≤ 0.01",
+        _cpu_min(i.daemon, w),
+        _num(_cpu_min(legacy_idle, w), 3),
+        _num(_cpu_min(i.floor, w), 3),
+        0.01,
+        "the wakeups of I1: " + _bound_by_threads(i.daemon, 2),
+        3,
+    )
+    row(
+        "I4 hook server idle CPU s/min",
+        "≤ 0.01",
+        _cpu_min(i.hookserver, w),
+        "(no hook server)",
+        _num(_cpu_min(i.floor, w), 3),
+        0.01,
+        "the wakeups of I2: " + _bound_by_threads(i.hookserver, 2),
+        3,
+    )
+    above = (i.daemon.rss_kb - i.floor.rss_kb) / 1024
+    rows.append(
+        [
+            "I5 daemon idle RSS above the floor",
+            "≤ 3 MB",
+            f"{above:.1f} MB ({_mb(i.daemon.rss_kb)} vs {_mb(i.floor.rss_kb)})",
+            "-" if legacy_idle is None else f"1.12's RSS: {_mb(legacy_idle.rss_kb)} MB",
+            f"{_mb(i.floor.rss_kb)} MB",
+            _verdict16(above, 3.0),
+            ""
+            if above <= 3
+            else "imports and start-up steps (section 3 and `What dominates`: protobuf stubs,"
+            " cryptography via upparat.signing, the gRPC channel's core state)",
+        ]
+    )
+    if i.hookserver is not None:
+        pss = (i.daemon.pss_kb + i.hookserver.pss_kb) / 1024
+        rss = (i.daemon.rss_kb + i.hookserver.rss_kb) / 1024
+        goal = None if legacy_idle is None else legacy_idle.rss_kb / 1024 + 20
+        rows.append(
+            [
+                "I6 daemon + hook server idle PSS summed",
+                "≤ 1.12's RSS + 20 MB" + ("" if goal is None else f" = {goal:.1f} MB"),
+                f"{pss:.1f} MB (RSS summed {rss:.1f} MB)",
+                "-"
+                if legacy_idle is None
+                else f"RSS {_mb(legacy_idle.rss_kb)}, PSS {_mb(legacy_idle.pss_kb)} MB",
+                f"PSS {_mb(i.floor.pss_kb)} MB",
+                _verdict16(pss, goal),
+                ""
+                if goal is None or pss <= goal
+                else f"each process carries the grpc/protobuf floor ({_mb(i.floor.rss_kb)} MB RSS);"
+                " shared library pages are counted once, Python's heap of each is not shareable",
+            ]
+        )
+    lat = _median([x.done_seconds for x in run.latency.runs if x.status == "SUCCEEDED"])
+    lat_legacy = (
+        _median([x.done_seconds for x in run.latency_legacy.runs if x.status == "SUCCEEDED"])
+        if run.latency_legacy
+        else None
+    )
+    rows.append(
+        [
+            "I7 trivial job latency, median",
+            "≤ 60 ms",
+            f"{_ms(lat)} ms",
+            f"{_ms(lat_legacy)} ms",
+            "",
+            _verdict16(lat, 0.060),
+            "" if lat is not None and lat <= 0.060 else _latency_bound(run.latency, r),
+        ]
+    )
+    gb = run.size / 1e9
+    cpu = _cpu_per_gb(run.downloads, run.size)
+    legacy_cpu = _cpu_per_gb(run.legacy_downloads, run.size)
+    limit_cpu = None if run.sha256_cpu is None else 1.1 * (run.curl_cpu / gb + run.sha256_cpu / gb)
+    rows.append(
+        [
+            "I8 daemon CPU per GB downloaded",
+            "≤ 1.1 x (curl + sha256) per GB"
+            + ("" if limit_cpu is None else f" = {limit_cpu:.2f} s"),
+            f"{_num(cpu, 2)} s",
+            f"{_num(legacy_cpu, 2)} s",
+            f"curl {run.curl_cpu / gb:.2f} s + sha256 "
+            + ("-" if run.sha256_cpu is None else f"{run.sha256_cpu / gb:.2f} s"),
+            _verdict16(cpu, limit_cpu),
+            ""
+            if cpu is None or limit_cpu is None or cpu <= limit_cpu
+            else "writing and syncing the file (curl -o /dev/null writes nothing), the"
+            " download driver's Python loop per chunk (profile in `What dominates`)",
+        ]
+    )
+    ours = _median(download_seconds(run.downloads))
+    legacy_dl = _median(download_seconds(run.legacy_downloads))
+    limits = {
+        "the network (curl -o /dev/null)": run.curl_null,
+        "the durable disk write (dd oflag=direct)": run.durable_write,
+        "sha256 (hashlib, one core)": run.sha256,
+    }
+    which, limit = max(limits.items(), key=lambda kv: kv[1])
+    ratio = None if ours is None else ours / limit
+    rows.append(
+        [
+            "I9 download time vs the physical limit",
+            "≤ 1.15 x the slowest of network, durable write, sha256",
+            "-" if ratio is None else f"{ratio:.2f} x ({_s(ours)} s)",
+            "-" if legacy_dl is None else f"{legacy_dl / limit:.2f} x ({_s(legacy_dl)} s)",
+            f"{_s(limit)} s: {which}",
+            _verdict16(ratio, 1.15),
+            ""
+            if ratio is None or ratio <= 1.15
+            else f"{which} ({_s(limit)} s) is the limit; the rest is the daemon's",
+        ]
+    )
+    return rows
+
+
+def _alone_row(r: Results) -> list[str]:
+    label = "I2b hook server idle wakeups/s, no daemon connected"
+    a = r.hookserver_alone
+    if a is None:
+        return [label, "≤ 1", "-", "(no hook server)", "", NOT_MEASURED, ""]
+    verdict = _verdict16(a.rate, 1.0)
+    who = ", ".join(f"{w} {x:.1f}/s" for w, x in grouped(a.threads)[:3] if x >= 0.05)
+    return [
+        label,
+        "≤ 1",
+        f"{a.rate:.1f} (CPU {a.cpu:.3f} s/min)",
+        "(no hook server)",
+        "",
+        verdict,
+        who if verdict != "met" else "",
+    ]
+
+
+def _latency_bound(res: LatencyResult, r: Results) -> str:
+    hooks = sum(1 for s in res.timeline if s.what.endswith("hook started"))
+    updates = sum(1 for s in res.timeline if s.what.startswith("cloud received"))
+    per_call = r.hooks.grpc.median
+    return (
+        f"{hooks} hook calls x {_ms(per_call)} ms (a GetVersion on all cores, section 6) and"
+        f" {updates} cloud round trips, one per phase (breakdown below)"
+    )
+
+
+def _issue16(r: Results) -> str:
+    out = [
+        "## Issue 16: waiting is free, jobs are quick\n\n"
+        "Each row measured in this run, side by side with upparat 1.12 and the floor"
+        f' (`python -c "{FLOOR_IMPORTS}"`) or the physical limit. Idle figures are the median'
+        f" of {r.idle.windows} windows of {r.idle.window_seconds / r.idle.windows:.0f} s"
+        " (context switches of every thread, CPU from schedstat), taken"
+        f" {r.idle.settle_seconds:.0f} s after the start; `what bounds it` names the threads"
+        " that wake (evidence per thread below) or the resource that sets the limit.\n"
+    ]
+    header = (
+        "what",
+        "target",
+        "upparat",
+        "upparat 1.12",
+        "floor / limit",
+        "verdict",
+        "what bounds it",
+    )
+    for n, (title, run) in enumerate(_runs16(r)):
+        out.append(f"\n### {title}\n\n")
+        rows = _rows16(run, r)
+        if n == 0:
+            rows.insert(2, _alone_row(r))
+        out.append(_table(header, rows))
+    if r.pinned is None:
+        out.append("\nOne core: not measured in this run.\n")
+    else:
+        out.append(
+            "\nOne core: the hook server and the daemon were restarted with the harness's"
+            " thread on one CPU (children inherit the mask, as under `taskset -c`), so gRPC"
+            " sized its thread pools for one core; 1.12's threads were moved there"
+            " (`taskset -a -p`). The emulator, broker and origin stay on all cores: on a"
+            " device they are remote. Durable write and sha256 are the all-core run's"
+            " (single-threaded); curl was run under `taskset -c`.\n"
+        )
+    out.append(_evidence(r))
+    out.append(_breakdown(r))
+    return "".join(out)
+
+
+def _evidence(r: Results) -> str:
+    rows = []
+    for label, p in (
+        ("daemon", r.idle.daemon),
+        ("hook server", r.idle.hookserver),
+        ("1.12", r.idle.legacy),
+    ):
+        if p is None or p.detail is None:
+            continue
+        for t in p.detail.threads:
+            if t.rate < 0.05 and not t.syscall_rate:
+                continue
+            rows.append(
+                [
+                    label,
+                    t.python_name or t.comm,
+                    t.comm,
+                    t.where or "-",
+                    f"{t.rate:.1f}",
+                    t.syscall or "-",
+                    "-" if t.syscall_rate is None else f"{t.syscall_rate:.1f}",
+                    owner(t),
+                ]
+            )
+    skipped = {
+        p.detail.evidence_skipped for p in (r.idle.daemon, r.idle.hookserver) if p and p.detail
+    }
+    notes = "; ".join(s for s in skipped if s)
+    return (
+        "\n### Idle wakeups per thread (all cores)\n\n"
+        "Context switches per second of each thread (median of the windows), the thread's"
+        " Python name and the frame it waits in (`py-spy dump`), and its most frequent system"
+        " call under `strace -f` in a separate window after the counted ones (strace's own"
+        " attach adds a call or two per thread).\n\n"
+        + _table(
+            (
+                "process",
+                "thread",
+                "comm",
+                "waits in",
+                "wakeups/s",
+                "most frequent system call",
+                "calls/s",
+                "who",
+            ),
+            rows,
+        )
+        + (f"\nEvidence incomplete: {notes}.\n" if notes else "")
+    )
+
+
+def _breakdown(r: Results) -> str:
+    h = r.hooks
+    res = r.latency
+    job = _median([x.done_seconds for x in res.runs if x.status == "SUCCEEDED"])
+    hooks = sum(1 for s in res.timeline if s.what.endswith("hook started"))
+    updates = sum(1 for s in res.timeline if s.what.startswith("cloud received"))
+    if job is None or not h.info.samples:
+        return "\n### Where a trivial job's time goes\n\nNot measured in this run.\n"
+    info = h.info.median
+    script = h.subprocess.median
+    server = max(0.0, h.grpc.median - info - script)
+    hook_total = hooks * h.grpc.median
+    rest = job - hook_total
+    rows = [
+        [
+            "gRPC round trip through the hook server (GetInfo: no script)",
+            _ms(info),
+            str(hooks),
+            _ms(hooks * info),
+        ],
+        [
+            "running the script in the hook server, over a bare fork/exec"
+            " (GetVersion - GetInfo - subprocess.run)",
+            _ms(server),
+            str(hooks),
+            _ms(hooks * server),
+        ],
+        ["the script itself (subprocess.run of it)", _ms(script), str(hooks), _ms(hooks * script)],
+    ]
+    if r.cloud_rtt is not None and r.cloud_rtt.samples:
+        cloud = r.cloud_rtt.median
+        rows.append(
+            [
+                "a cloud round trip (MQTT publish → emulator → answer; a probe client's"
+                " GetPendingJobExecutions)",
+                _ms(cloud),
+                f"{updates} updates",
+                _ms(updates * cloud),
+            ]
+        )
+        rest -= updates * cloud
+    steps = list(res.timeline)
+    gaps = [
+        b.at - a.at
+        for a, b in itertools.pairwise(steps)
+        if a.what.endswith("hook started") and b.what.endswith("hook started")
+    ]
+    daemon_per_hook: float | None = None
+    if gaps:
+        daemon_per_hook = max(0.0, statistics.median(gaps) - h.grpc.median)
+        rows.append(
+            [
+                "the daemon's own share of each hook call: hook-to-hook gap with no cloud"
+                f" update between ({_ms(statistics.median(gaps))} ms, median of {len(gaps)})"
+                " minus a whole GetVersion from a bare client",
+                _ms(daemon_per_hook) if daemon_per_hook > 0 else "≈ 0 (within the noise)",
+                str(hooks),
+                _ms(hooks * daemon_per_hook),
+            ]
+        )
+        rest -= hooks * daemon_per_hook
+    rows += [
+        [
+            "the rest: the daemon between events (journal fsync before the hooks that may"
+            " restart, state steps, hook client and MQTT driver threads), the emulator's"
+            " state-file write per update",
+            "",
+            "",
+            _ms(rest),
+        ],
+        ["the median job", "", "", _ms(job)],
+    ]
+    return (
+        "\n### Where a trivial job's time goes\n\n"
+        "Per hook call from section 6 (the same hook server, the channel open), times the calls"
+        " the median job made; what is left of the job is the cloud's and the daemon's (its"
+        " timeline is in `What dominates`).\n\n"
+        + _table(("part", "ms each", "count per job", "ms per job"), rows)
+        + "\nThe hook-to-hook gap is the whole path of one call as the daemon makes it (the"
+        " core's step, the hook client starting the call, the gRPC round trip, the hook"
+        " server starting the script, the script, the answer back into the daemon's queue);"
+        " a bare gRPC client doing the same GetVersion needs the `GetVersion via the shell"
+        " hook server` time of section 6, so the difference is spent in the daemon's hook"
+        " client and runtime. The rest includes the durable download of the 1 MB file"
+        " (fdatasync, fsync of the file and its folder), the hook server's copy and check of"
+        " it before Install, the journal's fsync before the restart hook, and the removal of"
+        " the download before the terminal update: guarantees, kept.\n"
+    )

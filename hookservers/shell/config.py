@@ -1,41 +1,39 @@
 """The hook server's view of the upparat INI file: `[hooks]`, `[hookserver]` and the
 `[service]` keys it shares with the daemon.
 
-Reads only what the hook server needs; every other section and key belongs to the daemon
-and is ignored here (the daemon checks them). The shared keys (`download_location`,
-`trusted_keys`, `require_signature`) are read by the daemon's own rules
-(`upparat.config.parse_shared_keys`), so both processes agree on what they mean.
+The file is read and checked by the daemon's model (`upparat.config`): every section,
+every key, every value by the same rule, so the daemon, `upparat check-config` and this
+server accept exactly the same files and refuse the others with the same message. This
+module only picks what the server uses and resolves script paths.
 """
 
 from __future__ import annotations
 
 import configparser
-import dataclasses
-import math
 import os
-import re
 import shutil
 import stat
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+
+import attrs
 
 from upparat import config as daemon_config
-from upparat import scriptenv, signing
-
-T = TypeVar("T")
+from upparat import signing
 
 HOOKS = ("version", "download", "install", "restart", "ready")
 """The `[hooks]` keys naming scripts, in the order a job uses them."""
 
 DEFAULT_CONFIG = Path("/etc/upparat/upparat.conf")
-DEFAULT_ENDPOINT = "unix:///run/upparat/hooks.sock"
-DEFAULT_SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_GRACE = 10.0
-DEFAULT_SOCKET_MODE = 0o660
-DEFAULT_STATE_DIR = Path("/var/lib/upparat-hookserver")
+DEFAULT_ENDPOINT = daemon_config.DEFAULT_ENDPOINT
+_DEFAULTS = daemon_config.HookServerConfig()
+DEFAULT_SCRIPT_PATH = _DEFAULTS.script_path
+DEFAULT_GRACE = _DEFAULTS.cancel_grace_period
+DEFAULT_SOCKET_MODE = _DEFAULTS.socket_mode
+DEFAULT_STATE_DIR = daemon_config.DEFAULT_HOOKSERVER_STATE_DIR
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""What --log-level takes; the file's log_level also takes the daemon's aliases (warn...)."""
 
 OPTIONS: Mapping[str, tuple[str, str]] = {
     "listen": (
@@ -78,37 +76,15 @@ OPTIONS: Mapping[str, tuple[str, str]] = {
 }
 """`[hookserver]` keys: (default, help). The --help epilog is built from this table."""
 
+ConfigError = daemon_config.ConfigError
+"""The configuration cannot be used; one operator-facing line per problem."""
 
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is one operator-facing line each."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class UnixListen:
-    path: Path
-
-    def __str__(self) -> str:
-        return f"unix://{self.path}"
+UnixListen = daemon_config.UnixEndpoint
+TcpListen = daemon_config.TcpEndpoint
+Listen = daemon_config.Endpoint
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TcpListen:
-    host: str
-    port: int
-
-    @property
-    def address(self) -> str:
-        """The gRPC bind address."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    def __str__(self) -> str:
-        return self.address
-
-
-Listen = UnixListen | TcpListen
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@attrs.frozen(kw_only=True)
 class ServerConfig:
     scripts: Mapping[str, Path]
     """Configured hooks only: hook name → absolute script path."""
@@ -120,6 +96,7 @@ class ServerConfig:
     environment: tuple[tuple[str, str], ...] = ()
     pass_environment: tuple[str, ...] = ()
     log_level: str = "INFO"
+    """A `logging` level name."""
     download_dir: Path
     """`<[service] download_location>/upparat`: the only place install files come from."""
     state_dir: Path = DEFAULT_STATE_DIR
@@ -129,163 +106,63 @@ class ServerConfig:
 
 def load(path: Path, *, listen: str | None = None, log_level: str | None = None) -> ServerConfig:
     """Reads `path`; `listen` and `log_level` (from the command line) override the file."""
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        with path.open(encoding="utf-8") as f:
-            parser.read_file(f)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"config: {path} does not exist (pass -c /path/to/upparat.conf)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config: cannot read {path}: {e}") from None
-    except configparser.Error as e:
-        message = " ".join(str(e).split())
-        raise ConfigError(f"config: {path} is not a valid INI file: {message}") from None
-    return parse(parser, listen=listen, log_level=log_level)
+    return from_config(daemon_config.load_config(path), listen=listen, log_level=log_level)
 
 
 def parse(
-    parser: configparser.ConfigParser, *, listen: str | None = None, log_level: str | None = None
+    parser: configparser.RawConfigParser,
+    *,
+    listen: str | None = None,
+    log_level: str | None = None,
 ) -> ServerConfig:
-    problems: list[str] = []
-    defaults = set(parser.defaults())
+    """`load` for a file already read."""
+    config = daemon_config.config_from_parser(parser)
+    return from_config(config, listen=listen, log_level=log_level)
 
-    def get(section: str, key: str) -> str | None:
-        if not parser.has_section(section) or key not in parser[section]:
-            return None
-        value = parser[section][key].strip()
-        return value or None
 
-    if parser.has_section("hookserver"):
-        unknown = sorted(set(parser.options("hookserver")) - defaults - set(OPTIONS))
-        if unknown:
-            problems.append(
-                f"config: [hookserver] has unknown keys {', '.join(unknown)}; "
-                f"known: {', '.join(OPTIONS)}"
-            )
-
-    script_path = get("hookserver", "script_path") or DEFAULT_SCRIPT_PATH
-
+def from_config(
+    config: daemon_config.Config, *, listen: str | None = None, log_level: str | None = None
+) -> ServerConfig:
+    """What the server uses of a checked `Config`, with the command line's overrides."""
+    hs = config.hookserver
+    where = hs.listen
+    if listen is not None:
+        where = listen
+    try:
+        endpoint = daemon_config.parse_endpoint(where)
+    except ValueError as e:
+        # Only --listen can get here: the file's value passed the same rule.
+        raise ConfigError((f"config: --listen must be {e}, got {listen!r}",)) from None
     scripts: dict[str, Path] = {}
     for hook in HOOKS:
-        value = get("hooks", hook)
+        value: str | None = getattr(config.hooks, hook)
         if value is not None:
-            scripts[hook] = _script_location(value, script_path)
-
-    listen_text = listen or get("hookserver", "listen") or get("hooks", "endpoint")
-    where = "--listen" if listen else "[hookserver] listen"
-    parsed_listen: Listen = UnixListen(path=Path("/run/upparat/hooks.sock"))
-    try:
-        parsed_listen = parse_listen(listen_text or DEFAULT_ENDPOINT)
-    except ValueError as e:
-        problems.append(f"config: {where} {e}, got {listen_text!r}")
-
-    def seconds(key: str, default: float | None) -> float | None:
-        text = get("hookserver", key)
-        if text is None:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0:
-            problems.append(f"config: [hookserver] {key} must be seconds >= 0, got {text!r}")
-            return default
-        return value
-
-    default_retry_after = seconds("default_retry_after", None)
-    grace = seconds("cancel_grace_period", DEFAULT_GRACE)
-
-    mode = DEFAULT_SOCKET_MODE
-    mode_text = get("hookserver", "socket_mode")
-    if mode_text is not None:
-        match = re.fullmatch(r"(?:0o)?([0-7]{3,4})", mode_text)
-        if match is None or int(match.group(1), 8) & ~DEFAULT_SOCKET_MODE:
-            problems.append(
-                "config: [hookserver] socket_mode must be an octal mode of 0660 or tighter "
-                f"(no bits outside 0660, e.g. 0600), got {mode_text!r}"
-            )
-        else:
-            mode = int(match.group(1), 8)
-
-    def variables(key: str, parse: Callable[[str], T], default: T) -> T:
-        text = get("hookserver", key)
-        if text is None:
-            return default
-        try:
-            return parse(text)
-        except scriptenv.InvalidEnvironment as e:
-            problems.append(f"config: [hookserver] {key} must be {e}, got {text!r}")
-            return default
-
-    no_assignments: tuple[tuple[str, str], ...] = ()
-    no_names: tuple[str, ...] = ()
-    environment = variables("environment", scriptenv.parse_assignments, no_assignments)
-    pass_environment = variables("pass_environment", scriptenv.parse_names, no_names)
-
-    state_text = get("hookserver", "state_dir")
-    state_dir = default_state_dir() if state_text is None else Path(os.path.abspath(state_text))
-
-    download, signing_config, shared_problems = daemon_config.parse_shared_keys(parser)
-    problems.extend(shared_problems)
-
-    level = (log_level or get("hookserver", "log_level") or "INFO").upper()
-    if level not in LOG_LEVELS:
-        problems.append(
-            f"config: [hookserver] log_level must be one of {', '.join(LOG_LEVELS)}, got {level!r}"
-        )
-        level = "INFO"
-
-    if problems:
-        raise ConfigError("\n".join(problems))
+            scripts[hook] = _script_location(value, hs.script_path)
     return ServerConfig(
         scripts=scripts,
-        listen=parsed_listen,
-        default_retry_after=default_retry_after,
-        cancel_grace_period=DEFAULT_GRACE if grace is None else grace,
-        socket_mode=mode,
-        script_path=script_path,
-        environment=environment,
-        pass_environment=pass_environment,
-        log_level=level,
-        download_dir=download.directory,
-        state_dir=state_dir,
-        trusted_keys=signing_config.trusted_keys,
-        require_signature=signing_config.require_signature,
+        listen=endpoint,
+        default_retry_after=hs.default_retry_after,
+        cancel_grace_period=hs.cancel_grace_period,
+        socket_mode=hs.socket_mode,
+        script_path=hs.script_path,
+        environment=hs.environment,
+        pass_environment=hs.pass_environment,
+        log_level=log_level.upper() if log_level is not None else hs.log_level.name,
+        download_dir=config.download.directory,
+        state_dir=hs.state_dir if hs.state_dir is not None else default_state_dir(),
+        trusted_keys=config.signing.trusted_keys,
+        require_signature=config.signing.require_signature,
     )
 
 
 def default_state_dir() -> Path:
     """systemd's StateDirectory= (the first, when it names several), else the fixed path."""
-    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(given) if given.startswith("/") else DEFAULT_STATE_DIR
+    return daemon_config.default_hookserver_state_dir(os.environ)
 
 
 def parse_listen(text: str) -> Listen:
     """`unix:///abs`, `unix:/abs`, `unix:relative`, `host:port`, `[v6]:port` or `:port`."""
-    if text.startswith("unix:"):
-        rest = text.removeprefix("unix:")
-        if rest.startswith("//"):
-            rest = rest[2:]
-            if not rest.startswith("/"):
-                raise ValueError("must be unix:///absolute/path (unix://host/... is not a path)")
-        if rest in ("", "."):
-            raise ValueError("must name a socket file, e.g. unix:///run/upparat/hooks.sock")
-        return UnixListen(path=Path(os.path.abspath(rest)))
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise ValueError("must be [ipv6-address]:port")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError("must be unix:///path/to/socket or host:port")
-        if ":" in host:
-            raise ValueError("must put an IPv6 address in brackets, e.g. [::1]:50051")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError("must end in a port 1-65535")
-    return TcpListen(host=host or "127.0.0.1", port=int(port_text))
+    return daemon_config.parse_endpoint(text)
 
 
 def _script_location(value: str, script_path: str) -> Path:
@@ -319,7 +196,7 @@ def script_problems(config: ServerConfig) -> list[str]:
 def epilog() -> str:
     """The --help text describing the config keys the hook server reads."""
     lines = [
-        "configuration (INI, the same file as the daemon's; other sections are ignored):",
+        "configuration (INI, the same file as the daemon's, checked by the same rules):",
         "  [hooks] version, download, install, restart, ready",
         "      Paths of the hook scripts; each is optional. An unset hook answers",
         "      UNIMPLEMENTED. Scripts are run as upparat 1.12 ran them:",
@@ -358,7 +235,9 @@ def epilog() -> str:
         "daemon's group can enter, e.g. /run/upparat root:upparat mode 2750 (the systemd",
         "unit does this), so the daemon's group is the socket's group.",
         "",
-        "Unknown keys in [hookserver] are an error. Exit status 2: the configuration or a",
-        "script is unusable, or the socket path is taken.",
+        "The whole file is checked as the daemon and upparat check-config check it:",
+        "unknown sections and keys and bad values anywhere are errors, reported with the",
+        "same message. Exit status 2: the configuration or a script is unusable, or the",
+        "socket path is taken.",
     ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -189,13 +190,9 @@ class ScriptRun:
     def _supervise(self) -> None:
         proc = self._proc
         assert proc is not None
-        while True:
-            try:
-                proc.wait(timeout=POLL_INTERVAL * 2)
-                break
-            except subprocess.TimeoutExpired:
-                self._escalate()
+        self._wait_exit(proc)
         returncode = proc.returncode
+        assert returncode is not None
         # Let the readers drain what the script wrote before it exited.
         self._join_readers(0.2)
         leftovers = live_group_members(proc.pid)
@@ -222,6 +219,30 @@ class ScriptRun:
             Signalled(signum=-returncode) if returncode < 0 else Exited(code=returncode)
         )
         self._finish(ending, leftovers=len(leftovers))
+
+    def _wait_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        """Until the script has exited (and is reaped), escalating a stop meanwhile.
+
+        With a pidfd (Linux >= 5.3) the exit wakes this thread at once. Popen.wait(timeout)
+        polls instead, sleeping 0.5, 1, 2, 4 ... ms between looks: a script that takes 2 ms
+        was seen after 3.5 ms, one of 5 ms after 7.5 ms, on every hook call.
+        """
+        pidfd = _pidfd(proc.pid)
+        if pidfd is None:
+            while True:
+                try:
+                    proc.wait(timeout=POLL_INTERVAL * 2)
+                    return
+                except subprocess.TimeoutExpired:
+                    self._escalate()
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            while not poller.poll(POLL_INTERVAL * 2 * 1000):
+                self._escalate()
+        finally:
+            os.close(pidfd)
+        proc.wait()  # exited: reaps at once
 
     def _escalate(self) -> None:
         with self._lock:
@@ -307,6 +328,14 @@ class ScriptRun:
                 with self._lock:
                     self._stderr_tail += chunk
                     del self._stderr_tail[:-STDERR_TAIL_BYTES]
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of our unreaped child `pid` (readable once it exits), None where unsupported."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def live_group_members(pgid: int) -> list[int]:

@@ -15,6 +15,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import logging
 import math
@@ -38,7 +39,7 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hookservers.shell import config as cfg
-from hookservers.shell import verify
+from hookservers.shell import ondemand, verify
 from hookservers.shell.scripts import (
     Exited,
     NotStarted,
@@ -587,7 +588,10 @@ class IdentityService(hooks_pb2_grpc.IdentityServiceServicer):
         )
 
 
+@functools.cache
 def server_version() -> str:
+    # Read once: importlib.metadata scans sys.path (~3-9 ms here), and GetInfo asks for it
+    # when each job begins.
     try:
         return importlib.metadata.version("upparat")
     except importlib.metadata.PackageNotFoundError:
@@ -604,8 +608,19 @@ class HookServer:
         self.config = config
         self.runner = Runner(config)
         self.health = health.HealthServicer()
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
+        self._hooks = HookService(self.runner)
+        self._identity = IdentityService(config)
+        # One pool for every gRPC server this process builds (see ondemand.py): its idle
+        # workers block without a timeout.
+        self._pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc")
+        self._server: grpc.Server | None = None
+        """The gRPC server of a TCP listen; a unix socket gets one on demand."""
+        self._ondemand: ondemand.OnDemandServer | None = None
+        self._socket_inode: tuple[int, int] | None = None
+
+    def _make_server(self) -> grpc.Server:
+        server = grpc.server(
+            self._pool,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -616,10 +631,10 @@ class HookServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        hooks_pb2_grpc.add_HookServiceServicer_to_server(HookService(self.runner), self._server)
-        hooks_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityService(config), self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        self._socket_inode: tuple[int, int] | None = None
+        hooks_pb2_grpc.add_HookServiceServicer_to_server(self._hooks, server)
+        hooks_pb2_grpc.add_IdentityServiceServicer_to_server(self._identity, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        return server
 
     def start(self) -> None:
         try:
@@ -645,13 +660,14 @@ class HookServer:
                     listen,
                     reach,
                 )
+                self._server = self._make_server()
                 try:
                     self._server.add_insecure_port(listen.address)
                 except RuntimeError as e:
                     raise StartupError(f"cannot listen on {listen}: {e}") from None
+                self._server.start()
             case _:
                 assert_never(listen)
-        self._server.start()
         for service in ("", *SERVICES):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         hooks = ", ".join(f"{h}={p}" for h, p in self.config.scripts.items()) or "none"
@@ -676,19 +692,19 @@ class HookServer:
         _remove_stale_socket(path)
         # The socket file is created with the mode the umask leaves, so there is no moment
         # when it is more open than socket_mode. The umask is process-wide: no script runs yet.
-        old_umask = os.umask(0o777 & ~self.config.socket_mode)
         try:
-            self._server.add_insecure_port(f"unix://{path}")
-        except RuntimeError as e:
+            listener = ondemand.bind_listener(path, self.config.socket_mode)
+        except OSError as e:
             raise StartupError(f"cannot listen on unix://{path}: {e}") from None
-        finally:
-            os.umask(old_umask)
         try:
             os.chmod(path, self.config.socket_mode)
             st = os.lstat(path)
         except OSError as e:
+            listener.close()
             raise StartupError(f"cannot set the mode of unix://{path}: {e}") from None
         self._socket_inode = (st.st_dev, st.st_ino)
+        self._ondemand = ondemand.OnDemandServer(listener, self._make_server)
+        self._ondemand.start()
 
     def stop(self) -> None:
         """NOT_SERVING, stop every script (SIGTERM, SIGKILL after the grace period), close."""
@@ -699,7 +715,11 @@ class HookServer:
         for run in runs:
             if run.wait(max(0.0, deadline - time.monotonic())) is None:
                 log.error("script %s (pid %s) did not end after SIGKILL", run.argv[0], run.pid)
-        self._server.stop(grace=1.0).wait(5.0)
+        if self._server is not None:
+            self._server.stop(grace=1.0).wait(5.0)
+        if self._ondemand is not None:
+            self._ondemand.stop(grace=1.0)
+        self._pool.shutdown(wait=False)
         match self.config.listen:
             case cfg.UnixListen(path=path) if self._socket_inode is not None:
                 with contextlib.suppress(OSError):
@@ -810,8 +830,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as e:
         log.error("%s", e)
         return 2
-    while not stop.wait(1.0):
-        pass
+    # No timeout: a timed wait would wake this thread for nothing once a second, for
+    # months. The signal handler runs in this thread and sets the event.
+    stop.wait()
     server.stop()
     return 0
 

@@ -35,14 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from upparat import signing
+from upparat.aws.topics import JOB_ID_RE as _JOB_ID
 
 log = logging.getLogger("upparat.hookserver")
 
 COPY_DIR = "verified"
 """The subdirectory of state_dir that holds the checked copies."""
 CHUNK = 1024 * 1024
-_JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-"""The daemon names download files after the job id, which AWS IoT limits to this."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

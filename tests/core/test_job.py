@@ -478,12 +478,27 @@ def test_a_soft_restart_is_verified_right_away() -> None:
     assert succeeded("complete_ready") in p.answer(HookSuccess())
 
 
-def test_a_soft_restart_with_the_wrong_version_fails() -> None:
+def test_a_soft_restart_into_the_previous_version_is_a_rollback() -> None:
     p = Playbook()
     at_restart(p)
     p.answer(HookSuccess())
     out = p.answer(HookSuccess(value="1.0"))
-    assert failed("version_mismatch", message="Expected version '2.0', got '1.0'") in out
+    # 1.0 ran before the update (the journal's previous_version): a rollback.
+    assert (
+        failed(
+            "rolled_back",
+            message="Rolled back: expected version '2.0', the previous version '1.0' runs",
+        )
+        in out
+    )
+
+
+def test_a_soft_restart_with_a_third_version_is_a_mismatch() -> None:
+    p = Playbook()
+    at_restart(p)
+    p.answer(HookSuccess())
+    out = p.answer(HookSuccess(value="1.5"))
+    assert failed("version_mismatch", message="Expected version '2.0', got '1.5'") in out
 
 
 def test_a_soft_restart_without_version_and_ready_hooks_is_complete_soft_restart() -> None:
@@ -560,7 +575,28 @@ def test_after_boot_the_installation_is_verified() -> None:
     ]
 
 
-def test_after_boot_a_version_mismatch_fails() -> None:
+def test_after_boot_the_previous_version_is_a_rollback() -> None:
+    p = Playbook()
+    after_boot(p, JournalRecord(job_id=JOB, phase=Phase.RESTARTING, previous_version="1.0"))
+    out = p.answer(HookSuccess(value="1.0"))
+    assert (
+        failed(
+            "rolled_back",
+            message="Rolled back: expected version '2.0', the previous version '1.0' runs",
+        )
+        in out
+    )
+
+
+def test_after_boot_a_third_version_is_a_mismatch() -> None:
+    p = Playbook()
+    after_boot(p, JournalRecord(job_id=JOB, phase=Phase.RESTARTING, previous_version="1.0"))
+    out = p.answer(HookSuccess(value="0.9"))
+    assert failed("version_mismatch", message="Expected version '2.0', got '0.9'") in out
+
+
+def test_after_boot_without_a_journal_a_wrong_version_is_a_mismatch() -> None:
+    # No record of what ran before (a 1.12 journal-less restart): never called a rollback.
     p = Playbook()
     after_boot(p)
     out = p.answer(HookSuccess(value="1.0"))

@@ -58,7 +58,7 @@ def test_sigterm_exits_0_within_5_s_mid_download_and_when_idle(stack: Stack) -> 
     # Stopped, not cancelled: the partial file and the journal wait for the next start.
     assert download_path(stack, JOB).stat().st_size > 0
     assert journal(stack) == JournalRecord(
-        job_id=JobId(JOB), phase=Phase.DOWNLOADING, previous_version=OLD
+        job_id=JobId(JOB), phase=Phase.DOWNLOADING, previous_version=OLD, execution_number=1
     )
     assert stack.execution(JOB)["status"] == "IN_PROGRESS"
 

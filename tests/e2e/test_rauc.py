@@ -133,8 +133,10 @@ def test_when_b_does_not_come_up_the_bootloader_rolls_back_and_the_job_fails(
     assert power_cycle(stack, rauc, failing={"B"}) == "A"
 
     done = finished(stack, JOB, timeout=60)
-    assert outcome(done) == ("FAILED", "version_mismatch")
-    assert details(done)["message"] == f"Expected version '{NEW}', got '{OLD}'"
+    assert outcome(done) == ("FAILED", "rolled_back")
+    assert details(done)["message"] == (
+        f"Rolled back: expected version '{NEW}', the previous version '{OLD}' runs"
+    )
     assert rauc.boots == ["B"] * BOOT_ATTEMPTS + ["A"]
     assert rauc.status()["booted"] == "A"
     assert rauc.slot_status("B")["boot_status"] == "bad"

@@ -32,9 +32,24 @@ class Message:
 
 
 class Device:
-    def __init__(self, port: int, thing: str = "dev-1", host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        thing: str = "dev-1",
+        host: str = "127.0.0.1",
+        *,
+        shadow: str | None = None,
+    ) -> None:
+        """`shadow`: talk to that named shadow of the thing instead of its jobs topics."""
         self.thing = thing
-        self.prefix = f"$aws/things/{thing}/jobs"
+        self.prefix = (
+            f"$aws/things/{thing}/jobs"
+            if shadow is None
+            else f"$aws/things/{thing}/shadow/name/{shadow}"
+        )
+        self._notifications = (
+            ("notify", "notify-next") if shadow is None else ("update/documents", "update/delta")
+        )
         self._messages: list[Message] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
@@ -90,7 +105,7 @@ class Device:
 
     def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         suffix = message.topic[len(self.prefix) + 1 :]
-        answer = suffix.endswith(("/accepted", "/rejected")) or suffix in ("notify", "notify-next")
+        answer = suffix.endswith(("/accepted", "/rejected")) or suffix in self._notifications
         if not answer:
             return  # our own requests, echoed by the broker
         body = json.loads(message.payload)

@@ -139,6 +139,44 @@ def test_cli_serves_devices_and_ctl_drives_it(
         stop_process(proc)
 
 
+def test_ctl_reads_and_writes_named_shadows_and_ping_tells_the_s3_endpoint(
+    broker: Mosquitto, tmp_path: Path, control: EmulatorControl
+) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "upparat.emulator", "--port", str(broker.port),
+         "--s3-endpoint", "ftp://x"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "an S3 endpoint must be an http(s) URL" in bad.stderr
+    proc = serve(broker.port, tmp_path, "--s3-endpoint", "http://127.0.0.1:9/s3/")
+    try:
+        assert control.wait_ready(timeout=10)["s3Endpoint"] == "http://127.0.0.1:9/s3"
+        assert ok(ctl(broker.port, "shadow-get", "--thing", "dev-1")) is None
+        body = '{"state": {"reported": {"firmware": {"version": "1.0.0"}}}}'
+        updated = ok(ctl(broker.port, "shadow-update", "--thing", "dev-1", "--document", body))
+        assert updated["version"] == 1
+        got = ok(ctl(broker.port, "shadow-get", "--thing", "dev-1"))
+        assert got["state"] == {"reported": {"firmware": {"version": "1.0.0"}}}
+        stale = '{"state": {"reported": {}}, "version": 9}'
+        refused = ctl(broker.port, "shadow-update", "--thing", "dev-1", "--document", stale)
+        assert refused.returncode == 1
+        assert "409 Version conflict" in refused.stderr
+        ok(ctl(broker.port, "inject-shadow-fault", "500", "--thing", "dev-1"))
+        with Device(broker.port, "dev-1", shadow="$package") as dev:
+            assert dev.rejected("get")["code"] == 500
+            assert dev.accepted("get")["version"] == 1
+        history = ok(ctl(broker.port, "shadow-history", "--thing", "dev-1"))
+        assert [(h["operation"], h["source"], h["code"]) for h in history] == [
+            ("update", "control", None),
+            ("update", "control", 409),
+            ("get", "mqtt", 500),
+            ("get", "mqtt", None),
+        ]
+    finally:
+        stop_process(proc)
+
+
 def test_seconds_per_minute_makes_timeouts_fast_out_of_process(
     broker: Mosquitto, tmp_path: Path, control: EmulatorControl
 ) -> None:

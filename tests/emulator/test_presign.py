@@ -1,7 +1,8 @@
-"""${aws:iot:s3-presigned-url:...} placeholders: signed afresh on every document request."""
+"""Pre-signed URL placeholders (v1 and v2): signed afresh on every document request."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,14 @@ import pytest
 from tests.emulator.device import Device
 from tests.support.procs import Mosquitto
 from upparat.emulator import DefaultSigner, EmulatorError, FakeClock, JobsEmulator
-from upparat.emulator.presign import expires_at
+from upparat.emulator.presign import (
+    PLACEHOLDER,
+    S3Location,
+    expires_at,
+    parse_v2,
+    placeholder_v1,
+    placeholder_v2,
+)
 
 URL = "https://bucket.s3.amazonaws.com/fw/image-2.0.bin"
 DOC = {
@@ -151,3 +159,99 @@ def test_expires_at_reads_the_default_signers_query() -> None:
     assert expires_at(url) == 1_700_000_060
     assert expires_at("https://b/x?X-Amz-Expires=60") is None
     assert expires_at("https://b/x") is None
+
+
+# ---- v2: ${aws:iot:s3-presigned-url-v2:https://s3.<region>.amazonaws.com/<bucket>/<key>} --
+
+V2_URL = "https://s3.eu-west-1.amazonaws.com/upparat-fw/fw/image%202.0%2Brc.bin"
+V2 = f"${{aws:iot:s3-presigned-url-v2:{V2_URL}}}"
+
+
+def test_v2_is_signed_for_the_decoded_key_on_the_s3_host(
+    signed: JobsEmulator, dev: Device, signer: ExpiringSigner
+) -> None:
+    signed.create_job(
+        "fw-1", {"file": V2, "old": f"${{aws:iot:s3-presigned-url:{URL}}}"}, ["dev-1"]
+    )
+    signer.calls.clear()
+    doc = dev.accepted("fw-1/get")["execution"]["jobDocument"]
+    # The key is "fw/image 2.0+rc.bin": encoded again the canonical way, then signed.
+    assert signer.calls == [(V2_URL, 3600), (URL, 3600)]
+    assert doc["file"].startswith(V2_URL + "?n=1&")
+    assert doc["old"].startswith(URL + "?n=2&")
+
+
+def test_with_an_s3_endpoint_s3_objects_are_served_from_there(
+    broker: Mosquitto, clock: FakeClock, signer: ExpiringSigner
+) -> None:
+    v1_s3 = "https://upparat-fw.s3.amazonaws.com/fw/plain.bin"
+    doc = {
+        "v2": V2,
+        "v1": f"${{aws:iot:s3-presigned-url:{v1_s3}}}",
+        "v1path": "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/upparat-fw/a%20b}",
+        "other": "${aws:iot:s3-presigned-url:http://127.0.0.1:9/fw.bin}",
+    }
+    with (
+        JobsEmulator(
+            "127.0.0.1",
+            broker.port,
+            clock=clock,
+            signer=signer,
+            tick_interval=None,
+            s3_endpoint="http://127.0.0.1:8000/s3/",
+        ) as em,
+        Device(broker.port) as d,
+    ):
+        assert em.s3_endpoint == "http://127.0.0.1:8000/s3"
+        em.create_job("fw-1", doc, ["dev-1"])
+        signer.calls.clear()
+        d.accepted("fw-1/get")
+    assert [url for url, _ in signer.calls] == [
+        "http://127.0.0.1:8000/s3/upparat-fw/fw/image%202.0%2Brc.bin",
+        "http://127.0.0.1:8000/s3/upparat-fw/fw/plain.bin",
+        # v1 takes the key as written: "a%20b" is the key itself, so its % is encoded
+        "http://127.0.0.1:8000/s3/upparat-fw/a%2520b",
+        "http://127.0.0.1:9/fw.bin",  # not an S3 URL: signed as it is
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("https://upparat-fw.s3.amazonaws.com/fw.bin", "https://s3.<region>.amazonaws.com"),
+        ("http://s3.eu-west-1.amazonaws.com/upparat-fw/fw.bin", "https://s3.<region>"),
+        ("https://s3.eu-west-1.amazonaws.com/upparat-fw/fw image.bin", "must be S3-encoded"),
+        ("https://s3.eu-west-1.amazonaws.com/upparat-fw/a+b", "must be S3-encoded"),
+        ("https://s3.eu-west-1.amazonaws.com/upparat-fw/%ff", "does not decode to UTF-8"),
+        ("https://s3.eu-west-1.amazonaws.com/upparat-fw/", "no object key"),
+        ("https://s3.eu-west-1.amazonaws.com/UP/fw.bin", "not an S3 bucket name"),
+        ("https://s3.moon.amazonaws.com/upparat-fw/fw.bin", "not an AWS region"),
+        ("https://s3.eu-west-1.amazonaws.com/upparat-fw/fw.bin?versionId=3", "no query"),
+        ("https://s3.eu-west-1.amazonaws.com/upparat-fw/" + "k" * 1025, "at most 1024 bytes"),
+    ],
+)
+def test_a_v2_placeholder_that_names_no_s3_object_is_refused_at_creation(
+    emulator: JobsEmulator, url: str, fragment: str
+) -> None:
+    doc = {"deep": [{"file": f"${{aws:iot:s3-presigned-url-v2:{url}}}"}]}
+    with pytest.raises(EmulatorError, match=re.escape(fragment)):
+        emulator.create_job("fw-1", doc, ["dev-1"])
+    assert emulator.list_jobs() == []
+
+
+def test_the_placeholder_syntax_round_trips() -> None:
+    key = "dir/ü ~!*'()+%.bin"
+    text = placeholder_v2("eu-central-1", "upparat-fw", key)
+    match = PLACEHOLDER.fullmatch(text)
+    assert match is not None
+    assert match.group(1) == "-v2"
+    assert parse_v2(match.group(2)) == S3Location(
+        region="eu-central-1", bucket="upparat-fw", key=key
+    )
+    assert placeholder_v1("https://b/x") == "${aws:iot:s3-presigned-url:https://b/x}"
+
+
+@pytest.mark.parametrize("endpoint", ["ftp://h", "127.0.0.1:8000", "http://h/?q=1"])
+def test_an_s3_endpoint_must_be_an_http_url(broker: Mosquitto, endpoint: str) -> None:
+    with pytest.raises(ValueError, match="S3 endpoint must be an http"):
+        JobsEmulator("127.0.0.1", broker.port, s3_endpoint=endpoint)

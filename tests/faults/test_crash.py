@@ -130,8 +130,8 @@ def test_kill_9_in_every_phase_then_restart(
             assert outcome(stack.execution(JOB)) == ("IN_PROGRESS", "reboot_start")
             kill_in_hook(stack, device, "restart")
             # No reboot happened: the device still runs the old version, and the daemon
-            # cannot tell this from a reboot into the old slot (a rollback).
-            expected = ("FAILED", "version_mismatch")
+            # cannot tell this from a reboot into the old slot: a rollback.
+            expected = ("FAILED", "rolled_back")
         case "verifying":
             device.hold("ready")
             _, sha = create_update(stack, JOB, size=size)
@@ -156,7 +156,9 @@ def test_kill_9_in_every_phase_then_restart(
         assert device.slot_sha256() == sha
     else:
         assert device.version == OLD
-        assert details(done)["message"] == f"Expected version '{NEW}', got '{OLD}'"
+        assert details(done)["message"] == (
+            f"Rolled back: expected version '{NEW}', the previous version '{OLD}' runs"
+        )
 
     served = stack.files.bytes_served
     assert stack.files.served == {BUNDLE: served}

@@ -185,12 +185,12 @@ def hostile_documents(stack: Stack) -> dict[str, tuple[dict[str, object], str, s
         "upparat_doc_long": ({"file": url + "?" + "a" * 3000, **ok}, *rejected, "longer than"),
         "upparat_doc_credentials": (
             {"file": f"http://admin:{SECRET}@127.0.0.1:{port}/fw.bin", **ok},
-            *failed,
+            *rejected,
             "credentials",
         ),
         "upparat_doc_credentials_ipv6": (
             {"file": f"http://admin:{SECRET}@[::1]:{port}/fw.bin", **ok},
-            *failed,
+            *rejected,
             "credentials",
         ),
         "upparat_doc_traversal": (
@@ -257,10 +257,11 @@ def test_credentials_in_a_job_url_never_reach_the_log(
         [THING],
     )
     done = finished(stack, "upparat_doc_secret")
-    assert outcome(done) == ("FAILED", "download_failed")
+    # upparat.urls refuses credentials in a job URL at the edge: REJECTED, not downloaded.
+    assert outcome(done) == ("REJECTED", "invalid_job_document")
     assert SECRET not in str(details(done))
     # The log line follows the cloud's answer: wait for it rather than race it.
-    LogWatch(stack.workdir / "daemon.log").wait_for("upparat_doc_secret: FAILED")
+    LogWatch(stack.workdir / "daemon.log").wait_for("upparat_doc_secret: REJECTED")
     assert SECRET not in stack.daemon_log()
 
 

@@ -286,7 +286,7 @@ class TestShellHookServer(HookServerContract):
     @pytest.mark.parametrize(
         ("section", "expected"),
         [
-            ("[hookserver]\nlistne = unix:///tmp/x.sock\n", "unknown keys listne"),
+            ("[hookserver]\nlistne = unix:///tmp/x.sock\n", 'unknown key "listne"'),
             ("[hookserver]\nsocket_mode = 0666\n", "socket_mode"),
             ("[hookserver]\ncancel_grace_period = soon\n", "cancel_grace_period"),
         ],
@@ -435,7 +435,7 @@ def test_all_problems_are_reported_at_once() -> None:
 
     lines = str(err.value).splitlines()
     assert len(lines) == 4
-    assert any("unknown keys foo" in line for line in lines)
+    assert any('unknown key "foo"' in line for line in lines)
 
 
 def test_a_bare_script_name_is_found_on_script_path(tmp_path: Path) -> None:

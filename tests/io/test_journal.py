@@ -44,6 +44,22 @@ def test_the_previous_version_survives_and_older_journals_load_without_it(
     assert Journal(tmp_path).load() == JournalRecord(job_id=JobId("j"), phase=Phase.INSTALLING)
 
 
+def test_the_execution_number_survives_and_older_journals_load_without_it(
+    tmp_path: Path,
+) -> None:
+    record = JournalRecord(job_id=JobId("j"), phase=Phase.RESTARTING, execution_number=3)
+    Journal(tmp_path).save(record)
+    assert json.loads((tmp_path / "journal.json").read_text())["execution_number"] == 3
+    assert Journal(tmp_path).load() == record
+
+    (tmp_path / "journal.json").write_text(
+        '{"format": 1, "job_id": "j", "phase": "restarting", "restart_count": 0}'
+    )
+    loaded = Journal(tmp_path).load()
+    assert loaded is not None
+    assert loaded.execution_number is None
+
+
 def test_file_format(tmp_path: Path) -> None:
     Journal(tmp_path).save(RECORD)
     assert json.loads((tmp_path / "journal.json").read_text()) == {
@@ -107,6 +123,16 @@ def test_an_existing_state_dir_keeps_its_mode(tmp_path: Path) -> None:
             b'{"format": 1, "job_id": "a", "phase": "installing", "restart_count": 0,'
             b' "previous_version": 1}',
             "previous_version",
+        ),
+        (
+            b'{"format": 1, "job_id": "a", "phase": "installing", "restart_count": 0,'
+            b' "execution_number": 0}',
+            "execution_number",
+        ),
+        (
+            b'{"format": 1, "job_id": "a", "phase": "installing", "restart_count": 0,'
+            b' "execution_number": "2"}',
+            "execution_number",
         ),
     ],
 )

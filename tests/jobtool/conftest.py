@@ -22,7 +22,8 @@ BUNDLE_SHA256 = hashlib.sha256(BUNDLE).hexdigest()
 
 
 class FileServer:
-    """Serves `files` (path -> bytes) on loopback and counts GETs per path (query ignored)."""
+    """Serves `files` (path -> bytes) on loopback and counts GETs per path (query ignored,
+    percent-decoded like S3 decodes an object key)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -31,7 +32,7 @@ class FileServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                path = urllib.parse.urlsplit(self.path).path
+                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 server.gets[path] += 1
                 body = server.files.get(path)
                 if body is None:

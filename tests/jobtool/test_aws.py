@@ -60,7 +60,7 @@ def create(*extra: str, file: str = f"s3://{BUCKET}/with-meta.raucb") -> list[st
 
 
 def placeholder(key: str) -> str:
-    return f"${{aws:iot:s3-presigned-url:https://{BUCKET}.s3.amazonaws.com/{key}}}"
+    return f"${{aws:iot:s3-presigned-url-v2:https://s3.{REGION}.amazonaws.com/{BUCKET}/{key}}}"
 
 
 def arn(kind: str, name: str) -> str:
@@ -245,35 +245,113 @@ def set_execution(job_id: str, thing: str, status: str, details: dict[str, str])
     execution.status_details_map = details
 
 
+DATA = ["--iot-data-endpoint", f"https://data-ats.iot.{REGION}.amazonaws.com"]
+
+
+def put_shadow(thing: str, reported: dict[str, object]) -> None:
+    """What a device reports into its `$package` shadow (moto's IoT data plane)."""
+    data = boto3.client("iot-data", region_name=REGION, endpoint_url=DATA[1])
+    body = {"state": {"reported": reported}}
+    data.update_thing_shadow(thingName=thing, shadowName="$package", payload=json.dumps(body))
+
+
 def test_status_table_and_json_from_moto_executions(
     aws: tuple[IoTClient, S3Client], capsys: pytest.CaptureFixture[str]
 ) -> None:
     things = ["--thing", "dev-1", "--thing", "dev-2", "--thing", "dev-3"]
     assert main(create(*things, "--role-arn", ROLE, "--job-id", "st")) == 0
     set_execution("upparat_st", "dev-1", "IN_PROGRESS", {"phase": "download", "progress": "42"})
-    set_execution("upparat_st", "dev-2", "FAILED", {"reason": "hook install: exit 3"})
+    set_execution(
+        "upparat_st", "dev-2", "FAILED", {"state": "rolled_back", "message": "2.0 -> 1.0"}
+    )
+    put_shadow("dev-1", {"firmware": {"version": "1.0.0", "attributes": {"slot": "A"}}})
+    put_shadow("dev-2", {"firmware": {"version": "1.0.0"}, "bootloader": {"version": "7"}})
     capsys.readouterr()
 
-    assert main(["status", "upparat_st"]) == 0
+    assert main(["status", "upparat_st", *DATA]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("job upparat_st: ")
-    assert table[1].split() == ["THING", "STATUS", "UPDATED", "(UTC)", "DETAILS"]
-    assert table[2].split()[:2] == ["dev-1", "IN_PROGRESS"]
+    assert table[1].split() == ["THING", "STATUS", "VERSION", "UPDATED", "(UTC)", "DETAILS"]
+    assert table[2].split()[:3] == ["dev-1", "IN_PROGRESS", "1.0.0"]
     assert table[2].endswith("phase=download progress=42")
-    assert table[3].split()[:2] == ["dev-2", "FAILED"]
-    assert table[3].endswith('reason="hook install: exit 3"')
-    assert table[4].split()[:2] == ["dev-3", "QUEUED"]
-    assert table[5] == "1 QUEUED, 1 IN_PROGRESS, 1 FAILED"
+    assert table[3].split()[:3] == ["dev-2", "FAILED", "bootloader=7,firmware=1.0.0"]
+    assert table[3].endswith('message="2.0 -> 1.0" state=rolled_back')
+    assert table[4].split()[:3] == ["dev-3", "QUEUED", "-"]  # no $package shadow
+    assert table[5] == "3 targets: 0 succeeded, 0 failed, 1 rolled back, 1 in progress; 1 queued"
 
-    assert main(["status", "upparat_st", "--json"]) == 0
+    assert main(["status", "upparat_st", *DATA, "--package", "firmware"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[3].split()[:3] == ["dev-2", "FAILED", "1.0.0"]
+
+    assert main(["status", "upparat_st", *DATA, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [(e["thingName"], e["status"], e["statusDetails"]) for e in report["executions"]] == [
         ("dev-1", "IN_PROGRESS", {"phase": "download", "progress": "42"}),
-        ("dev-2", "FAILED", {"reason": "hook install: exit 3"}),
+        ("dev-2", "FAILED", {"state": "rolled_back", "message": "2.0 -> 1.0"}),
         ("dev-3", "QUEUED", {}),
     ]
+    assert report["packageVersions"] == {
+        "dev-1": {"firmware": "1.0.0"},
+        "dev-2": {"bootloader": "7", "firmware": "1.0.0"},
+        "dev-3": None,
+    }
+    assert [e["packageVersions"] for e in report["executions"]] == [
+        {"firmware": "1.0.0"},
+        {"bootloader": "7", "firmware": "1.0.0"},
+        None,
+    ]
+    assert report["summary"] == {
+        "targets": 3,
+        "succeeded": 0,
+        "failed": 0,
+        "rolledBack": 1,
+        "inProgress": 1,
+        "queued": 1,
+        "rejected": 0,
+        "timedOut": 0,
+        "canceled": 0,
+        "removed": 0,
+        "withoutExecution": 0,
+    }
+    assert report["versionsNote"] is None
     assert report["finished"] is False
     assert report["things"] == ["dev-1", "dev-2", "dev-3"]
+
+
+def test_status_without_shadow_access_still_shows_the_jobs(
+    aws: tuple[IoTClient, S3Client],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A role without iot:GetThingShadow gets the job table and a note, not an error."""
+    from botocore.exceptions import ClientError
+
+    from upparat.jobtool import aws as aws_backend
+
+    class Denied:
+        calls = 0
+
+        def get_thing_shadow(self, *, thingName: str, shadowName: str) -> dict[str, object]:
+            Denied.calls += 1
+            error = {"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}
+            raise ClientError(error, "GetThingShadow")  # type: ignore[arg-type]  # reason: a minimal error body
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(aws_backend.AwsBackend, "_data_client", lambda self: Denied())
+    assert (
+        main(create("--thing", "dev-1", "--thing", "dev-2", "--role-arn", ROLE, "--job-id", "d"))
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["status", "upparat_d"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[-2] == (
+        "VERSION: not read: GetThingShadow dev-1 $package: AccessDeniedException: not allowed"
+    )
+    assert table[-1] == "2 targets: 0 succeeded, 0 failed, 0 rolled back, 0 in progress; 2 queued"
+    assert Denied.calls == 1  # asked once, not once per thing
 
 
 def test_cancel_with_force_and_comment(

@@ -10,13 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from tests.support.keys import make_key
 from upparat.jobtool import cli
 from upparat.jobtool.backend import BackendError
 from upparat.jobtool.model import FileFacts, FileSource, JobSpec
-from upparat.jobtool.report import ExecutionRow, ExecutionStatus, JobReport, render_table
+from upparat.jobtool.report import (
+    ExecutionRow,
+    ExecutionStatus,
+    JobReport,
+    render_table,
+    to_json,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SHA = "ab" * 32
@@ -154,13 +161,53 @@ def test_table_with_groups_missing_things_and_signed_urls_in_details() -> None:
     )
     assert table.splitlines() == [
         "job upparat_x: IN_PROGRESS (CONTINUOUS; targets: 3 things, 2 groups (fleet, lab))",
-        "THING   STATUS       UPDATED (UTC)        DETAILS",
-        'dev-10  FAILED       2025-11-27 06:17:19  error="403 from https://b.s3.amazonaws.com/f?<redacted>"',
-        "dev-2   IN_PROGRESS  2025-11-27 06:17:19  phase=download progress=42",
-        "dev-3   -            -                    no execution yet",
-        "1 IN_PROGRESS, 1 FAILED, 1 thing without an execution",
+        "THING   STATUS       VERSION  UPDATED (UTC)        DETAILS",
+        'dev-10  FAILED       -        2025-11-27 06:17:19  error="403 from https://b.s3.amazonaws.com/f?<redacted>"',
+        "dev-2   IN_PROGRESS  -        2025-11-27 06:17:19  phase=download progress=42",
+        "dev-3   -            -        -                    no execution yet",
+        "3 targets: 0 succeeded, 1 failed, 0 rolled back, 1 in progress; 1 without an execution",
     ]
     assert "secret" not in table
+
+
+def test_the_fleet_view_puts_the_running_version_beside_the_status() -> None:
+    base = report(
+        row("a", S.SUCCEEDED, state="complete_ready"),
+        row("b", S.FAILED, state="rolled_back"),
+        row("c", S.FAILED, state="installation_hook_failed"),
+        row("d", S.TIMED_OUT),
+        row("e", S.IN_PROGRESS, state="download_progress"),
+        things=("a", "b", "c", "d", "e", "f"),
+    )
+    fleet = attrs.evolve(
+        base,
+        versions=(
+            ("a", (("firmware", "2.0.0"),)),
+            ("b", (("firmware", "1.0.0"),)),
+            ("c", (("bootloader", "7"), ("firmware", "1.0.0"))),
+            ("d", ()),
+            ("e", None),
+            ("f", (("firmware", "0.9"),)),
+        ),
+    )
+    table = render_table(fleet).splitlines()
+    assert [line.split()[:3] for line in table[2:8]] == [
+        ["a", "SUCCEEDED", "2.0.0"],
+        ["b", "FAILED", "1.0.0"],
+        ["c", "FAILED", "bootloader=7,firmware=1.0.0"],
+        ["d", "TIMED_OUT", "-"],
+        ["e", "IN_PROGRESS", "-"],
+        ["f", "-", "0.9"],
+    ]
+    assert table[-1] == (
+        "6 targets: 1 succeeded, 1 failed, 1 rolled back, 1 in progress;"
+        " 1 timed out, 1 without an execution"
+    )
+    assert render_table(fleet, "bootloader").splitlines()[4].split()[2] == "7"
+    assert render_table(fleet, "bootloader").splitlines()[2].split()[2] == "-"
+    summary = to_json(fleet)["summary"]
+    assert isinstance(summary, dict)
+    assert (summary["failed"], summary["rolledBack"], summary["timedOut"]) == (1, 1, 1)
 
 
 def test_create_reads_things_from_a_file_and_stdin(
@@ -200,7 +247,11 @@ def test_usage_errors_exit_2_before_any_service_is_asked(
         (["status", "x", "--watch", "--interval", "0"], "--interval must be > 0"),
         (["cancel", "x", "--comment", "a\tb"], "--comment must be 1-2028"),
         (["status", "x", "--emulator", "nohost"], "--emulator must be HOST:PORT"),
-        (["status", "x", "--emulator", "h:1", "--region", "eu-west-1"], "--region and --profile"),
+        (["status", "x", "--emulator", "h:1", "--region", "eu-west-1"], "--region, --profile"),
+        (
+            ["status", "x", "--emulator", "h:1", "--iot-data-endpoint", "https://h"],
+            "--iot-data-endpoint are for AWS",
+        ),
         (
             ["create", "--file", "s3://b-b/k", "--version", "1", "--thing", "d"],
             "--role-arn is required",

@@ -74,3 +74,33 @@ def test_a_job_the_tool_signs_runs_on_a_daemon_that_requires_signatures(
             assert main(["status", f"upparat_{job}", *where, *watch]) == 0
             final = json.loads(capsys.readouterr().out.splitlines()[-1])
             assert [e["status"] for e in final["executions"]] == [status], final
+
+
+@pytest.mark.parametrize(
+    ("key", "form"),
+    [("bundles/fw 2.0+rc.raucb", "v2"), ("bundles/fw-2.0.raucb", "v1")],
+)
+def test_both_placeholder_forms_end_in_a_download_on_the_daemon(
+    stack: Stack, capsys: pytest.CaptureFixture[str], key: str, form: str
+) -> None:
+    """s3:// through the emulator's --s3-endpoint (the stack's file server): the tool
+    writes the placeholder, the emulator signs it, the daemon downloads and checks it."""
+    sha = stack.s3_object("upparat-fw", key, 250_000)
+    where = ["--emulator", f"127.0.0.1:{stack.broker.port}"]
+    create = ["create", *where, "--file", f"s3://upparat-fw/{key}", "--version", "2.0"]
+    assert main([*create, "--thing", "dev-1", "--job-id", form, "--placeholder", form]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["sha256"] == sha
+    assert document["file"].startswith(
+        "${aws:iot:s3-presigned-url-v2:https://s3.us-east-1.amazonaws.com/upparat-fw/"
+        if form == "v2"
+        else "${aws:iot:s3-presigned-url:https://upparat-fw.s3.amazonaws.com/"
+    )
+    watch = ["--watch", "--interval", "0.2", "--json"]
+    assert main(["status", f"upparat_{form}", *where, *watch]) == 0
+    final = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [e["status"] for e in final["executions"]] == ["SUCCEEDED"], final
+    # The daemon fetched the object's bytes from where the emulator pointed it (the tool
+    # read them once before, to learn the sha256).
+    assert stack.files.served[f"upparat-fw/{key}"] == 2 * 250_000
+    assert "X-Amz-Signature=" not in stack.daemon_log()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -189,11 +190,15 @@ def test_status_watch_and_cancel(
         out = capsys.readouterr().out
     assert rc == 0
     first, second = out.split("\n\n")
-    assert "1 QUEUED, 1 IN_PROGRESS" in first
+    assert first.splitlines()[-1] == (
+        "2 targets: 0 succeeded, 0 failed, 0 rolled back, 1 in progress; 1 queued"
+    )
     assert second.splitlines()[0] == f"job {job_id}: COMPLETED (SNAPSHOT; targets: 2 things)"
     assert "phase=ready" in second
     assert "reason=version" in second
-    assert second.splitlines()[-1] == "1 SUCCEEDED, 1 REJECTED; finished"
+    assert second.splitlines()[-1] == (
+        "2 targets: 1 succeeded, 0 failed, 0 rolled back, 0 in progress; 1 rejected; finished"
+    )
 
     # cancel: a new job, one execution IN_PROGRESS needs --force
     assert main([*create[:-1], "c"]) == 0
@@ -221,8 +226,10 @@ def test_emulator_errors(
     base = ["create", *where(mosquitto), "--version", "1", "--sha256", "ab" * 32, "--size", "1"]
     assert main([*base, "--file", "http://h/f", "--group", "fleet"]) == 2
     assert "--group cannot be used with --emulator" in capsys.readouterr().err
-    assert main([*base, "--file", "s3://bucket/key", "--thing", "d"]) == 2
-    assert "--file must be an http(s) URL with --emulator" in capsys.readouterr().err
+    assert main([*base, "--file", "s3://bucket/key", "--thing", "d"]) == 1
+    assert "serves no S3 objects: start it with --s3-endpoint" in capsys.readouterr().err
+    assert main([*base, "--file", "http://h/f", "--thing", "d", "--placeholder", "v2"]) == 2
+    assert "--placeholder v2 names an S3 object" in capsys.readouterr().err
     assert emulator.list_jobs() == []
 
 
@@ -241,3 +248,120 @@ def test_no_emulator_on_the_broker(
     )
     assert rc == 1
     assert "no jobs emulator answered" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("key", "form", "placeholder"),
+    [
+        (
+            "bundles/fw 1.2+rc.raucb",
+            [],
+            "${aws:iot:s3-presigned-url-v2:https://s3.us-east-1.amazonaws.com/upparat-fw/bundles/fw%201.2%2Brc.raucb}",
+        ),
+        (
+            "bundles/fw-1.2.raucb",
+            ["--placeholder", "v1"],
+            "${aws:iot:s3-presigned-url:https://upparat-fw.s3.amazonaws.com/bundles/fw-1.2.raucb}",
+        ),
+    ],
+)
+def test_s3_files_come_from_the_emulators_s3_endpoint_in_both_placeholder_forms(
+    mosquitto: Mosquitto,
+    files: FileServer,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    form: list[str],
+    placeholder: str,
+) -> None:
+    files.files[f"/upparat-fw/{key}"] = BUNDLE
+    with (
+        JobsEmulator(
+            "127.0.0.1", mosquitto.port, tick_interval=None, s3_endpoint=files.url("")
+        ) as em,
+        Device(mosquitto.port, "dev-1") as dev,
+    ):
+        rc = main(
+            [
+                "create",
+                *where(mosquitto),
+                "--file",
+                f"s3://upparat-fw/{key}",
+                "--version",
+                "1.2",
+                "--thing",
+                "dev-1",
+                "--job-id",
+                "s3",
+                "--expires",
+                "120",
+                *form,
+            ]
+        )
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        assert json.loads(out)["file"] == placeholder
+        assert json.loads(out)["sha256"] == BUNDLE_SHA256  # streamed from the endpoint
+        assert json.loads(em.job("upparat_s3").document)["file"] == placeholder
+
+        event = described(dev, "upparat_s3")
+        document = event.execution.document
+        assert isinstance(document, JobDocument), document
+        signed = urllib.parse.urlsplit(document.file)
+        endpoint = urllib.parse.urlsplit(files.url(""))
+        assert (signed.scheme, signed.netloc) == (endpoint.scheme, endpoint.netloc)
+        assert urllib.parse.unquote(signed.path) == f"/upparat-fw/{key}"
+        assert "X-Amz-Expires=120" in signed.query
+        with urllib.request.urlopen(document.file, timeout=5) as response:
+            assert response.read() == BUNDLE
+
+
+def test_v1_refuses_an_s3_key_it_cannot_name_and_v2_takes_it(
+    mosquitto: Mosquitto, emulator: JobsEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["create", *where(mosquitto), "--version", "1", "--thing", "d", "--dry-run"]
+    base += ["--file", "s3://upparat-fw/fw 1+2.raucb", "--sha256", "ab" * 32, "--size", "1"]
+    assert main([*base, "--placeholder", "v1"]) == 2
+    assert "with --placeholder v1 the S3 key may only use" in capsys.readouterr().err
+
+
+def test_status_shows_each_things_package_version_and_the_fleet_summary(
+    mosquitto: Mosquitto, emulator: JobsEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    things = ["--thing", "dev-1", "--thing", "dev-2", "--thing", "dev-3", "--thing", "dev-4"]
+    create = ["create", *where(mosquitto), "--file", "http://h/fw.raucb", "--version", "2.0.0"]
+    create += [*things, "--sha256", BUNDLE_SHA256, "--size", "10", "--job-id", "fleet"]
+    assert main(create) == 0
+    job = "upparat_fleet"
+    outcomes = {
+        "dev-1": ("SUCCEEDED", "complete_ready", "2.0.0"),
+        "dev-2": ("FAILED", "rolled_back", "1.0.0"),
+        "dev-3": ("IN_PROGRESS", "download_progress", None),
+    }
+    for thing, (status, state, running) in outcomes.items():
+        with Device(mosquitto.port, thing) as dev:
+            dev.accepted(f"{job}/update", {"status": status, "statusDetails": {"state": state}})
+        if running is not None:
+            with Device(mosquitto.port, thing, shadow="$package") as pkg:
+                body = {"state": {"reported": {"firmware": {"version": running}}}}
+                pkg.accepted("update", body)
+    capsys.readouterr()
+
+    assert main(["status", job, *where(mosquitto)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in table[2:6]] == [
+        ["dev-1", "SUCCEEDED", "2.0.0"],
+        ["dev-2", "FAILED", "1.0.0"],
+        ["dev-3", "IN_PROGRESS", "-"],
+        ["dev-4", "QUEUED", "-"],
+    ]
+    assert table[6] == "4 targets: 1 succeeded, 0 failed, 1 rolled back, 1 in progress; 1 queued"
+
+    assert main(["status", job, *where(mosquitto), "--json", "--package", "firmware"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["packageVersions"] == {
+        "dev-1": {"firmware": "2.0.0"},
+        "dev-2": {"firmware": "1.0.0"},
+        "dev-3": None,
+        "dev-4": None,
+    }
+    assert (report["summary"]["succeeded"], report["summary"]["rolledBack"]) == (1, 1)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from upparat.aws import inbound
 from upparat.core.model import JobDocument
+from upparat.emulator.presign import S3Location, parse_v2
 from upparat.jobtool.model import (
     JOB_ID_RE,
     MAX_DOCUMENT_CHARS,
@@ -22,6 +23,7 @@ from upparat.jobtool.model import (
     HttpFile,
     JobSpec,
     Mode,
+    Placeholder,
     Planned,
     Problem,
     Rejected,
@@ -72,10 +74,11 @@ def test_s3_job_document_uses_the_presigned_url_placeholder() -> None:
     assert spec.file == S3Object(bucket="upparat-fw", key="bundles/fw-1.2.raucb")
     assert spec.presign is not None
     assert (spec.presign.role_arn, spec.presign.expires_in) == (ROLE, 600)
-    doc = build_document(spec, FACTS)
+    assert spec.placeholder is Placeholder.V2
+    doc = build_document(attrs.evolve(spec, s3_region="eu-west-1"), FACTS)
     assert not isinstance(doc, Rejected)
     assert json.loads(doc.text) == {
-        "file": "${aws:iot:s3-presigned-url:https://upparat-fw.s3.amazonaws.com/bundles/fw-1.2.raucb}",
+        "file": "${aws:iot:s3-presigned-url-v2:https://s3.eu-west-1.amazonaws.com/upparat-fw/bundles/fw-1.2.raucb}",
         "version": "1.2",
         "force": True,
         "meta": "channel=stable",
@@ -114,6 +117,25 @@ def test_https_file_goes_into_the_document_as_is_without_presigning() -> None:
     assert json.loads(doc.text)["force"] is False
 
 
+def test_v1_and_v2_name_the_same_object_each_in_its_own_syntax() -> None:
+    key = "bundles/fw 1.2+rc.raucb"
+    v2 = plan(s3_input(file=f"s3://upparat-fw/{key}"))
+    assert attrs.evolve(v2, s3_region="eu-west-1").document_file == (
+        "${aws:iot:s3-presigned-url-v2:https://s3.eu-west-1.amazonaws.com/upparat-fw/"
+        "bundles/fw%201.2%2Brc.raucb}"
+    )
+    # what the emulator (the service side) reads back out of it
+    found = parse_v2("https://s3.eu-west-1.amazonaws.com/upparat-fw/bundles/fw%201.2%2Brc.raucb")
+    assert found == S3Location(region="eu-west-1", bucket="upparat-fw", key=key)
+    v1 = plan(s3_input(placeholder=Placeholder.V1))
+    assert v1.document_file == (
+        "${aws:iot:s3-presigned-url:https://upparat-fw.s3.amazonaws.com/bundles/fw-1.2.raucb}"
+    )
+    emulated = plan(s3_input(role_arn=None, expires=120), Mode.EMULATOR)
+    assert emulated.presign is not None
+    assert (emulated.presign.role_arn, emulated.presign.expires_in) == (None, 120)
+
+
 def test_emulator_presign_wraps_the_url_so_the_emulator_signs_it() -> None:
     given = s3_input(file="http://127.0.0.1:8080/fw.raucb", role_arn=None, presign=True)
     spec = plan(given, Mode.EMULATOR)
@@ -128,8 +150,26 @@ def test_emulator_presign_wraps_the_url_so_the_emulator_signs_it() -> None:
         ({"file": "ftp://x/y"}, Mode.AWS, "--file", "s3://BUCKET/KEY or an https URL"),
         ({"file": "s3://Upper/key"}, Mode.AWS, "--file", "3-63 of a-z 0-9 . -"),
         ({"file": "s3://upparat-fw/"}, Mode.AWS, "--file", "needs the object's key"),
-        ({"file": "s3://upparat-fw/a b.raucb"}, Mode.AWS, "--file", "safe characters"),
-        ({"file": "s3://upparat-fw/k"}, Mode.EMULATOR, "--file", "http(s) URL with --emulator"),
+        (
+            {"file": "s3://upparat-fw/a b.raucb", "placeholder": Placeholder.V1},
+            Mode.AWS,
+            "--file",
+            "safe characters",
+        ),
+        ({"file": "s3://upparat-fw/a\tb"}, Mode.AWS, "--file", "control characters"),
+        ({"file": "s3://upparat-fw/k", "role_arn": None}, Mode.AWS, "--role-arn", "required"),
+        (
+            {"file": "https://h/f", "role_arn": None, "placeholder": Placeholder.V2},
+            Mode.AWS,
+            "--placeholder",
+            "names an S3 object",
+        ),
+        (
+            {"file": "https://h/f", "role_arn": None, "placeholder": Placeholder.V1},
+            Mode.AWS,
+            "--placeholder",
+            "for pre-signed files",
+        ),
         ({"file": "https://h/a b", "role_arn": None}, Mode.AWS, "--file", "spaces"),
         ({"file": "https:///nohost", "role_arn": None}, Mode.AWS, "--file", "with a host"),
         ({"version": ""}, Mode.AWS, "--version", "must not be empty"),
@@ -253,13 +293,13 @@ def test_generated_job_ids_are_always_valid(
 
 
 def test_document_over_the_aws_limit_is_refused_naming_meta() -> None:
-    spec = plan(s3_input(meta="m" * MAX_DOCUMENT_CHARS))
+    spec = plan(s3_input(meta="m" * MAX_DOCUMENT_CHARS, placeholder=Placeholder.V1))
     result = build_document(spec, FACTS)
     assert isinstance(result, Rejected)
     assert result.problems[0].option == "--meta"
     assert "32768" in result.problems[0].text
     # non-ASCII counts as one character each, as AWS counts it
-    fits = plan(s3_input(meta="é" * (MAX_DOCUMENT_CHARS - 300)))
+    fits = plan(s3_input(meta="é" * (MAX_DOCUMENT_CHARS - 300), placeholder=Placeholder.V1))
     assert not isinstance(build_document(fits, FACTS), Rejected)
 
 

@@ -14,8 +14,9 @@ import binascii
 import json
 import re
 from base64 import b64decode
-from typing import NoReturn, TypeAlias, cast
+from typing import NoReturn, TypeAlias, assert_never, cast
 
+from upparat import urls
 from upparat.aws import topics
 from upparat.core.events import (
     JobDescribed,
@@ -58,7 +59,7 @@ MAX_JSON_DEPTH = 64
 decoder recurses once per level: on a small thread stack (musl: 128 KiB) a deep payload
 could crash the process before Python's recursion limit is reached."""
 
-MAX_FILE_URL_CHARS = 2048
+MAX_FILE_URL_CHARS = urls.MAX_FILE_URL_CHARS  # the rule is in upparat.urls
 MAX_SIGNATURE_BYTES = 72
 """A DER ECDSA P-256 signature: a SEQUENCE of two INTEGERs of at most 33 bytes each."""
 MIN_SIGNATURE_BYTES = 8
@@ -274,9 +275,13 @@ def _document(value: object) -> JobDocument | InvalidJobDocument:
     file = doc.get("file")
     if not isinstance(file, str) or not file:
         return _invalid("file", f"must be a non-empty string (the download URL), got {_kind(file)}")
-    problem = _url_problem(file)
-    if problem is not None:
-        return _invalid("file", problem)
+    match urls.parse_file_url(file):
+        case urls.BadUrl(reason=reason):
+            return _invalid("file", reason)
+        case urls.FileUrl():
+            pass  # the scheme is the core's question: it knows allow_http
+        case never:
+            assert_never(never)
 
     version = doc.get("version")
     if not isinstance(version, str) or not version:
@@ -341,36 +346,6 @@ def _signature(value: object) -> bytes | InvalidJobDocument | None:
             f" {MIN_SIGNATURE_BYTES}-{MAX_SIGNATURE_BYTES}",
         )
     return der
-
-
-def _url_problem(url: str) -> str | None:
-    """Why `url` is not a usable absolute URL, or None. Never quotes the URL: it may be pre-signed."""
-    if len(url) > MAX_FILE_URL_CHARS:
-        return f"URL is longer than {MAX_FILE_URL_CHARS} characters ({len(url)})"
-    if not url.isascii() or any(ch <= " " or ch == "\x7f" for ch in url):
-        return "URL contains spaces, control or non-ASCII characters (percent-encode them)"
-    # RFC 3986 section 3, by hand: this module stays free of library URL handling.
-    absolute = _ABSOLUTE_URL.fullmatch(url)
-    if absolute is None:
-        return "not an absolute URL with a host (scheme://host/path)"
-    userinfo, _, host_port = absolute.group("authority").rpartition("@")
-    authority = _HOST_PORT.fullmatch(host_port)
-    if authority is None or "[" in userinfo or "]" in userinfo:
-        return "URL cannot be parsed: malformed host (an IPv6 literal needs [brackets])"
-    if not authority.group("host").strip("[]"):
-        return "not an absolute URL with a host (scheme://host/path)"
-    port = authority.group("port")
-    if port and int(port) > 65535:
-        return "URL cannot be parsed: port out of range 0-65535"
-    return None
-
-
-_ABSOLUTE_URL = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?#]*)(?:[/?#].*)?", re.DOTALL
-)
-_HOST_PORT = re.compile(
-    r"(?P<host>\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]|[^:\[\]]*)(?::(?P<port>[0-9]*))?"
-)
 
 
 def _invalid(field: str, reason: str) -> InvalidJobDocument:
@@ -463,7 +438,7 @@ def _job_id(value: object, where: str) -> JobId:
     text = _string(value, where)
     job_id = topics.job_id_or_none(text)
     if job_id is None:
-        _fail(f"{where} {_show(text)} is not a job id ([a-zA-Z0-9_-]{{1,64}})")
+        _fail(f"{where} {_show(text)} is not a job id ({topics.JOB_ID_PATTERN})")
     return job_id
 
 

@@ -159,7 +159,7 @@ def _client_token(token: ClientToken) -> str:
 
 def _job_id(job_id: JobId) -> JobId:
     if not topics.is_job_id(job_id):
-        raise InvalidCommandError(f"job id {job_id[:80]!r} is not [a-zA-Z0-9_-]{{1,64}}")
+        raise InvalidCommandError(f"job id {job_id[:80]!r} is not {topics.JOB_ID_PATTERN}")
     return job_id
 
 

@@ -228,6 +228,8 @@ class Job:
 
     job_id: JobId
     document: JobDocument
+    execution_number: int | None = None
+    """The cloud's executionNumber of this attempt (journaled with every phase)."""
     reporter: Reporter = Reporter()
     check: Request | None = None
     """A pending-jobs request sent after a reconnect to see whether the job is still pending."""
@@ -690,11 +692,33 @@ def _forget_ended_job(
     """The journal's job ended while we were down (cancelled, timed out): forget it and
     remove the partial download it kept for a resume."""
     journal = state.journal
-    listed = {s.job_id for s in (*in_progress, *queued)} | held
-    if journal is None or journal.job_id in listed:
+    if journal is None:
         return state, []
+    attempts = {s.execution_number for s in (*in_progress, *queued) if s.job_id == journal.job_id}
+    if journal.job_id in held or (attempts and _same_attempt(journal, attempts)):
+        return state, []
+    if attempts:
+        numbers = ", ".join(str(n) for n in sorted(n for n in attempts if n is not None))
+        note = (
+            f"job {journal.job_id}: the journal is of execution {journal.execution_number}, the"
+            f" cloud lists execution {numbers} (a retry): the old attempt's record is dropped"
+        )
+    else:
+        note = f"job {journal.job_id}: no longer pending; its journal is dropped"
     state = attrs.evolve(state, journal=None)
-    return state, [Persist(record=None), DiscardDownload(job_id=journal.job_id)]
+    return state, [
+        _log(LogLevel.INFO, note, journal.job_id),
+        Persist(record=None),
+        DiscardDownload(job_id=journal.job_id),
+    ]
+
+
+def _same_attempt(journal: JournalRecord, numbers: Iterable[int | None]) -> bool:
+    """Is one of the listed execution numbers the journal's? Unknown numbers (an older
+    journal, a cloud that does not say) count as the same attempt, as before numbers."""
+    if journal.execution_number is None:
+        return True
+    return any(n is None or n == journal.execution_number for n in numbers)
 
 
 def _signal_ready(state: State) -> Out:
@@ -853,12 +877,44 @@ def _take_job(state: State, execution: JobExecution, now: float) -> Out:
     if not _pending(execution.status):
         message = f"job {job_id}: is {execution.status.value} now; starting over"
         return attrs.evolve(state, stage=FetchingJobs()), [_log(LogLevel.INFO, message, job_id)]
+    state, dropped = _drop_other_attempt(state, execution)
     document = _document(state, execution)
     if isinstance(document, InvalidJobDocument):
         message = f"invalid job document: field '{document.field}' {document.reason}"
         details = status_details(ReportedState.INVALID_JOB_DOCUMENT, message)
-        return _finish(state, job_id, JobStatus.REJECTED, details)
-    job = Job(job_id=job_id, document=document)
+        state, commands = _finish(state, job_id, JobStatus.REJECTED, details)
+        return state, [*dropped, *commands]
+    job = Job(job_id=job_id, document=document, execution_number=execution.execution_number)
+    state, commands = _take_valid_job(state, execution, job, now)
+    return state, [*dropped, *commands]
+
+
+def _drop_other_attempt(state: State, execution: JobExecution) -> Out:
+    """A journal of this job but of another execution (an AWS retry after a failed or
+    timed-out attempt) says nothing about this attempt: drop it and its partial file, so
+    the retry starts fresh (new download, restart count 0)."""
+    journal = state.journal
+    if (
+        journal is None
+        or journal.job_id != execution.job_id
+        or _same_attempt(journal, [execution.execution_number])
+    ):
+        return state, []
+    note = (
+        f"job {execution.job_id}: execution {execution.execution_number} is a retry; the"
+        f" journal of execution {journal.execution_number} (phase {journal.phase.value}) is"
+        " dropped"
+    )
+    state = attrs.evolve(state, journal=None)
+    return state, [
+        _log(LogLevel.INFO, note, execution.job_id),
+        Persist(record=None),
+        DiscardDownload(job_id=execution.job_id),
+    ]
+
+
+def _take_valid_job(state: State, execution: JobExecution, job: Job, now: float) -> Out:
+    job_id, document = job.job_id, job.document
     state_detail = execution.detail("state")
     if (
         execution.status is JobStatus.IN_PROGRESS
@@ -875,7 +931,7 @@ def _take_job(state: State, execution: JobExecution, now: float) -> Out:
         state, call, commands = _start_call(state, job, HookKind.VERSION, now)
         state = attrs.evolve(state, stage=CheckingVersion(job=job, call=call, after_install=True))
         return state, [_log(LogLevel.INFO, f"job {job_id}: {note}", job_id), *commands]
-    state, commands = _persist(state, job_id, Phase.CHECKING_VERSION)
+    state, commands = _persist(state, job, Phase.CHECKING_VERSION)
     commands.append(_log(LogLevel.INFO, f"job {job_id}: {note}", job_id))
     if document.force or HookKind.VERSION in state.absent_hooks:
         state, more = _download_phase(state, job, now)
@@ -917,6 +973,7 @@ def _back_from_restart(state: State, job: Job, now: float) -> Out:
         phase=Phase.VERIFYING,
         restart_count=count,
         previous_version=_previous_version(state, job.job_id),
+        execution_number=job.execution_number,
     )
     state = attrs.evolve(state, journal=record)
     commands: list[Command] = [
@@ -947,7 +1004,7 @@ def _download_phase(state: State, job: Job, now: float) -> Out:
 
 
 def _start_download(state: State, job: Job, now: float, *, refusals: int) -> Out:
-    state, commands = _persist(state, job.job_id, Phase.DOWNLOADING)
+    state, commands = _persist(state, job, Phase.DOWNLOADING)
     state, job, more = _report_phase(state, job, ReportedState.DOWNLOAD_START, "", now)
     state, serial = _next(state)
     download_id = DownloadId(serial)
@@ -968,7 +1025,7 @@ def _start_download(state: State, job: Job, now: float, *, refusals: int) -> Out
 
 
 def _install_phase(state: State, job: Job, file: InstallFile, now: float) -> Out:
-    state, commands = _persist(state, job.job_id, Phase.INSTALLING)
+    state, commands = _persist(state, job, Phase.INSTALLING)
     if HookKind.INSTALL in state.absent_hooks:
         state, more = _no_install_hook(state, job)
         return state, [*commands, *more]
@@ -995,21 +1052,22 @@ def _restart(state: State, job: Job, now: float) -> Out:
     """`reboot_start` was accepted: persist, then call Restart (which may end the process)."""
     if HookKind.RESTART in state.absent_hooks:
         return _verify(state, job, VerifyOrigin.NO_RESTART_HOOK, now)
-    state, persist = _persist_restarting(state, job.job_id)
+    state, persist = _persist_restarting(state, job)
     state, call, commands = _start_call(state, job, HookKind.RESTART, now)
     message = f"job {job.job_id}: reboot_start accepted; restarting"
     state = attrs.evolve(state, stage=Restarting(job=job, call=call))
     return state, [_log(LogLevel.INFO, message, job.job_id), persist, *commands]
 
 
-def _persist_restarting(state: State, job_id: JobId) -> tuple[State, Persist]:
+def _persist_restarting(state: State, job: Job) -> tuple[State, Persist]:
     journal = state.journal
-    count = journal.restart_count if journal is not None and journal.job_id == job_id else 0
+    count = journal.restart_count if journal is not None and journal.job_id == job.job_id else 0
     record = JournalRecord(
-        job_id=job_id,
+        job_id=job.job_id,
         phase=Phase.RESTARTING,
         restart_count=count,
-        previous_version=_previous_version(state, job_id),
+        previous_version=_previous_version(state, job.job_id),
+        execution_number=job.execution_number,
     )
     return attrs.evolve(state, journal=record), Persist(record=record)
 
@@ -1034,7 +1092,7 @@ def _verify(state: State, job: Job, origin: VerifyOrigin, now: float) -> Out:
     if origin is not VerifyOrigin.AFTER_BOOT and not state.settings.verify_soft_restart:
         # verify_soft_restart = False: upparat 1.12 reported success without any check.
         return _succeed_unchecked(state, job, origin)
-    state, commands = _persist(state, job.job_id, Phase.VERIFYING)
+    state, commands = _persist(state, job, Phase.VERIFYING)
     if HookKind.VERSION in state.absent_hooks:
         state, more = _check_ready(state, job, origin, now, version_checked=False)
         return state, [*commands, *more]
@@ -1131,16 +1189,17 @@ def _stop_work(stage: JobStage, *, discard: bool) -> list[Command]:
             assert_never(stage)
 
 
-def _persist(state: State, job_id: JobId, phase: Phase) -> Out:
+def _persist(state: State, job: Job, phase: Phase) -> Out:
     """Journal the phase (keeping the restart count and the previous version of the same
     job); skip if unchanged."""
-    journal = state.journal
+    journal, job_id = state.journal, job.job_id
     count = journal.restart_count if journal is not None and journal.job_id == job_id else 0
     record = JournalRecord(
         job_id=job_id,
         phase=phase,
         restart_count=count,
         previous_version=_previous_version(state, job_id),
+        execution_number=job.execution_number,
     )
     if record == journal:
         return state, []
@@ -1340,15 +1399,27 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
             return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
         case VerifyingVersion(origin=origin):
             if value != version:
-                text = f"Expected version '{version}', got '{value}'"
-                details = status_details(ReportedState.VERSION_MISMATCH, text)
-                return _finish(state, job.job_id, JobStatus.FAILED, details)
+                return _finish(
+                    state, job.job_id, JobStatus.FAILED, _wrong_version(state, job, value)
+                )
             return _check_ready(state, job, origin, now, version_checked=True)
         case VerifyingReady():
             details = status_details(ReportedState.COMPLETE_READY, message)
             return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
         case _:
             assert_never(stage)
+
+
+def _wrong_version(state: State, job: Job, value: str) -> tuple[tuple[str, str], ...]:
+    """After the restart the device runs `value`, not the job's version: `rolled_back` when
+    that is the version it ran before the update, else `version_mismatch`."""
+    version, previous = job.document.version, _previous_version(state, job.job_id)
+    if previous is not None and value == previous:
+        text = f"Rolled back: expected version '{version}', the previous version '{value}' runs"
+        return status_details(ReportedState.ROLLED_BACK, text)
+    return status_details(
+        ReportedState.VERSION_MISMATCH, f"Expected version '{version}', got '{value}'"
+    )
 
 
 def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
@@ -1359,7 +1430,7 @@ def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
         # The installer finished and the device runs the new version: confirm it as after
         # a restart (the ready hook marks the slot good), never `version_already_installed`.
         note = f"job {job_id}: version {value!r} runs after the interrupted install; verifying"
-        state, commands = _persist(state, job_id, Phase.VERIFYING)
+        state, commands = _persist(state, job, Phase.VERIFYING)
         state, more = _check_ready(state, job, VerifyOrigin.AFTER_BOOT, now, version_checked=True)
         return state, [_log(LogLevel.INFO, note, job_id), *commands, *more]
     if previous is None or value == previous:
@@ -1408,7 +1479,7 @@ def _recall(state: State, stage: HookStage, now: float) -> Out:
         file = stage.file
     if isinstance(stage, Restarting):
         # Restart may end the process: the journal must be on disk first.
-        state, persist = _persist_restarting(state, stage.job.job_id)
+        state, persist = _persist_restarting(state, stage.job)
         commands.append(persist)
     state, call, more = _invoke(state, stage.job, _hook_of(stage), stage.call, now, file)
     return attrs.evolve(state, stage=attrs.evolve(stage, call=call)), [*commands, *more]

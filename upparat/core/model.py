@@ -203,6 +203,10 @@ class JournalRecord:
     """How many times the device came back in `reboot_start` for this job."""
     previous_version: str | None = None
     """The version the version hook reported before the update (None: not asked)."""
+    execution_number: int | None = None
+    """The cloud's executionNumber of the attempt this record belongs to (None: unknown,
+    e.g. a journal written by an older upparat). An AWS retry of a failed or timed-out
+    execution comes with a new number and must not inherit this record."""
 
 
 class ReportedState(enum.Enum):
@@ -227,6 +231,9 @@ class ReportedState(enum.Enum):
     # FAILED
     ERROR_MULTIPLE_IN_PROGRESS = "error_multiple_in_progress"
     VERSION_MISMATCH = "version_mismatch"
+    ROLLED_BACK = "rolled_back"
+    """After the restart the device runs the version it ran before the update (a
+    bootloader fell back, or the install never took): the journal's previous_version."""
     REBOOT_LOOP = "reboot_loop"
     DOWNLOAD_FAILED = "download_failed"
     DOWNLOAD_VERIFICATION_FAILED = "download_verification_failed"

@@ -151,6 +151,10 @@ class Stack:
                 str(self.seconds_per_minute),
                 "--state-file",
                 str(self.workdir / "emulator-state.json"),
+                # S3 objects of pre-signed URL placeholders come from the file server:
+                # bucket B, key K is served from files/B/K (see s3_object).
+                "--s3-endpoint",
+                self.files.url("").rstrip("/"),
             ],
         )
 
@@ -230,6 +234,12 @@ class Stack:
         """Put a bundle of `size` bytes on the file server; returns (URL, sha256)."""
         sha = make_bundle(self.workdir / "files" / name, size, seed=seed)
         return self.files.url(name), sha
+
+    def s3_object(self, bucket: str, key: str, size: int, *, seed: int = 1) -> str:
+        """Put a bundle of `size` bytes where the emulator serves S3 object B/K; its sha256."""
+        path = self.workdir / "files" / bucket / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return make_bundle(path, size, seed=seed)
 
     def create_job(
         self,

@@ -21,7 +21,7 @@ from types import FrameType
 
 from upparat.emulator.control import DEFAULT_PREFIX, EmulatorControl
 from upparat.emulator.model import EmulatorError
-from upparat.emulator.presign import MAX_EXPIRES_IN
+from upparat.emulator.presign import MAX_EXPIRES_IN, endpoint_problem
 from upparat.emulator.server import JobsEmulator
 from upparat.emulator.wire import JsonValue
 
@@ -44,6 +44,13 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
     return value
+
+
+def _endpoint(text: str) -> str:
+    problem = endpoint_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text.rstrip("/")
 
 
 def _broker_args(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +99,13 @@ def serve_parser() -> argparse.ArgumentParser:
         "--strict-transitions",
         action="store_true",
         help="refuse QUEUED -> SUCCEEDED without IN_PROGRESS first (AWS allows it)",
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        type=_endpoint,
+        metavar="URL",
+        help="serve S3 objects of pre-signed URL placeholders from here: a v2 placeholder"
+        " (or a v1 one with an S3 URL) for bucket B and key K becomes URL/B/K, signed",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     return parser
@@ -166,6 +180,29 @@ def ctl_parser() -> argparse.ArgumentParser:
     verbs.add_parser("check-timeouts", help="time out expired executions now")
     verbs.add_parser("ping", help="check that an emulator answers")
 
+    p = verbs.add_parser("shadow-get", help="a thing's named shadow ($package by default)")
+    p.add_argument("--thing", required=True)
+    p.add_argument("--name", default="$package", help="shadow name (default $package)")
+
+    p = verbs.add_parser("shadow-update", help="update a named shadow from the cloud side")
+    p.add_argument("--thing", required=True)
+    p.add_argument("--name", default="$package", help="shadow name (default $package)")
+    p.add_argument(
+        "--document",
+        required=True,
+        help='request state document, e.g. {"state":{"desired":{...}}}: JSON, @file or @-',
+    )
+
+    p = verbs.add_parser("inject-shadow-fault", help="reject the next N shadow requests")
+    p.add_argument("code", type=int, choices=[429, 500])
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--thing")
+    p.add_argument("--operation", choices=["get", "update", "delete", "any"], default="any")
+
+    p = verbs.add_parser("shadow-history", help="named-shadow requests received")
+    p.add_argument("--thing")
+    p.add_argument("--name")
+
     p = verbs.add_parser("wait-status", help="wait until an execution reaches a status")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--thing", required=True)
@@ -187,7 +224,7 @@ def _document(text: str) -> dict[str, JsonValue]:
     except ValueError as e:
         raise EmulatorError(f"--document: not JSON ({e})") from None
     if not isinstance(value, dict):
-        raise EmulatorError("--document: the job document must be a JSON object")
+        raise EmulatorError("--document: the document must be a JSON object")
     return value
 
 
@@ -232,6 +269,17 @@ def run_ctl(argv: Sequence[str]) -> int:
                 case "clear-faults" | "pause" | "resume" | "check-timeouts" | "ping":
                     call_args = {"drop": args.drop} if args.verb == "pause" else {}
                     result = ctl.call(args.verb, call_args)
+                case "shadow-get":
+                    result = ctl.shadow(args.thing, args.name)
+                case "shadow-update":
+                    result = ctl.update_shadow(args.thing, _document(args.document), args.name)
+                case "inject-shadow-fault":
+                    ctl.inject_shadow_fault(
+                        args.code, args.count, thing=args.thing, operation=args.operation
+                    )
+                    result = {"injected": args.code, "count": args.count}
+                case "shadow-history":
+                    result = list[JsonValue](ctl.shadow_history(args.thing, args.name))
                 case "wait-status":
                     result = ctl.wait_for_status(
                         args.job_id, args.thing, *args.status, timeout=args.wait
@@ -269,6 +317,7 @@ def run_serve(argv: Sequence[str]) -> int:
             control_prefix=args.prefix,
             client_id=args.client_id,
             strict_transitions=args.strict_transitions,
+            s3_endpoint=args.s3_endpoint,
         )
         emulator.start(timeout=args.connect_timeout)
     except (EmulatorError, ConnectionError) as e:

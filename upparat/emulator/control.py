@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from upparat.emulator.model import EmulatorError
 from upparat.emulator.presign import MAX_EXPIRES_IN
+from upparat.emulator.shadow import PACKAGE_SHADOW
 from upparat.emulator.wire import ExecutionStatus, JsonObject, JsonValue
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ VERBS = (
     "pause",
     "resume",
     "check-timeouts",
+    "shadow-get",
+    "shadow-update",
+    "shadow-history",
+    "inject-shadow-fault",
 )
 
 
@@ -112,16 +117,19 @@ def dispatch(emulator: JobsEmulator, verb: str, args: Mapping[str, JsonValue]) -
                 "clientId": emulator.client_id,
                 "now": emulator.clock.now(),
                 "jobs": len(emulator.list_jobs()),
+                "s3Endpoint": emulator.s3_endpoint,
             }
         case "create-job":
             document = a.obj("document")
             timeout = a.opt_int("inProgressTimeoutMinutes")
+            retries = a.opt_obj("retries")
             job = emulator.create_job(
                 a.text("jobId"),
                 document,
                 a.texts("targets"),
                 presigned_expires_in=a.opt_int("presignedExpiresIn") or MAX_EXPIRES_IN,
                 in_progress_timeout_minutes=timeout,
+                retries=None if retries is None else _retry_counts(retries),
             )
             return _job_info(emulator, job.job_id)
         case "cancel-job":
@@ -171,6 +179,29 @@ def dispatch(emulator: JobsEmulator, verb: str, args: Mapping[str, JsonValue]) -
             return {}
         case "check-timeouts":
             return {"timedOut": emulator.check_timeouts()}
+        case "shadow-get":
+            # null: the thing has no such shadow (GetThingShadow's 404).
+            return emulator.shadow(a.text("thing"), a.opt_text("name") or PACKAGE_SHADOW)
+        case "shadow-update":
+            return emulator.update_shadow(
+                a.text("thing"), a.obj("document"), a.opt_text("name") or PACKAGE_SHADOW
+            )
+        case "inject-shadow-fault":
+            code = a.opt_int("code")
+            if code is None:
+                raise EmulatorError("inject-shadow-fault: code must be 429 or 500")
+            emulator.inject_shadow_fault(
+                code,
+                a.opt_int("count") or 1,
+                thing=a.opt_text("thing"),
+                operation=a.opt_text("operation"),
+            )
+            return {"injected": code}
+        case "shadow-history":
+            return [
+                h.to_json()
+                for h in emulator.shadow_history(a.opt_text("thing"), a.opt_text("name"))
+            ]
         case _:
             raise EmulatorError(f"unknown control verb {verb!r}; known: {', '.join(VERBS)}")
 
@@ -219,11 +250,24 @@ class _Args:
             raise self._fail(name, "a JSON object")
         return value
 
+    def opt_obj(self, name: str) -> JsonObject | None:
+        return None if self._args.get(name) is None else self.obj(name)
+
     def texts(self, name: str) -> list[str]:
         value = self._args.get(name)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self._fail(name, "a list of strings")
         return [v for v in value if isinstance(v, str)]
+
+
+def _retry_counts(retries: JsonObject) -> dict[str, int]:
+    """{failureType: numberOfRetries}; the model checks names and ranges."""
+    counts: dict[str, int] = {}
+    for kind, count in retries.items():
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise EmulatorError(f"create-job: retries.{kind} must be an integer, got {count!r}")
+        counts[kind] = count
+    return counts
 
 
 # ---- client side ----------------------------------------------------------------------
@@ -387,6 +431,7 @@ class EmulatorControl:
         targets: Iterable[str],
         presigned_expires_in: int = MAX_EXPIRES_IN,
         in_progress_timeout_minutes: int | None = None,
+        retries: Mapping[str, int] | None = None,
     ) -> JsonObject:
         if isinstance(targets, str):
             targets = [targets]
@@ -399,6 +444,7 @@ class EmulatorControl:
                     "targets": list(targets),
                     "presignedExpiresIn": presigned_expires_in,
                     "inProgressTimeoutMinutes": in_progress_timeout_minutes,
+                    "retries": None if retries is None else dict(retries),
                 },
             )
         )
@@ -457,6 +503,39 @@ class EmulatorControl:
         result = _obj(self.call("check-timeouts"))
         count = result.get("timedOut")
         return count if isinstance(count, int) else 0
+
+    def shadow(self, thing: str, name: str = PACKAGE_SHADOW) -> JsonObject | None:
+        """The named shadow as GetThingShadow returns it, or None when there is none."""
+        found = self.call("shadow-get", {"thing": thing, "name": name})
+        return None if found is None else _obj(found)
+
+    def update_shadow(
+        self, thing: str, document: Mapping[str, object], name: str = PACKAGE_SHADOW
+    ) -> JsonObject:
+        """UpdateThingShadow from the cloud side; EmulatorError with the code on a rejection."""
+        return _obj(
+            self.call(
+                "shadow-update",
+                {"thing": thing, "name": name, "document": _json_object(document)},
+            )
+        )
+
+    def inject_shadow_fault(
+        self,
+        code: int,
+        count: int = 1,
+        *,
+        thing: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        """Reject the next `count` named-shadow requests with 429 or 500."""
+        self.call(
+            "inject-shadow-fault",
+            {"code": code, "count": count, "thing": thing, "operation": operation},
+        )
+
+    def shadow_history(self, thing: str | None = None, name: str | None = None) -> list[JsonObject]:
+        return [_obj(v) for v in _list(self.call("shadow-history", {"thing": thing, "name": name}))]
 
     def wait_for(
         self, predicate: Callable[[], JsonValue], timeout: float = 5.0, interval: float = 0.05

@@ -15,7 +15,13 @@ from typing import TypeAlias, assert_never
 
 import attrs
 
-from upparat.emulator.presign import MAX_EXPIRES_IN, MIN_EXPIRES_IN, Signer, substitute
+from upparat.emulator.presign import (
+    MAX_EXPIRES_IN,
+    MIN_EXPIRES_IN,
+    Signer,
+    check_placeholders,
+    substitute,
+)
 from upparat.emulator.wire import (
     JOB_ID_RE,
     THING_NAME_RE,
@@ -37,6 +43,9 @@ from upparat.emulator.wire import (
 
 MAX_DOCUMENT_CHARS = 32768
 MAX_IN_PROGRESS_TIMEOUT_MINUTES = 10080
+MAX_RETRIES = 10
+RETRY_FAILURE_TYPES = ("FAILED", "TIMED_OUT", "ALL")
+"""jobExecutionsRetryConfig.criteriaList[].failureType (ALL: both, one count each)."""
 
 
 class EmulatorError(Exception):
@@ -64,6 +73,11 @@ class Job:
     in_progress_timeout_minutes: int | None
     created_at: int
     canceled: bool = False
+    retries: tuple[tuple[str, int], ...] = ()
+    """numberOfRetries by failure type (FAILED, TIMED_OUT), from jobExecutionsRetryConfig."""
+
+    def retry_limit(self, status: ExecutionStatus) -> int:
+        return dict(self.retries).get(status.value, 0)
 
     def document_json(self) -> JsonObject:
         value: JsonObject = json.loads(self.document)
@@ -84,6 +98,8 @@ class Execution:
     version_number: int = 1
     execution_number: int = 1
     seq: int  # creation order: breaks queuedAt ties (AWS orders by queue time)
+    retried: tuple[tuple[str, int], ...] = ()
+    """Retries already made of this thing's execution, by failure type."""
     step_deadline: float | None = None  # epoch seconds; TIMED_OUT after it
     in_progress_deadline: float | None = None
     force_canceled: bool = False
@@ -130,6 +146,7 @@ class Execution:
             "stepDeadline": self.step_deadline,
             "inProgressDeadline": self.in_progress_deadline,
             "forceCanceled": self.force_canceled,
+            "retried": dict(self.retried),
         }
 
     @classmethod
@@ -150,6 +167,7 @@ class Execution:
             step_deadline=_opt_float(data.get("stepDeadline")),
             in_progress_deadline=_opt_float(data.get("inProgressDeadline")),
             force_canceled=bool(data.get("forceCanceled", False)),
+            retried=tuple(sorted((k, _int(v)) for k, v in _obj(data.get("retried") or {}).items())),
         )
 
 
@@ -174,6 +192,8 @@ class JobsModel:
     # A device must report IN_PROGRESS before SUCCEEDED: stricter than AWS may be
     # (AWS documents no such rule), so a daemon that passes here passes there.
     strict_transitions: bool = False
+    # Where pre-signed S3 objects are served from (presign.py); None: the S3 host itself.
+    s3_endpoint: str | None = None
     jobs: dict[JobId, Job] = attrs.field(factory=dict)
     executions: dict[Key, Execution] = attrs.field(factory=dict)
     next_seq: int = 1
@@ -393,6 +413,7 @@ class JobsModel:
                 in_progress_deadline=None,
             )
         self.executions[(updated.job_id, updated.thing_name)] = updated
+        self._retry(updated, now)
 
         body: JsonObject = {}
         if request.include_state:
@@ -448,7 +469,7 @@ class JobsModel:
     def render_document(self, job: Job, sign: Signer) -> JsonValue:
         # The URL lifetime scales with timeout minutes, so a fast e2e run can see one expire.
         lifetime = max(1, round(job.presigned_expires_in * self.minute / 60))
-        return substitute(job.document_json(), sign, lifetime)
+        return substitute(job.document_json(), sign, lifetime, self.s3_endpoint)
 
     def render_execution(
         self, found: Execution, sign: Signer, *, include_document: bool = True
@@ -515,8 +536,36 @@ class JobsModel:
             before = self._snapshot(thing)
             for _, new in pairs:
                 self.executions[(new.job_id, new.thing_name)] = new
+                self._retry(new, now)
             out += self._notifications(thing, before, True, now, sign)
         return out
+
+    def _retry(self, ended: Execution, now: float) -> None:
+        """AWS's job execution retry: a FAILED or TIMED_OUT execution whose job allows
+        another retry of that type is queued again at once with the next executionNumber
+        (fresh status, statusDetails and versionNumber). The ended execution's answers
+        (update/accepted, notify) still describe the attempt that ended."""
+        if ended.status not in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT):
+            return
+        job = self.jobs.get(ended.job_id)
+        if job is None or job.canceled:
+            return
+        used = dict(ended.retried)
+        kind = ended.status.value
+        if used.get(kind, 0) >= job.retry_limit(ended.status):
+            return
+        used[kind] = used.get(kind, 0) + 1
+        self.executions[(ended.job_id, ended.thing_name)] = Execution(
+            job_id=ended.job_id,
+            thing_name=ended.thing_name,
+            status=ExecutionStatus.QUEUED,
+            queued_at=int(now),
+            last_updated_at=int(now),
+            execution_number=ended.execution_number + 1,
+            seq=self.next_seq,
+            retried=tuple(sorted(used.items())),
+        )
+        self.next_seq += 1
 
     # ---- control calls and timers -------------------------------------------------------
 
@@ -530,6 +579,7 @@ class JobsModel:
         *,
         presigned_expires_in: int = MAX_EXPIRES_IN,
         in_progress_timeout_minutes: int | None = None,
+        retries: Mapping[str, int] | None = None,
     ) -> list[Publish]:
         if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
             raise EmulatorError(
@@ -551,6 +601,9 @@ class JobsModel:
             raise EmulatorError(
                 f"create_job: the job document is {len(text)} characters, the limit is {MAX_DOCUMENT_CHARS}"
             )
+        placeholder_problem = check_placeholders(json.loads(text))
+        if placeholder_problem is not None:
+            raise EmulatorError(f"create_job: {placeholder_problem}")
         things = list(dict.fromkeys(targets))
         if not things:
             raise EmulatorError("create_job: give at least one target thing")
@@ -582,6 +635,7 @@ class JobsModel:
             presigned_expires_in=presigned_expires_in,
             in_progress_timeout_minutes=in_progress_timeout_minutes,
             created_at=int(now),
+            retries=_retry_limits(retries or {}),
         )
         out: list[Publish] = []
         for thing in things:
@@ -706,6 +760,7 @@ class JobsModel:
                     "inProgressTimeoutMinutes": j.in_progress_timeout_minutes,
                     "createdAt": j.created_at,
                     "canceled": j.canceled,
+                    "retries": dict(j.retries),
                 }
                 for j in self.jobs.values()
             ],
@@ -727,6 +782,9 @@ class JobsModel:
                 in_progress_timeout_minutes=None if timeout is None else _int(timeout),
                 created_at=_int(item["createdAt"]),
                 canceled=bool(item.get("canceled", False)),
+                retries=_retry_limits(
+                    {k: _int(v) for k, v in _obj(item.get("retries") or {}).items()}
+                ),
             )
         executions: dict[Key, Execution] = {}
         for raw in _list(data["executions"]):
@@ -739,6 +797,24 @@ class JobsModel:
         self.next_seq = max(
             [_int(data.get("nextSeq", 1))] + [e.seq + 1 for e in executions.values()]
         )
+
+
+def _retry_limits(retries: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """jobExecutionsRetryConfig as {failureType: numberOfRetries}; ALL sets both types."""
+    limits: dict[str, int] = {}
+    for kind, count in retries.items():
+        if kind not in RETRY_FAILURE_TYPES:
+            raise EmulatorError(
+                f"create_job: retry failure type must be one of {', '.join(RETRY_FAILURE_TYPES)},"
+                f" got {kind!r}"
+            )
+        if not _is_int(count) or not 0 <= count <= MAX_RETRIES:
+            raise EmulatorError(
+                f"create_job: numberOfRetries must be 0-{MAX_RETRIES}, got {count!r} for {kind}"
+            )
+        for name in ("FAILED", "TIMED_OUT") if kind == "ALL" else (kind,):
+            limits[name] = max(limits.get(name, 0), count)
+    return tuple(sorted(limits.items()))
 
 
 def _publish(topic: str, body: JsonObject) -> Publish:

@@ -30,7 +30,20 @@ from paho.mqtt.reasoncodes import ReasonCode
 from upparat.emulator.clock import Clock, SystemClock
 from upparat.emulator.control import no_delay, serve_control
 from upparat.emulator.model import EmulatorError, Execution, Job, JobsModel, Publish, Result
-from upparat.emulator.presign import MAX_EXPIRES_IN, DefaultSigner, Signer
+from upparat.emulator.presign import MAX_EXPIRES_IN, DefaultSigner, Signer, endpoint_problem
+from upparat.emulator.shadow import (
+    FAULT_CODES as SHADOW_FAULT_CODES,
+)
+from upparat.emulator.shadow import (
+    PACKAGE_SHADOW,
+    SHADOW_FILTERS,
+    ShadowOp,
+    ShadowRequest,
+    ShadowResult,
+    ShadowStore,
+    parse_topic,
+)
+from upparat.emulator.shadow import reject as reject_shadow
 from upparat.emulator.wire import (
     BadRequest,
     Describe,
@@ -102,6 +115,40 @@ class HistoryEntry:
 
 
 @attrs.frozen(kw_only=True)
+class ShadowHistoryEntry:
+    """One named-shadow request the emulator received and what it answered."""
+
+    seq: int
+    at: float  # emulator clock, epoch seconds
+    thing: str
+    name: str
+    operation: str  # get, update, delete (control updates: "update" with source "control")
+    source: str  # "mqtt" or "control"
+    payload: str  # as received (decoded leniently, cut at 8 KiB)
+    request: JsonValue  # the payload parsed, or None when it was not JSON
+    result: Outcome
+    code: int | None  # the rejection code (400, 404, 409, 413, ...)
+    message: str | None
+    version: int | None  # the shadow's version after the request
+
+    def to_json(self) -> JsonObject:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "thing": self.thing,
+            "name": self.name,
+            "operation": self.operation,
+            "source": self.source,
+            "payload": self.payload,
+            "request": self.request,
+            "result": self.result,
+            "code": self.code,
+            "message": self.message,
+            "version": self.version,
+        }
+
+
+@attrs.frozen(kw_only=True)
 class JobInfo:
     job: Job
     status: str  # IN_PROGRESS, CANCELED or COMPLETED (every execution terminal)
@@ -129,6 +176,14 @@ class _Fault:
     operation: Operation | None  # None: any operation
 
 
+@attrs.define(kw_only=True)
+class _ShadowFault:
+    code: int
+    remaining: int
+    thing: str | None
+    operation: ShadowOp | None  # None: any operation
+
+
 class JobsEmulator:
     """A stand-in for the AWS IoT Jobs service on an MQTT broker, for any thing name.
 
@@ -153,9 +208,13 @@ class JobsEmulator:
         client_id: str | None = None,
         strict_transitions: bool = False,
         keepalive: int = 30,
+        s3_endpoint: str | None = None,
     ) -> None:
         if seconds_per_minute <= 0:
             raise ValueError(f"seconds_per_minute must be > 0, got {seconds_per_minute}")
+        if s3_endpoint is not None and endpoint_problem(s3_endpoint) is not None:
+            raise ValueError(endpoint_problem(s3_endpoint))
+        s3_endpoint = None if s3_endpoint is None else s3_endpoint.rstrip("/")
         self.host = host
         self.port = port
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -165,14 +224,23 @@ class JobsEmulator:
         self.control_prefix = control_prefix
         self.client_id = client_id or f"upparat-emulator-{secrets.token_hex(4)}"
         self.keepalive = keepalive
-        self._model = JobsModel(minute=seconds_per_minute, strict_transitions=strict_transitions)
+        self._model = JobsModel(
+            minute=seconds_per_minute,
+            strict_transitions=strict_transitions,
+            s3_endpoint=s3_endpoint,
+        )
         self._cond = threading.Condition(threading.RLock())
         self._history: collections.deque[HistoryEntry] = collections.deque(maxlen=HISTORY_LIMIT)
         self._published: collections.deque[tuple[float, Publish]] = collections.deque(
             maxlen=HISTORY_LIMIT
         )
         self._seq = 0
+        self._shadows = ShadowStore()
+        self._shadow_history: collections.deque[ShadowHistoryEntry] = collections.deque(
+            maxlen=HISTORY_LIMIT
+        )
         self._faults: list[_Fault] = []
+        self._shadow_faults: list[_ShadowFault] = []
         self._paused: Literal["hold", "drop"] | None = None
         self._held: list[tuple[str, bytes]] = []
         self._client: Client | None = None
@@ -248,6 +316,11 @@ class JobsEmulator:
         self.stop()
 
     @property
+    def s3_endpoint(self) -> str | None:
+        """Where pre-signed S3 objects are served from (None: the real S3 host)."""
+        return self._model.s3_endpoint
+
+    @property
     def connected(self) -> bool:
         client = self._client
         return client is not None and client.is_connected()
@@ -278,7 +351,13 @@ class JobsEmulator:
             return
         no_delay(client)
         # Subscribe on every connect: the session is clean, so a broker restart forgets us.
-        _, mid = client.subscribe([(JOBS_FILTER, 1), (f"{self.control_prefix}/control/+", 1)])
+        _, mid = client.subscribe(
+            [
+                (JOBS_FILTER, 1),
+                *((f, 1) for f in SHADOW_FILTERS),
+                (f"{self.control_prefix}/control/+", 1),
+            ]
+        )
         self._subscribe_mid = mid
 
     def _on_subscribe(
@@ -325,6 +404,10 @@ class JobsEmulator:
     def process(self, topic: str, payload: bytes) -> None:
         """Handle one inbound message as if it came from the broker."""
         with self._cond:
+            shadow_request = parse_topic(topic)
+            if shadow_request is not None:
+                self._process_shadow(shadow_request, topic, payload)
+                return
             parsed = parse(topic, payload)
             if isinstance(parsed, Ignored):
                 return
@@ -350,6 +433,87 @@ class JobsEmulator:
             if result.code is None and isinstance(parsed, Update | StartNext):
                 self._save_state()
             self._cond.notify_all()
+
+    def _process_shadow(self, request: ShadowRequest, topic: str, payload: bytes) -> None:
+        if self._paused == "hold":
+            self._held.append((topic, payload))
+            return
+        now = self.clock.now()
+        if self._paused == "drop":
+            self._record_shadow(request, "mqtt", payload, now, None)
+            log.info("paused: dropped a request on %s", topic)
+            return
+        fault = self._take_shadow_fault(request)
+        if fault is not None:
+            result = reject_shadow(request, payload, fault, SHADOW_FAULT_CODES[fault], now)
+        else:
+            result = self._shadows.handle(request, payload, now)
+        self._publish_all(result.publishes)
+        self._record_shadow(request, "mqtt", payload, now, result)
+        if result.code is not None:
+            log.warning(
+                "shadow %s %s of %s rejected: %d %s",
+                request.name,
+                request.op.value,
+                request.thing,
+                result.code,
+                result.message,
+            )
+        elif request.op is not ShadowOp.GET:
+            log.info(
+                "shadow %s of %s: %s, version %s",
+                request.name,
+                request.thing,
+                request.op.value,
+                result.version,
+            )
+            self._save_state()
+        self._cond.notify_all()
+
+    def _take_shadow_fault(self, request: ShadowRequest) -> int | None:
+        for fault in self._shadow_faults:
+            if fault.thing is not None and fault.thing != request.thing:
+                continue
+            if fault.operation is not None and fault.operation is not request.op:
+                continue
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                self._shadow_faults.remove(fault)
+            return fault.code
+        return None
+
+    def _record_shadow(
+        self,
+        request: ShadowRequest,
+        source: str,
+        payload: bytes,
+        now: float,
+        result: ShadowResult | None,
+    ) -> None:
+        try:
+            parsed: JsonValue = json.loads(payload) if payload.strip() else {}
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            parsed = None
+        outcome: Outcome = (
+            "dropped" if result is None else "accepted" if result.code is None else "rejected"
+        )
+        self._seq += 1
+        self._shadow_history.append(
+            ShadowHistoryEntry(
+                seq=self._seq,
+                at=now,
+                thing=request.thing,
+                name=request.name,
+                operation=request.op.value,
+                source=source,
+                payload=payload[:8192].decode("utf-8", errors="replace"),
+                request=parsed,
+                result=outcome,
+                code=None if result is None else result.code,
+                message=None if result is None else result.message,
+                version=None if result is None else result.version,
+            )
+        )
 
     def _take_fault(self, request: Request) -> _Fault | None:
         operation = _operation(request)
@@ -464,6 +628,7 @@ class JobsEmulator:
         targets: Iterable[str],
         presigned_expires_in: int = MAX_EXPIRES_IN,
         in_progress_timeout_minutes: int | None = None,
+        retries: Mapping[str, int] | None = None,
     ) -> Job:
         """Queue `document` as job `job_id` for each thing in `targets` (+ notify, notify-next)."""
         if isinstance(targets, str):
@@ -477,6 +642,7 @@ class JobsEmulator:
                 self.signer,
                 presigned_expires_in=presigned_expires_in,
                 in_progress_timeout_minutes=in_progress_timeout_minutes,
+                retries=retries,
             )
             self._changed(publishes)
             log.info(
@@ -590,6 +756,87 @@ class JobsEmulator:
                 if topic_suffix is None or p.topic.endswith(topic_suffix)
             ]
 
+    # ---- named shadows (control API, any thread) -----------------------------------------
+
+    def shadow(self, thing: str, name: str = PACKAGE_SHADOW) -> JsonObject | None:
+        """The shadow as GetThingShadow returns it (state incl. delta, metadata, version,
+        timestamp), or None when the thing has no such shadow."""
+        with self._cond:
+            if self._shadows.get(thing, name) is None:
+                return None
+            request = ShadowRequest(
+                thing=thing, name=name, op=ShadowOp.GET, topic=f"control:{thing}/{name}"
+            )
+            result = self._shadows.handle(request, b"", self.clock.now())
+            return result.publishes[0].json()
+
+    def update_shadow(
+        self, thing: str, document: Mapping[str, object], name: str = PACKAGE_SHADOW
+    ) -> JsonObject:
+        """UpdateThingShadow from the cloud side (an operator, a test): the same rules and
+        the same update/accepted, delta and documents messages as an MQTT update; a
+        rejection raises EmulatorError with the code and message."""
+        try:
+            payload = json.dumps(dict(document), allow_nan=False).encode()
+        except (TypeError, ValueError) as e:
+            raise EmulatorError(f"update_shadow: the document is not JSON: {e}") from None
+        request = ShadowRequest(
+            thing=thing,
+            name=name,
+            op=ShadowOp.UPDATE,
+            topic=f"$aws/things/{thing}/shadow/name/{name}/update",
+        )
+        if parse_topic(request.topic) is None:
+            raise EmulatorError(
+                f"update_shadow: thing {thing!r} or shadow name {name!r} is not valid"
+            )
+        with self._cond:
+            now = self.clock.now()
+            result = self._shadows.handle(request, payload, now)
+            self._record_shadow(request, "control", payload, now, result)
+            if result.code is not None:
+                raise EmulatorError(f"update_shadow: {result.code} {result.message}")
+            self._publish_all(result.publishes)
+            self._save_state()
+            self._cond.notify_all()
+            return result.publishes[0].json()
+
+    def inject_shadow_fault(
+        self,
+        code: int,
+        count: int = 1,
+        *,
+        thing: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        """Reject the next `count` matching named-shadow requests with 429 or 500."""
+        if code not in SHADOW_FAULT_CODES:
+            allowed = ", ".join(str(c) for c in sorted(SHADOW_FAULT_CODES))
+            raise EmulatorError(f"inject_shadow_fault: code must be one of {allowed}, got {code}")
+        if count < 1:
+            raise EmulatorError(f"inject_shadow_fault: count must be >= 1, got {count}")
+        try:
+            op = None if operation in (None, "any") else ShadowOp(operation)
+        except ValueError:
+            raise EmulatorError(
+                f"inject_shadow_fault: operation must be get, update, delete or any, got {operation!r}"
+            ) from None
+        with self._cond:
+            self._shadow_faults.append(
+                _ShadowFault(code=code, remaining=count, thing=thing, operation=op)
+            )
+
+    def shadow_history(
+        self, thing: str | None = None, name: str | None = None
+    ) -> list[ShadowHistoryEntry]:
+        """Named-shadow requests received (MQTT and control updates), oldest first."""
+        with self._cond:
+            return [
+                h
+                for h in self._shadow_history
+                if (thing is None or h.thing == thing) and (name is None or h.name == name)
+            ]
+
     def inject_fault(
         self,
         code: ErrorCode | str,
@@ -615,6 +862,7 @@ class JobsEmulator:
     def clear_faults(self) -> None:
         with self._cond:
             self._faults.clear()
+            self._shadow_faults.clear()
 
     def pause(self, drop: bool = False) -> None:
         """Stop answering: hold requests until resume() (or, with drop, ignore them)."""
@@ -688,7 +936,9 @@ class JobsEmulator:
             return
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(self._model.to_json(), indent=1))
+            data = self._model.to_json()
+            data["shadows"] = self._shadows.to_json()
+            tmp.write_text(json.dumps(data, indent=1))
             os.replace(tmp, self.state_file)
         except OSError as e:
             log.error("could not write the state file %s: %s", self.state_file, e)
@@ -701,6 +951,7 @@ class JobsEmulator:
             if not isinstance(data, dict):
                 raise TypeError("not a JSON object")
             self._model.load_json(data)
+            self._shadows.load_json(data.get("shadows"))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise EmulatorError(
                 f"jobs emulator: state file {path} is unreadable ({e}); move it away to start empty"

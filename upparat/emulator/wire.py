@@ -16,6 +16,9 @@ from typing import NewType, TypeAlias, assert_never
 
 import attrs
 
+from upparat.aws.topics import JOB_ID_RE as JOB_ID_RE  # re-exported: the one rule
+from upparat.aws.topics import THING_NAME_RE as THING_NAME_RE
+
 JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
 JsonObject: TypeAlias = "dict[str, JsonValue]"
 
@@ -30,8 +33,6 @@ MAX_CLIENT_TOKEN = 64
 MAX_STEP_TIMEOUT_MINUTES = 10080  # 7 days
 NEXT = "$next"
 
-JOB_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-THING_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 DETAIL_KEY_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 CLIENT_TOKEN_RE = re.compile(r"[\x21-\x7e]{1,64}")
 DIGITS_RE = re.compile(r"[0-9]{1,18}")

@@ -22,6 +22,7 @@ import attrs
 import grpc
 from google.protobuf import duration_pb2
 
+from upparat.config import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT  # re-exported: the one default
 from upparat.core.commands import AskHookInfo, CallHook, CancelHook
 from upparat.core.events import (
     Event,
@@ -42,7 +43,6 @@ from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
 log = logging.getLogger("upparat.hooks")
 
-DEFAULT_ENDPOINT = "unix:///run/upparat/hooks.sock"
 MAX_RECEIVE_BYTES = 1024 * 1024
 """hooks.proto: the daemon rejects any single message over 1 MiB (RESOURCE_EXHAUSTED)."""
 MAX_LINE_CHARS = 1024

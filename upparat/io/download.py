@@ -38,6 +38,8 @@ from typing import assert_never
 
 import attrs
 
+from upparat import urls
+from upparat.aws.topics import JOB_ID_RE as _JOB_ID
 from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
 from upparat.core.events import (
     DownloadCompleted,
@@ -64,7 +66,6 @@ FSYNC_INTERVAL = 8 * 1024 * 1024
 CANCEL_POLL = 0.2
 """Seconds between two looks at the cancel flag while a connect is pending."""
 
-_JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _SIDECAR_SUFFIX = ".meta.json"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
@@ -205,48 +206,33 @@ class _LocalError(Exception):
 
 
 def _parse_url(url: str, *, allow_http: bool) -> _Url | _BadUrl:
-    schemes = ("https", "http") if allow_http else ("https",)
-    if not url.isascii() or re.search(r"[\x00-\x20\x7f]", url):
-        return _BadUrl(reason="the URL contains spaces, control or non-ASCII characters")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
-        port = parts.port
-    except ValueError as e:
-        return _BadUrl(reason=f"unparseable URL ({e})")
-    scheme = parts.scheme.lower()
-    if scheme not in schemes:
-        allowed = " or ".join(f"{s}:" for s in schemes)
-        return _BadUrl(reason=f"scheme {scheme or '(none)'}: is not allowed, expected {allowed}")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        return _BadUrl(reason="URLs with embedded credentials are refused")
-    if not host:
-        return _BadUrl(reason="the URL has no host")
+    # The rule is upparat.urls', the one the AWS edge applied to the job document.
+    parsed = urls.parse_file_url(url)
+    if isinstance(parsed, urls.BadUrl):
+        return _BadUrl(reason=parsed.reason)
+    problem = urls.scheme_problem(parsed, allow_http=allow_http)
+    if problem is not None:
+        return _BadUrl(reason=problem)
+    port = parsed.port
     if port is None:
-        port = 443 if scheme == "https" else 80
-    path = parts.path or "/"
-    target = f"{path}?{parts.query}" if parts.query else path
-    return _Url(scheme=scheme, host=host, port=port, path=path, target=target)
+        port = 443 if parsed.scheme == "https" else 80
+    path = parsed.path or "/"
+    target = f"{path}?{parsed.query}" if parsed.query else path
+    return _Url(scheme=parsed.scheme, host=parsed.host, port=port, path=path, target=target)
 
 
 def _parse_proxy(proxy: str) -> _Proxy | _BadUrl:
     if "://" not in proxy:
         proxy = f"http://{proxy}"  # like curl: a bare host:port is an HTTP proxy
-    try:
-        parts = urllib.parse.urlsplit(proxy)
-        host = parts.hostname
-        port = parts.port or 80
-    except ValueError as e:
-        return _BadUrl(reason=f"unparseable proxy URL ({e})")
-    if parts.scheme.lower() != "http" or not host:
-        return _BadUrl(reason=f"proxy {redact_url(proxy)} is not an http:// proxy")
+    # [service] proxy passed the same rule in the config.
+    parsed = urls.parse_proxy_url(proxy)
+    if isinstance(parsed, urls.BadUrl):
+        return _BadUrl(reason=parsed.reason)
     headers: tuple[tuple[str, str], ...] = ()
-    if parts.username is not None:
-        user = urllib.parse.unquote(parts.username)
-        password = urllib.parse.unquote(parts.password or "")
-        token = b64encode(f"{user}:{password}".encode()).decode("ascii")
+    if parsed.username is not None:
+        token = b64encode(f"{parsed.username}:{parsed.password or ''}".encode()).decode("ascii")
         headers = (("Proxy-Authorization", f"Basic {token}"),)
-    return _Proxy(host=host, port=port, headers=headers)
+    return _Proxy(host=parsed.host, port=parsed.port, headers=headers)
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:

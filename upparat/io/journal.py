@@ -11,11 +11,11 @@ import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Final
 
+from upparat.aws.topics import JOB_ID_RE as _JOB_ID_RE
 from upparat.core.model import JobId, JournalRecord, Phase
 
 __all__ = ["FORMAT_VERSION", "Journal", "JournalError"]
@@ -26,7 +26,6 @@ FORMAT_VERSION: Final = 1
 """Bumped when the file's meaning changes; an unknown version is set aside like a corrupt file."""
 
 _FILE_NAME: Final = "journal.json"
-_JOB_ID_RE: Final = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 class JournalError(Exception):
@@ -140,6 +139,8 @@ def _encode(record: JournalRecord) -> bytes:
     }
     if record.previous_version is not None:
         doc["previous_version"] = record.previous_version
+    if record.execution_number is not None:
+        doc["execution_number"] = record.execution_number
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -166,9 +167,13 @@ def _decode(data: bytes) -> JournalRecord:
     previous_version = doc.get("previous_version")
     if previous_version is not None and not isinstance(previous_version, str):
         raise _Corrupt(f"has an invalid previous_version {previous_version!r}")
+    execution_number = doc.get("execution_number")
+    if execution_number is not None and (type(execution_number) is not int or execution_number < 1):
+        raise _Corrupt(f"has an invalid execution_number {execution_number!r}")
     return JournalRecord(
         job_id=JobId(job_id),
         phase=phase,
         restart_count=restart_count,
         previous_version=previous_version,
+        execution_number=execution_number,
     )

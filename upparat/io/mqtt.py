@@ -131,7 +131,6 @@ class MqttDriver:
             port=port,
             client_id=client_id,
             thing_name=thing_name,
-            keepalive=keepalive,
         )
         self._host = host
         self._port = port
@@ -463,23 +462,20 @@ def _check_settings(
     port: int,
     client_id: str,
     thing_name: str,
-    keepalive: int,
 ) -> None:
     if not host:
         raise MqttConfigError("mqtt: host must not be empty")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise MqttConfigError(f"mqtt: port must be an integer 1-65535, got {port!r}")
-    if not client_id or len(client_id.encode("utf-8", "replace")) > 128:
+    # The same rules as the config's (upparat.aws.topics); keepalive is taken as the
+    # config checked it.
+    if not topics.is_client_id(client_id):
         raise MqttConfigError(
             f"mqtt: client_id must be 1-128 bytes (AWS IoT limit), got {len(client_id)} characters"
         )
     if not topics.is_thing_name(thing_name):
         raise MqttConfigError(
-            f"mqtt: thing_name must match [a-zA-Z0-9:_-]{{1,128}} (AWS IoT), got {thing_name!r}"
-        )
-    if isinstance(keepalive, bool) or not 1 <= keepalive <= 65535:
-        raise MqttConfigError(
-            f"mqtt: keepalive must be 1-65535 seconds (AWS IoT uses 30-1200), got {keepalive!r}"
+            f"mqtt: thing_name must match {topics.THING_NAME_PATTERN} (AWS IoT), got {thing_name!r}"
         )
 
 

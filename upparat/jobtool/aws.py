@@ -1,6 +1,7 @@
 """`upparat-job` against AWS: AWS IoT (CreateJob, DescribeJob, ListJobExecutionsForJob,
-DescribeJobExecution, CancelJob, DescribeThing, DescribeThingGroup) and S3 (HeadObject,
-GetObject) through boto3.
+DescribeJobExecution, CancelJob, DescribeThing, DescribeThingGroup, DescribeEndpoint), the
+IoT data plane (GetThingShadow of `$package`) and S3 (HeadObject, HeadBucket, GetObject)
+through boto3.
 
 Only the CLI's AWS path imports this module, so boto3 stays optional (the `cloud` extra).
 Every boto3/botocore exception becomes a BackendError here, with the service's message
@@ -13,8 +14,9 @@ import base64
 import binascii
 import contextlib
 import datetime
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, assert_never
+import json
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, assert_never, cast
 
 import boto3
 from botocore.exceptions import (
@@ -25,6 +27,7 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
+from upparat.aws.shadow import PACKAGE_SHADOW, reported_versions
 from upparat.jobtool import fetch
 from upparat.jobtool.backend import BackendError, InputError
 from upparat.jobtool.model import (
@@ -38,7 +41,7 @@ from upparat.jobtool.model import (
     check_facts,
     redact_text,
 )
-from upparat.jobtool.report import ExecutionRow, ExecutionStatus, JobReport
+from upparat.jobtool.report import ExecutionRow, ExecutionStatus, JobReport, PackageVersions
 
 if TYPE_CHECKING:
     from mypy_boto3_iot import IoTClient
@@ -46,10 +49,25 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 SHA256_METADATA_KEY = "sha256"  # x-amz-meta-sha256
+MAX_SHADOW_BYTES = 64 * 1024  # a shadow holds 8 KB of state plus metadata
+
+
+class _IotData(Protocol):
+    """The part of boto3's iot-data client we use (no type stubs are installed for it)."""
+
+    def get_thing_shadow(self, *, thingName: str, shadowName: str) -> Mapping[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 class AwsBackend:
-    def __init__(self, *, region: str | None = None, profile: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        region: str | None = None,
+        profile: str | None = None,
+        data_endpoint: str | None = None,
+    ) -> None:
         with _errors("AWS session"):
             session = boto3.session.Session(profile_name=profile, region_name=region)
         if not session.region_name:
@@ -60,6 +78,9 @@ class AwsBackend:
         with _errors("AWS session"):
             self._iot: IoTClient = session.client("iot")
             self._s3: S3Client = session.client("s3")
+        self._session = session
+        self._data_endpoint = data_endpoint
+        self._data: _IotData | None = None
         # Details of terminal executions never change: `status --watch` asks once.
         self._terminal: dict[tuple[str, str, int | None], ExecutionRow] = {}
 
@@ -70,6 +91,8 @@ class AwsBackend:
     def close(self) -> None:
         self._iot.close()
         self._s3.close()
+        if self._data is not None:
+            self._data.close()
 
     # ---- create ----------------------------------------------------------------------
 
@@ -120,6 +143,18 @@ class AwsBackend:
         if problems:
             raise InputError(problems)
         return found
+
+    def s3_region(self, obj: S3Object) -> str:
+        """HeadBucket's BucketRegion (S3 answers it even across regions); else ours."""
+        try:
+            with _errors(f"S3 HeadBucket {obj.bucket}"):
+                head = self._s3.head_bucket(Bucket=obj.bucket)
+        except BackendError:
+            return self.region
+        region = head.get("BucketRegion") or head.get("ResponseMetadata", {}).get(
+            "HTTPHeaders", {}
+        ).get("x-amz-bucket-region")
+        return region if isinstance(region, str) and region else self.region
 
     def _stream(self, obj: S3Object) -> FileFacts:
         with _errors(f"S3 GetObject {obj}", not_found=f"{obj}: no such object"):
@@ -200,14 +235,64 @@ class AwsBackend:
                 if status.terminal:
                     self._terminal[(job_id, thing, number)] = row
             rows.append(row)
+        thing_targets = tuple(_name_from_arn(a) for a in targets if ":thing/" in a)
+        things = sorted({r.thing for r in rows} | set(thing_targets))
+        versions, note = self._versions(things)
         return JobReport(
             job_id=job_id,
             job_status=job.get("status", "UNKNOWN"),
             continuous=job.get("targetSelection") == TargetSelection.CONTINUOUS.value,
-            thing_targets=tuple(_name_from_arn(a) for a in targets if ":thing/" in a),
+            thing_targets=thing_targets,
             group_targets=tuple(_name_from_arn(a) for a in targets if ":thinggroup/" in a),
             executions=tuple(sorted(rows, key=lambda r: r.thing)),
+            versions=versions,
+            versions_note=note,
         )
+
+    def _versions(
+        self, things: list[str]
+    ) -> tuple[tuple[tuple[str, PackageVersions | None], ...], str | None]:
+        """GetThingShadow of `$package` per thing; the first failure that is not a missing
+        shadow stops asking (it would fail for every thing) and becomes the note."""
+        found: list[tuple[str, PackageVersions | None]] = []
+        for thing in things:
+            try:
+                with _errors(f"GetThingShadow {thing} {PACKAGE_SHADOW}"):
+                    data = self._data_client()
+                    try:
+                        answer = data.get_thing_shadow(thingName=thing, shadowName=PACKAGE_SHADOW)
+                    except ClientError as e:
+                        # Only this code means "no such shadow"; a bare 404 is a wrong endpoint.
+                        if e.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                            found.append((thing, None))
+                            continue
+                        raise
+                    body = answer["payload"].read(MAX_SHADOW_BYTES + 1)
+            except BackendError as e:
+                return tuple(found), f"not read: {e}"
+            try:
+                document = json.loads(body)
+            except (ValueError, RecursionError):
+                document = None
+            found.append((thing, reported_versions(document)))
+        return tuple(found), None
+
+    def _data_client(self) -> _IotData:
+        """The IoT data plane client, on the account's endpoint (DescribeEndpoint
+        iot:Data-ATS) unless --iot-data-endpoint names one."""
+        if self._data is None:
+            endpoint = self._data_endpoint
+            if endpoint is None:
+                with _errors("DescribeEndpoint iot:Data-ATS"):
+                    address = self._iot.describe_endpoint(endpointType="iot:Data-ATS")[
+                        "endpointAddress"
+                    ]
+                endpoint = f"https://{address}"
+            with _errors("AWS session"):
+                self._data = cast(
+                    "_IotData", self._session.client("iot-data", endpoint_url=endpoint)
+                )
+        return self._data
 
     def _with_details(self, job_id: str, row: ExecutionRow) -> ExecutionRow:
         try:

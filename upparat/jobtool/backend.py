@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from upparat.jobtool.model import FileFacts, FileSource, JobSpec, Problem
+from upparat.jobtool.model import FileFacts, FileSource, JobSpec, Problem, S3Object
 from upparat.jobtool.report import JobReport
 
 
@@ -31,6 +31,10 @@ class Backend(Protocol):
 
     def file_facts(self, file: FileSource, spec: JobSpec) -> FileFacts:
         """sha256 and size of the file (metadata, --sha256/--size, or streaming it once)."""
+        ...
+
+    def s3_region(self, obj: S3Object) -> str:
+        """The bucket's region, for a v2 placeholder URL (https://s3.<region>.amazonaws.com/...)."""
         ...
 
     def resolve_targets(self, spec: JobSpec) -> tuple[str, ...]:

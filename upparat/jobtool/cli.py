@@ -30,6 +30,7 @@ from upparat.jobtool.model import (
     Given,
     JobSpec,
     Mode,
+    Placeholder,
     Planned,
     Problem,
     Rejected,
@@ -101,12 +102,17 @@ class _Connection:
             endpoint = parse_endpoint(args.emulator)
             if isinstance(endpoint, Problem):
                 raise _Usage([endpoint])
-            if args.region is not None or args.profile is not None:
+            if (
+                args.region is not None
+                or args.profile is not None
+                or getattr(args, "iot_data_endpoint", None) is not None
+            ):
                 raise _Usage(
                     [
                         Problem(
                             option="--emulator",
-                            text="--region and --profile are for AWS; drop them with --emulator",
+                            text="--region, --profile and --iot-data-endpoint are for AWS;"
+                            " drop them with --emulator",
                         )
                     ]
                 )
@@ -138,7 +144,11 @@ class _Connection:
                     " (or use the local emulator with --emulator HOST:PORT)"
                 ) from None
             raise
-        return AwsBackend(region=self._args.region, profile=self._args.profile)
+        return AwsBackend(
+            region=self._args.region,
+            profile=self._args.profile,
+            data_endpoint=getattr(self._args, "iot_data_endpoint", None),
+        )
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -165,6 +175,7 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
         sha256=args.sha256,
         size=args.size,
         presign=args.presign,
+        placeholder=None if args.placeholder is None else Placeholder(args.placeholder),
     )
     planned = plan_create(given, mode, now=time.time(), token=secrets.token_hex(2))
     match planned:
@@ -181,6 +192,8 @@ def _create(args: argparse.Namespace, connection: _Connection, stdin: TextIO) ->
     if spec.sha256 is None or spec.size is None or isinstance(spec.file, S3Object):
         _note(f"reading sha256 and size of {spec.file} ...")
     facts = backend.file_facts(spec.file, spec)
+    if isinstance(spec.file, S3Object):
+        spec = attrs.evolve(spec, s3_region=backend.s3_region(spec.file))
     signature = None if signer is None else signer.signature(facts)
     built = build_document(spec, facts, signature)
     if isinstance(built, Rejected):
@@ -292,7 +305,7 @@ def _status(
         text = (
             json.dumps(to_json(report), ensure_ascii=False, separators=(",", ":"))
             if args.json
-            else render_table(report)
+            else render_table(report, args.package)
         )
         if not args.watch:
             print(text)
@@ -499,6 +512,13 @@ def _parser() -> argparse.ArgumentParser:
         " emulator signs it like AWS IoT does (lifetime --expires)",
     )
     create.add_argument(
+        "--placeholder",
+        choices=[p.value for p in Placeholder],
+        help="pre-signed URL placeholder for s3:// files: v2 (default;"
+        " ${aws:iot:s3-presigned-url-v2:https://s3.<region>.amazonaws.com/<bucket>/<key>},"
+        " key S3-encoded, any key) or v1 (${aws:iot:s3-presigned-url:<url>}, S3-safe keys only)",
+    )
+    create.add_argument(
         "--dry-run",
         action="store_true",
         help="check everything and print the document, create nothing",
@@ -507,8 +527,10 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         parents=[common],
-        help="every target's execution status and statusDetails",
-        description="A table of every target's execution status and statusDetails.",
+        help="every target's execution status, running version and statusDetails",
+        description="A table of every target's execution status, the version its $package"
+        " shadow reports, and statusDetails, with a summary line (succeeded, failed, rolled"
+        " back, in progress).",
     )
     status.add_argument("job_id", metavar="JOB_ID")
     status.add_argument(
@@ -525,6 +547,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--json", action="store_true", help="JSON instead of a table (one line per refresh)"
+    )
+    status.add_argument(
+        "--package",
+        metavar="NAME",
+        help="the devices' [service] package_name: VERSION shows that package of each"
+        " thing's $package shadow (default: the only one, else name=version for each)",
+    )
+    status.add_argument(
+        "--iot-data-endpoint",
+        metavar="URL",
+        help="AWS only: the IoT data plane endpoint for GetThingShadow (default: the"
+        " account's, from DescribeEndpoint iot:Data-ATS)",
     )
 
     cancel = commands.add_parser(

@@ -9,12 +9,19 @@ from __future__ import annotations
 import json
 from typing import assert_never
 
+import attrs
+
+from upparat.aws.shadow import PACKAGE_SHADOW, reported_versions
 from upparat.emulator import EmulatorControl, EmulatorError
+from upparat.emulator.presign import S3Location, object_url
 from upparat.emulator.wire import JsonObject, JsonValue
 from upparat.jobtool import fetch
 from upparat.jobtool.backend import BackendError
 from upparat.jobtool.model import FileFacts, FileSource, HttpFile, JobSpec, S3Object
-from upparat.jobtool.report import ExecutionRow, ExecutionStatus, JobReport
+from upparat.jobtool.report import ExecutionRow, ExecutionStatus, JobReport, PackageVersions
+
+# The emulator has no regions; v2 placeholders it gets from us name this one.
+EMULATOR_REGION = "us-east-1"
 
 
 class EmulatorBackend:
@@ -52,11 +59,27 @@ class EmulatorBackend:
         match file:
             case HttpFile():
                 return fetch.http_facts(file, spec)
-            case S3Object():
-                # model.plan_create refuses s3:// with --emulator; this is a local bug.
-                raise AssertionError("the emulator backend got an s3:// file")
+            case S3Object(bucket=bucket, key=key):
+                return fetch.http_facts(HttpFile(url=self._s3_url(bucket, key)), spec)
             case _:
                 assert_never(file)
+
+    def _s3_url(self, bucket: str, key: str) -> str:
+        """Where the emulator serves the object from (its --s3-endpoint, told by ping)."""
+        try:
+            endpoint = self._ctl().call("ping")
+        except (EmulatorError, TimeoutError) as e:
+            raise BackendError(f"{self.where}: ping refused: {e}") from None
+        found = endpoint.get("s3Endpoint") if isinstance(endpoint, dict) else None
+        if not isinstance(found, str):
+            raise BackendError(
+                f"{self.where} serves no S3 objects: start it with --s3-endpoint URL (a file"
+                " server with BUCKET/KEY under it), or pass an http(s) --file with --presign"
+            )
+        return object_url(S3Location(region=None, bucket=bucket, key=key), found)
+
+    def s3_region(self, obj: S3Object) -> str:
+        return EMULATOR_REGION
 
     def resolve_targets(self, spec: JobSpec) -> tuple[str, ...]:
         return tuple(spec.things)
@@ -83,8 +106,20 @@ class EmulatorBackend:
             raise BackendError(f"{self.where}: list refused: {e}") from None
         for job in jobs:
             if job.get("jobId") == job_id:
-                return _report(job)
+                found = _report(job)
+                things = sorted({e.thing for e in found.executions} | set(found.thing_targets))
+                return attrs.evolve(found, versions=self._versions(things))
         raise BackendError(f"{self.where}: no job {job_id}")
+
+    def _versions(self, things: list[str]) -> tuple[tuple[str, PackageVersions | None], ...]:
+        out: list[tuple[str, PackageVersions | None]] = []
+        for thing in things:
+            try:
+                document = self._ctl().shadow(thing, PACKAGE_SHADOW)
+            except (EmulatorError, TimeoutError) as e:
+                raise BackendError(f"{self.where}: shadow-get refused: {e}") from None
+            out.append((thing, None if document is None else reported_versions(document)))
+        return tuple(out)
 
     def cancel(self, job_id: str, *, force: bool, comment: str | None) -> str:
         try:

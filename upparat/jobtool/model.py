@@ -20,32 +20,30 @@ from typing import NewType, TypeAlias, assert_never
 
 import attrs
 
+from upparat.aws.topics import JOB_ID_RE as JOB_ID_RE  # re-exported: the one rule
+from upparat.aws.topics import JOB_PREFIX_RE as JOB_PREFIX_RE
+from upparat.aws.topics import THING_NAME_RE as THING_NAME_RE
+from upparat.emulator.presign import BUCKET_RE, MAX_KEY_BYTES, placeholder_v1, placeholder_v2
+
 JobId = NewType("JobId", str)
 ThingName = NewType("ThingName", str)
 GroupName = NewType("GroupName", str)
 
 DEFAULT_JOB_PREFIX = "upparat_"
-JOB_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-JOB_PREFIX_RE = re.compile(r"[a-zA-Z0-9_-]{1,63}")
-# ThingName and ThingGroupName share the pattern and the length.
-THING_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 # RoleArn is 20-2048 characters; IAM role names and paths use [\w+=,.@-].
 ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+")
 SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
-# Bucket naming rules (general purpose buckets).
-BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-# S3's "safe characters" for object keys: they need no percent-encoding in a URL, so the
-# placeholder URL names the key exactly, however AWS IoT parses it.
+# S3's "safe characters" for object keys: they need no percent-encoding in a URL, so a
+# v1 placeholder URL names the key exactly, however AWS IoT parses it. v2 encodes the key
+# (upparat.emulator.presign owns both syntaxes), so any key works there.
 SAFE_KEY_RE = re.compile(r"[A-Za-z0-9!_.*'()/-]+")
 
 MAX_DOCUMENT_CHARS = 32768
 MIN_EXPIRES_IN, MAX_EXPIRES_IN = 60, 3600
 MIN_TIMEOUT_MINUTES, MAX_TIMEOUT_MINUTES = 1, 10080
 MAX_COMMENT_CHARS = 2028
-MAX_KEY_BYTES = 1024
 MAX_URL_CHARS = 2048  # the daemon refuses longer file URLs (upparat.aws.inbound)
 
-PLACEHOLDER = "${{aws:iot:s3-presigned-url:{url}}}"
 
 # Query parameters that make a URL a credential: pre-signed S3/CloudFront URLs, tokens.
 _SECRET_PARAM = re.compile(
@@ -59,6 +57,13 @@ class Mode(enum.Enum):
 
     AWS = "aws"
     EMULATOR = "emulator"
+
+
+class Placeholder(enum.Enum):
+    """Which pre-signed URL placeholder the document uses (create-manage-jobs, "Presigned URLs")."""
+
+    V1 = "v1"  # ${aws:iot:s3-presigned-url:<url>}, the key as written
+    V2 = "v2"  # ${aws:iot:s3-presigned-url-v2:https://s3.<region>.amazonaws.com/<bucket>/<key>}
 
 
 class TargetSelection(enum.Enum):
@@ -147,6 +152,7 @@ class CreateInput:
     sha256: str | None = None
     size: int | None = None
     presign: bool = False
+    placeholder: Placeholder | None = None  # None: v2 for s3://, v1 for an http(s) URL
 
 
 @attrs.frozen(kw_only=True)
@@ -165,6 +171,10 @@ class JobSpec:
     in_progress_timeout: int | None
     sha256: str | None  # given with --sha256 (lower-case)
     size: int | None  # given with --size
+    placeholder: Placeholder = Placeholder.V1
+    # The bucket's region, for a v2 placeholder: the backend says it once asked
+    # (Backend.s3_region); set with attrs.evolve before build_document.
+    s3_region: str | None = None
 
     @property
     def description(self) -> str:
@@ -176,10 +186,18 @@ class JobSpec:
     def document_file(self) -> str:
         """The `file` value of the document: a placeholder AWS IoT (or the emulator) signs."""
         match self.file:
-            case S3Object():
-                return PLACEHOLDER.format(url=self.file.url)
+            case S3Object(bucket=bucket, key=key):
+                match self.placeholder:
+                    case Placeholder.V1:
+                        return placeholder_v1(self.file.url)
+                    case Placeholder.V2:
+                        if self.s3_region is None:
+                            raise AssertionError("a v2 placeholder needs JobSpec.s3_region")
+                        return placeholder_v2(self.s3_region, bucket, key)
+                    case _:
+                        assert_never(self.placeholder)
             case HttpFile(url=url):
-                return PLACEHOLDER.format(url=url) if self.presign is not None else url
+                return placeholder_v1(url) if self.presign is not None else url
             case _:
                 assert_never(self.file)
 
@@ -206,7 +224,7 @@ def plan_create(given: CreateInput, mode: Mode, *, now: float, token: str) -> Pl
     problems: list[Problem] = []
     warnings: list[str] = []
 
-    file = _file(given.file, mode, problems, warnings)
+    file = _file(given.file, mode, given.placeholder, problems, warnings)
     version = _text_value("--version", given.version, problems, required=True)
     meta = None if given.meta is None else _text_value("--meta", given.meta, problems)
 
@@ -240,6 +258,7 @@ def plan_create(given: CreateInput, mode: Mode, *, now: float, token: str) -> Pl
         )
 
     presign = _presign(given, mode, file, problems)
+    placeholder = _placeholder(given.placeholder, file, presign, problems)
 
     if mode is Mode.EMULATOR and given.target_selection is TargetSelection.CONTINUOUS:
         problems.append(
@@ -293,6 +312,7 @@ def plan_create(given: CreateInput, mode: Mode, *, now: float, token: str) -> Pl
             in_progress_timeout=timeout,
             sha256=None if sha256 is None else sha256.lower(),
             size=given.size,
+            placeholder=placeholder,
         ),
         warnings=tuple(warnings),
     )
@@ -332,7 +352,7 @@ def build_document(
     shown = dict(doc)
     if isinstance(spec.file, HttpFile):
         shown["file"] = (
-            PLACEHOLDER.format(url=redact_url(spec.file.url))
+            placeholder_v1(redact_url(spec.file.url))
             if spec.presign is not None
             else redact_url(spec.file.url)
         )
@@ -445,20 +465,22 @@ def redact_text(text: str) -> str:
 # ---- helpers ---------------------------------------------------------------------------
 
 
-def _file(text: str, mode: Mode, problems: list[Problem], warnings: list[str]) -> FileSource | None:
+def _file(
+    text: str,
+    mode: Mode,
+    placeholder: Placeholder | None,
+    problems: list[Problem],
+    warnings: list[str],
+) -> FileSource | None:
     if text.startswith("s3://"):
-        if mode is Mode.EMULATOR:
-            problems.append(
-                Problem(
-                    option="--file",
-                    text="--file must be an http(s) URL with --emulator (the emulator cannot"
-                    " read S3); serve the file over HTTP and pass its URL",
-                )
-            )
-            return None
-        return _s3_object(text, problems)
+        # The emulator serves s3:// objects from its --s3-endpoint (EmulatorBackend).
+        return _s3_object(text, placeholder or Placeholder.V2, problems)
     if not text.startswith(("https://", "http://")):
-        allowed = "an http(s) URL" if mode is Mode.EMULATOR else "s3://BUCKET/KEY or an https URL"
+        allowed = (
+            "s3://BUCKET/KEY or an http(s) URL"
+            if mode is Mode.EMULATOR
+            else "s3://BUCKET/KEY or an https URL"
+        )
         problems.append(
             Problem(
                 option="--file", text=f"--file must be {allowed}, got {_show(redact_url(text))}"
@@ -484,7 +506,7 @@ def _file(text: str, mode: Mode, problems: list[Problem], warnings: list[str]) -
     return HttpFile(url=text)
 
 
-def _s3_object(text: str, problems: list[Problem]) -> S3Object | None:
+def _s3_object(text: str, placeholder: Placeholder, problems: list[Problem]) -> S3Object | None:
     bucket, _, key = text[len("s3://") :].partition("/")
     ok = True
     if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
@@ -506,13 +528,18 @@ def _s3_object(text: str, problems: list[Problem]) -> S3Object | None:
             Problem(option="--file", text=f"--file: S3 keys are at most {MAX_KEY_BYTES} bytes")
         )
         ok = False
-    elif not SAFE_KEY_RE.fullmatch(key):
+    elif _has_control(key):
+        problems.append(
+            Problem(option="--file", text="--file: the S3 key must not contain control characters")
+        )
+        ok = False
+    elif placeholder is Placeholder.V1 and not SAFE_KEY_RE.fullmatch(key):
         problems.append(
             Problem(
                 option="--file",
-                text="--file: the S3 key may only use letters, digits and ! - _ . * ' ( ) /"
-                f" (S3's safe characters, so the placeholder URL needs no encoding), got"
-                f" {_show(key)}; rename the object",
+                text="--file: with --placeholder v1 the S3 key may only use letters, digits"
+                " and ! - _ . * ' ( ) / (S3's safe characters, as v1 takes the URL as written),"
+                f" got {_show(key)}; use --placeholder v2 (the default) or rename the object",
             )
         )
         ok = False
@@ -533,6 +560,33 @@ def _url_problem(url: str) -> str | None:
     if not parts.hostname:
         return f"must be an absolute URL with a host, got {_show(redact_url(url))}"
     return None
+
+
+def _placeholder(
+    given: Placeholder | None,
+    file: FileSource | None,
+    presign: Presign | None,
+    problems: list[Problem],
+) -> Placeholder:
+    if isinstance(file, HttpFile) and given is Placeholder.V2:
+        problems.append(
+            Problem(
+                option="--placeholder",
+                text="--placeholder v2 names an S3 object: use --file s3://BUCKET/KEY (an"
+                " http(s) URL can only go in a v1 placeholder, with --presign on the emulator)",
+            )
+        )
+    if isinstance(file, HttpFile) and given is Placeholder.V1 and presign is None:
+        problems.append(
+            Problem(
+                option="--placeholder",
+                text="--placeholder is for pre-signed files (s3://..., or --presign with"
+                " --emulator); drop it",
+            )
+        )
+    if given is not None:
+        return given
+    return Placeholder.V2 if isinstance(file, S3Object) else Placeholder.V1
 
 
 def _presign(
@@ -556,7 +610,8 @@ def _presign(
                     " drop it",
                 )
             )
-        if given.presign:
+        # s3:// objects are always pre-signed, as on AWS.
+        if given.presign or isinstance(file, S3Object):
             return Presign(role_arn=None, expires_in=expires_in)
         if expires is not None:
             problems.append(

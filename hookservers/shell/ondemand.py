@@ -1,0 +1,217 @@
+"""gRPC only while someone is connected: the hook server's unix socket, relayed on demand.
+
+Owns the public unix socket (a plain one: a blocking accept wakes nobody), the private
+gRPC server behind it (started on the first connection, dropped when the last one has been
+gone a while) and the byte relay between the two. Knows nothing about hooks or scripts.
+
+Why: for as long as any gRPC server object exists, gRPC core keeps six threads that wake
+5-10 times a second, and grpcio's sync server polls its queue every 200 ms (see
+bench/RESULTS.md); grpcio cannot serve a socket it did not bind itself. A hook server sees
+a call a month, so it holds no gRPC at all in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+log = logging.getLogger("upparat.hookserver")
+
+IDLE_STOP = 20.0
+"""Seconds after the last connection closed before the private gRPC server is dropped."""
+_CHUNK = 256 * 1024
+
+
+class OnDemandServer:
+    """Relays every connection of `listener` to a gRPC server built by `make_server`."""
+
+    def __init__(self, listener: socket.socket, make_server: Callable[[], grpc.Server]) -> None:
+        self._listener = listener
+        self._make_server = make_server
+        self._lock = threading.Lock()
+        self._server: grpc.Server | None = None
+        self._dir: Path | None = None
+        """The private directory of the running server's socket (mode 0700)."""
+        self._address = ""
+        self._connections: set[socket.socket] = set()
+        self._idle_timer: threading.Timer | None = None
+        self._closing = False
+        self._accepting = threading.Thread(target=self._accept, name="hook-accept", daemon=True)
+
+    def start(self) -> None:
+        self._accepting.start()
+
+    @property
+    def grpc_running(self) -> bool:
+        with self._lock:
+            return self._server is not None
+
+    # -- the private gRPC server -----------------------------------------------------------
+
+    def _ensure_server(self) -> str:
+        """The private server's address, starting it if needed (called with the lock)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._server is None:
+            # A fresh directory per server, made now and removed with it: nothing of it
+            # waits for months in /tmp for a cleaner to take away.
+            folder = Path(tempfile.mkdtemp(prefix="upparat-hookserver-"))
+            path = folder / "grpc.sock"
+            server = self._make_server()
+            try:
+                server.add_insecure_port(f"unix://{path}")
+                server.start()
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            self._server, self._dir, self._address = server, folder, str(path)
+            log.debug("gRPC server started on %s", path)
+        return self._address
+
+    def _drop_server(self) -> tuple[grpc.Server | None, Path | None]:
+        """Forgets the running server (called with the lock); the caller stops it."""
+        server, folder = self._server, self._dir
+        self._server, self._dir, self._address = None, None, ""
+        return server, folder
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            if self._connections or self._server is None or self._closing:
+                return
+            server, folder = self._drop_server()
+            assert server is not None
+            server.stop(grace=None).wait(5.0)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        log.debug("no connection for %.0f s: gRPC server dropped", IDLE_STOP)
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was shut down: the server is stopping
+            try:
+                with self._lock:
+                    if self._closing:
+                        raise OSError("the hook server is stopping")
+                    address = self._ensure_server()
+                    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    upstream.connect(address)
+                    self._connections.add(conn)
+            except (OSError, RuntimeError) as e:
+                log.warning("cannot serve a connection: %s", e)
+                conn.close()
+                continue
+            relay = _Relay(conn, upstream, on_closed=self._closed)
+            relay.start()
+
+    def _closed(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+            if self._connections or self._closing or self._server is None:
+                return
+            timer = threading.Timer(IDLE_STOP, self._stop_if_idle)
+            timer.name = "hook-idle-stop"
+            timer.daemon = True
+            self._idle_timer = timer
+            timer.start()
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def stop(self, grace: float) -> None:
+        """Stops the gRPC server (calls in flight get `grace` seconds), then every relay and
+        the listener."""
+        with self._lock:
+            self._closing = True
+            server, folder = self._drop_server()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+        if server is not None:
+            server.stop(grace=grace).wait(grace + 4.0)
+        # shutdown() wakes the accept() blocked in the other thread; close() would not.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._accepting.join(2.0)
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Relay:
+    """Copies bytes both ways between a client and the gRPC server until both are done."""
+
+    def __init__(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        *,
+        on_closed: Callable[[socket.socket], None],
+    ) -> None:
+        self._client = client
+        self._upstream = upstream
+        self._on_closed = on_closed
+        self._left = 2
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for source, sink, name in (
+            (self._client, self._upstream, "relay-in"),
+            (self._upstream, self._client, "relay-out"),
+        ):
+            threading.Thread(target=self._pump, args=(source, sink), name=name, daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(_CHUNK):
+                sink.sendall(data)
+        except OSError:
+            # One side broke: the whole connection goes, as a direct one would.
+            for sock in (self._client, self._upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        else:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+        with self._lock:
+            self._left -= 1
+            done = self._left == 0
+        if done:
+            self._client.close()
+            self._upstream.close()
+            self._on_closed(self._client)
+
+
+def bind_listener(path: Path, mode: int) -> socket.socket:
+    """A listening unix socket at `path` whose file never had a mode more open than `mode`.
+
+    The umask is process-wide: call before any script runs.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    sock.listen(64)
+    return sock

@@ -32,6 +32,7 @@ from upparat.core.commands import (
     SubscribeJobTopics,
     UpdateJob,
 )
+from upparat.core.details import status_details
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
@@ -89,11 +90,10 @@ from upparat.core.model import (
     SkippedEntry,
     TimerKind,
 )
+from upparat.core.urls import file_url_problem, redact
 
 RETRY_AFTER_CAP = 10
 """A hook's retry_after hint is capped at this many retry_intervals."""
-MAX_DETAIL_CHARS = 1024
-"""AWS limit of one statusDetails value; the edge counts UTF-16 units and trims further."""
 MAX_URL_REFUSALS = 3
 """Fresh URLs refused with HTTP 403 in a row before the download fails (not an expiry then)."""
 MAX_TOKENS_KEPT = 4
@@ -802,7 +802,7 @@ def _select(
         ids = ", ".join(s.job_id for s in running)
         message = f"more than one upparat job is IN_PROGRESS ({ids}); failing all of them"
         commands: list[Command] = [_log(LogLevel.ERROR, message)]
-        details = _details(ReportedState.ERROR_MULTIPLE_IN_PROGRESS, message)
+        details = status_details(ReportedState.ERROR_MULTIPLE_IN_PROGRESS, message)
         for summary in running:
             update = Update(job_id=summary.job_id, status=JobStatus.FAILED, details=details)
             state, more = _enqueue(state, update)
@@ -859,13 +859,9 @@ def _document(state: State, execution: JobExecution) -> JobDocument | InvalidJob
     document = execution.document
     if isinstance(document, InvalidJobDocument):
         return document
-    allowed = ("https", "http") if state.settings.allow_http else ("https",)
-    scheme, separator, rest = document.file.partition("://")
-    host = rest.split("/", 1)[0].split("?", 1)[0]
-    if not separator or scheme.lower() not in allowed or not host:
-        expected = " or ".join(f"{s}://" for s in allowed)
-        got = f"a {scheme}:// URL" if separator else "no URL"
-        return InvalidJobDocument(field="file", reason=f"must be an {expected} URL, got {got}")
+    problem = file_url_problem(document.file, allow_http=state.settings.allow_http)
+    if problem is not None:
+        return InvalidJobDocument(field="file", reason=problem)
     if state.settings.require_signature and document.signature is None:
         # Before any download: an unsigned file never reaches the device.
         return InvalidJobDocument(
@@ -885,7 +881,7 @@ def _take_job(state: State, execution: JobExecution, now: float) -> Out:
     document = _document(state, execution)
     if isinstance(document, InvalidJobDocument):
         message = f"invalid job document: field '{document.field}' {document.reason}"
-        details = _details(ReportedState.INVALID_JOB_DOCUMENT, message)
+        details = status_details(ReportedState.INVALID_JOB_DOCUMENT, message)
         state, commands = _finish(state, job_id, JobStatus.REJECTED, details)
         return state, [*dropped, *commands]
     job = Job(job_id=job_id, document=document, execution_number=execution.execution_number)
@@ -990,7 +986,7 @@ def _back_from_restart(state: State, job: Job, now: float) -> Out:
             f"the device came back in reboot_start {count} times without becoming ready "
             f"(max_restarts is {limit})"
         )
-        details = _details(ReportedState.REBOOT_LOOP, message)
+        details = status_details(ReportedState.REBOOT_LOOP, message)
         state, more = _finish(state, job.job_id, JobStatus.FAILED, details)
     else:
         state, more = _verify(state, job, VerifyOrigin.AFTER_BOOT, now)
@@ -1021,7 +1017,7 @@ def _start_download(state: State, job: Job, now: float, *, refusals: int) -> Out
         size=document.size,
         signature=document.signature,
     )
-    message = f"job {job.job_id}: downloading {_redact(document.file)}"
+    message = f"job {job.job_id}: downloading {redact(document.file)}"
     state = attrs.evolve(
         state, stage=Downloading(job=job, download_id=download_id, refusals=refusals)
     )
@@ -1041,7 +1037,7 @@ def _install_phase(state: State, job: Job, file: InstallFile, now: float) -> Out
 
 def _no_install_hook(state: State, job: Job) -> Out:
     # The file itself may be the deliverable: keep it (1.12 did too).
-    details = _details(ReportedState.NO_INSTALLATION_HOOK_PROVIDED, "")
+    details = status_details(ReportedState.NO_INSTALLATION_HOOK_PROVIDED, "")
     return _finish(state, job.job_id, JobStatus.SUCCEEDED, details, keep_file=True)
 
 
@@ -1113,7 +1109,7 @@ def _check_ready(
         stage = VerifyingReady(job=job, call=call, origin=origin, version_checked=version_checked)
         return attrs.evolve(state, stage=stage), commands
     if version_checked:
-        details = _details(ReportedState.COMPLETE_NO_READY_CHECK, "")
+        details = status_details(ReportedState.COMPLETE_NO_READY_CHECK, "")
         return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
     return _succeed_unchecked(state, job, origin)
 
@@ -1128,7 +1124,7 @@ def _succeed_unchecked(state: State, job: Job, origin: VerifyOrigin) -> Out:
             reported = ReportedState.NO_RESTART_HOOK_PROVIDED
         case _:
             assert_never(origin)
-    return _finish(state, job.job_id, JobStatus.SUCCEEDED, _details(reported, ""))
+    return _finish(state, job.job_id, JobStatus.SUCCEEDED, status_details(reported, ""))
 
 
 def _finish(
@@ -1293,7 +1289,7 @@ def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
         case _Again(call=again, commands=scheduled):
             return attrs.evolve(state, stage=attrs.evolve(stage, call=again)), list(scheduled)
         case _GaveUp(reported=reported, message=message, reason=reason):
-            details = _details(reported, message, reason=reason)
+            details = status_details(reported, message, reason=reason)
             return _finish(state, job_id, JobStatus.FAILED, details)
         case _Succeeded(value=value, message=message):
             return _hook_succeeded(state, stage, value, message, now)
@@ -1380,7 +1376,7 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
             return _resumed_install(state, job, value, now)
         case CheckingVersion():
             if value == version:
-                details = _details(
+                details = status_details(
                     ReportedState.VERSION_ALREADY_INSTALLED, f"version {version!r} is installed"
                 )
                 return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
@@ -1408,7 +1404,7 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
                 )
             return _check_ready(state, job, origin, now, version_checked=True)
         case VerifyingReady():
-            details = _details(ReportedState.COMPLETE_READY, message)
+            details = status_details(ReportedState.COMPLETE_READY, message)
             return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
         case _:
             assert_never(stage)
@@ -1420,8 +1416,10 @@ def _wrong_version(state: State, job: Job, value: str) -> tuple[tuple[str, str],
     version, previous = job.document.version, _previous_version(state, job.job_id)
     if previous is not None and value == previous:
         text = f"Rolled back: expected version '{version}', the previous version '{value}' runs"
-        return _details(ReportedState.ROLLED_BACK, text)
-    return _details(ReportedState.VERSION_MISMATCH, f"Expected version '{version}', got '{value}'")
+        return status_details(ReportedState.ROLLED_BACK, text)
+    return status_details(
+        ReportedState.VERSION_MISMATCH, f"Expected version '{version}', got '{value}'"
+    )
 
 
 def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
@@ -1446,7 +1444,9 @@ def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
         f"Expected version '{version}' (or the previous '{previous}' after an interrupted "
         f"install), got '{value}'"
     )
-    return _finish(state, job_id, JobStatus.FAILED, _details(ReportedState.VERSION_MISMATCH, text))
+    return _finish(
+        state, job_id, JobStatus.FAILED, status_details(ReportedState.VERSION_MISMATCH, text)
+    )
 
 
 def _hook_absent(state: State, stage: HookStage, now: float) -> Out:
@@ -1464,7 +1464,7 @@ def _hook_absent(state: State, stage: HookStage, now: float) -> Out:
             return _check_ready(state, job, origin, now, version_checked=False)
         case VerifyingReady(origin=origin, version_checked=version_checked):
             if version_checked:
-                details = _details(ReportedState.COMPLETE_NO_READY_CHECK, "")
+                details = status_details(ReportedState.COMPLETE_NO_READY_CHECK, "")
                 return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
             return _succeed_unchecked(state, job, origin)
         case _:
@@ -1493,7 +1493,7 @@ def _on_hook_progressed(state: State, event: HookProgressed, now: float) -> Out:
     if not isinstance(pending, Running) or pending.call_id != event.call_id:
         return state, []
     percent = None if event.percent is None else max(0, min(100, event.percent))
-    details = _details(ReportedState.INSTALLATION_PROGRESS, event.line, progress=percent)
+    details = status_details(ReportedState.INSTALLATION_PROGRESS, event.line, progress=percent)
     state, job, commands = _report_progress(state, stage.job, details, percent, now)
     return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
 
@@ -1616,7 +1616,7 @@ def _on_download(state: State, event: DownloadEvent, now: float) -> Out:
             total = job.document.size if total is None else total
             percent = None if total is None or total <= 0 else max(0, min(100, done * 100 // total))
             message = f"{done} of {total} bytes" if total is not None else f"{done} bytes"
-            details = _details(
+            details = status_details(
                 ReportedState.DOWNLOAD_PROGRESS, message, progress=percent, bytes_done=done
             )
             state, job, commands = _report_progress(state, job, details, percent, now)
@@ -1655,7 +1655,7 @@ def _download_interrupted(
             f"(download_retries is {policy.retries}): {reason}"
         )
         return _finish(
-            state, job.job_id, JobStatus.FAILED, _details(ReportedState.DOWNLOAD_FAILED, text)
+            state, job.job_id, JobStatus.FAILED, status_details(ReportedState.DOWNLOAD_FAILED, text)
         )
     state, delay = _delay(state, policy, interruptions)
     if retry_after is not None:
@@ -1663,7 +1663,7 @@ def _download_interrupted(
         delay = max(delay, min(max(0.0, retry_after), policy.cap))
     state, timer = _next(state)
     message = f"download interrupted after {done} bytes ({reason}); retrying in {delay:.0f} s"
-    details = _details(ReportedState.DOWNLOAD_RETRYING, message, bytes_done=done)
+    details = status_details(ReportedState.DOWNLOAD_RETRYING, message, bytes_done=done)
     state, job, commands = _report_progress(state, job, details, None, now)
     commands.append(SetTimer(timer=TimerKind.DOWNLOAD_RETRY, token=timer, delay=delay))
     commands.append(_log(LogLevel.WARNING, f"job {job.job_id}: {message}", job.job_id))
@@ -1705,7 +1705,7 @@ def _download_failed(
             refusals = stage.refusals + 1
             if refusals > MAX_URL_REFUSALS:
                 text = f"the download URL was refused {refusals} times in a row: {message}"
-                details = _details(ReportedState.DOWNLOAD_FAILED, text)
+                details = status_details(ReportedState.DOWNLOAD_FAILED, text)
                 return _finish(state, job.job_id, JobStatus.FAILED, details)
             text = "the download URL expired; asking for a fresh one"
             state, job, commands = _report_phase(
@@ -1722,7 +1722,7 @@ def _download_failed(
             reported = ReportedState.DOWNLOAD_FAILED
         case _:
             assert_never(failure)
-    return _finish(state, job.job_id, JobStatus.FAILED, _details(reported, message))
+    return _finish(state, job.job_id, JobStatus.FAILED, status_details(reported, message))
 
 
 def _refreshed(state: State, stage: RefreshingUrl, execution: JobExecution, now: float) -> Out:
@@ -1732,7 +1732,7 @@ def _refreshed(state: State, stage: RefreshingUrl, execution: JobExecution, now:
     document = _document(state, execution)
     if isinstance(document, InvalidJobDocument):
         message = f"invalid job document: field '{document.field}' {document.reason}"
-        details = _details(ReportedState.INVALID_JOB_DOCUMENT, message)
+        details = status_details(ReportedState.INVALID_JOB_DOCUMENT, message)
         return _finish(state, job.job_id, JobStatus.REJECTED, details)
     job = attrs.evolve(job, document=document)
     return _start_download(state, job, now, refusals=stage.refusals)
@@ -1741,38 +1741,12 @@ def _refreshed(state: State, stage: RefreshingUrl, execution: JobExecution, now:
 # --- progress reports and the outbox ----------------------------------------------------
 
 
-def _details(
-    reported: ReportedState,
-    message: str,
-    *,
-    progress: int | None = None,
-    bytes_done: int | None = None,
-    reason: str = "",
-) -> tuple[tuple[str, str], ...]:
-    """statusDetails as 1.12 wrote them (`state`, `message`) plus what we know more."""
-    pairs = {"state": reported.value, "message": _clip(message) or "none"}
-    if progress is not None:
-        pairs["progress"] = str(progress)
-    if bytes_done is not None:
-        pairs["bytes"] = str(bytes_done)
-    if reason:
-        pairs["reason"] = _clip(reason)
-    return tuple(sorted(pairs.items()))
-
-
-def _clip(text: str) -> str:
-    text = text.strip()
-    if len(text) <= MAX_DETAIL_CHARS:
-        return text
-    return text[: MAX_DETAIL_CHARS - 1] + "…"
-
-
 def _report_phase(
     state: State, job: Job, reported: ReportedState, message: str, now: float
 ) -> tuple[State, Job, list[Command]]:
     """A phase change: reported at once; it restarts the progress throttle."""
     update = Update(
-        job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=_details(reported, message)
+        job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=status_details(reported, message)
     )
     state, commands = _enqueue(state, update)
     return state, attrs.evolve(job, reporter=Reporter(last_sent_at=now)), commands
@@ -2327,16 +2301,6 @@ def _token(state: State) -> tuple[State, ClientToken]:
     return state, ClientToken(
         f"{TOKEN_PREFIX}{nonce}-{serial}" if nonce else f"{TOKEN_PREFIX}{serial}"
     )
-
-
-def _redact(url: str) -> str:
-    """No pre-signed query strings nor user:password@ in logs: they are credentials."""
-    url = url.split("?", 1)[0].split("#", 1)[0]
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _log(level: LogLevel, message: str, job_id: JobId | None = None) -> Log:

@@ -80,25 +80,6 @@ def test_setting_a_kind_again_replaces_its_timer() -> None:
     assert timers.next_deadline() is None
 
 
-def test_cancel_removes_the_timer_of_that_kind_only() -> None:
-    timers = Timers()
-    timers.set(TimerKind.HOOK_RETRY, 1, at=5.0)
-    timers.set(TimerKind.UPDATE_RETRY, 2, at=6.0)
-    timers.cancel(TimerKind.HOOK_RETRY)
-    timers.cancel(TimerKind.REQUEST_RETRY)  # nothing pending: no error
-    assert timers.next_deadline() == 6.0
-    assert timers.due(10.0) == [e.TimerFired(timer=TimerKind.UPDATE_RETRY, token=2)]
-
-
-def test_a_timer_set_again_after_cancel_fires_once() -> None:
-    timers = Timers()
-    timers.set(TimerKind.HOOK_RETRY, 1, at=5.0)
-    timers.cancel(TimerKind.HOOK_RETRY)
-    timers.set(TimerKind.HOOK_RETRY, 1, at=5.0)  # the same entry is twice in the heap now
-    assert timers.due(5.0) == [e.TimerFired(timer=TimerKind.HOOK_RETRY, token=1)]
-    assert timers.due(5.0) == []
-
-
 # --- fakes ----------------------------------------------------------------------------------
 
 

@@ -112,9 +112,6 @@ class Timers:
         self._current[kind] = (at, token)
         heapq.heappush(self._heap, (at, token, kind))
 
-    def cancel(self, kind: TimerKind) -> None:
-        self._current.pop(kind, None)
-
     def next_deadline(self) -> float | None:
         while self._heap:
             at, token, kind = self._heap[0]
@@ -259,8 +256,6 @@ class Runtime:
                 self._downloader.execute(command)
             case c.SetTimer(timer=kind, token=token, delay=delay):
                 self._timers.set(kind, token, now + delay)
-            case c.CancelTimer(timer=kind):
-                self._timers.cancel(kind)
             case c.Persist(record=record):
                 self._journal.save(record)
             case c.Log(level=level, message=message, job_id=job_id):

@@ -439,8 +439,6 @@ class Fleet:
             case c.SetTimer(timer=kind, token=token, delay=delay):
                 device.timers[kind] = token
                 self._push(now + delay, _TIMER, device, (kind, token))
-            case c.CancelTimer(timer=kind):
-                device.timers.pop(kind, None)
             case c.Persist(record=record):
                 device.journal = record
             case c.AskHookInfo():

@@ -120,11 +120,6 @@ class SetTimer:
 
 
 @attrs.frozen(kw_only=True)
-class CancelTimer:
-    timer: TimerKind
-
-
-@attrs.frozen(kw_only=True)
 class Persist:
     """Write the journal atomically before carrying out the next command (None clears it)."""
 
@@ -161,7 +156,6 @@ Command = (
     | CancelDownload
     | DiscardDownload
     | SetTimer
-    | CancelTimer
     | Persist
     | Log
     | SignalReady

@@ -1,7 +1,8 @@
 """The hook client driver: carries `CallHook` / `CancelHook` to the hook server over gRPC.
 
 Owns the channel and one thread per call (GetInfo included). The channel exists only while
-a call or GetInfo runs: an idle daemon holds no gRPC channel, so gRPC core's threads
+a call or GetInfo runs and CHANNEL_LINGER seconds after (the calls of one job come back to
+back and share it): an idle daemon holds no gRPC channel, so gRPC core's threads
 (which wake several times a second while any channel exists) are gone, and the hook
 server can drop its gRPC too (bench/RESULTS.md). A fresh channel per busy spell also
 finds a hook server that restarted meanwhile at once. It is the only place in
@@ -62,6 +63,9 @@ within a long install. A unix socket reports a dead server at once anyway."""
 IDLE_TIMEOUT_MS = 60_000
 INFO_TIMEOUT = 5.0
 """Seconds one GetInfo may take."""
+CHANNEL_LINGER = 5.0
+"""Seconds the channel stays open after the last call: the calls of a job share it, an idle
+daemon holds none (gRPC core wakes several times a second while any channel exists)."""
 
 _HOOK_KINDS = {
     hooks_pb2.HOOK_VERSION: HookKind.VERSION,
@@ -257,14 +261,17 @@ class HookClient:
         on_event: Callable[[Event], None],
         *,
         info_timeout: float = INFO_TIMEOUT,
+        channel_linger: float = CHANNEL_LINGER,
     ) -> None:
         self.target = channel_target(endpoint)
         self._on_event = on_event
         self._info_timeout = info_timeout
+        self._channel_linger = channel_linger
         self._channel: grpc.Channel | None = None
         self._stubs: _Stubs | None = None
         self._users = 0
-        """Calls and GetInfos using the channel; the last one out closes it."""
+        """Calls and GetInfos using the channel; CHANNEL_LINGER after the last one it closes."""
+        self._linger: threading.Timer | None = None
         self._lock = threading.Lock()
         self._calls: dict[CallId, _Call] = {}
         self._closed = False
@@ -290,6 +297,9 @@ class HookClient:
             for call in calls:
                 call.cancelled = True
             channel, self._channel, self._stubs = self._channel, None, None
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
         for call in calls:
             if call.cancel_rpc is not None:
                 call.cancel_rpc()
@@ -301,6 +311,9 @@ class HookClient:
         with self._lock:
             if self._closed:
                 return None
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
             if self._stubs is None:
                 channel = grpc.insecure_channel(self.target, options=channel_options())
                 self._channel = channel
@@ -312,11 +325,23 @@ class HookClient:
             return self._stubs
 
     def _release(self) -> None:
-        channel = None
         with self._lock:
             self._users -= 1
-            if self._users == 0 and self._channel is not None:
+            if self._users == 0 and self._channel is not None and self._linger is None:
+                # One thread, waiting without waking until it closes the channel (or is
+                # cancelled by the next call): the next hook call of the job reuses it.
+                linger = threading.Timer(self._channel_linger, self._close_unused)
+                linger.name = "hook-channel-linger"
+                linger.daemon = True
+                self._linger = linger
+                linger.start()
+
+    def _close_unused(self) -> None:
+        channel = None
+        with self._lock:
+            if self._users == 0 and self._linger is threading.current_thread():
                 channel, self._channel, self._stubs = self._channel, None, None
+                self._linger = None
         if channel is not None:
             channel.close()
 

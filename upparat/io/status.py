@@ -1,7 +1,7 @@
 """The local status file: what the daemon is doing, for `upparat status` and a product UI.
 
 Owns `status.json` (format 1, documented in the README as stable): its typed snapshot,
-the atomic write (temp file, fsync, rename, fsync of the directory), the reader, where
+the atomic write (temp file, rename), the reader, where
 the file lives by default, and how `upparat status` renders it. It does not decide when
 to write: the daemon calls `StatusFile.write` on every change it wants shown. A write
 that fails is returned as a value, never raised: the status is for show, a job must not
@@ -138,10 +138,13 @@ class StatusFile:
         self.path = path
 
     def write(self, snapshot: StatusSnapshot) -> StatusWriteFailed | None:
-        """Replace the file atomically and durably with `snapshot`; None when it worked.
+        """Replace the file atomically with `snapshot`; None when it worked.
 
         Readers see the old or the new snapshot, never a torn one (rename within one
-        directory). Mode 0644: who may read it is the directory's permission to grant.
+        directory). Not fsynced: it shows what runs now, lives on a tmpfs under systemd,
+        and after a power cut the daemon writes it afresh; two fsyncs per phase change cost
+        a trivial job tens of milliseconds on a disk (bench/RESULTS.md). Mode 0644: who may
+        read it is the directory's permission to grant.
         """
         directory = self.path.parent
         try:
@@ -152,17 +155,11 @@ class StatusFile:
                     f.write(encode(snapshot))
                     f.flush()
                     os.fchmod(f.fileno(), 0o644)
-                    os.fsync(f.fileno())
                 os.replace(tmp, self.path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         except OSError as e:
             return StatusWriteFailed(path=self.path, reason=f"cannot write {self.path}: {e}")
         return None

@@ -12,6 +12,8 @@ from typing import Final
 
 import attrs
 
+from upparat.core.urls import allowed_schemes
+
 __all__ = [
     "MAX_FILE_URL_CHARS",
     "PROXY_EXPECTED",
@@ -93,8 +95,8 @@ def parse_file_url(url: str) -> FileUrl | BadUrl:
 
 
 def scheme_problem(url: FileUrl, *, allow_http: bool) -> str | None:
-    """Why `url`'s scheme may not be fetched (`https`, and `http` with `allow_http`), or None."""
-    allowed = ("https", "http") if allow_http else ("https",)
+    """Why `url`'s scheme may not be fetched (the core's `allowed_schemes`), or None."""
+    allowed = allowed_schemes(allow_http=allow_http)
     if url.scheme in allowed:
         return None
     expected = " or ".join(f"{s}:" for s in allowed)

@@ -14,7 +14,7 @@ import os
 import random
 import shlex
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -164,12 +164,22 @@ def create_update(
     size: int = MiB,
     name: str | None = None,
     presigned_expires_in: int = 3600,
+    retries: Mapping[str, int] | None = None,
+    in_progress_timeout_minutes: int | None = None,
     **document: object,
 ) -> tuple[str, str]:
-    """Publish a bundle and create a job for it (sha256 and size in the document)."""
+    """Publish a bundle and create a job for it (sha256 and size in the document);
+    `retries` and `in_progress_timeout_minutes` are the job's, as in AWS CreateJob."""
     url, sha = publish_bundle(stack, name or f"{job_id}.bundle", version, size)
     doc = {"file": presigned(url), "version": version, "sha256": sha, "size": size, **document}
-    stack.control.create_job(job_id, doc, [stack.thing], presigned_expires_in=presigned_expires_in)
+    stack.control.create_job(
+        job_id,
+        doc,
+        [stack.thing],
+        presigned_expires_in=presigned_expires_in,
+        retries=retries,
+        in_progress_timeout_minutes=in_progress_timeout_minutes,
+    )
     return url, sha
 
 

@@ -12,36 +12,18 @@ from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
     NEW,
     Device,
-    MiB,
+    create_update,
     details,
     finished,
     journal,
     outcome,
-    presigned,
-    publish_bundle,
     wait_until,
 )
 from upparat.core.model import JournalRecord, Phase
-from upparat.devstack.stack import Stack
 
 pytestmark = pytest.mark.slow
 
 JOB = "upparat_retry_2_0_0"
-
-
-def create_retried_job(
-    stack: Stack, *, retries: dict[str, int], in_progress_timeout_minutes: int | None = None
-) -> str:
-    url, sha = publish_bundle(stack, f"{JOB}.bundle", NEW, MiB)
-    doc = {"file": presigned(url), "version": NEW, "sha256": sha, "size": MiB}
-    stack.control.create_job(
-        JOB,
-        doc,
-        [stack.thing],
-        retries=retries,
-        in_progress_timeout_minutes=in_progress_timeout_minutes,
-    )
-    return sha
 
 
 def test_a_failed_execution_retried_by_the_cloud_downloads_again_and_succeeds(
@@ -49,7 +31,7 @@ def test_a_failed_execution_retried_by_the_cloud_downloads_again_and_succeeds(
 ) -> None:
     stack = make_stack(device)
     device.hard_reboots()
-    create_retried_job(stack, retries={"FAILED": 1})
+    create_update(stack, JOB, retries={"FAILED": 1})
     wait_until(lambda: device.reboot_requested, "the restart hook to ask for a reboot")
     # Attempt 1: the device comes back in the old slot: FAILED rolled_back, which the
     # cloud retries as execution 2.
@@ -72,7 +54,7 @@ def test_a_timed_out_execution_retried_while_the_device_was_down_does_not_inheri
     # One emulated minute is 5 s: the in-progress timeout runs out while the device is off.
     stack = make_stack(device, seconds_per_minute=5)
     device.hard_reboots()
-    create_retried_job(stack, retries={"TIMED_OUT": 1}, in_progress_timeout_minutes=1)
+    create_update(stack, JOB, retries={"TIMED_OUT": 1}, in_progress_timeout_minutes=1)
     wait_until(lambda: device.reboot_requested, "the restart hook to ask for a reboot")
     stack.stop_daemon()
     stack.stop_hookserver()

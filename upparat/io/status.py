@@ -496,12 +496,13 @@ class StatusTracker:
     def flush(self, now: float) -> None:
         """Write the snapshot if it changed: at once for anything but progress, at most
         every PROGRESS_WRITE_INTERVAL seconds (of `now`, a monotonic clock) for progress."""
+        # Both keep updated_at = 0: the wall clock is stamped only on what is written.
         current, written = self._current, self._written
-        if written is not None and attrs.evolve(written, updated_at=0.0) == current:
+        if written == current:
             return
-        only_progress = written is not None and attrs.evolve(
-            written, progress=current.progress, updated_at=0.0
-        ) == attrs.evolve(current, updated_at=0.0)
+        only_progress = (
+            written is not None and attrs.evolve(written, progress=current.progress) == current
+        )
         if only_progress and now - self._written_at < PROGRESS_WRITE_INTERVAL:
             return
         snapshot = attrs.evolve(current, updated_at=self._wall_clock())
@@ -512,7 +513,7 @@ class StatusTracker:
             self._failed = True
             return
         self._failed = False
-        self._written, self._written_at = attrs.evolve(snapshot, updated_at=0.0), now
+        self._written, self._written_at = current, now
 
 
 _PHASE_OF_STATE: Final = {

@@ -547,9 +547,24 @@ class HookServerContract:
     """Every case here must hold for every implementation (see the module docstring).
 
     Subclasses choose the implementation by overriding the class-scoped ``implementation``
-    fixture. Most cases share one server per class (``eval_server``) whose every hook runs
-    ``scripts/eval_meta.sh``; the cases that need their own configuration start one.
+    fixture, and set ``SERVES`` to the hooks it implements: a case marked
+    ``hook_cases(argnames, rows)`` is generated once per row whose hook (the row's first
+    value) the implementation serves, so a hook left out on purpose has no cases rather
+    than skipped ones. Most cases share one server per class (``eval_server``) whose every
+    hook runs ``scripts/eval_meta.sh``; the cases that need their own configuration start
+    one.
     """
+
+    SERVES: tuple[str, ...] = HOOK_NAMES
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        marker = metafunc.definition.get_closest_marker("hook_cases")
+        if marker is None:
+            return
+        argnames, rows = marker.args
+        served = [row for row in rows if (row[0] if isinstance(row, tuple) else row) in self.SERVES]
+        assert served, f"{metafunc.definition.name}: no row for a hook in {self.SERVES}"
+        metafunc.parametrize(argnames, served)
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -569,7 +584,7 @@ class HookServerContract:
         cls, implementation: Implementation, tmp_path_factory: pytest.TempPathFactory
     ) -> Iterator[RunningHookServer]:
         with hook_server_factory(implementation, tmp_path_factory.mktemp("eval")) as factory:
-            yield factory.start({hook: EVAL_SCRIPT for hook in HOOK_NAMES})
+            yield factory.start({hook: EVAL_SCRIPT for hook in cls.SERVES})
 
     # -- identity and health ------------------------------------------------------------
 
@@ -612,7 +627,7 @@ class HookServerContract:
         assert answer.result.outcome == hooks_pb2.OUTCOME_FAILURE
         assert answer.result.reason
 
-    @pytest.mark.parametrize("hook", ["download", "install", "restart", "ready"])
+    @pytest.mark.hook_cases("hook", ["download", "install", "restart", "ready"])
     def test_exit_0_is_success_with_the_last_stdout_line_as_message(
         self, eval_server: RunningHookServer, hook: str
     ) -> None:
@@ -621,8 +636,11 @@ class HookServerContract:
         assert answer.result.outcome == hooks_pb2.OUTCOME_SUCCESS
         assert answer.result.message == "all services up"
 
-    def test_exit_3_is_retry_later_without_a_hint(self, eval_server: RunningHookServer) -> None:
-        answer = call(eval_server, "download", "echo metered link; exit 3")
+    @pytest.mark.hook_cases("hook", ["download", "ready"])
+    def test_exit_3_is_retry_later_without_a_hint(
+        self, eval_server: RunningHookServer, hook: str
+    ) -> None:
+        answer = call(eval_server, hook, "echo not yet; exit 3")
 
         assert answer.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER
         assert not answer.result.HasField("retry_after")
@@ -684,7 +702,7 @@ class HookServerContract:
 
     # -- arguments and environment (upparat 1.12's conventions) -------------------------
 
-    @pytest.mark.parametrize(
+    @pytest.mark.hook_cases(
         ("hook", "force", "fourth"),
         [
             ("version", True, None),
@@ -724,17 +742,16 @@ class HookServerContract:
         else:
             assert args[3:] == ([] if fourth is None else [fourth])
 
+    @pytest.mark.hook_cases("hook", ["download", "ready"])
     def test_no_meta_is_an_empty_third_argument(
-        self, hook_server: HookServerFactory, tmp_path: Path
+        self, hook_server: HookServerFactory, tmp_path: Path, hook: str
     ) -> None:
         out = tmp_path / "args"
         server = hook_server.start(
-            {
-                "download": f'for a in "$@"; do printf "%s\\n" "$a"; done > {out}.tmp; mv {out}.tmp {out}'
-            }
+            {hook: f'for a in "$@"; do printf "%s\\n" "$a"; done > {out}.tmp; mv {out}.tmp {out}'}
         )
 
-        call(server, "download", "")
+        call(server, hook, "")
 
         assert wait_for_file(out).split("\n")[:-1] == ["0", "0", ""]
 

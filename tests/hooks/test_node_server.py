@@ -1,8 +1,8 @@
 """The Node.js example hook server (hookservers/node) against the hook contract.
 
 `TestNodeHookServer` runs the shared contract cases of contract_cases.py against it, the
-same cases upparat-hookserver passes; only those that need a download hook are skipped,
-since this example leaves CheckDownload out on purpose, plus a few cases beyond the
+same cases upparat-hookserver passes except those of the download hook, which this example
+leaves out on purpose (`SERVES`: they are not generated), plus a few cases beyond the
 contract that any implementation could share. The tests after it cover what is the
 example's own: its command-line options, refusing a download script, --proto-root.
 """
@@ -70,29 +70,14 @@ NODE_SERVER = Implementation(
 
 
 class TestNodeHookServer(HookServerContract):
+    SERVES = NODE_HOOKS
+    """The example leaves CheckDownload out (and refuses a download script), so the
+    contract's download cases are not generated for it."""
+
     @pytest.fixture(scope="class")
     @classmethod
     def implementation(cls) -> Implementation:
         return NODE_SERVER
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def eval_server(
-        cls, implementation: Implementation, tmp_path_factory: pytest.TempPathFactory
-    ) -> Iterator[RunningHookServer]:
-        # The contract's eval server configures every hook; this one refuses a download script.
-        with hook_server_factory(implementation, tmp_path_factory.mktemp("eval")) as factory:
-            yield factory.start({hook: EVAL_SCRIPT for hook in NODE_HOOKS})
-
-    @pytest.fixture(autouse=True)
-    def _skip_cases_that_need_a_download_hook(self, request: pytest.FixtureRequest) -> None:
-        callspec = getattr(request.node, "callspec", None)
-        hook = callspec.params.get("hook") if callspec is not None else None
-        if hook == "download" or request.node.originalname in (
-            "test_exit_3_is_retry_later_without_a_hint",
-            "test_no_meta_is_an_empty_third_argument",
-        ):
-            pytest.skip("needs a download script; the Node example leaves CheckDownload out")
 
     # -- beyond the contract (cases every implementation could share) -------------------
 

@@ -235,9 +235,10 @@ def test_a_download_folder_the_daemon_refuses_is_refused_by_check_config_alike(
     assert connections(broker) == 0
 
 
-def test_tls_files_the_mqtt_driver_cannot_load_are_exit_2_not_an_unexpected_error(
+def test_tls_files_the_mqtt_driver_cannot_load_are_exit_2_from_both_not_an_unexpected_error(
     workdir: Path, broker: socket.socket
 ) -> None:
+    """check-config loads them as the daemon does (it used to pass them and exit 3)."""
     conf = write_config(workdir, broker.getsockname()[1], "broker", "cafile", "/nonexistent/ca.pem")
     conf.write_text(
         conf.read_text().replace(
@@ -246,9 +247,11 @@ def test_tls_files_the_mqtt_driver_cannot_load_are_exit_2_not_an_unexpected_erro
         )
     )
 
-    (code, err) = run_all(conf, ("daemon",))["daemon"]
+    results = run_all(conf, ("check-config", "daemon"))
 
+    (code, err) = results["daemon"]
     assert code == 2, err
     (line,) = err.splitlines()
     assert line.startswith("config: [broker] mqtt: cafile '/nonexistent/ca.pem' is not readable")
+    assert results["check-config"] == (2, line + "\n"), results
     assert connections(broker) == 0

@@ -115,13 +115,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
     except MqttConfigError as err:
-        # The TLS files are read by the driver, not the config (unreadable, not PEM, an
-        # encrypted key): still the configuration's fault, not an unexpected error.
-        print(f"config: [broker] {err}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _broker_refused(err)
     except Exception:
         log.exception("upparat stopped on an unexpected error")
         return EXIT_ERROR
+
+
+def _broker_refused(err: Exception) -> int:
+    # The TLS files are read by the MQTT driver, not the config (unreadable, not PEM, an
+    # encrypted key): still the configuration's fault, not an unexpected error.
+    print(f"config: [broker] {err}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _level(config: Config) -> int:
@@ -140,6 +144,13 @@ def check_config(argv: Sequence[str]) -> int:
     if folder is not None:
         print(f"config: {folder}", file=sys.stderr)  # as the daemon says it
         return EXIT_CONFIG
+    from upparat.daemon import mqtt_driver
+    from upparat.io.mqtt import MqttConfigError
+
+    try:
+        mqtt_driver(config, lambda event: None)  # loads the TLS files; connects nowhere
+    except MqttConfigError as err:
+        return _broker_refused(err)
     print(f"config {args.config}: ok")
     temp = shared_temp_warning(config.download.location)
     if temp is not None:

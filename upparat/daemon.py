@@ -9,11 +9,13 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 
 import attrs
 
 import upparat
 from upparat.config import Config, ConfigError
+from upparat.core.events import Event
 from upparat.core.model import JobId
 from upparat.hooks.client import HookClient
 from upparat.io import sdnotify, sentry
@@ -62,6 +64,25 @@ def _check_download_folder(config: Config) -> None:
         raise ConfigError((f"config: {e}",)) from None
 
 
+def mqtt_driver(config: Config, on_event: Callable[[Event], None]) -> MqttDriver:
+    """The MQTT driver for `config`, not connected yet. It loads the TLS files, so it raises
+    `MqttConfigError` for unreadable ones; check-config builds it too, to refuse the same."""
+    broker = config.broker
+    tls = broker.tls
+    return MqttDriver(
+        host=broker.host,
+        port=broker.port,
+        client_id=broker.client_id,
+        thing_name=broker.thing_name,
+        on_event=on_event,
+        keepalive=broker.keepalive,
+        cafile=tls.cafile if tls else None,
+        certfile=tls.certfile if tls else None,
+        keyfile=tls.keyfile if tls else None,
+        alpn=broker.alpn,
+    )
+
+
 def run_daemon(config: Config) -> int:
     broker = config.broker
     log.info(
@@ -77,19 +98,7 @@ def run_daemon(config: Config) -> int:
     )
     _check_download_folder(config)
     inbox = EventQueue()
-    tls = broker.tls
-    mqtt = MqttDriver(
-        host=broker.host,
-        port=broker.port,
-        client_id=broker.client_id,
-        thing_name=broker.thing_name,
-        on_event=inbox.post,
-        keepalive=broker.keepalive,
-        cafile=tls.cafile if tls else None,
-        certfile=tls.certfile if tls else None,
-        keyfile=tls.keyfile if tls else None,
-        alpn=broker.alpn,
-    )
+    mqtt = mqtt_driver(config, inbox.post)
     download = config.download
     downloader = Downloader(
         download.directory,

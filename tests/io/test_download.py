@@ -526,6 +526,47 @@ def test_the_sidecar_records_each_durable_offset(
     assert seen[-1] == blob.size  # the final fsync
 
 
+def test_a_synced_offset_is_recorded_only_after_a_sync_that_covers_it(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The fdatasync and the sidecar update run in a helper thread while the transfer goes
+    # on: the offset recorded must be one an fdatasync (or the final fsync) had returned for.
+    monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 128 * 1024)
+    durable = [0]
+    recorded: list[int] = []
+    real_fsync, real_fdatasync, real_replace = os.fsync, os.fdatasync, os.replace
+
+    def covered(real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            size = os.fstat(fd).st_size  # what this call makes durable, at least
+            real(fd)
+            if os.fstat(fd).st_ino == (folder / JOB).stat().st_ino:
+                durable.append(max(durable[-1], size))
+
+        return sync
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        if str(dst).endswith(".meta.json"):
+            synced = json.loads(Path(src).read_text())["synced"]
+            assert synced <= durable[-1]
+            recorded.append(synced)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", covered(real_fsync))
+    monkeypatch.setattr(os, "fdatasync", covered(real_fdatasync))
+    monkeypatch.setattr(os, "replace", replace)
+    start(make(), server.url(), sha256=blob.sha256())
+    recorder.completed()
+
+    assert len(set(recorded)) >= 3
+    assert recorded[-1] == blob.size
+
+
 def test_a_206_at_the_wrong_offset_makes_it_start_over(
     make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
 ) -> None:

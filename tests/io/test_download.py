@@ -505,41 +505,8 @@ def test_the_sidecar_records_each_durable_offset(
 ) -> None:
     monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 256 * 1024)
     seen: list[int] = []
-    real_replace = os.replace
-
-    def replace(src: str | Path, dst: str | Path) -> None:
-        real_replace(src, dst)
-        if str(dst).endswith(".meta.json"):
-            record = json.loads(Path(dst).read_text())
-            assert record["boot_id"] == "b7"
-            # Never more than what is in the file.
-            assert record["synced"] <= (folder / JOB).stat().st_size
-            seen.append(record["synced"])
-
-    monkeypatch.setattr(os, "replace", replace)
-    start(make(boot_id=lambda: "b7"), server.url(), sha256=blob.sha256())
-    recorder.completed()
-
-    assert seen[0] == 0
-    assert seen == sorted(seen)
-    assert len(set(seen)) >= 3  # grows as the file is synced
-    assert seen[-1] == blob.size  # the final fsync
-
-
-def test_a_synced_offset_is_recorded_only_after_a_sync_that_covers_it(
-    make: Make,
-    server: ScriptedServer,
-    blob: Blob,
-    recorder: Recorder,
-    folder: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The fdatasync and the sidecar update run in a helper thread while the transfer goes
-    # on: the offset recorded must be one an fdatasync (or the final fsync) had returned for.
-    monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 128 * 1024)
     durable = [0]
-    recorded: list[int] = []
-    real_fsync, real_fdatasync, real_replace = os.fsync, os.fdatasync, os.replace
+    real_replace, real_fsync, real_fdatasync = os.replace, os.fsync, os.fdatasync
 
     def covered(real: Callable[[int], None]) -> Callable[[int], None]:
         def sync(fd: int) -> None:
@@ -551,20 +518,25 @@ def test_a_synced_offset_is_recorded_only_after_a_sync_that_covers_it(
         return sync
 
     def replace(src: str | Path, dst: str | Path) -> None:
-        if str(dst).endswith(".meta.json"):
-            synced = json.loads(Path(src).read_text())["synced"]
-            assert synced <= durable[-1]
-            recorded.append(synced)
         real_replace(src, dst)
+        if str(dst).endswith(".meta.json"):
+            record = json.loads(Path(dst).read_text())
+            assert record["boot_id"] == "b7"
+            # Only what a sync had made durable when it returned (the sync and this
+            # update run in a helper thread while the transfer goes on).
+            assert record["synced"] <= durable[-1]
+            seen.append(record["synced"])
 
     monkeypatch.setattr(os, "fsync", covered(real_fsync))
     monkeypatch.setattr(os, "fdatasync", covered(real_fdatasync))
     monkeypatch.setattr(os, "replace", replace)
-    start(make(), server.url(), sha256=blob.sha256())
+    start(make(boot_id=lambda: "b7"), server.url(), sha256=blob.sha256())
     recorder.completed()
 
-    assert len(set(recorded)) >= 3
-    assert recorded[-1] == blob.size
+    assert seen[0] == 0
+    assert seen == sorted(seen)
+    assert len(set(seen)) >= 3  # grows as the file is synced
+    assert seen[-1] == blob.size  # the final fsync
 
 
 def test_a_206_at_the_wrong_offset_makes_it_start_over(

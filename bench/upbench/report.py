@@ -829,8 +829,10 @@ def _dominates(r: Results) -> str:
             f" disk limit. {verdict} `curl -o FILE` ({_s(d.curl_file.median)} s) only"
             " fills the page cache and leaves the writing to the kernel after it exits."
             f" Hashing the {d.size / 1e6:.0f} MB with hashlib (OpenSSL, SHA-NI) takes"
-            f" {_s(d.hashlib.median)} s of one core; upparat hashes in a helper thread while"
-            " the transfer goes on. coreutils' sha256sum, without SHA-NI, took"
+            f" {_s(d.hashlib.median)} s of one core; upparat hashes each chunk in the thread"
+            " that received it (handing every chunk to a hashing thread cost more CPU in"
+            " wakeups than it saved time) and hands only the fdatasync to a helper."
+            " coreutils' sha256sum, without SHA-NI, took"
             f" {_s(d.sha256sum.median)} s, which is why the naive pipeline is slow.\n"
         )
         budget = 1.5 * net
@@ -1292,8 +1294,9 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             _verdict16(above, 3.0),
             ""
             if above <= 3
-            else "imports and start-up steps (section 3 and `What dominates`: protobuf stubs,"
-            " cryptography via upparat.signing, the gRPC channel's core state)",
+            else "imports and start-up steps (section 3 and `What dominates`): the start-up"
+            " GetInfo loads the protobuf stubs and leaves gRPC core's pages and heap touched"
+            " after its channel closed; the download stack and cryptography load only when used",
         ]
     )
     if i.hookserver is not None:
@@ -1349,8 +1352,9 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             _verdict16(cpu, limit_cpu),
             ""
             if cpu is None or limit_cpu is None or cpu <= limit_cpu
-            else "writing and syncing the file (curl -o /dev/null writes nothing), the"
-            " download driver's Python loop per chunk (profile in `What dominates`)",
+            else "writing the file into the page cache and the writeback its fdatasync"
+            " submits from the daemon's own threads (curl -o /dev/null writes nothing; profile"
+            " in `What dominates`)",
         ]
     )
     ours = _median(download_seconds(run.downloads))

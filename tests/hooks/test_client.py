@@ -295,6 +295,30 @@ def test_deadline_becomes_deadline_exceeded(shell: tuple[HookClient, Recorder]) 
     assert run(*shell, call_hook(HookKind.READY, "sleep 5", timeout=0.5)) == HookDeadlineExceeded()
 
 
+def holds_channel(client: HookClient) -> bool:
+    return client.channel_open
+
+
+def test_calls_in_a_row_share_a_channel_that_closes_once_unused(
+    eval_server: RunningHookServer, client_for: Callable[..., tuple[HookClient, Recorder]]
+) -> None:
+    client, recorder = client_for(eval_server.endpoint, channel_linger=0.5)
+    assert not client.channel_open
+    for _ in range(3):
+        assert run(client, recorder, call_hook(HookKind.VERSION, "echo 1.0")) == HookSuccess(
+            value="1.0"
+        )
+        assert client.channel_open  # kept for the next call of the job
+    deadline = time.monotonic() + WAIT
+    while holds_channel(client) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not holds_channel(client)  # an idle daemon holds no channel
+    # The next call opens a fresh one.
+    assert run(client, recorder, call_hook(HookKind.VERSION, "echo 2.0")) == HookSuccess(
+        value="2.0"
+    )
+
+
 def test_a_second_running_call_is_aborted_which_reads_as_unavailable(
     eval_server: RunningHookServer, shell: tuple[HookClient, Recorder], tmp_path: Path
 ) -> None:

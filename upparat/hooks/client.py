@@ -1,6 +1,7 @@
 """The hook client driver: carries `CallHook` / `CancelHook` to the hook server over gRPC.
 
-Owns the channel and one thread per call (GetInfo included). The channel exists only while
+Owns the channel, a thread per install stream and per GetInfo; the other calls end in a
+done-callback on gRPC's channel thread. The channel exists only while
 a call or GetInfo runs and CHANNEL_LINGER seconds after (the calls of one job come back to
 back and share it): an idle daemon holds no gRPC channel, so gRPC core's threads
 (which wake several times a second while any channel exists) are gone, and the hook
@@ -19,6 +20,7 @@ import logging
 import math
 import re
 import threading
+import time
 import unicodedata
 from collections.abc import Callable
 from typing import TypeVar, assert_never
@@ -271,8 +273,11 @@ class HookClient:
         self._stubs: _Stubs | None = None
         self._users = 0
         """Calls and GetInfos using the channel; CHANNEL_LINGER after the last one it closes."""
-        self._linger: threading.Timer | None = None
+        self._linger: threading.Thread | None = None
+        self._close_at = 0.0
         self._lock = threading.Lock()
+        self._lingering = threading.Condition(self._lock)
+        """Wakes the linger thread: the last call ended, or the client closed."""
         self._calls: dict[CallId, _Call] = {}
         self._closed = False
 
@@ -297,9 +302,7 @@ class HookClient:
             for call in calls:
                 call.cancelled = True
             channel, self._channel, self._stubs = self._channel, None, None
-            if self._linger is not None:
-                self._linger.cancel()
-                self._linger = None
+            self._lingering.notify_all()
         for call in calls:
             if call.cancel_rpc is not None:
                 call.cancel_rpc()
@@ -311,9 +314,6 @@ class HookClient:
         with self._lock:
             if self._closed:
                 return None
-            if self._linger is not None:
-                self._linger.cancel()
-                self._linger = None
             if self._stubs is None:
                 channel = grpc.insecure_channel(self.target, options=channel_options())
                 self._channel = channel
@@ -327,23 +327,40 @@ class HookClient:
     def _release(self) -> None:
         with self._lock:
             self._users -= 1
-            if self._users == 0 and self._channel is not None and self._linger is None:
-                # One thread, waiting without waking until it closes the channel (or is
-                # cancelled by the next call): the next hook call of the job reuses it.
-                linger = threading.Timer(self._channel_linger, self._close_unused)
-                linger.name = "hook-channel-linger"
-                linger.daemon = True
+            if self._users > 0 or self._channel is None:
+                return
+            self._close_at = time.monotonic() + self._channel_linger
+            self._lingering.notify_all()
+            if self._linger is None:
+                # One thread per busy spell, not per call (a thread start per hook call was
+                # a measurable share of it): it sleeps until the channel has been unused
+                # for CHANNEL_LINGER, then closes it; calls meanwhile push that time on.
+                linger = threading.Thread(
+                    target=self._close_when_unused, name="hook-channel-linger", daemon=True
+                )
                 self._linger = linger
                 linger.start()
 
-    def _close_unused(self) -> None:
-        channel = None
+    @property
+    def channel_open(self) -> bool:
+        """Whether the client holds a gRPC channel (calls running or lingering after)."""
         with self._lock:
-            if self._users == 0 and self._linger is threading.current_thread():
-                channel, self._channel, self._stubs = self._channel, None, None
-                self._linger = None
-        if channel is not None:
-            channel.close()
+            return self._channel is not None
+
+    def _close_when_unused(self) -> None:
+        with self._lock:
+            while True:
+                if self._closed or self._channel is None:
+                    self._linger = None
+                    return
+                left = self._close_at - time.monotonic() if self._users == 0 else None
+                if left is not None and left <= 0:
+                    channel, self._channel, self._stubs = self._channel, None, None
+                    self._linger = None
+                    break
+                # Busy (no deadline): the last release sets one and wakes this thread.
+                self._lingering.wait(left)
+        channel.close()
 
     def _call(self, command: CallHook) -> None:
         with self._lock:
@@ -359,12 +376,16 @@ class HookClient:
             # A core bug; the running call with this id still answers exactly once.
             log.error("call %d is already running; ignoring a second CallHook", command.call_id)
             return
-        threading.Thread(
-            target=self._run,
-            args=(call,),
-            name=f"hook-{command.hook.value}-{command.call_id}",
-            daemon=True,
-        ).start()
+        if command.hook is HookKind.INSTALL:
+            # The install stream is read by a thread of its own, for as long as it runs.
+            threading.Thread(
+                target=self._run,
+                args=(call,),
+                name=f"hook-{command.hook.value}-{command.call_id}",
+                daemon=True,
+            ).start()
+        else:
+            self._start_unary(call)
 
     def _cancel(self, call_id: CallId) -> None:
         with self._lock:
@@ -381,7 +402,118 @@ class HookClient:
     # -- one thread per call ----------------------------------------------------------------
 
     def _run(self, call: _Call) -> None:
+        """The install call, in its own thread."""
         command = call.command
+        self._log_start(command)
+        result: HookResult | None
+        stubs = self._acquire()
+        try:
+            if stubs is None:
+                result = HookUnavailable(detail="hook client is closed")
+            else:
+                result = self._install(call, job_context(command.context), stubs)
+        except Exception as e:
+            log.exception(
+                "%s hook call %d failed in the client", command.hook.value, command.call_id
+            )
+            result = self._client_error(command, e)
+        finally:
+            if stubs is not None:
+                self._release()
+        self._conclude(call, result)
+
+    def _start_unary(self, call: _Call) -> None:
+        """Starts a unary call from the caller's thread without waiting for it: its answer
+        arrives in a done-callback on gRPC's channel thread (a thread started per call cost
+        about a millisecond of every hook call, bench/RESULTS.md)."""
+        command = call.command
+        self._log_start(command)
+        stubs = self._acquire()
+        if stubs is None:
+            self._conclude(call, HookUnavailable(detail="hook client is closed"))
+            return
+        try:
+            self._begin(call, stubs)
+        except Exception as e:
+            log.exception(
+                "%s hook call %d failed in the client", command.hook.value, command.call_id
+            )
+            self._release()
+            self._conclude(call, self._client_error(command, e))
+
+    def _begin(self, call: _Call, stubs: _Stubs) -> None:
+        command = call.command
+        hook = command.hook
+        context = job_context(command.context)
+        timeout = command.timeout
+        match hook:
+            case HookKind.VERSION:
+                self._unary(
+                    call,
+                    stubs.hooks.GetVersion.future(
+                        hooks_pb2.GetVersionRequest(context=context), timeout=timeout
+                    ),
+                    lambda reply: hook_result(hook, reply.result, reply.version),
+                )
+            case HookKind.DOWNLOAD:
+                self._unary(
+                    call,
+                    stubs.hooks.CheckDownload.future(
+                        hooks_pb2.CheckDownloadRequest(context=context), timeout=timeout
+                    ),
+                    lambda reply: hook_result(hook, reply.result),
+                )
+            case HookKind.RESTART:
+                self._unary(
+                    call,
+                    stubs.hooks.Restart.future(
+                        hooks_pb2.RestartRequest(context=context), timeout=timeout
+                    ),
+                    lambda reply: hook_result(hook, reply.result),
+                )
+            case HookKind.READY:
+                self._unary(
+                    call,
+                    stubs.hooks.CheckReady.future(
+                        hooks_pb2.CheckReadyRequest(context=context), timeout=timeout
+                    ),
+                    lambda reply: hook_result(hook, reply.result),
+                )
+            case HookKind.INSTALL:
+                raise AssertionError("install calls run in a thread of their own")
+            case _:
+                assert_never(hook)
+
+    def _unary(
+        self, call: _Call, future: grpc.Future[_Reply], read: Callable[[_Reply], HookResult]
+    ) -> None:
+        def done(_: object) -> None:
+            result: HookResult | None
+            try:
+                try:
+                    reply = future.result()
+                except grpc.FutureCancelledError:
+                    result = None
+                except grpc.RpcError as e:
+                    result = None if call.cancelled else status_result(e)
+                else:
+                    result = read(reply)
+            except Exception as e:
+                log.exception(
+                    "%s hook call %d failed in the client",
+                    call.command.hook.value,
+                    call.command.call_id,
+                )
+                result = self._client_error(call.command, e)
+            self._release()
+            self._conclude(call, result)
+
+        # Registered before the callback: a CancelHook from now on cancels the RPC (and a
+        # cancel that came first cancels it here; the callback then reports nothing).
+        self._start(call, future.cancel)
+        future.add_done_callback(done)
+
+    def _log_start(self, command: CallHook) -> None:
         log.debug(
             "calling %s hook (call %d, job %s, attempt %d, timeout %.0f s)",
             command.hook.value,
@@ -390,24 +522,14 @@ class HookClient:
             command.context.attempt,
             command.timeout,
         )
-        result: HookResult | None
-        stubs = self._acquire()
-        try:
-            if stubs is None:
-                result = HookUnavailable(detail="hook client is closed")
-            else:
-                result = self._invoke(call, stubs)
-        except Exception as e:
-            # Never let a call take the daemon down: report it as this call's failure.
-            log.exception(
-                "%s hook call %d failed in the client", command.hook.value, command.call_id
-            )
-            result = HookFailure(
-                reason="CLIENT_ERROR", message=clean_line(f"{type(e).__name__}: {e}")
-            )
-        finally:
-            if stubs is not None:
-                self._release()
+
+    def _client_error(self, command: CallHook, e: Exception) -> HookResult:
+        """Never let a call take the daemon down: report it as this call's failure."""
+        return HookFailure(reason="CLIENT_ERROR", message=clean_line(f"{type(e).__name__}: {e}"))
+
+    def _conclude(self, call: _Call, result: HookResult | None) -> None:
+        """The call's one HookFinished, unless the core cancelled it."""
+        command = call.command
         with self._lock:
             self._calls.pop(command.call_id, None)
             cancelled = call.cancelled
@@ -438,63 +560,6 @@ class HookClient:
         if cancelled:
             cancel()
         return not cancelled
-
-    def _invoke(self, call: _Call, stubs: _Stubs) -> HookResult | None:
-        """Runs the RPC; None when it was cancelled by the core."""
-        command = call.command
-        hook = command.hook
-        context = job_context(command.context)
-        timeout = command.timeout
-        match hook:
-            case HookKind.VERSION:
-                return self._unary(
-                    call,
-                    stubs.hooks.GetVersion.future(
-                        hooks_pb2.GetVersionRequest(context=context), timeout=timeout
-                    ),
-                    lambda reply: hook_result(hook, reply.result, reply.version),
-                )
-            case HookKind.DOWNLOAD:
-                return self._unary(
-                    call,
-                    stubs.hooks.CheckDownload.future(
-                        hooks_pb2.CheckDownloadRequest(context=context), timeout=timeout
-                    ),
-                    lambda reply: hook_result(hook, reply.result),
-                )
-            case HookKind.RESTART:
-                return self._unary(
-                    call,
-                    stubs.hooks.Restart.future(
-                        hooks_pb2.RestartRequest(context=context), timeout=timeout
-                    ),
-                    lambda reply: hook_result(hook, reply.result),
-                )
-            case HookKind.READY:
-                return self._unary(
-                    call,
-                    stubs.hooks.CheckReady.future(
-                        hooks_pb2.CheckReadyRequest(context=context), timeout=timeout
-                    ),
-                    lambda reply: hook_result(hook, reply.result),
-                )
-            case HookKind.INSTALL:
-                return self._install(call, context, stubs)
-            case _:
-                assert_never(hook)
-
-    def _unary(
-        self, call: _Call, future: grpc.Future[_Reply], read: Callable[[_Reply], HookResult]
-    ) -> HookResult | None:
-        if not self._start(call, future.cancel):
-            return None
-        try:
-            reply = future.result()
-        except grpc.FutureCancelledError:
-            return None
-        except grpc.RpcError as e:
-            return None if call.cancelled else status_result(e)
-        return read(reply)
 
     def _install(
         self, call: _Call, context: hooks_pb2.JobContext, stubs: _Stubs

@@ -17,7 +17,6 @@ import email.utils
 import errno
 import hashlib
 import http.client
-import importlib.metadata
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import assert_never
 
 import attrs
 
+import upparat
 from upparat import urls
 from upparat.aws.topics import JOB_ID_RE as _JOB_ID
 from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
@@ -73,14 +73,9 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,1024}")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def _user_agent() -> str:
-    try:
-        return f"upparat/{importlib.metadata.version('upparat')}"
-    except importlib.metadata.PackageNotFoundError:
-        return "upparat"
-
-
-_USER_AGENT = _user_agent()
+# The version the daemon logs as its own (importlib.metadata would cost an idle daemon
+# ~1 MB of RSS for the same string).
+_USER_AGENT = f"upparat/{upparat.__version__}"
 
 
 def redact_url(url: str) -> str:
@@ -316,11 +311,13 @@ def _write_all(fd: int, data: memoryview) -> None:
 class _PartFile:
     """The file of one job: appended to, hashed as it grows, fdatasynced every few MiB.
 
-    Hashing runs in a helper thread, overlapping the next recv and write (hashlib and
-    os.write both release the GIL): a view given to `write` is read until the next `write`
-    returns, so callers alternate between two buffers. The periodic fdatasync runs in
-    another helper, so the transfer does not wait for the disk every few MiB. Every OSError
-    leaves here as `_LocalError`, so a full disk is never mistaken for a network error.
+    The thread that receives also hashes (hashlib and os.write release the GIL): handing
+    every chunk to a helper cost a wakeup and a context switch per recv, more CPU than it
+    saved time (bench/RESULTS.md). Only the periodic fdatasync, and the sidecar update that
+    records its offset as durable, run in a helper, once per FSYNC_INTERVAL: the transfer
+    never waits for the disk in between. An offset is reported only after the fdatasync
+    that covers it returned. Every OSError leaves here as `_LocalError`, so a full disk is
+    never mistaken for a network error.
     """
 
     def __init__(self, path: Path, on_durable: Callable[[int], None]) -> None:
@@ -334,16 +331,11 @@ class _PartFile:
             raise _LocalError(f"cannot open {path}", e) from e
         self._hasher: hashlib._Hash | None = hashlib.sha256() if self.size == 0 else None
         self._unsynced = 0
-        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="download-sha256")
-        self._pending: Future[None] | None = None
         self._syncing = ThreadPoolExecutor(1, thread_name_prefix="download-fsync")
         self._sync_pending: Future[None] | None = None
-        self._sync_offset = 0
-        """The size the pending fdatasync makes durable."""
 
     def hasher(self, view: memoryview, cancel: threading.Event) -> hashlib._Hash:
         """The sha256 of what the file holds, re-reading an earlier prefix once."""
-        self._settle()
         if self._hasher is None:
             hasher = hashlib.sha256()
             offset = 0
@@ -362,49 +354,45 @@ class _PartFile:
         return self._hasher
 
     def write(self, data: memoryview) -> None:
+        """Append `data` and hash it; `data` is free again when this returns."""
         hasher = self._hasher
         assert hasher is not None, "hasher() must be called before appending"
         try:
             _write_all(self._fd, data)
-            self.size += len(data)
-            self._unsynced += len(data)
         except OSError as e:
             raise _LocalError(f"cannot write {self.path}", e) from e
+        hasher.update(data)
+        n = len(data)
+        self.size += n
+        self._unsynced += n
         if self._unsynced >= FSYNC_INTERVAL:
             self._start_sync()
-        elif self._sync_pending is not None and self._sync_pending.done():
-            self._wait_sync()  # report the durable offset soon, from this thread
-        self._settle()  # the previous view is free again once its hash is done
-        self._pending = self._hashing.submit(hasher.update, data)
-
-    def _settle(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
 
     def _start_sync(self) -> None:
-        if self._sync_pending is not None:
-            if not self._sync_pending.done():
+        pending = self._sync_pending
+        if pending is not None:
+            if not pending.done():
                 return  # still flushing the last interval; the next write tries again
-            self._wait_sync()
+            self._wait_sync()  # raises what the last one met
         self._unsynced = 0
-        self._sync_offset = self.size
-        self._sync_pending = self._syncing.submit(os.fdatasync, self._fd)
+        self._sync_pending = self._syncing.submit(self._sync_to, self.size)
 
-    def _wait_sync(self, *, report: bool = True) -> None:
+    def _sync_to(self, offset: int) -> None:
+        """In the helper: the first `offset` bytes were written; make them durable, say so."""
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            raise _LocalError(f"cannot fdatasync {self.path}", e) from e
+        self._on_durable(offset)
+
+    def _wait_sync(self) -> None:
         if self._sync_pending is not None:
             pending, self._sync_pending = self._sync_pending, None
-            try:
-                pending.result()
-            except OSError as e:
-                raise _LocalError(f"cannot fdatasync {self.path}", e) from e
-            if report:
-                self._on_durable(self._sync_offset)
+            pending.result()
 
     def truncate(self, size: int) -> None:
         """Drop what follows `size` (bytes that may not have reached the disk)."""
-        self._settle()
-        self._wait_sync(report=False)
+        self._wait_sync()
         try:
             os.ftruncate(self._fd, size)
         except OSError as e:
@@ -413,15 +401,8 @@ class _PartFile:
         self._hasher = hashlib.sha256() if size == 0 else None
 
     def reset(self) -> None:
-        self._settle()
-        self._wait_sync(report=False)
-        try:
-            os.ftruncate(self._fd, 0)
-        except OSError as e:
-            raise _LocalError(f"cannot truncate {self.path}", e) from e
-        self.size = 0
+        self.truncate(0)
         self._unsynced = 0
-        self._hasher = hashlib.sha256()
 
     def sync(self) -> None:
         self._wait_sync()
@@ -433,10 +414,9 @@ class _PartFile:
         self._on_durable(self.size)
 
     def close(self) -> None:
-        # Both helpers finish before the descriptor they use is closed (and maybe reused).
-        self._hashing.shutdown(wait=True)
+        # The helper finishes before the descriptor it uses is closed (and maybe reused).
         self._syncing.shutdown(wait=True)
-        self._pending = self._sync_pending = None
+        self._sync_pending = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -516,8 +496,8 @@ class _Transfer:
         self._part: _PartFile | None = None
         self._sidecar: _Sidecar | None = None
         self._total: int | None = command.size
-        # Two buffers: one is hashed in the background while the other receives.
-        self._buffers = (bytearray(options.chunk_size), bytearray(options.chunk_size))
+        # One buffer, reused for every recv (and for re-hashing a prefix).
+        self._buffer = bytearray(options.chunk_size)
         self.thread = threading.Thread(
             target=self._run, name=f"download-{command.download_id}", daemon=True
         )
@@ -843,7 +823,7 @@ class _Transfer:
 
     def _finish(self, part: _PartFile) -> _Done | _Failed:
         cmd = self.command
-        actual = part.hasher(memoryview(self._buffers[0]), self._cancel).hexdigest()
+        actual = part.hasher(memoryview(self._buffer), self._cancel).hexdigest()
         if cmd.size is not None and part.size != cmd.size:
             self._remove_files()
             return _Failed(
@@ -1117,7 +1097,7 @@ class _Transfer:
         if early is not None:
             return early
         # Re-hash the prefix before appending to it.
-        part.hasher(memoryview(self._buffers[0]), self._cancel)
+        part.hasher(memoryview(self._buffer), self._cancel)
         outcome = self._stream(resp, part)
         if isinstance(outcome, _Done) and total is not None and part.size < total:
             # A server may send less than the open range asked for (RFC 9110 section 14.1.2).
@@ -1147,9 +1127,8 @@ class _Transfer:
     def _stream(self, resp: http.client.HTTPResponse, part: _PartFile) -> _Outcome:
         """Append the body to the file; constant memory, one buffer reused throughout."""
         opt = self._opt
-        views = (memoryview(self._buffers[0]), memoryview(self._buffers[1]))
-        which = 0
-        chunk = len(views[0])
+        buffer = memoryview(self._buffer)
+        chunk = len(buffer)
         if opt.max_speed is not None:
             chunk = min(chunk, max(4096, opt.max_speed // 8))
         read: Callable[[memoryview], int]
@@ -1177,14 +1156,12 @@ class _Transfer:
         sample_len = min(1.0, opt.min_speed_time / 2)
         low_since: float | None = None
         while remaining is None or remaining > 0:
-            view = views[which]
-            which ^= 1  # part.write() hashes this view in the background until the next write
-            n = read(view[: chunk if remaining is None else min(chunk, remaining)])
+            n = read(buffer[: chunk if remaining is None else min(chunk, remaining)])
             if cancel.is_set():
                 raise _Cancelled
             if not n:
                 break
-            part.write(view[:n])
+            part.write(buffer[:n])
             self._failures = 0  # a successful chunk resets the backoff
             received += n
             sample_bytes += n

@@ -89,6 +89,7 @@ from upparat.core.model import (
     Settings,
     SkippedEntry,
     TimerKind,
+    client_token,
 )
 from upparat.core.urls import file_url_problem, redact
 
@@ -98,7 +99,6 @@ MAX_URL_REFUSALS = 3
 """Fresh URLs refused with HTTP 403 in a row before the download fails (not an expiry then)."""
 MAX_TOKENS_KEPT = 4
 """Client tokens of one update remembered for matching late replies to earlier sends."""
-TOKEN_PREFIX = "upparat-"
 
 
 # --- values inside states ------------------------------------------------------
@@ -2033,11 +2033,8 @@ def _back_off(
 
 def _delay(state: State, policy: Backoff, retry: int) -> tuple[State, float]:
     """The wait before retry `retry` under `policy`, with the next jitter of the seed."""
-    if policy.jitter == 0:
-        return state, policy.delay(retry, seed=state.settings.seed, draw=0)
-    draw = state.draws
-    state = attrs.evolve(state, draws=draw + 1)
-    return state, policy.delay(retry, seed=state.settings.seed, draw=draw)
+    delay, draws = policy.drawn(retry, seed=state.settings.seed, draws=state.draws)
+    return attrs.evolve(state, draws=draws), delay
 
 
 def _timeout(state: State) -> float:
@@ -2297,10 +2294,7 @@ def _next(state: State) -> tuple[State, int]:
 
 def _token(state: State) -> tuple[State, ClientToken]:
     state, serial = _next(state)
-    nonce = state.settings.token_nonce
-    return state, ClientToken(
-        f"{TOKEN_PREFIX}{nonce}-{serial}" if nonce else f"{TOKEN_PREFIX}{serial}"
-    )
+    return state, client_token(state.settings.token_nonce, serial)
 
 
 def _log(level: LogLevel, message: str, job_id: JobId | None = None) -> Log:

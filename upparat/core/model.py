@@ -17,10 +17,17 @@ JobId = NewType("JobId", str)
 
 ThingName = NewType("ThingName", str)
 ClientToken = NewType("ClientToken", str)
+TOKEN_PREFIX = "upparat-"
 CallId = NewType("CallId", int)
 """Identifies one hook call; events of a cancelled or superseded call are ignored."""
 DownloadId = NewType("DownloadId", int)
 """Identifies one download; events of a cancelled or superseded download are ignored."""
+
+
+def client_token(nonce: str, serial: int) -> ClientToken:
+    """The client token of request number `serial`: `upparat-<nonce>-<n>`, or `upparat-<n>`
+    without a nonce (tests). Every request of the core, jobs and shadow, is named so."""
+    return ClientToken(f"{TOKEN_PREFIX}{nonce}-{serial}" if nonce else f"{TOKEN_PREFIX}{serial}")
 
 
 class JobStatus(enum.Enum):

@@ -89,6 +89,7 @@ def run_daemon(config: Config) -> int:
         certfile=tls.certfile if tls else None,
         keyfile=tls.keyfile if tls else None,
         alpn=broker.alpn,
+        package_name=config.service.package_name,
     )
     download = config.download
     downloader = Downloader(

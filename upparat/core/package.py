@@ -424,7 +424,9 @@ def _probe_answered(report: PackageReport, ctx: Ctx, event: HookFinished, now: f
     done = attrs.evolve(report, probe=None, probed=True)
     match result:
         case HookSuccess(value=value):
-            return attrs.evolve(done, running=ReportedPackage(version=value)), ctx, []
+            note = f"$package shadow: {settings.package_name} {value!r} runs (the version hook)"
+            running = ReportedPackage(version=value)
+            return attrs.evolve(done, running=running), ctx, [_log(LogLevel.INFO, note)]
         case HookRetryLater():
             # Every retry_interval (a job's call may follow the server's hint; this one
             # is in no hurry).

@@ -24,6 +24,11 @@ the driver's network thread and must only queue the event):
   reconnect too (paho would re-send them). So after a reconnect only what the core
   sends goes out, in its order: it re-sends what is outstanding after
   `SubscriptionsAcked`, when the replies can no longer be missed.
+* With `package_name` set, the `$package` shadow's four answer topics are subscribed to
+  as well (their own SUBSCRIBE), `GetPackageShadow` / `UpdatePackageShadow` are published
+  like the jobs requests, and their answers are parsed by `upparat.aws.shadow`. An update
+  the edge cannot build is answered at once by `PackageReportRefused`. Without it, none
+  of this: the shadow commands are dropped.
 * `stop()` disconnects and returns within about `stop_timeout` seconds; no event is
   emitted after it returns.
 

@@ -51,6 +51,7 @@ BAD = [
     ("service", "log_level", "verbose"),
     ("service", "min_free_space", "12Q"),
     ("service", "require_signature", "maybe"),
+    ("service", "package_name", "my firmware"),  # not a Software Package Catalog name
 ]
 
 GOOD = [

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from upparat import scriptenv, urls
-from upparat.aws import topics
+from upparat.aws import shadow, topics
 from upparat.core.model import LogLevel, Settings, ThingName
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "download_retries",
         "trusted_keys",
         "require_signature",
+        "package_name",
     ),
     "broker": (
         "host",
@@ -176,6 +177,9 @@ class ServiceConfig:
     """`step_timeout`: AWS IoT stepTimeoutInMinutes sent with IN_PROGRESS updates."""
     max_restarts: int = 3
     verify_soft_restart: bool = True
+    package_name: str | None = None
+    """`package_name`: report the running version into the `$package` shadow under this
+    Software Package Catalog name. None: no report."""
 
 
 def default_download_location(environ: Mapping[str, str]) -> Path:
@@ -343,6 +347,7 @@ class Config:
             allow_http=self.download.allow_http,
             download_retries=self.download.retries,
             require_signature=self.signing.require_signature,
+            package_name=self.service.package_name,
         )
 
     def redacted_summary(self) -> str:
@@ -377,7 +382,8 @@ class Config:
             f" max_speed={opt(d.max_speed)} min_free_space={d.min_free_space}"
             f" max_download_size={opt(d.max_download_size)}"
             f" trusted_keys={'unset' if keys is None else f'{keys.path} ({len(keys.keys)} keys)'}"
-            f" require_signature={_yes_no(self.signing.require_signature)}",
+            f" require_signature={_yes_no(self.signing.require_signature)}"
+            f" package_name={opt(s.package_name)}",
             f"[broker] host={b.host} port={b.port} thing_name={b.thing_name}"
             f" client_id={b.client_id} {tls} alpn={','.join(b.alpn) or 'none'}"
             f" keepalive={b.keepalive}",
@@ -676,6 +682,15 @@ def _job_prefix(text: str) -> str:
     return text
 
 
+def _package_name(text: str) -> str:
+    # The Software Package Catalog's rule for package names, the one the report is built with.
+    if not shadow.PACKAGE_NAME_RE.fullmatch(text):
+        raise _Invalid(
+            "a Software Package Catalog package name: 1-128 of the characters a-z A-Z 0-9 . _ -"
+        )
+    return text
+
+
 THING_NAME_EXPECTED: Final = "a thing name: 1-128 of the characters a-z A-Z 0-9 : _ - (AWS IoT)"
 
 
@@ -906,6 +921,7 @@ def _build_service(r: _Reader) -> ServiceConfig:
         step_timeout_minutes=r.value(sec, "step_timeout", _integer(1, 10080), None),
         max_restarts=r.value(sec, "max_restarts", _integer(0), d.max_restarts),
         verify_soft_restart=r.value(sec, "verify_soft_restart", _boolean, d.verify_soft_restart),
+        package_name=r.value(sec, "package_name", _package_name, None),
     )
 
 

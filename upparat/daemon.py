@@ -98,6 +98,7 @@ def mqtt_driver(config: Config, on_event: Callable[[Event], None]) -> MqttDriver
         certfile=tls.certfile if tls else None,
         keyfile=tls.keyfile if tls else None,
         alpn=broker.alpn,
+        package_name=config.service.package_name,
     )
 
 

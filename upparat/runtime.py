@@ -65,7 +65,9 @@ class MqttDriver(Protocol):
         | c.SubscribeJobTopics
         | c.RequestPendingJobs
         | c.DescribeJob
-        | c.UpdateJob,
+        | c.UpdateJob
+        | c.GetPackageShadow
+        | c.UpdatePackageShadow,
     ) -> object: ...
     def stop(self) -> None: ...
 
@@ -240,7 +242,12 @@ class Runtime:
     def _execute(self, command: c.Command, now: float) -> None:
         match command:
             case (
-                c.ConnectMqtt() | c.SubscribeJobTopics() | c.RequestPendingJobs() | c.DescribeJob()
+                c.ConnectMqtt()
+                | c.SubscribeJobTopics()
+                | c.RequestPendingJobs()
+                | c.DescribeJob()
+                | c.GetPackageShadow()
+                | c.UpdatePackageShadow()
             ):
                 self._mqtt.execute(command)
             case c.UpdateJob():

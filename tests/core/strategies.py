@@ -12,7 +12,7 @@ from typing import Any, cast
 import attrs
 from hypothesis import strategies as st
 
-from upparat.core import machine
+from upparat.core import machine, package
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
@@ -35,11 +35,16 @@ from upparat.core.events import (
     MqttConnected,
     MqttConnectFailed,
     MqttDisconnected,
+    PackageReportRefused,
+    PackageShadowMissing,
+    PackageShadowRead,
+    PackageShadowUpdated,
     PayloadIgnored,
     PendingJobsListed,
     ReplyUnusable,
     RequestKind,
     RequestRejected,
+    ShadowRejected,
     ShutdownRequested,
     Started,
     SubscriptionsAcked,
@@ -62,7 +67,10 @@ from upparat.core.model import (
     JournalRecord,
     Phase,
     RejectCode,
+    ReportedPackage,
     Settings,
+    ShadowOperation,
+    ShadowRejectReason,
     SkippedEntry,
     TimerKind,
 )
@@ -93,6 +101,7 @@ settings = st.builds(
     seed=st.integers(0, 2**64 - 1),
     download_retries=st.integers(-1, 20),
     reconnect_max_delay=finite,
+    package_name=st.none() | st.just("firmware"),
 )
 
 # Reports held inside a generated stage (a deferred progress report, the outbox)
@@ -158,6 +167,51 @@ _hook_infos = (
     | st.builds(machine.AskingLater, failures=st.integers(0, 100), timer=st.integers(0, 10))
 )
 
+_reported = st.builds(
+    ReportedPackage,
+    version=st.sampled_from(["1", "2", "1 beta"]),
+    attributes=st.sampled_from([(), (("slot", "A"),)]),
+)
+_held = st.builds(
+    package.Held, reported=st.none() | _reported, version=st.none() | st.integers(0, 5)
+)
+_small = st.integers(0, 10)
+_shadows = st.one_of(
+    st.just(package.Unread()),
+    _held,
+    st.builds(
+        package.Reading,
+        token=_small.map(lambda n: ClientToken(f"upparat-{n}")),
+        timer=_small,
+        attempt=_small,
+    ),
+    st.builds(
+        package.Writing,
+        token=_small.map(lambda n: ClientToken(f"upparat-{n}")),
+        timer=_small,
+        attempt=_small,
+        report=_reported,
+        base=_held,
+    ),
+    st.builds(package.Throttled, timer=_small, attempt=_small, base=st.none() | _held),
+    st.builds(package.GaveUp, running=st.none() | _reported),
+)
+_probes = (
+    st.none()
+    | st.builds(
+        package.Probing, call_id=_small.map(CallId), attempt=_small, started_at=st.floats(0, 100)
+    )
+    | st.builds(package.ProbeLater, timer=_small, attempt=_small, started_at=st.floats(0, 100))
+)
+_packages = st.none() | st.builds(
+    package.PackageReport,
+    running=st.none() | _reported,
+    shadow=_shadows,
+    probe=_probes,
+    probed=st.booleans(),
+    verified=st.none() | st.tuples(st.sampled_from(JOB_IDS), _reported),
+)
+
 states: st.SearchStrategy[machine.State] = st.builds(
     machine.State,
     settings=settings,
@@ -168,6 +222,7 @@ states: st.SearchStrategy[machine.State] = st.builds(
     resubscribe=_resubscribes,
     hook_info=_hook_infos,
     draws=st.integers(0, 10**6),
+    package=_packages,
 )
 
 
@@ -182,6 +237,7 @@ def _state_in(stage_class: type[machine.Stage]) -> st.SearchStrategy[machine.Sta
         resubscribe=_resubscribes,
         hook_info=_hook_infos,
         draws=st.integers(0, 10**6),
+        package=_packages,
     )
 
 
@@ -342,6 +398,32 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
     ),
     TimerFired: st.builds(TimerFired, timer=st.sampled_from(TimerKind), token=_ints),
     ShutdownRequested: st.just(ShutdownRequested()),
+    PackageShadowRead: st.builds(
+        PackageShadowRead,
+        client_token=_tokens,
+        shadow_version=st.integers(0, 9),
+        reported=st.none() | _reported,
+        timestamp=st.none() | st.integers(0, 9),
+    ),
+    PackageShadowUpdated: st.builds(
+        PackageShadowUpdated,
+        client_token=_tokens,
+        shadow_version=st.integers(0, 9),
+        reported=st.none() | _reported,
+        timestamp=st.none() | st.integers(0, 9),
+    ),
+    PackageShadowMissing: st.builds(PackageShadowMissing, client_token=_tokens),
+    ShadowRejected: st.builds(
+        ShadowRejected,
+        client_token=_tokens,
+        operation=st.sampled_from(ShadowOperation),
+        reason=st.sampled_from(ShadowRejectReason),
+        code=st.integers(0, 600),
+        message=_texts,
+    ),
+    PackageReportRefused: st.builds(
+        PackageReportRefused, client_token=_texts.map(ClientToken), reason=_texts
+    ),
 }
 
 _INT_FIELDS = ("call_id", "download_id", "token")

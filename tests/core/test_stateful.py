@@ -56,6 +56,7 @@ from upparat.core.events import (
     UpdateAccepted,
 )
 from upparat.core.model import (
+    TOKEN_PREFIX,
     CallId,
     ClientToken,
     DownloadFailure,
@@ -710,7 +711,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def client_tokens_are_deterministic(self) -> None:
-        assert all(t.startswith(machine.TOKEN_PREFIX) for t in self.client_tokens)
+        assert all(t.startswith(TOKEN_PREFIX) for t in self.client_tokens)
         assert all(isinstance(t, str) for t in self.client_tokens)
         _ = ClientToken  # tokens are NewType str
 

@@ -37,9 +37,11 @@ def rauc(tmp_path: Path) -> Iterator[RaucDevice]:
 
 @pytest.fixture
 def stack(rauc: RaucDevice, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """The whole product with the example hooks on the RAUC device."""
+    """The whole product with the example hooks on the RAUC device (plus the config of an
+    indirect parametrization, if any)."""
     config = {section: dict(values) for section, values in BASE_CONFIG.items()}
-    for section, values in rauc.stack_config().items():
+    extra: dict[str, dict[str, str]] = getattr(request, "param", {})
+    for section, values in (*rauc.stack_config().items(), *extra.items()):
         config.setdefault(section, {}).update(values)
     workdir = tmp_path / "stack"
     workdir.mkdir()

@@ -449,6 +449,8 @@ class Fleet:
                 self._hook(device, command)
             case c.CancelHook() | c.CancelDownload() | c.DiscardDownload():
                 pass  # the core ignores the answers of what it cancelled
+            case c.GetPackageShadow() | c.UpdatePackageShadow():
+                pass  # the fleet runs without [service] package_name: never sent
             case c.StartDownload():
                 self._download(device, command)
             case c.Exit():

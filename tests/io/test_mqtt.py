@@ -253,6 +253,7 @@ class Options(TypedDict, total=False):
     keyfile: StrPath | None
     alpn: Sequence[str] | None
     connect_timeout: float
+    package_name: str | None
 
 
 class DriverFactory(Protocol):

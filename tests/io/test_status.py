@@ -58,7 +58,8 @@ def downloading(percent: int, at: float = T) -> StatusSnapshot:
 
 def test_the_file_holds_the_documented_json(tmp_path: Path) -> None:
     path = tmp_path / "run" / "status.json"
-    assert StatusFile(path).write(SNAP) is None
+    snap = attrs.evolve(SNAP, reported_version="0.9.0")
+    assert StatusFile(path).write(snap) is None
     assert json.loads(path.read_text()) == {
         "format": 1,
         "updatedAt": "2025-12-03T12:01:00Z",
@@ -78,13 +79,14 @@ def test_the_file_holds_the_documented_json(tmp_path: Path) -> None:
             "at": "2025-12-03T12:00:00Z",
         },
         "runningVersion": "1.0.0",
+        "reportedVersion": "0.9.0",
         "connection": "connected",
     }
     assert path.stat().st_mode & 0o777 == 0o644
     assert os.listdir(path.parent) == ["status.json"]  # no temp file left behind
     back = status.read(path)
     assert SNAP.progress is not None
-    assert back == attrs.evolve(SNAP, progress=attrs.evolve(SNAP.progress, percent=25))
+    assert back == attrs.evolve(snap, progress=attrs.evolve(SNAP.progress, percent=25))
 
 
 def test_an_idle_daemon_has_nulls_not_missing_keys(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from upparat.core.model import (
     JobStatus,
     JournalRecord,
     Phase,
+    ReportedPackage,
     TimerKind,
 )
 from upparat.io import status
@@ -130,3 +131,23 @@ def test_a_failed_write_is_reported_once_and_the_next_success_resets_it(tmp_path
     t.flush(1.0)
     assert len(failures) == 1
     assert failures[0].path == blocked / "status.json"
+
+
+def test_the_status_shows_what_the_package_shadow_says(tmp_path: Path) -> None:
+    t = tracker(tmp_path)
+    t.saw_event(
+        e.HookFinished(call_id=CallId(1), hook=HookKind.VERSION, result=e.HookSuccess(value="2.0"))
+    )
+    old = ReportedPackage(version="1.0")
+    t.saw_event(e.PackageShadowRead(client_token=None, shadow_version=3, reported=old, timestamp=1))
+    t.flush(0.0)
+    assert (shown(tmp_path).running_version, shown(tmp_path).reported_version) == ("2.0", "1.0")
+    assert "running 2.0 (the shadow says 1.0)" in status.render_tty(shown(tmp_path))
+    new = ReportedPackage(version="2.0")
+    t.saw_event(
+        e.PackageShadowUpdated(client_token=None, shadow_version=4, reported=new, timestamp=2)
+    )
+    t.flush(1.0)
+    assert shown(tmp_path).reported_version == "2.0"
+    assert "running 2.0 (reported)" in status.render_tty(shown(tmp_path))
+    assert "reported=2.0" in status.render_plain(shown(tmp_path))

@@ -3,8 +3,9 @@
 Owns the topic names under `$aws/things/<thing>/shadow/name/$package/`, the rules a
 reported package version must meet, the update payload (`state.reported.<package>` with
 `version` and `attributes`) and the parsing of get/update accepted/rejected answers into
-typed values. Pure: no I/O, no clock, no logging; a bad reply is a `ShadowReplyIgnored`,
-never an exception. Not wired into the daemon yet (see README, "Reporting the version").
+typed values (the core's events: `upparat.core.package` decides what to do with them).
+Pure: no I/O, no clock, no logging; a bad reply is a `ShadowReplyIgnored`, never an
+exception. The MQTT driver is its caller when `[service] package_name` is set.
 
 References (AWS IoT developer guide):
   https://docs.aws.amazon.com/iot/latest/developerguide/device-shadow-mqtt.html
@@ -16,16 +17,52 @@ References (AWS IoT developer guide):
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from typing import assert_never
 
 import attrs
 
 from upparat.aws.topics import is_thing_name
-from upparat.core.model import ClientToken, ThingName
+from upparat.core.commands import GetPackageShadow, UpdatePackageShadow
+from upparat.core.events import (
+    PackageShadowMissing,
+    PackageShadowRead,
+    PackageShadowUpdated,
+    ShadowRejected,
+)
+from upparat.core.model import (
+    ClientToken,
+    ReportedPackage,
+    ShadowOperation,
+    ShadowRejectReason,
+    ThingName,
+)
+from upparat.core.package import needs_report
+
+__all__ = [
+    "PACKAGE_SHADOW",
+    "PackageShadowMissing",
+    "PackageShadowRead",
+    "PackageShadowUpdated",
+    "ReportedPackage",
+    "ShadowOperation",
+    "ShadowRejectReason",
+    "ShadowRejected",
+    "ShadowReply",
+    "ShadowReplyIgnored",
+    "Unreportable",
+    "build",
+    "get_request",
+    "needs_report",
+    "parse",
+    "report",
+    "reported_versions",
+    "subscription_filters",
+    "update_request",
+]
 
 PACKAGE_SHADOW = "$package"
 MAX_PAYLOAD_BYTES = 128 * 1024
@@ -41,9 +78,6 @@ ATTRIBUTE_KEY_RE = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
 MAX_ATTRIBUTE_VALUE_CHARS = 256
 
 _CLIENT_TOKEN = re.compile(r"[\x21-\x7e]{1,64}")
-
-Attributes = tuple[tuple[str, str], ...]
-"""Sorted (key, value) pairs."""
 
 
 # ---- topics --------------------------------------------------------------------------------
@@ -78,81 +112,10 @@ def subscription_filters(thing: ThingName) -> tuple[str, ...]:
 
 
 @attrs.frozen(kw_only=True)
-class ReportedPackage:
-    """What `state.reported.<package>` says (or should say): the running version and attributes."""
-
-    version: str
-    attributes: Attributes = ()
-
-
-@attrs.frozen(kw_only=True)
 class Unreportable:
     """A version or attribute the shadow cannot carry: log it once, report nothing."""
 
     reason: str
-
-
-class ShadowOperation(enum.Enum):
-    GET = "get"
-    UPDATE = "update"
-
-
-class ShadowRejectReason(enum.Enum):
-    """The Device Shadow error codes (device-shadow-error-messages)."""
-
-    BAD_REQUEST = 400
-    UNAUTHORIZED = 401
-    FORBIDDEN = 403
-    NOT_FOUND = 404
-    VERSION_CONFLICT = 409
-    PAYLOAD_TOO_LARGE = 413
-    UNSUPPORTED_ENCODING = 415
-    TOO_MANY_REQUESTS = 429
-    INTERNAL_ERROR = 500
-    UNKNOWN = 0  # a code the documentation does not list
-
-    @property
-    def retryable(self) -> bool:
-        """Worth sending again after a backoff. A 409 is not: read the shadow again first."""
-        return self in (ShadowRejectReason.TOO_MANY_REQUESTS, ShadowRejectReason.INTERNAL_ERROR)
-
-
-@attrs.frozen(kw_only=True)
-class PackageShadowRead:
-    """get/accepted: the shadow exists; `reported` is our package's entry (None: none yet)."""
-
-    client_token: ClientToken | None
-    shadow_version: int
-    reported: ReportedPackage | None
-    timestamp: int | None
-
-
-@attrs.frozen(kw_only=True)
-class PackageShadowUpdated:
-    """update/accepted: the report is stored at `shadow_version`."""
-
-    client_token: ClientToken | None
-    shadow_version: int
-    reported: ReportedPackage | None
-    timestamp: int | None
-
-
-@attrs.frozen(kw_only=True)
-class PackageShadowMissing:
-    """get/rejected with 404: the thing has no `$package` shadow yet (nothing reported)."""
-
-    client_token: ClientToken | None
-
-
-@attrs.frozen(kw_only=True)
-class ShadowRejected:
-    """A get or update the service refused (the 404 of a get is `PackageShadowMissing`)."""
-
-    client_token: ClientToken | None
-    operation: ShadowOperation
-    reason: ShadowRejectReason
-    code: int
-    message: str
 
 
 @attrs.frozen(kw_only=True)
@@ -204,11 +167,6 @@ def report(
     return ReportedPackage(version=version, attributes=tuple(sorted(found.items())))
 
 
-def needs_report(held: ReportedPackage | None, running: ReportedPackage) -> bool:
-    """True when the shadow does not already say exactly what runs (report only then)."""
-    return held != running
-
-
 def get_request(thing: ThingName, client_token: ClientToken) -> tuple[str, bytes]:
     """Topic and payload of a get of the `$package` shadow."""
     return get_topic(thing), _dumps({"clientToken": _token(client_token)})
@@ -258,6 +216,29 @@ def update_request(
             f" {MAX_STATE_BYTES}: report fewer or shorter attributes"
         )
     return update_topic(thing), payload
+
+
+def build(
+    thing: ThingName, package: str, command: GetPackageShadow | UpdatePackageShadow
+) -> tuple[str, bytes] | Unreportable:
+    """Topic and payload of a shadow command of the core (the MQTT driver publishes them)."""
+    match command:
+        case GetPackageShadow(client_token=token):
+            return get_request(thing, token)
+        case UpdatePackageShadow():
+            checked = report(command.running.version, command.running.attributes)
+            if isinstance(checked, Unreportable):
+                return checked
+            return update_request(
+                thing,
+                package,
+                checked,
+                command.client_token,
+                held=command.held,
+                expected_version=command.expected_version,
+            )
+        case _:
+            assert_never(command)
 
 
 # ---- inbound -----------------------------------------------------------------------------

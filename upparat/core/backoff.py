@@ -66,6 +66,13 @@ class Backoff:
             return max(self.floor, ceiling)
         return max(self.floor, ceiling * (1.0 - self.jitter * unit(seed, draw)))
 
+    def drawn(self, retry: int, *, seed: int, draws: int) -> tuple[float, int]:
+        """`delay` with the next jitter of `seed`: the delay and the new count of draws (a
+        policy without jitter draws nothing)."""
+        if self.jitter == 0:
+            return self.delay(retry, seed=seed, draw=0), draws
+        return self.delay(retry, seed=seed, draw=draws), draws + 1
+
     def exhausted(self, *, retries: int, elapsed: float) -> bool:
         """True when no retry is left after `retries` retries, `elapsed` seconds after the
         first failure."""

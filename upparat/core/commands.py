@@ -19,6 +19,7 @@ from upparat.core.model import (
     JobStatus,
     JournalRecord,
     LogLevel,
+    ReportedPackage,
     TimerKind,
 )
 
@@ -60,6 +61,28 @@ class UpdateJob:
     client_token: ClientToken
     step_timeout_minutes: int | None = None
     expected_version: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GetPackageShadow:
+    """Publish to `shadow/name/$package/get`; answered by `PackageShadowRead` or
+    `PackageShadowMissing` (or `ShadowRejected`)."""
+
+    client_token: ClientToken
+
+
+@attrs.frozen(kw_only=True)
+class UpdatePackageShadow:
+    """Publish to `shadow/name/$package/update` so `state.reported.<package_name>` says
+    `running`; answered by `PackageShadowUpdated` or `ShadowRejected`, or at once by
+    `PackageReportRefused` when the edge cannot send it."""
+
+    client_token: ClientToken
+    running: ReportedPackage
+    held: ReportedPackage | None = None
+    """What the shadow held (its attributes that `running` lacks are removed)."""
+    expected_version: int | None = None
+    """The shadow version that was read: a newer one makes the service answer 409."""
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +172,8 @@ Command = (
     | RequestPendingJobs
     | DescribeJob
     | UpdateJob
+    | GetPackageShadow
+    | UpdatePackageShadow
     | AskHookInfo
     | CallHook
     | CancelHook

@@ -22,6 +22,9 @@ from upparat.core.model import (
     JobSummary,
     JournalRecord,
     RejectCode,
+    ReportedPackage,
+    ShadowOperation,
+    ShadowRejectReason,
     SkippedEntry,
     TimerKind,
 )
@@ -284,6 +287,66 @@ class ShutdownRequested:
     """SIGTERM / SIGINT."""
 
 
+# --- the `$package` shadow (upparat.aws.shadow parses, upparat.core.package decides) -----
+
+
+@attrs.frozen(kw_only=True)
+class PackageShadowRead:
+    """get/accepted: the shadow exists; `reported` is our package's entry (None: none yet)."""
+
+    client_token: ClientToken | None
+    shadow_version: int
+    reported: ReportedPackage | None
+    timestamp: int | None
+
+
+@attrs.frozen(kw_only=True)
+class PackageShadowUpdated:
+    """update/accepted: the report is stored at `shadow_version`."""
+
+    client_token: ClientToken | None
+    shadow_version: int
+    reported: ReportedPackage | None
+    timestamp: int | None
+
+
+@attrs.frozen(kw_only=True)
+class PackageShadowMissing:
+    """get/rejected with 404: the thing has no `$package` shadow yet (nothing reported)."""
+
+    client_token: ClientToken | None
+
+
+@attrs.frozen(kw_only=True)
+class ShadowRejected:
+    """A get or update the service refused (the 404 of a get is `PackageShadowMissing`)."""
+
+    client_token: ClientToken | None
+    operation: ShadowOperation
+    reason: ShadowRejectReason
+    code: int
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class PackageReportRefused:
+    """The edge did not send an `UpdatePackageShadow`: what it would report breaks a rule of
+    the Software Package Catalog or of the shadow (say a version with a space); `reason`
+    says which. Not sent, so no answer comes."""
+
+    client_token: ClientToken
+    reason: str
+
+
+PackageShadowEvent = (
+    PackageShadowRead
+    | PackageShadowUpdated
+    | PackageShadowMissing
+    | ShadowRejected
+    | PackageReportRefused
+)
+
+
 Event = (
     Started
     | MqttConnected
@@ -308,4 +371,9 @@ Event = (
     | DownloadFailed
     | TimerFired
     | ShutdownRequested
+    | PackageShadowRead
+    | PackageShadowUpdated
+    | PackageShadowMissing
+    | ShadowRejected
+    | PackageReportRefused
 )

@@ -7,11 +7,12 @@ The map of stages and transitions is in README.md next to this module.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import assert_never
 
 import attrs
 
+from upparat.core import package
 from upparat.core.backoff import Backoff
 from upparat.core.commands import (
     AskHookInfo,
@@ -55,11 +56,16 @@ from upparat.core.events import (
     MqttConnected,
     MqttConnectFailed,
     MqttDisconnected,
+    PackageReportRefused,
+    PackageShadowMissing,
+    PackageShadowRead,
+    PackageShadowUpdated,
     PayloadIgnored,
     PendingJobsListed,
     ReplyUnusable,
     RequestKind,
     RequestRejected,
+    ShadowRejected,
     ShutdownRequested,
     Started,
     SubscriptionsAcked,
@@ -89,6 +95,7 @@ from upparat.core.model import (
     Settings,
     SkippedEntry,
     TimerKind,
+    client_token,
 )
 from upparat.core.urls import file_url_problem, redact
 
@@ -98,7 +105,6 @@ MAX_URL_REFUSALS = 3
 """Fresh URLs refused with HTTP 403 in a row before the download fails (not an expiry then)."""
 MAX_TOKENS_KEPT = 4
 """Client tokens of one update remembered for matching late replies to earlier sends."""
-TOKEN_PREFIX = "upparat-"
 
 
 # --- values inside states ------------------------------------------------------
@@ -441,13 +447,16 @@ class State:
     skipped_seen: tuple[str, ...] = ()
     """Reasons of bad pending-list entries already logged (the latest few): a broken entry
     that every notification repeats is logged once, not with every message."""
+    package: package.PackageReport | None = None
+    """The `$package` shadow report (`upparat.core.package`); None: `package_name` unset."""
 
 
 Out = tuple[State, list[Command]]
 
 
 def initial_state(settings: Settings) -> State:
-    return State(settings=settings, stage=Booting())
+    report = package.PackageReport() if settings.package_name else None
+    return State(settings=settings, stage=Booting(), package=report)
 
 
 def step(state: State, event: Event, now: float) -> tuple[State, tuple[Command, ...]]:
@@ -456,7 +465,8 @@ def step(state: State, event: Event, now: float) -> tuple[State, tuple[Command, 
         return state, ()
     state, commands = _dispatch(state, event, now)
     state, more = _pump(state, now)
-    return state, (*commands, *more)
+    state, reports = _package(state, None, now)
+    return state, (*commands, *more, *reports)
 
 
 def _dispatch(state: State, event: Event, now: float) -> Out:
@@ -495,6 +505,8 @@ def _dispatch(state: State, event: Event, now: float) -> Out:
             return state, [_log(LogLevel.WARNING, f"ignored a message on {topic}: {reason}")]
         case HookServerInfo():
             return _on_hook_server_info(attrs.evolve(state, hook_info=None), event)
+        case HookFinished() if package.owns(state.package, event):
+            return _package(state, event, now)
         case HookInfoFailed():
             return _on_hook_info_failed(state, event)
         case HookProgressed():
@@ -507,8 +519,48 @@ def _dispatch(state: State, event: Event, now: float) -> Out:
             return _on_timer(state, event, now)
         case ShutdownRequested():
             return _on_shutdown(state)
+        case (
+            PackageShadowRead()
+            | PackageShadowUpdated()
+            | PackageShadowMissing()
+            | ShadowRejected()
+            | PackageReportRefused()
+        ):
+            return _package(state, event, now)
         case _:
             assert_never(event)
+
+
+# --- the `$package` shadow report: a sub-machine of its own (upparat.core.package) -------
+
+
+def _package(state: State, event: package.PackageInput | None, now: float) -> Out:
+    """Hand the sub-machine `event` (None: let it send what it waits to send)."""
+    report, stage = state.package, state.stage
+    if report is None or isinstance(stage, Stopped):
+        return state, []
+    ctx = package.Ctx(
+        settings=state.settings,
+        serial=state.serial,
+        draws=state.draws,
+        link_up=state.link is Link.UP,
+        idle=isinstance(stage, Idle),
+        sending=not isinstance(stage, Booting | ShuttingDown),
+        version_hook=HookKind.VERSION not in state.absent_hooks,
+    )
+    if event is None:
+        report, ctx, commands = package.pump(report, ctx, now)
+    else:
+        report, ctx, commands = package.step(report, ctx, event, now)
+    return attrs.evolve(state, package=report, serial=ctx.serial, draws=ctx.draws), commands
+
+
+def _package_saw(
+    state: State, learn: Callable[[package.PackageReport], package.PackageReport]
+) -> State:
+    """A job learnt what runs (`package.job_version` and friends say what it means)."""
+    report = state.package
+    return state if report is None else attrs.evolve(state, package=learn(report))
 
 
 # --- connection and start ---------------------------------------------------------
@@ -598,7 +650,9 @@ def _forget_requests(state: State) -> State:
             pass
         case _:
             assert_never(stage)
-    return attrs.evolve(state, stage=stage, outbox=_requeue(state.outbox))
+    return attrs.evolve(
+        state, stage=stage, outbox=_requeue(state.outbox), package=package.forget(state.package)
+    )
 
 
 def _on_subscribed(state: State) -> Out:
@@ -1136,6 +1190,9 @@ def _finish(
     keep_file: bool = False,
 ) -> Out:
     """The job ends: report it (the report must reach the cloud), forget it, fetch again."""
+    state = _package_saw(
+        state, lambda r: package.job_ended(r, job_id, status, dict(details).get("state"))
+    )
     commands: list[Command] = []
     if not keep_file:
         commands.append(DiscardDownload(job_id=job_id))
@@ -1375,6 +1432,7 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
         case CheckingVersion(after_install=True):
             return _resumed_install(state, job, value, now)
         case CheckingVersion():
+            state = _package_saw(state, lambda r: package.job_version(r, value))
             if value == version:
                 details = status_details(
                     ReportedState.VERSION_ALREADY_INSTALLED, f"version {version!r} is installed"
@@ -1398,6 +1456,7 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
             state, commands = _verify(state, job, VerifyOrigin.SOFT_RESTART, now)
             return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
         case VerifyingVersion(origin=origin):
+            state = _package_saw(state, lambda r: package.job_verified(r, job.job_id, value))
             if value != version:
                 return _finish(
                     state, job.job_id, JobStatus.FAILED, _wrong_version(state, job, value)
@@ -1427,6 +1486,7 @@ def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
     job_id, version = job.job_id, job.document.version
     previous = _previous_version(state, job_id)
     if value == version and value != previous:
+        state = _package_saw(state, lambda r: package.job_verified(r, job_id, value))
         # The installer finished and the device runs the new version: confirm it as after
         # a restart (the ready hook marks the slot good), never `version_already_installed`.
         note = f"job {job_id}: version {value!r} runs after the interrupted install; verifying"
@@ -1440,6 +1500,7 @@ def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
         note += "installing again"
         state, commands = _start_download(state, job, now, refusals=0)
         return state, [_log(LogLevel.INFO, note, job_id), *commands]
+    state = _package_saw(state, lambda r: package.job_verified(r, job_id, value))
     text = (
         f"Expected version '{version}' (or the previous '{previous}' after an interrupted "
         f"install), got '{value}'"
@@ -2033,11 +2094,8 @@ def _back_off(
 
 def _delay(state: State, policy: Backoff, retry: int) -> tuple[State, float]:
     """The wait before retry `retry` under `policy`, with the next jitter of the seed."""
-    if policy.jitter == 0:
-        return state, policy.delay(retry, seed=state.settings.seed, draw=0)
-    draw = state.draws
-    state = attrs.evolve(state, draws=draw + 1)
-    return state, policy.delay(retry, seed=state.settings.seed, draw=draw)
+    delay, draws = policy.drawn(retry, seed=state.settings.seed, draws=state.draws)
+    return attrs.evolve(state, draws=draws), delay
 
 
 def _timeout(state: State) -> float:
@@ -2122,6 +2180,8 @@ def _on_timer(state: State, event: TimerFired, now: float) -> Out:
             again = state.resubscribe
             if state.link is Link.SUBSCRIBING and again is not None and again.timer == token:
                 return state, [SubscribeJobTopics()]
+        case TimerKind.PACKAGE_VERSION_RETRY | TimerKind.PACKAGE_SHADOW_RETRY:
+            return _package(state, event, now)
         case _:
             assert_never(event.timer)
     return state, []
@@ -2297,10 +2357,7 @@ def _next(state: State) -> tuple[State, int]:
 
 def _token(state: State) -> tuple[State, ClientToken]:
     state, serial = _next(state)
-    nonce = state.settings.token_nonce
-    return state, ClientToken(
-        f"{TOKEN_PREFIX}{nonce}-{serial}" if nonce else f"{TOKEN_PREFIX}{serial}"
-    )
+    return state, client_token(state.settings.token_nonce, serial)
 
 
 def _log(level: LogLevel, message: str, job_id: JobId | None = None) -> Log:

@@ -17,10 +17,17 @@ JobId = NewType("JobId", str)
 
 ThingName = NewType("ThingName", str)
 ClientToken = NewType("ClientToken", str)
+TOKEN_PREFIX = "upparat-"
 CallId = NewType("CallId", int)
 """Identifies one hook call; events of a cancelled or superseded call are ignored."""
 DownloadId = NewType("DownloadId", int)
 """Identifies one download; events of a cancelled or superseded download are ignored."""
+
+
+def client_token(nonce: str, serial: int) -> ClientToken:
+    """The client token of request number `serial`: `upparat-<nonce>-<n>`, or `upparat-<n>`
+    without a nonce (tests). Every request of the core, jobs and shadow, is named so."""
+    return ClientToken(f"{TOKEN_PREFIX}{nonce}-{serial}" if nonce else f"{TOKEN_PREFIX}{serial}")
 
 
 class JobStatus(enum.Enum):
@@ -180,6 +187,10 @@ class TimerKind(enum.Enum):
     """Start the next attempt of an interrupted download."""
     HOOK_INFO_RETRY = "hook_info_retry"
     """Ask the hook server for GetInfo again."""
+    PACKAGE_VERSION_RETRY = "package_version_retry"
+    """Ask the version hook again for the `$package` report (not for a job)."""
+    PACKAGE_SHADOW_RETRY = "package_shadow_retry"
+    """Send the `$package` shadow get or update again (no answer, or throttled)."""
 
 
 class Phase(enum.Enum):
@@ -295,6 +306,9 @@ class Settings:
     (`download_failed`, with the last reason); an attempt that adds bytes resets it."""
     reconnect_max_delay: float = 120.0
     """The longest wait between two attempts to connect to the broker."""
+    package_name: str | None = None
+    """`[service] package_name`: report the running version into the `$package` shadow
+    under this name (`upparat.core.package`); None: no report, no shadow traffic."""
 
     # --- the retry policies: every delay the core asks for comes from one of these ---
 
@@ -328,3 +342,40 @@ class Settings:
     def hook_unavailable_backoff(self) -> Backoff:
         """An unreachable hook server: 1, 2, 4 ... 60 s, for `hook_unavailable_timeout`."""
         return Backoff(base=1.0, cap=60.0, give_up_after=self.hook_unavailable_timeout)
+
+
+# --- the `$package` shadow (upparat.core.package; payloads in upparat.aws.shadow) ---------
+
+
+@attrs.frozen(kw_only=True)
+class ReportedPackage:
+    """What `state.reported.<package>` says (or should say): the running version and attributes."""
+
+    version: str
+    attributes: tuple[tuple[str, str], ...] = ()
+    """Sorted (key, value) pairs."""
+
+
+class ShadowOperation(enum.Enum):
+    GET = "get"
+    UPDATE = "update"
+
+
+class ShadowRejectReason(enum.Enum):
+    """The Device Shadow error codes (device-shadow-error-messages)."""
+
+    BAD_REQUEST = 400
+    UNAUTHORIZED = 401
+    FORBIDDEN = 403
+    NOT_FOUND = 404
+    VERSION_CONFLICT = 409
+    PAYLOAD_TOO_LARGE = 413
+    UNSUPPORTED_ENCODING = 415
+    TOO_MANY_REQUESTS = 429
+    INTERNAL_ERROR = 500
+    UNKNOWN = 0  # a code the documentation does not list
+
+    @property
+    def retryable(self) -> bool:
+        """Worth sending again after a backoff. A 409 is not: read the shadow again first."""
+        return self in (ShadowRejectReason.TOO_MANY_REQUESTS, ShadowRejectReason.INTERNAL_ERROR)

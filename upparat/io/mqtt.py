@@ -24,6 +24,11 @@ the driver's network thread and must only queue the event):
   reconnect too (paho would re-send them). So after a reconnect only what the core
   sends goes out, in its order: it re-sends what is outstanding after
   `SubscriptionsAcked`, when the replies can no longer be missed.
+* With `package_name` set, the `$package` shadow's four answer topics are subscribed to
+  as well (their own SUBSCRIBE), `GetPackageShadow` / `UpdatePackageShadow` are published
+  like the jobs requests, and their answers are parsed by `upparat.aws.shadow`. An update
+  the edge cannot build is answered at once by `PackageReportRefused`. Without it, none
+  of this: the shadow commands are dropped.
 * `stop()` disconnects and returns within about `stop_timeout` seconds; no event is
   emitted after it returns.
 
@@ -49,19 +54,22 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from upparat.aws import build, parse, topics
+from upparat.aws import build, parse, shadow, topics
 from upparat.core.commands import (
     ConnectMqtt,
     DescribeJob,
+    GetPackageShadow,
     RequestPendingJobs,
     SubscribeJobTopics,
     UpdateJob,
+    UpdatePackageShadow,
 )
 from upparat.core.events import (
     Event,
     MqttConnected,
     MqttConnectFailed,
     MqttDisconnected,
+    PackageReportRefused,
     PayloadIgnored,
     SubscriptionsAcked,
     SubscriptionsRefused,
@@ -70,7 +78,15 @@ from upparat.core.model import ThingName
 
 log = logging.getLogger(__name__)
 
-MqttCommand = ConnectMqtt | SubscribeJobTopics | RequestPendingJobs | DescribeJob | UpdateJob
+MqttCommand = (
+    ConnectMqtt
+    | SubscribeJobTopics
+    | RequestPendingJobs
+    | DescribeJob
+    | UpdateJob
+    | GetPackageShadow
+    | UpdatePackageShadow
+)
 """The commands the runtime hands to this driver."""
 
 AWS_ALPN_PORT = 443
@@ -118,13 +134,16 @@ class MqttDriver:
         alpn: Sequence[str] | None = None,
         connect_timeout: float = 5.0,
         stop_timeout: float = 2.0,
+        package_name: str | None = None,
     ) -> None:
         """Check the settings and prepare the client; `ConnectMqtt` connects.
 
         keepalive: seconds (AWS IoT treats values below 30 as 30 and caps at 1200; a local
         broker honours any value). alpn: None picks `x-amzn-mqtt-ca` on port 443 and none
         elsewhere; `()` sends none. TLS is used when cafile, certfile and keyfile are all
-        given (any port); plain TCP when none is. Raises `MqttConfigError`.
+        given (any port); plain TCP when none is. package_name: also subscribe to the
+        `$package` shadow's answers and publish its requests (None: no shadow traffic).
+        Raises `MqttConfigError`.
         """
         _check_settings(
             host=host,
@@ -136,6 +155,7 @@ class MqttDriver:
         self._port = port
         self._keepalive = keepalive
         self._thing = ThingName(thing_name)
+        self._package = package_name
         self._on_event = on_event
         self._stop_timeout = stop_timeout
 
@@ -195,6 +215,8 @@ class MqttDriver:
             case RequestPendingJobs() | DescribeJob() | UpdateJob():
                 topic, payload = build(self._thing, command)
                 return self._publish(topic, payload)
+            case GetPackageShadow() | UpdatePackageShadow():
+                return self._shadow_request(command)
             case _:
                 assert_never(command)
 
@@ -298,6 +320,23 @@ class MqttDriver:
             return False
         return True
 
+    def _shadow_request(self, command: GetPackageShadow | UpdatePackageShadow) -> bool:
+        if self._package is None:
+            log.debug("mqtt: no [service] package_name; %s dropped", type(command).__name__)
+            return False
+        built = shadow.build(self._thing, self._package, command)
+        if isinstance(built, shadow.Unreportable):
+            self._emit(PackageReportRefused(client_token=command.client_token, reason=built.reason))
+            return False
+        return self._publish(*built)
+
+    def _batches(self) -> tuple[tuple[str, ...], ...]:
+        """The SUBSCRIBE packets: the jobs topics, and the shadow's answers when reporting."""
+        batches = topics.subscription_batches(self._thing)
+        if self._package is None:
+            return batches
+        return (*batches, shadow.subscription_filters(self._thing))
+
     def _subscribe_requested(self) -> bool:
         with self._lock:
             self._subscribe_wanted = True
@@ -315,7 +354,7 @@ class MqttDriver:
         """
         round_ = _Round(connection=self._connection)
         self._round = round_
-        for batch in topics.subscription_batches(self._thing):
+        for batch in self._batches():
             rc, mid = self._client.subscribe([(f, QOS) for f in batch])
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
                 # The link just went down; `_on_connect` subscribes again.
@@ -437,7 +476,16 @@ class MqttDriver:
             except UnicodeDecodeError:
                 self._emit(PayloadIgnored(topic="<not UTF-8>", reason="topic is not valid UTF-8"))
                 return
-            self._emit(parse(self._thing, topic, bytes(message.payload)))
+            payload = bytes(message.payload)
+            if self._package is not None:
+                reply = shadow.parse(self._thing, self._package, topic, payload)
+                if isinstance(reply, shadow.ShadowReplyIgnored):
+                    self._emit(PayloadIgnored(topic=reply.topic, reason=reply.reason))
+                    return
+                if reply is not None:
+                    self._emit(reply)
+                    return
+            self._emit(parse(self._thing, topic, payload))
         except Exception:
             log.exception("mqtt: on_message failed")
 

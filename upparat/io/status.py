@@ -87,6 +87,8 @@ class StatusSnapshot:
     progress: Progress | None = None
     last_result: LastResult | None = None
     running_version: str | None = None
+    reported_version: str | None = None
+    """What the `$package` shadow last said for our package ([service] package_name)."""
     connection: Connection
     updated_at: float  # epoch seconds (wall clock: for people and UIs, not for timers)
 
@@ -221,6 +223,7 @@ def to_json(snapshot: StatusSnapshot) -> dict[str, object]:
             "at": _iso(last.at),
         },
         "runningVersion": snapshot.running_version,
+        "reportedVersion": snapshot.reported_version,
         "connection": snapshot.connection.value,
     }
 
@@ -269,6 +272,7 @@ def decode(data: bytes) -> StatusSnapshot | str:
                 at=_time(last.get("at"), "lastResult.at"),
             ),
             running_version=_opt_text(doc, "runningVersion"),
+            reported_version=_opt_text(doc, "reportedVersion"),
             connection=_enum(Connection, doc.get("connection"), "connection"),
             updated_at=_time(doc.get("updatedAt"), "updatedAt"),
         )
@@ -348,6 +352,8 @@ def render_plain(snapshot: StatusSnapshot) -> str:
     parts.append(f"connection={snapshot.connection.value}")
     if snapshot.running_version is not None:
         parts.append(f"version={snapshot.running_version}")
+    if snapshot.reported_version is not None:
+        parts.append(f"reported={snapshot.reported_version}")
     last = snapshot.last_result
     if last is not None:
         text = f"{last.status}" + (f"/{last.state}" if last.state else "")
@@ -377,6 +383,9 @@ def render_tty(snapshot: StatusSnapshot) -> str:
         if progress.message:
             lines.append(_short(progress.message))
     version = snapshot.running_version or "unknown"
+    reported = snapshot.reported_version
+    if reported is not None:
+        version += " (reported)" if reported == version else f" (the shadow says {reported})"
     lines.append(f"running {version}, {snapshot.connection.value}")
     last = snapshot.last_result
     if last is not None:
@@ -419,7 +428,8 @@ class StatusTracker:
     """Follows the events the runtime feeds the core and the commands the core answers
     with, and keeps the status file up to date. Derives, never decides: the phase comes
     from the journal records (`Persist`) and the reports (`UpdateJob`), the connection from
-    the MQTT events, the running version from the version hook's answers."""
+    the MQTT events, the running version from the version hook's answers, the reported
+    one from the `$package` shadow's."""
 
     def __init__(
         self,
@@ -451,6 +461,8 @@ class StatusTracker:
                 s = attrs.evolve(s, connection=Connection.CONNECTING)
             case e.HookFinished(hook=HookKind.VERSION, result=e.HookSuccess(value=value)) if value:
                 s = attrs.evolve(s, running_version=value)
+            case e.PackageShadowRead(reported=held) | e.PackageShadowUpdated(reported=held):
+                s = attrs.evolve(s, reported_version=None if held is None else held.version)
             case e.DownloadProgressed(bytes_done=done, total=total) if (
                 s.phase is StatusPhase.DOWNLOADING
             ):

@@ -187,6 +187,11 @@ class CoreMachine(RuleBasedStateMachine):
             case _:
                 pass
         self.check_step(before, event, after, commands)
+        source, target = type(before.stage), type(after.stage)
+        assert target in machine.reachable(source, type(event)), (
+            f"{source.__name__} --{type(event).__name__}--> {target.__name__} is not in"
+            " machine.TABLE"
+        )
 
     def check_step(
         self,

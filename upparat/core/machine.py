@@ -7,8 +7,9 @@ The map of stages and transitions is in README.md next to this module.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from typing import assert_never
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, assert_never
 
 import attrs
 
@@ -460,61 +461,15 @@ def step(state: State, event: Event, now: float) -> tuple[State, tuple[Command, 
 
 
 def _dispatch(state: State, event: Event, now: float) -> Out:
-    match event:
-        case Started():
-            return _on_started(state, event)
-        case MqttConnected():
-            state = attrs.evolve(state, link=Link.SUBSCRIBING, dial=None, resubscribe=None)
-            state = _forget_requests(state)
-            return state, [SubscribeJobTopics(), _log(LogLevel.INFO, "MQTT connected")]
-        case MqttConnectFailed(reason=reason):
-            return _on_connect_failed(state, reason)
-        case MqttDisconnected(reason=reason):
-            if state.link is Link.DOWN:
-                return state, [_log(LogLevel.DEBUG, f"MQTT: a second disconnect ({reason})")]
-            state = attrs.evolve(state, link=Link.DOWN, resubscribe=None)
-            state, commands = _redial(_forget_requests(state), failures=1)
-            return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}"), *commands]
-        case SubscriptionsAcked():
-            return _on_subscribed(attrs.evolve(state, resubscribe=None))
-        case SubscriptionsRefused(refused=refused):
-            return _on_subscriptions_refused(state, refused)
-        case PendingJobsListed():
-            return _on_pending_listed(state, event, now)
-        case JobsChanged():
-            return _on_jobs_changed(state, event, now)
-        case JobDescribed():
-            return _on_described(state, event, now)
-        case RequestRejected():
-            return _on_rejected(state, event, now)
-        case ReplyUnusable():
-            return _on_reply_unusable(state, event)
-        case UpdateAccepted():
-            return _on_update_accepted(state, event)
-        case PayloadIgnored(topic=topic, reason=reason):
-            return state, [_log(LogLevel.WARNING, f"ignored a message on {topic}: {reason}")]
-        case HookServerInfo():
-            return _on_hook_server_info(attrs.evolve(state, hook_info=None), event)
-        case HookInfoFailed():
-            return _on_hook_info_failed(state, event)
-        case HookProgressed():
-            return _on_hook_progressed(state, event, now)
-        case HookFinished():
-            return _on_hook_finished(state, event, now)
-        case DownloadProgressed() | DownloadInterrupted() | DownloadCompleted() | DownloadFailed():
-            return _on_download(state, event, now)
-        case TimerFired():
-            return _on_timer(state, event, now)
-        case ShutdownRequested():
-            return _on_shutdown(state)
-        case _:
-            assert_never(event)
+    """The event's row of `TABLE` (at the end of this module) handles it."""
+    row: Row[Any] = TABLE[type(event)]
+    return row.handler(state, event, now)
 
 
 # --- connection and start ---------------------------------------------------------
 
 
-def _on_started(state: State, event: Started) -> Out:
+def _on_started(state: State, event: Started, now: float) -> Out:
     if not isinstance(state.stage, Booting):
         return state, [_log(LogLevel.DEBUG, "a second Started was ignored")]
     journal = event.journal
@@ -535,7 +490,23 @@ def _on_started(state: State, event: Started) -> Out:
     return state, commands
 
 
-def _on_connect_failed(state: State, reason: str) -> Out:
+def _on_mqtt_connected(state: State, event: MqttConnected, now: float) -> Out:
+    state = attrs.evolve(state, link=Link.SUBSCRIBING, dial=None, resubscribe=None)
+    state = _forget_requests(state)
+    return state, [SubscribeJobTopics(), _log(LogLevel.INFO, "MQTT connected")]
+
+
+def _on_mqtt_disconnected(state: State, event: MqttDisconnected, now: float) -> Out:
+    reason = event.reason
+    if state.link is Link.DOWN:
+        return state, [_log(LogLevel.DEBUG, f"MQTT: a second disconnect ({reason})")]
+    state = attrs.evolve(state, link=Link.DOWN, resubscribe=None)
+    state, commands = _redial(_forget_requests(state), failures=1)
+    return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}"), *commands]
+
+
+def _on_connect_failed(state: State, event: MqttConnectFailed, now: float) -> Out:
+    reason = event.reason
     dial = state.dial
     if not isinstance(dial, Dialing):
         return state, [_log(LogLevel.DEBUG, f"MQTT: a stale connect failure ({reason})")]
@@ -556,7 +527,8 @@ def _redial(state: State, *, failures: int) -> Out:
     return state, [SetTimer(timer=TimerKind.RECONNECT, token=timer, delay=delay)]
 
 
-def _on_subscriptions_refused(state: State, refused: tuple[tuple[str, str], ...]) -> Out:
+def _on_subscriptions_refused(state: State, event: SubscriptionsRefused, now: float) -> Out:
+    refused = event.refused
     if state.link is not Link.SUBSCRIBING:
         return state, [_log(LogLevel.DEBUG, "a SUBACK refusal without a pending subscribe")]
     previous = state.resubscribe
@@ -601,7 +573,8 @@ def _forget_requests(state: State) -> State:
     return attrs.evolve(state, stage=stage, outbox=_requeue(state.outbox))
 
 
-def _on_subscribed(state: State) -> Out:
+def _on_subscribed(state: State, event: SubscriptionsAcked, now: float) -> Out:
+    state = attrs.evolve(state, resubscribe=None)
     if state.link is not Link.SUBSCRIBING:
         return state, [_log(LogLevel.DEBUG, "a SUBACK without a pending subscribe was ignored")]
     # What was queued while we were away goes out first, in order.
@@ -632,6 +605,11 @@ def _on_subscribed(state: State) -> Out:
             return state, flushed  # _pump sends what these stages wait for
         case _:
             assert_never(stage)
+
+
+def _on_payload_ignored(state: State, event: PayloadIgnored, now: float) -> Out:
+    message = f"ignored a message on {event.topic}: {event.reason}"
+    return state, [_log(LogLevel.WARNING, message)]
 
 
 # --- pending jobs, selection, description -------------------------------------------
@@ -1506,7 +1484,7 @@ def _ask_hook_info(state: State) -> Out:
     return attrs.evolve(state, hook_info=Asking(failures=0)), [AskHookInfo()]
 
 
-def _on_hook_info_failed(state: State, event: HookInfoFailed) -> Out:
+def _on_hook_info_failed(state: State, event: HookInfoFailed, now: float) -> Out:
     asking = state.hook_info
     if not isinstance(asking, Asking):
         return state, [_log(LogLevel.DEBUG, "a GetInfo answer nobody asked for was ignored")]
@@ -1537,7 +1515,8 @@ def _hook_info_timer(state: State, token: int) -> Out:
     return state, [AskHookInfo()]
 
 
-def _on_hook_server_info(state: State, event: HookServerInfo) -> Out:
+def _on_hook_server_info(state: State, event: HookServerInfo, now: float) -> Out:
+    state = attrs.evolve(state, hook_info=None)
     absent = frozenset(HookKind) - event.hooks
     hooks = ", ".join(sorted(h.value for h in event.hooks)) or "none"
     who = f"{event.server_name} {event.server_version}".strip() or "hook server"
@@ -1854,7 +1833,7 @@ def _head_matches(
     return job_id is None or job_id == head.update.job_id
 
 
-def _on_update_accepted(state: State, event: UpdateAccepted) -> Out:
+def _on_update_accepted(state: State, event: UpdateAccepted, now: float) -> Out:
     head = state.outbox.head
     if head is None or not _head_matches(head, event.job_id, event.client_token):
         return state, [_log(LogLevel.DEBUG, f"a stale update reply for {event.job_id} was ignored")]
@@ -1989,7 +1968,7 @@ def _describe_rejected(state: State, event: RequestRejected) -> Out:
     return state, []
 
 
-def _on_reply_unusable(state: State, event: ReplyUnusable) -> Out:
+def _on_reply_unusable(state: State, event: ReplyUnusable, now: float) -> Out:
     """Our request was answered with something unusable: it failed; ask again after the
     short backoff (1, 2, 4 ... s), not after the whole request timeout."""
     stage = state.stage
@@ -2175,7 +2154,7 @@ def _request_timer(state: State, token: int) -> Out:
 # --- shutdown ---------------------------------------------------------------------------
 
 
-def _on_shutdown(state: State) -> Out:
+def _on_shutdown(state: State, event: ShutdownRequested, now: float) -> Out:
     stage = state.stage
     commands: list[Command] = [_log(LogLevel.INFO, "stop requested")]
     match stage:
@@ -2305,3 +2284,400 @@ def _token(state: State) -> tuple[State, ClientToken]:
 
 def _log(level: LogLevel, message: str, job_id: JobId | None = None) -> Log:
     return Log(level=level, message=message, job_id=job_id)
+
+
+# --- the transition table ------------------------------------------------------------
+#
+# One row per event type: the handler `step` calls, the arrows (from which stage to which,
+# and why: the map in README.md is generated from them, `python -m upparat.statemap
+# --write`), and the stages the event never moves out of. Every stage is in exactly one of
+# the two; the totality and stateful tests check that `step` takes no other arrow.
+
+
+@attrs.frozen(kw_only=True)
+class Stages:
+    """A named group of stages that an arrow leaves alike (one box on the map)."""
+
+    name: str
+    """An identifier, for the map."""
+    title: str
+    members: tuple[type[Stage], ...]
+
+
+def _group(name: str, title: str, stages: object) -> Stages:
+    return Stages(name=name, title=title, members=typing.get_args(stages))
+
+
+EVERY_STAGE = _group("AnyStage", "every stage", Stage)
+EVERY_LIVE_STAGE = Stages(
+    name="AnyLiveStage",
+    title="every stage but Stopped",
+    members=tuple(s for s in EVERY_STAGE.members if s is not Stopped),
+)
+"""`step` ignores every event in `Stopped`."""
+JOB_STAGES = _group("AnyJobStage", "every job stage (CheckingVersion … VerifyingReady)", JobStage)
+CHECK_STAGES = _group("AnyCheckStage", "every job stage but RefreshingUrl", CheckStage)
+HOOK_STAGES = _group("AnyHookStage", "every stage waiting for a hook", HookStage)
+
+
+@attrs.frozen(kw_only=True)
+class Arrow:
+    source: type[Stage] | Stages
+    target: type[Stage]
+    label: str
+    """What happened, for a reader of the map (no `:` or `;`: mermaid reads them)."""
+
+    @property
+    def sources(self) -> tuple[type[Stage], ...]:
+        source = self.source
+        return source.members if isinstance(source, Stages) else (source,)
+
+
+E = typing.TypeVar("E", bound=Event)
+
+
+@attrs.frozen(kw_only=True)
+class Row(typing.Generic[E]):
+    event: type[E]
+    handler: Callable[[State, E, float], Out]
+    stays: tuple[type[Stage], ...]
+    """The stages this event never moves out of (it may still change their data, the
+    link, the outbox ...); the other stages are the sources of `arrows`."""
+    arrows: tuple[Arrow, ...] = ()
+    """Where the event may take the stage; it may also stay where it is (a stale reply)."""
+
+    def targets(self, stage: type[Stage]) -> frozenset[type[Stage]]:
+        """The stages the handler may leave `stage` in."""
+        return frozenset({stage, *(a.target for a in self.arrows if stage in a.sources)})
+
+
+def _but(*stages: type[Stage]) -> tuple[type[Stage], ...]:
+    """Every stage except `stages`."""
+    return tuple(s for s in EVERY_STAGE.members if s not in stages)
+
+
+_JOB_OR_FETCH = (*JOB_STAGES.members, FetchingJobs)
+_CHECK_OR_FETCH = (*CHECK_STAGES.members, FetchingJobs)
+
+ROWS: tuple[Row[Any], ...] = (
+    Row(
+        event=Started,
+        handler=_on_started,
+        arrows=(Arrow(source=Booting, target=FetchingJobs, label="the journal is read"),),
+        stays=_but(Booting),
+    ),
+    # The connection: the session and the subscriptions (state.link, dial, resubscribe).
+    Row(event=MqttConnected, handler=_on_mqtt_connected, stays=EVERY_STAGE.members),
+    Row(event=MqttConnectFailed, handler=_on_connect_failed, stays=EVERY_STAGE.members),
+    Row(event=MqttDisconnected, handler=_on_mqtt_disconnected, stays=EVERY_STAGE.members),
+    Row(
+        event=SubscriptionsAcked,
+        handler=_on_subscribed,
+        arrows=(
+            Arrow(source=Idle, target=FetchingJobs, label="reconnected, notifications were lost"),
+        ),
+        stays=_but(Idle),
+    ),
+    Row(event=SubscriptionsRefused, handler=_on_subscriptions_refused, stays=EVERY_STAGE.members),
+    # The cloud's answers.
+    Row(
+        event=PendingJobsListed,
+        handler=_on_pending_listed,
+        arrows=(
+            Arrow(
+                source=FetchingJobs,
+                target=Describing,
+                label="job selected, IN_PROGRESS first, else the oldest QUEUED",
+            ),
+            Arrow(source=FetchingJobs, target=Idle, label="no upparat job pending"),
+            Arrow(
+                source=FetchingJobs,
+                target=FetchingJobs,
+                label="more than one IN_PROGRESS (FAILED error_multiple_in_progress)",
+            ),
+            Arrow(
+                source=CHECK_STAGES,
+                target=FetchingJobs,
+                label="the check after a reconnect no longer lists the job",
+            ),
+        ),
+        stays=_but(*_CHECK_OR_FETCH),
+    ),
+    Row(
+        event=JobsChanged,
+        handler=_on_jobs_changed,
+        arrows=(
+            Arrow(
+                source=FetchingJobs,
+                target=Describing,
+                label="job selected, IN_PROGRESS first, else the oldest QUEUED",
+            ),
+            Arrow(source=FetchingJobs, target=Idle, label="no upparat job pending"),
+            Arrow(
+                source=FetchingJobs,
+                target=FetchingJobs,
+                label="more than one IN_PROGRESS (FAILED error_multiple_in_progress)",
+            ),
+            Arrow(source=Idle, target=Describing, label="a notification lists an upparat job"),
+            Arrow(
+                source=Idle,
+                target=FetchingJobs,
+                label="more than one IN_PROGRESS (FAILED error_multiple_in_progress)",
+            ),
+            Arrow(source=Describing, target=FetchingJobs, label="the job is no longer listed"),
+            Arrow(
+                source=JOB_STAGES,
+                target=FetchingJobs,
+                label="the job is no longer listed (cancelled), work cancelled and discarded",
+            ),
+        ),
+        stays=_but(*_JOB_OR_FETCH, Idle, Describing),
+    ),
+    Row(
+        event=JobDescribed,
+        handler=_on_described,
+        arrows=(
+            Arrow(
+                source=Describing,
+                target=FetchingJobs,
+                label="not pending, or an invalid document (REJECTED), or reboot_loop (FAILED)",
+            ),
+            Arrow(
+                source=Describing,
+                target=CheckingVersion,
+                label="QUEUED or IN_PROGRESS (not reboot_start), or the install had begun",
+            ),
+            Arrow(source=Describing, target=CheckingDownload, label="no version hook"),
+            Arrow(
+                source=Describing,
+                target=Downloading,
+                label="force, or neither a version nor a download hook",
+            ),
+            Arrow(
+                source=Describing,
+                target=VerifyingVersion,
+                label="IN_PROGRESS reboot_start (a boot is counted)",
+            ),
+            Arrow(
+                source=Describing,
+                target=VerifyingReady,
+                label="IN_PROGRESS reboot_start, no version hook",
+            ),
+            Arrow(source=RefreshingUrl, target=Downloading, label="a fresh URL"),
+            Arrow(
+                source=RefreshingUrl,
+                target=FetchingJobs,
+                label="not pending any more, or an invalid document (REJECTED)",
+            ),
+        ),
+        stays=_but(Describing, RefreshingUrl),
+    ),
+    Row(
+        event=RequestRejected,
+        handler=_on_rejected,
+        arrows=(
+            Arrow(
+                source=Describing,
+                target=FetchingJobs,
+                label="describe rejected, not retryable (fetching again after request_timeout)",
+            ),
+            Arrow(
+                source=JOB_STAGES,
+                target=FetchingJobs,
+                label="our update rejected, TerminalStateReached or InvalidStateTransition"
+                " ends the job, other codes keep it resumable",
+            ),
+        ),
+        stays=_but(*JOB_STAGES.members, Describing),
+    ),
+    Row(event=ReplyUnusable, handler=_on_reply_unusable, stays=EVERY_STAGE.members),
+    Row(event=UpdateAccepted, handler=_on_update_accepted, stays=EVERY_STAGE.members),
+    Row(event=PayloadIgnored, handler=_on_payload_ignored, stays=EVERY_STAGE.members),
+    # The hook server.
+    Row(event=HookServerInfo, handler=_on_hook_server_info, stays=EVERY_STAGE.members),
+    Row(event=HookInfoFailed, handler=_on_hook_info_failed, stays=EVERY_STAGE.members),
+    Row(event=HookProgressed, handler=_on_hook_progressed, stays=EVERY_STAGE.members),
+    Row(
+        event=HookFinished,
+        handler=_on_hook_finished,
+        arrows=(
+            Arrow(
+                source=HOOK_STAGES,
+                target=FetchingJobs,
+                label="FAILURE, too many RETRY_LATER, DEADLINE_EXCEEDED or unreachable too"
+                " long (FAILED), or the job is done",
+            ),
+            Arrow(
+                source=CheckingVersion,
+                target=CheckingDownload,
+                label="another version is installed, or no version hook",
+            ),
+            Arrow(
+                source=CheckingVersion,
+                target=Downloading,
+                label="another version and no download hook, or after_install and the"
+                " previous version runs (install again)",
+            ),
+            Arrow(
+                source=CheckingVersion,
+                target=VerifyingReady,
+                label="after_install and the job's version runs",
+            ),
+            Arrow(source=CheckingDownload, target=Downloading, label="SUCCESS or no download hook"),
+            Arrow(
+                source=Installing,
+                target=ReportingReboot,
+                label="SUCCESS (reboot_start)",
+            ),
+            Arrow(
+                source=Installing,
+                target=VerifyingVersion,
+                label="SUCCESS, no restart hook",
+            ),
+            Arrow(
+                source=Installing,
+                target=VerifyingReady,
+                label="SUCCESS, neither a restart nor a version hook",
+            ),
+            Arrow(
+                source=Restarting,
+                target=VerifyingVersion,
+                label="SUCCESS (soft restart) or UNIMPLEMENTED",
+            ),
+            Arrow(
+                source=Restarting,
+                target=VerifyingReady,
+                label="SUCCESS (soft restart), no version hook",
+            ),
+            Arrow(
+                source=Restarting,
+                target=AwaitingReboot,
+                label="the hook server went away (UNAVAILABLE)",
+            ),
+            Arrow(
+                source=VerifyingVersion,
+                target=VerifyingReady,
+                label="the job's version runs, or no version hook",
+            ),
+        ),
+        stays=_but(*HOOK_STAGES.members),
+    ),
+    # The download.
+    Row(event=DownloadProgressed, handler=_on_download, stays=EVERY_STAGE.members),
+    Row(
+        event=DownloadInterrupted,
+        handler=_on_download,
+        arrows=(
+            Arrow(
+                source=Downloading,
+                target=FetchingJobs,
+                label="download_retries exhausted (FAILED download_failed)",
+            ),
+        ),
+        stays=_but(Downloading),
+    ),
+    Row(
+        event=DownloadCompleted,
+        handler=_on_download,
+        arrows=(
+            Arrow(source=Downloading, target=Installing, label="installation_start"),
+            Arrow(
+                source=Downloading,
+                target=FetchingJobs,
+                label="no install hook (SUCCEEDED no_installation_hook_provided)",
+            ),
+        ),
+        stays=_but(Downloading),
+    ),
+    Row(
+        event=DownloadFailed,
+        handler=_on_download,
+        arrows=(
+            Arrow(
+                source=Downloading,
+                target=RefreshingUrl,
+                label="URL_EXPIRED (download_interrupt)",
+            ),
+            Arrow(source=Downloading, target=FetchingJobs, label="failed (FAILED)"),
+        ),
+        stays=_but(Downloading),
+    ),
+    # Time and the process.
+    Row(
+        event=TimerFired,
+        handler=_on_timer,
+        arrows=(
+            Arrow(
+                source=AwaitingReboot,
+                target=VerifyingVersion,
+                label="restart_timeout without being stopped",
+            ),
+            Arrow(
+                source=AwaitingReboot,
+                target=VerifyingReady,
+                label="restart_timeout without being stopped, no version hook",
+            ),
+            Arrow(
+                source=AwaitingReboot,
+                target=FetchingJobs,
+                label="restart_timeout, nothing to verify (SUCCEEDED)",
+            ),
+            Arrow(
+                source=ShuttingDown,
+                target=Stopped,
+                label="SHUTDOWN timer, final reports unanswered",
+            ),
+        ),
+        stays=_but(AwaitingReboot, ShuttingDown),
+    ),
+    Row(
+        event=ShutdownRequested,
+        handler=_on_shutdown,
+        arrows=(
+            Arrow(
+                source=EVERY_LIVE_STAGE,
+                target=ShuttingDown,
+                label="a final report is unanswered, work cancelled (a download is kept)",
+            ),
+            Arrow(source=EVERY_LIVE_STAGE, target=Stopped, label="Exit"),
+        ),
+        stays=(Stopped,),
+    ),
+)
+"""The transitions, one row per event type."""
+
+TABLE: dict[type[Event], Row[Any]] = {row.event: row for row in ROWS}
+
+AFTER_EVERY_EVENT: tuple[Arrow, ...] = (
+    Arrow(
+        source=ReportingReboot,
+        target=Restarting,
+        label="reboot_start accepted, Persist RESTARTING then CallHook RESTART",
+    ),
+    Arrow(
+        source=ReportingReboot,
+        target=VerifyingVersion,
+        label="reboot_start accepted, no restart hook",
+    ),
+    Arrow(
+        source=ReportingReboot,
+        target=VerifyingReady,
+        label="reboot_start accepted, neither a restart nor a version hook",
+    ),
+    Arrow(
+        source=ReportingReboot,
+        target=FetchingJobs,
+        label="reboot_start accepted, nothing to verify (SUCCEEDED)",
+    ),
+    Arrow(source=ShuttingDown, target=Stopped, label="the final reports are accepted"),
+)
+"""What `_pump` does after the event's handler, whatever the event."""
+
+
+def reachable(stage: type[Stage], event: type[Event]) -> frozenset[type[Stage]]:
+    """The stages `step` may leave `stage` in on `event`: the row's arrows, then the
+    arrows taken after every event."""
+    if stage is Stopped:
+        return frozenset({Stopped})
+    after = TABLE[event].targets(stage)
+    return after | {a.target for a in AFTER_EVERY_EVENT for s in after if s in a.sources}

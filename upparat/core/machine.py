@@ -2315,7 +2315,7 @@ EVERY_LIVE_STAGE = Stages(
     members=tuple(s for s in EVERY_STAGE.members if s is not Stopped),
 )
 """`step` ignores every event in `Stopped`."""
-JOB_STAGES = _group("AnyJobStage", "every job stage (CheckingVersion … VerifyingReady)", JobStage)
+JOB_STAGES = _group("AnyJobStage", "every job stage", JobStage)
 CHECK_STAGES = _group("AnyCheckStage", "every job stage but RefreshingUrl", CheckStage)
 HOOK_STAGES = _group("AnyHookStage", "every stage waiting for a hook", HookStage)
 
@@ -2440,7 +2440,8 @@ ROWS: tuple[Row[Any], ...] = (
             Arrow(
                 source=Describing,
                 target=FetchingJobs,
-                label="not pending, or an invalid document (REJECTED), or reboot_loop (FAILED)",
+                label="not pending, an invalid document (REJECTED), reboot_loop (FAILED), or"
+                " nothing to verify after the boot (SUCCEEDED)",
             ),
             Arrow(
                 source=Describing,
@@ -2639,7 +2640,9 @@ ROWS: tuple[Row[Any], ...] = (
                 target=ShuttingDown,
                 label="a final report is unanswered, work cancelled (a download is kept)",
             ),
-            Arrow(source=EVERY_LIVE_STAGE, target=Stopped, label="Exit"),
+            Arrow(
+                source=EVERY_LIVE_STAGE, target=Stopped, label="no final report unanswered, Exit"
+            ),
         ),
         stays=(Stopped,),
     ),

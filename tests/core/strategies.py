@@ -12,7 +12,7 @@ from typing import Any, cast
 import attrs
 from hypothesis import strategies as st
 
-from upparat.core import machine
+from upparat.core import machine, outbox, progress
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
@@ -104,18 +104,18 @@ _held_details = st.sampled_from(
     ]
 )
 st.register_type_strategy(
-    machine.Update,
+    outbox.Update,
     st.builds(
-        machine.Update,
+        outbox.Update,
         job_id=st.sampled_from(JOB_IDS),
         status=st.sampled_from(JobStatus),
         details=_held_details,
     ),
 )
 st.register_type_strategy(
-    machine.Deferred,
+    progress.Deferred,
     st.builds(
-        machine.Deferred,
+        progress.Deferred,
         details=_held_details,
         percent=st.none() | st.integers(0, 100),
         timer=st.integers(0, 10),

@@ -13,6 +13,7 @@ from typing import Any, assert_never
 
 import attrs
 
+from upparat.core import outbox, progress
 from upparat.core.backoff import Backoff
 from upparat.core.commands import (
     AskHookInfo,
@@ -91,14 +92,14 @@ from upparat.core.model import (
     SkippedEntry,
     TimerKind,
 )
+from upparat.core.outbox import Outbox, Update
+from upparat.core.progress import Reporter
 from upparat.core.urls import file_url_problem, redact
 
 RETRY_AFTER_CAP = 10
 """A hook's retry_after hint is capped at this many retry_intervals."""
 MAX_URL_REFUSALS = 3
 """Fresh URLs refused with HTTP 403 in a row before the download fails (not an expiry then)."""
-MAX_TOKENS_KEPT = 4
-"""Client tokens of one update remembered for matching late replies to earlier sends."""
 TOKEN_PREFIX = "upparat-"
 
 
@@ -206,24 +207,6 @@ class Call:
 
 
 @attrs.frozen(kw_only=True)
-class Deferred:
-    """A progress report held back by the throttle until PROGRESS_FLUSH `timer` fires."""
-
-    details: tuple[tuple[str, str], ...]
-    percent: int | None
-    timer: int
-
-
-@attrs.frozen(kw_only=True)
-class Reporter:
-    """Throttle of IN_PROGRESS progress reports (phase changes bypass it and reset it)."""
-
-    last_sent_at: float | None = None
-    last_percent: int | None = None
-    deferred: Deferred | None = None
-
-
-@attrs.frozen(kw_only=True)
 class Job:
     """The job being worked on, in every job stage."""
 
@@ -231,48 +214,9 @@ class Job:
     document: JobDocument
     execution_number: int | None = None
     """The cloud's executionNumber of this attempt (journaled with every phase)."""
-    reporter: Reporter = Reporter()
+    reporter: Reporter = attrs.field(factory=Reporter)
     check: Request | None = None
     """A pending-jobs request sent after a reconnect to see whether the job is still pending."""
-
-
-@attrs.frozen(kw_only=True)
-class Update:
-    job_id: JobId
-    status: JobStatus
-    details: tuple[tuple[str, str], ...]
-
-    @property
-    def terminal(self) -> bool:
-        return self.status is not JobStatus.IN_PROGRESS
-
-
-@attrs.frozen(kw_only=True)
-class Sent:
-    """The head update was published; waiting for accepted / rejected (or UPDATE_RETRY)."""
-
-    update: Update
-    tokens: tuple[ClientToken, ...]
-    timer: int
-    attempt: int = 1
-
-
-@attrs.frozen(kw_only=True)
-class Throttled:
-    """The head update was throttled; UPDATE_RETRY `timer` sends it again."""
-
-    update: Update
-    tokens: tuple[ClientToken, ...]
-    timer: int
-    attempt: int
-
-
-@attrs.frozen(kw_only=True)
-class Outbox:
-    """Job updates, sent one at a time and in order, so the cloud never sees them reordered."""
-
-    queue: tuple[Update, ...] = ()
-    head: Sent | Throttled | None = None
 
 
 # --- stages: one class per state of the lifecycle --------------------------------
@@ -435,7 +379,7 @@ class State:
     """What the last `Persist` wrote (or what `Started` read)."""
     absent_hooks: frozenset[HookKind] = frozenset()
     """Hooks the server does not implement (HookServerInfo, or UNIMPLEMENTED answers)."""
-    outbox: Outbox = Outbox()
+    outbox: Outbox = attrs.field(factory=Outbox)
     ready_signalled: bool = False
     draws: int = 0
     """How many jitters were drawn from `settings.seed` (the next draw's number)."""
@@ -570,7 +514,7 @@ def _forget_requests(state: State) -> State:
             pass
         case _:
             assert_never(stage)
-    return attrs.evolve(state, stage=stage, outbox=_requeue(state.outbox))
+    return attrs.evolve(state, stage=stage, outbox=outbox.requeued(state.outbox))
 
 
 def _on_subscribed(state: State, event: SubscriptionsAcked, now: float) -> Out:
@@ -1133,9 +1077,8 @@ def _abandon(state: State, stage: JobStage, why: str, *, ended: bool) -> Out:
     job_id = stage.job.job_id
     commands = _stop_work(stage, discard=ended)
     if ended:
-        outbox = state.outbox
-        queue = tuple(u for u in outbox.queue if u.terminal or u.job_id != job_id)
-        state = attrs.evolve(state, outbox=attrs.evolve(outbox, queue=queue), journal=None)
+        kept = outbox.without_progress_of(state.outbox, job_id)
+        state = attrs.evolve(state, outbox=kept, journal=None)
         if not isinstance(stage, Downloading) or stage.retry is not None:
             commands.append(DiscardDownload(job_id=job_id))
         commands.append(Persist(record=None))
@@ -1728,7 +1671,7 @@ def _report_phase(
         job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=status_details(reported, message)
     )
     state, commands = _enqueue(state, update)
-    return state, attrs.evolve(job, reporter=Reporter(last_sent_at=now)), commands
+    return state, attrs.evolve(job, reporter=progress.phase_reported(now)), commands
 
 
 def _report_progress(
@@ -1738,28 +1681,32 @@ def _report_progress(
     percent: int | None,
     now: float,
 ) -> tuple[State, Job, list[Command]]:
-    """At most one progress report per progress_interval, none for less than 1 %."""
+    """A progress report, through the throttle (`progress.judge`)."""
     reporter = job.reporter
-    last = reporter.last_percent
-    if percent is not None and last is not None and percent - last < 1:
-        return state, job, []
     interval = state.settings.progress_interval
-    sent_at = reporter.last_sent_at
-    if sent_at is None or now - sent_at >= interval:
-        update = Update(job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=details)
-        state, commands = _enqueue(state, update)
-        reporter = Reporter(last_sent_at=now, last_percent=last if percent is None else percent)
-        return state, attrs.evolve(job, reporter=reporter), commands
-    deferred = reporter.deferred
-    commands = []
-    if deferred is None:
-        state, timer = _next(state)
-        delay = max(0.0, sent_at + interval - now)
-        commands.append(SetTimer(timer=TimerKind.PROGRESS_FLUSH, token=timer, delay=delay))
-        deferred = Deferred(details=details, percent=percent, timer=timer)
-    else:
-        deferred = attrs.evolve(deferred, details=details, percent=percent)
-    return state, attrs.evolve(job, reporter=attrs.evolve(reporter, deferred=deferred)), commands
+    verdict = progress.judge(reporter, percent, now, interval)
+    match verdict:
+        case progress.Verdict.DROP:
+            return state, job, []
+        case progress.Verdict.SEND:
+            update = Update(job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=details)
+            state, commands = _enqueue(state, update)
+            return (
+                state,
+                attrs.evolve(job, reporter=progress.sent(reporter, percent, now)),
+                commands,
+            )
+        case progress.Verdict.HOLD:
+            commands = []
+            timer = 0 if reporter.deferred is None else reporter.deferred.timer
+            if reporter.deferred is None:
+                state, timer = _next(state)
+                delay = progress.flush_delay(reporter, now, interval)
+                commands.append(SetTimer(timer=TimerKind.PROGRESS_FLUSH, token=timer, delay=delay))
+            reporter = progress.held(reporter, details, percent, timer)
+            return state, attrs.evolve(job, reporter=reporter), commands
+        case _:
+            assert_never(verdict)
 
 
 def _flush_progress(state: State, stage: JobStage, now: float) -> Out:
@@ -1770,36 +1717,24 @@ def _flush_progress(state: State, stage: JobStage, now: float) -> Out:
     job = stage.job
     update = Update(job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=deferred.details)
     state, commands = _enqueue(state, update)
-    last = reporter.last_percent if deferred.percent is None else deferred.percent
-    job = attrs.evolve(job, reporter=Reporter(last_sent_at=now, last_percent=last))
+    job = attrs.evolve(job, reporter=progress.sent(reporter, deferred.percent, now))
     return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
 
 
 def _enqueue(state: State, update: Update) -> Out:
-    queue = state.outbox.queue
-    if (
-        not update.terminal
-        and queue
-        and not queue[-1].terminal
-        and queue[-1].job_id == update.job_id
-    ):
-        # Not sent yet and superseded: the newer report says more.
-        queue = queue[:-1]
-    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, queue=(*queue, update)))
+    state = attrs.evolve(state, outbox=outbox.queued(state.outbox, update))
     return _flush(state)
 
 
 def _flush(state: State) -> Out:
     """Send the next update if the link is up and none is waiting for its answer."""
-    outbox = state.outbox
-    if state.link is not Link.UP or outbox.head is not None or not outbox.queue:
+    update = outbox.next_update(state.outbox)
+    if state.link is not Link.UP or update is None:
         return state, []
-    update, rest = outbox.queue[0], outbox.queue[1:]
     state, token, commands = _publish(state, update)
     state, timer = _next(state)
-    head = Sent(update=update, tokens=(token,), timer=timer)
     commands.append(SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=_timeout(state)))
-    return attrs.evolve(state, outbox=Outbox(queue=rest, head=head)), commands
+    return attrs.evolve(state, outbox=outbox.sending(state.outbox, token, timer)), commands
 
 
 def _publish(state: State, update: Update) -> tuple[State, ClientToken, list[Command]]:
@@ -1817,27 +1752,11 @@ def _publish(state: State, update: Update) -> tuple[State, ClientToken, list[Com
     return state, token, [command]
 
 
-def _requeue(outbox: Outbox) -> Outbox:
-    """The link went down: the head goes back to the queue, to be sent after reconnect."""
-    head = outbox.head
-    if head is None:
-        return outbox
-    return Outbox(queue=(head.update, *outbox.queue), head=None)
-
-
-def _head_matches(
-    head: Sent | Throttled | None, job_id: JobId | None, token: ClientToken | None
-) -> bool:
-    if head is None or token is None or token not in head.tokens:
-        return False
-    return job_id is None or job_id == head.update.job_id
-
-
 def _on_update_accepted(state: State, event: UpdateAccepted, now: float) -> Out:
     head = state.outbox.head
-    if head is None or not _head_matches(head, event.job_id, event.client_token):
+    if head is None or not outbox.answers_head(state.outbox, event.job_id, event.client_token):
         return state, [_log(LogLevel.DEBUG, f"a stale update reply for {event.job_id} was ignored")]
-    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=None))
+    state = attrs.evolve(state, outbox=outbox.settled(state.outbox))
     update = head.update
     text = dict(update.details).get("state", "")
     return state, [
@@ -1883,7 +1802,7 @@ def _retryable(code: RejectCode) -> bool:
 
 def _update_rejected(state: State, event: RequestRejected) -> Out:
     head = state.outbox.head
-    if head is None or not _head_matches(head, event.job_id, event.client_token):
+    if head is None or not outbox.answers_head(state.outbox, event.job_id, event.client_token):
         return state, [_log(LogLevel.DEBUG, "a stale update rejection was ignored")]
     update = head.update
     job_id = update.job_id
@@ -1892,13 +1811,12 @@ def _update_rejected(state: State, event: RequestRejected) -> Out:
     if _retryable(code):
         state, delay = _delay(state, state.settings.request_backoff, head.attempt)
         state, timer = _next(state)
-        retry = Throttled(update=update, tokens=head.tokens, timer=timer, attempt=head.attempt + 1)
-        state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=retry))
+        state = attrs.evolve(state, outbox=outbox.throttling(state.outbox, head, timer))
         return state, [
             SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=delay),
             _log(LogLevel.WARNING, f"{what}; sending again in {delay:.0f} s", job_id),
         ]
-    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=None))
+    state = attrs.evolve(state, outbox=outbox.settled(state.outbox))
     stage = state.stage
     working_on_it = isinstance(stage, JobStage) and stage.job.job_id == job_id
     final = code in (RejectCode.TERMINAL_STATE_REACHED, RejectCode.INVALID_STATE_TRANSITION)
@@ -2106,15 +2024,13 @@ def _on_timer(state: State, event: TimerFired, now: float) -> Out:
     return state, []
 
 
-def _resend_update(state: State, head: Sent | Throttled) -> Out:
+def _resend_update(state: State, head: outbox.Sent | outbox.Throttled) -> Out:
     if state.link is not Link.UP:
-        return attrs.evolve(state, outbox=_requeue(state.outbox)), []
+        return attrs.evolve(state, outbox=outbox.requeued(state.outbox)), []
     state, token, commands = _publish(state, head.update)
     state, timer = _next(state)
-    tokens = (*head.tokens, token)[-MAX_TOKENS_KEPT:]
-    sent = Sent(update=head.update, tokens=tokens, timer=timer, attempt=head.attempt)
     commands.append(SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=_timeout(state)))
-    return attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=sent)), commands
+    return attrs.evolve(state, outbox=outbox.resending(state.outbox, head, token, timer)), commands
 
 
 def _request_timer(state: State, token: int) -> Out:
@@ -2181,20 +2097,12 @@ def _on_shutdown(state: State, event: ShutdownRequested, now: float) -> Out:
             commands.append(Persist(record=state.journal))
         case _:
             assert_never(stage)
-    # Progress reports can go; final reports must reach the cloud if at all possible.
-    outbox = state.outbox
-    outbox = attrs.evolve(outbox, queue=tuple(u for u in outbox.queue if u.terminal))
-    state = attrs.evolve(state, outbox=outbox)
-    if not _terminal_pending(outbox):
+    state = attrs.evolve(state, outbox=outbox.finals_only(state.outbox))
+    if not outbox.terminal_pending(state.outbox):
         return _exit(state, commands)
     state, timer = _next(state)
     commands.append(SetTimer(timer=TimerKind.SHUTDOWN, token=timer, delay=_timeout(state)))
     return attrs.evolve(state, stage=ShuttingDown(timer=timer)), commands
-
-
-def _terminal_pending(outbox: Outbox) -> bool:
-    head = outbox.head
-    return any(u.terminal for u in outbox.queue) or (head is not None and head.update.terminal)
 
 
 def _exit(state: State, commands: list[Command]) -> Out:
@@ -2213,8 +2121,7 @@ def _pump(state: State, now: float) -> Out:
     stage = state.stage
     match stage:
         case FetchingJobs(request=None):
-            outbox = state.outbox
-            if up and outbox.head is None and not outbox.queue:
+            if up and state.outbox == Outbox():
                 state, request, more = _send_get(state)
                 return attrs.evolve(state, stage=FetchingJobs(request=request)), [
                     *commands,
@@ -2231,11 +2138,11 @@ def _pump(state: State, now: float) -> Out:
                 stage = attrs.evolve(stage, request=request)
                 return attrs.evolve(state, stage=stage), [*commands, *more]
         case ReportingReboot(job=job):
-            if not _updates_pending(state.outbox, job.job_id):
+            if not outbox.pending_for(state.outbox, job.job_id):
                 state, more = _restart(state, job, now)
                 return state, [*commands, *more]
         case ShuttingDown():
-            if not _terminal_pending(state.outbox):
+            if not outbox.terminal_pending(state.outbox):
                 return _exit(state, commands)
         case (
             Booting()
@@ -2257,13 +2164,6 @@ def _pump(state: State, now: float) -> Out:
         case _:
             assert_never(stage)
     return state, commands
-
-
-def _updates_pending(outbox: Outbox, job_id: JobId) -> bool:
-    head = outbox.head
-    return any(u.job_id == job_id for u in outbox.queue) or (
-        head is not None and head.update.job_id == job_id
-    )
 
 
 # --- small helpers ----------------------------------------------------------------------

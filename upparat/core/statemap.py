@@ -78,4 +78,3 @@ def with_map(readme: str) -> str:
     if not begin or not end:
         raise ValueError(f"README has no block between {BEGIN!r} and {END!r}")
     return head + block() + tail
-

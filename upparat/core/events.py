@@ -18,7 +18,6 @@ from upparat.core.model import (
     HookKind,
     JobExecution,
     JobId,
-    JobStatus,
     JobSummary,
     JournalRecord,
     RejectCode,
@@ -122,8 +121,6 @@ class RequestRejected:
     code: RejectCode
     message: str
     client_token: ClientToken | None = None
-    current_status: JobStatus | None = None
-    """executionState.status when the service sent it."""
 
 
 @attrs.frozen(kw_only=True)

@@ -16,8 +16,8 @@ import re
 from base64 import b64decode
 from typing import NoReturn, TypeAlias, assert_never, cast
 
-from upparat import urls
 from upparat.aws import topics
+from upparat.core import urls
 from upparat.core.events import (
     JobDescribed,
     JobsChanged,
@@ -59,7 +59,7 @@ MAX_JSON_DEPTH = 64
 decoder recurses once per level: on a small thread stack (musl: 128 KiB) a deep payload
 could crash the process before Python's recursion limit is reached."""
 
-MAX_FILE_URL_CHARS = urls.MAX_FILE_URL_CHARS  # the rule is in upparat.urls
+MAX_FILE_URL_CHARS = urls.MAX_FILE_URL_CHARS  # the rule is in upparat.core.urls
 MAX_SIGNATURE_BYTES = 72
 """A DER ECDSA P-256 signature: a SEQUENCE of two INTEGERs of at most 33 bytes each."""
 MIN_SIGNATURE_BYTES = 8

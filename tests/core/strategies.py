@@ -197,6 +197,8 @@ class Pool:
 
     ints: tuple[int, ...]
     strs: tuple[str, ...]
+    hooks: tuple[HookKind, ...] = ()
+    """The hook the stage waits for, if any."""
 
 
 def harvest(value: object) -> Pool:
@@ -218,7 +220,10 @@ def harvest(value: object) -> Pool:
                 walk(getattr(v, field.name))
 
     walk(value)
-    return Pool(ints=tuple(dict.fromkeys(ints)), strs=tuple(dict.fromkeys(strs)))
+    hooks: tuple[HookKind, ...] = ()
+    if isinstance(value, machine.State) and isinstance(value.stage, machine.HookStage):
+        hooks = (machine.hook_of(value.stage),)
+    return Pool(ints=tuple(dict.fromkeys(ints)), strs=tuple(dict.fromkeys(strs)), hooks=hooks)
 
 
 _ints = st.integers(-2, 40)
@@ -357,6 +362,8 @@ def aligned(data: st.DataObject, event: Event, pool: Pool) -> Event:
             changes[name] = pool.ints[data.draw(st.integers(0, len(pool.ints) - 1))]
         if name in _STR_FIELDS and pool.strs and data.draw(st.booleans()):
             changes[name] = pool.strs[data.draw(st.integers(0, len(pool.strs) - 1))]
+    if isinstance(event, HookFinished) and pool.hooks and data.draw(st.booleans()):
+        changes["hook"] = pool.hooks[0]
     if isinstance(event, JobDescribed) and pool.strs and data.draw(st.booleans()):
         job_id = JobId(pool.strs[data.draw(st.integers(0, len(pool.strs) - 1))])
         changes["execution"] = attrs.evolve(event.execution, job_id=job_id)

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests.core.playbook import check_declared
 from tests.core.strategies import EVENTS
 from upparat.core import machine, outbox
 from upparat.core.commands import (
@@ -187,11 +188,7 @@ class CoreMachine(RuleBasedStateMachine):
             case _:
                 pass
         self.check_step(before, event, after, commands)
-        source, target = type(before.stage), type(after.stage)
-        assert target in machine.reachable(source, type(event)), (
-            f"{source.__name__} --{type(event).__name__}--> {target.__name__} is not in"
-            " machine.TABLE"
-        )
+        check_declared(before, event, after)
 
     def check_step(
         self,

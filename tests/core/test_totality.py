@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.core.playbook import check_declared
 from tests.core.strategies import (
     EVENT_CLASSES,
     EVENTS,
@@ -44,16 +45,8 @@ def test_every_event_in_every_state_returns(
         after, commands = machine.step(state, event, at)
         assert isinstance(after, machine.State)
         assert isinstance(after.stage, STAGE_CLASSES)
-        check_declared(state, event_class, after)
+        check_declared(state, event, after)
         check_promises(state, after, commands)
-
-
-def check_declared(before: machine.State, event: type[Event], after: machine.State) -> None:
-    """`step` took an arrow of the transition table (or stayed)."""
-    source, target = type(before.stage), type(after.stage)
-    assert target in machine.reachable(source, event), (
-        f"{source.__name__} --{event.__name__}--> {target.__name__} is not in machine.TABLE"
-    )
 
 
 def check_promises(

@@ -1193,7 +1193,7 @@ def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
     if not isinstance(stage, HookStage):
         return state, [_log(LogLevel.DEBUG, f"result of unknown hook call {event.call_id}")]
     call = stage.call
-    hook = _hook_of(stage)
+    hook = hook_of(stage)
     pending = call.pending
     if (
         not isinstance(pending, Running)
@@ -1402,7 +1402,7 @@ def _recall(state: State, stage: HookStage, now: float) -> Out:
         # Restart may end the process: the journal must be on disk first.
         state, persist = _persist_restarting(state, stage.job)
         commands.append(persist)
-    state, call, more = _invoke(state, stage.job, _hook_of(stage), stage.call, now, file)
+    state, call, more = _invoke(state, stage.job, hook_of(stage), stage.call, now, file)
     return attrs.evolve(state, stage=attrs.evolve(stage, call=call)), [*commands, *more]
 
 
@@ -1467,7 +1467,8 @@ def _on_hook_server_info(state: State, event: HookServerInfo, now: float) -> Out
     return attrs.evolve(state, absent_hooks=absent), [_log(LogLevel.INFO, message)]
 
 
-def _hook_of(stage: HookStage) -> HookKind:
+def hook_of(stage: HookStage) -> HookKind:
+    """The hook a stage waits for (the stage says which, so a call cannot be of another)."""
     match stage:
         case CheckingVersion() | VerifyingVersion():
             return HookKind.VERSION

@@ -1,7 +1,8 @@
 """Every transition rule of the upparat job lifecycle: `step(state, event, now)`.
 
 Pure: no I/O, no clock, no threads and no logging calls (log lines are `Log` commands).
-The map of stages and transitions is in README.md next to this module.
+`ROWS` at the end is the table of stage x event: each event type's handler and arrows;
+`step` dispatches through it, and the map in README.md next to this module is drawn from it.
 """
 
 from __future__ import annotations

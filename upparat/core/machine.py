@@ -2259,6 +2259,28 @@ def _but(*stages: type[Stage]) -> tuple[type[Stage], ...]:
 
 
 _JOB_OR_FETCH = (*JOB_STAGES.members, FetchingJobs)
+_MULTIPLE = "more than one IN_PROGRESS (FAILED error_multiple_in_progress)"
+_SELECTION = (
+    Arrow(
+        source=FetchingJobs,
+        target=Describing,
+        label="job selected, IN_PROGRESS first, else the oldest QUEUED",
+    ),
+    Arrow(source=FetchingJobs, target=Idle, label="no upparat job pending"),
+    Arrow(source=FetchingJobs, target=FetchingJobs, label=_MULTIPLE),
+)
+"""Where `_select` takes the fetch, answered by the reply or by a notification."""
+
+
+def _verifying(source: type[Stage], why: str) -> tuple[Arrow, ...]:
+    """Where `_verify` goes: the version hook, else the ready hook, else done."""
+    return (
+        Arrow(source=source, target=VerifyingVersion, label=why),
+        Arrow(source=source, target=VerifyingReady, label=f"{why}, no version hook"),
+        Arrow(source=source, target=FetchingJobs, label=f"{why}, nothing to verify (SUCCEEDED)"),
+    )
+
+
 _CHECK_OR_FETCH = (*CHECK_STAGES.members, FetchingJobs)
 
 ROWS: tuple[Row[Any], ...] = (
@@ -2286,17 +2308,7 @@ ROWS: tuple[Row[Any], ...] = (
         event=PendingJobsListed,
         handler=_on_pending_listed,
         arrows=(
-            Arrow(
-                source=FetchingJobs,
-                target=Describing,
-                label="job selected, IN_PROGRESS first, else the oldest QUEUED",
-            ),
-            Arrow(source=FetchingJobs, target=Idle, label="no upparat job pending"),
-            Arrow(
-                source=FetchingJobs,
-                target=FetchingJobs,
-                label="more than one IN_PROGRESS (FAILED error_multiple_in_progress)",
-            ),
+            *_SELECTION,
             Arrow(
                 source=CHECK_STAGES,
                 target=FetchingJobs,
@@ -2309,23 +2321,9 @@ ROWS: tuple[Row[Any], ...] = (
         event=JobsChanged,
         handler=_on_jobs_changed,
         arrows=(
-            Arrow(
-                source=FetchingJobs,
-                target=Describing,
-                label="job selected, IN_PROGRESS first, else the oldest QUEUED",
-            ),
-            Arrow(source=FetchingJobs, target=Idle, label="no upparat job pending"),
-            Arrow(
-                source=FetchingJobs,
-                target=FetchingJobs,
-                label="more than one IN_PROGRESS (FAILED error_multiple_in_progress)",
-            ),
+            *_SELECTION,
             Arrow(source=Idle, target=Describing, label="a notification lists an upparat job"),
-            Arrow(
-                source=Idle,
-                target=FetchingJobs,
-                label="more than one IN_PROGRESS (FAILED error_multiple_in_progress)",
-            ),
+            Arrow(source=Idle, target=FetchingJobs, label=_MULTIPLE),
             Arrow(source=Describing, target=FetchingJobs, label="the job is no longer listed"),
             Arrow(
                 source=JOB_STAGES,
@@ -2510,21 +2508,7 @@ ROWS: tuple[Row[Any], ...] = (
         event=TimerFired,
         handler=_on_timer,
         arrows=(
-            Arrow(
-                source=AwaitingReboot,
-                target=VerifyingVersion,
-                label="restart_timeout without being stopped",
-            ),
-            Arrow(
-                source=AwaitingReboot,
-                target=VerifyingReady,
-                label="restart_timeout without being stopped, no version hook",
-            ),
-            Arrow(
-                source=AwaitingReboot,
-                target=FetchingJobs,
-                label="restart_timeout, nothing to verify (SUCCEEDED)",
-            ),
+            *_verifying(AwaitingReboot, "restart_timeout without being stopped"),
             Arrow(
                 source=ShuttingDown,
                 target=Stopped,
@@ -2559,21 +2543,7 @@ AFTER_EVERY_EVENT: tuple[Arrow, ...] = (
         target=Restarting,
         label="reboot_start accepted, Persist RESTARTING then CallHook RESTART",
     ),
-    Arrow(
-        source=ReportingReboot,
-        target=VerifyingVersion,
-        label="reboot_start accepted, no restart hook",
-    ),
-    Arrow(
-        source=ReportingReboot,
-        target=VerifyingReady,
-        label="reboot_start accepted, neither a restart nor a version hook",
-    ),
-    Arrow(
-        source=ReportingReboot,
-        target=FetchingJobs,
-        label="reboot_start accepted, nothing to verify (SUCCEEDED)",
-    ),
+    *_verifying(ReportingReboot, "reboot_start accepted, no restart hook"),
     Arrow(source=ShuttingDown, target=Stopped, label="the final reports are accepted"),
 )
 """What `_pump` does after the event's handler, whatever the event."""

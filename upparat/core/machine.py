@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, assert_never
 
 import attrs
@@ -2258,16 +2258,16 @@ def _but(*stages: type[Stage]) -> tuple[type[Stage], ...]:
     return tuple(s for s in EVERY_STAGE.members if s not in stages)
 
 
-_JOB_OR_FETCH = (*JOB_STAGES.members, FetchingJobs)
+def _go(source: type[Stage] | Stages, target: type[Stage], label: str) -> Arrow:
+    """An arrow, written short for the table."""
+    return Arrow(source=source, target=target, label=label)
+
+
 _MULTIPLE = "more than one IN_PROGRESS (FAILED error_multiple_in_progress)"
 _SELECTION = (
-    Arrow(
-        source=FetchingJobs,
-        target=Describing,
-        label="job selected, IN_PROGRESS first, else the oldest QUEUED",
-    ),
-    Arrow(source=FetchingJobs, target=Idle, label="no upparat job pending"),
-    Arrow(source=FetchingJobs, target=FetchingJobs, label=_MULTIPLE),
+    _go(FetchingJobs, Describing, "job selected, IN_PROGRESS first, else the oldest QUEUED"),
+    _go(FetchingJobs, Idle, "no upparat job pending"),
+    _go(FetchingJobs, FetchingJobs, _MULTIPLE),
 )
 """Where `_select` takes the fetch, answered by the reply or by a notification."""
 
@@ -2275,19 +2275,19 @@ _SELECTION = (
 def _verifying(source: type[Stage], why: str) -> tuple[Arrow, ...]:
     """Where `_verify` goes: the version hook, else the ready hook, else done."""
     return (
-        Arrow(source=source, target=VerifyingVersion, label=why),
-        Arrow(source=source, target=VerifyingReady, label=f"{why}, no version hook"),
-        Arrow(source=source, target=FetchingJobs, label=f"{why}, nothing to verify (SUCCEEDED)"),
+        _go(source, VerifyingVersion, why),
+        _go(source, VerifyingReady, f"{why}, no version hook"),
+        _go(source, FetchingJobs, f"{why}, nothing to verify (SUCCEEDED)"),
     )
 
 
-_CHECK_OR_FETCH = (*CHECK_STAGES.members, FetchingJobs)
-
+# Row[Any]: each row's handler takes its own event type, and `TABLE[type(event)]` is the
+# row of that type (test_totality checks that every event type has exactly one).
 ROWS: tuple[Row[Any], ...] = (
     Row(
         event=Started,
         handler=_on_started,
-        arrows=(Arrow(source=Booting, target=FetchingJobs, label="the journal is read"),),
+        arrows=(_go(Booting, FetchingJobs, "the journal is read"),),
         stays=_but(Booting),
     ),
     # The connection: the session and the subscriptions (state.link, dial, resubscribe).
@@ -2297,9 +2297,7 @@ ROWS: tuple[Row[Any], ...] = (
     Row(
         event=SubscriptionsAcked,
         handler=_on_subscribed,
-        arrows=(
-            Arrow(source=Idle, target=FetchingJobs, label="reconnected, notifications were lost"),
-        ),
+        arrows=(_go(Idle, FetchingJobs, "reconnected, notifications were lost"),),
         stays=_but(Idle),
     ),
     Row(event=SubscriptionsRefused, handler=_on_subscriptions_refused, stays=EVERY_STAGE.members),
@@ -2309,66 +2307,50 @@ ROWS: tuple[Row[Any], ...] = (
         handler=_on_pending_listed,
         arrows=(
             *_SELECTION,
-            Arrow(
-                source=CHECK_STAGES,
-                target=FetchingJobs,
-                label="the check after a reconnect no longer lists the job",
-            ),
+            _go(CHECK_STAGES, FetchingJobs, "the check after a reconnect no longer lists the job"),
         ),
-        stays=_but(*_CHECK_OR_FETCH),
+        stays=_but(*CHECK_STAGES.members, FetchingJobs),
     ),
     Row(
         event=JobsChanged,
         handler=_on_jobs_changed,
         arrows=(
             *_SELECTION,
-            Arrow(source=Idle, target=Describing, label="a notification lists an upparat job"),
-            Arrow(source=Idle, target=FetchingJobs, label=_MULTIPLE),
-            Arrow(source=Describing, target=FetchingJobs, label="the job is no longer listed"),
-            Arrow(
-                source=JOB_STAGES,
-                target=FetchingJobs,
-                label="the job is no longer listed (cancelled), work cancelled and discarded",
+            _go(Idle, Describing, "a notification lists an upparat job"),
+            _go(Idle, FetchingJobs, _MULTIPLE),
+            _go(Describing, FetchingJobs, "the job is no longer listed"),
+            _go(
+                JOB_STAGES,
+                FetchingJobs,
+                "the job is no longer listed (cancelled), work cancelled and discarded",
             ),
         ),
-        stays=_but(*_JOB_OR_FETCH, Idle, Describing),
+        stays=_but(*JOB_STAGES.members, FetchingJobs, Idle, Describing),
     ),
     Row(
         event=JobDescribed,
         handler=_on_described,
         arrows=(
-            Arrow(
-                source=Describing,
-                target=FetchingJobs,
-                label="not pending, an invalid document (REJECTED), reboot_loop (FAILED), or"
+            _go(
+                Describing,
+                FetchingJobs,
+                "not pending, an invalid document (REJECTED), reboot_loop (FAILED), or"
                 " nothing to verify after the boot (SUCCEEDED)",
             ),
-            Arrow(
-                source=Describing,
-                target=CheckingVersion,
-                label="QUEUED or IN_PROGRESS (not reboot_start), or the install had begun",
+            _go(
+                Describing,
+                CheckingVersion,
+                "QUEUED or IN_PROGRESS (not reboot_start), or the install had begun",
             ),
-            Arrow(source=Describing, target=CheckingDownload, label="no version hook"),
-            Arrow(
-                source=Describing,
-                target=Downloading,
-                label="force, or neither a version nor a download hook",
-            ),
-            Arrow(
-                source=Describing,
-                target=VerifyingVersion,
-                label="IN_PROGRESS reboot_start (a boot is counted)",
-            ),
-            Arrow(
-                source=Describing,
-                target=VerifyingReady,
-                label="IN_PROGRESS reboot_start, no version hook",
-            ),
-            Arrow(source=RefreshingUrl, target=Downloading, label="a fresh URL"),
-            Arrow(
-                source=RefreshingUrl,
-                target=FetchingJobs,
-                label="not pending any more, or an invalid document (REJECTED)",
+            _go(Describing, CheckingDownload, "no version hook"),
+            _go(Describing, Downloading, "force, or neither a version nor a download hook"),
+            _go(Describing, VerifyingVersion, "IN_PROGRESS reboot_start (a boot is counted)"),
+            _go(Describing, VerifyingReady, "IN_PROGRESS reboot_start, no version hook"),
+            _go(RefreshingUrl, Downloading, "a fresh URL"),
+            _go(
+                RefreshingUrl,
+                FetchingJobs,
+                "not pending any more, or an invalid document (REJECTED)",
             ),
         ),
         stays=_but(Describing, RefreshingUrl),
@@ -2377,15 +2359,15 @@ ROWS: tuple[Row[Any], ...] = (
         event=RequestRejected,
         handler=_on_rejected,
         arrows=(
-            Arrow(
-                source=Describing,
-                target=FetchingJobs,
-                label="describe rejected, not retryable (fetching again after request_timeout)",
+            _go(
+                Describing,
+                FetchingJobs,
+                "describe rejected, not retryable (fetching again after request_timeout)",
             ),
-            Arrow(
-                source=JOB_STAGES,
-                target=FetchingJobs,
-                label="our update rejected, TerminalStateReached or InvalidStateTransition"
+            _go(
+                JOB_STAGES,
+                FetchingJobs,
+                "our update rejected, TerminalStateReached or InvalidStateTransition"
                 " ends the job, other codes keep it resumable",
             ),
         ),
@@ -2402,64 +2384,32 @@ ROWS: tuple[Row[Any], ...] = (
         event=HookFinished,
         handler=_on_hook_finished,
         arrows=(
-            Arrow(
-                source=HOOK_STAGES,
-                target=FetchingJobs,
-                label="FAILURE, too many RETRY_LATER, DEADLINE_EXCEEDED or unreachable too"
+            _go(
+                HOOK_STAGES,
+                FetchingJobs,
+                "FAILURE, too many RETRY_LATER, DEADLINE_EXCEEDED or unreachable too"
                 " long (FAILED), or the job is done",
             ),
-            Arrow(
-                source=CheckingVersion,
-                target=CheckingDownload,
-                label="another version is installed, or no version hook",
+            _go(
+                CheckingVersion,
+                CheckingDownload,
+                "another version is installed, or no version hook",
             ),
-            Arrow(
-                source=CheckingVersion,
-                target=Downloading,
-                label="another version and no download hook, or after_install and the"
+            _go(
+                CheckingVersion,
+                Downloading,
+                "another version and no download hook, or after_install and the"
                 " previous version runs (install again)",
             ),
-            Arrow(
-                source=CheckingVersion,
-                target=VerifyingReady,
-                label="after_install and the job's version runs",
-            ),
-            Arrow(source=CheckingDownload, target=Downloading, label="SUCCESS or no download hook"),
-            Arrow(
-                source=Installing,
-                target=ReportingReboot,
-                label="SUCCESS (reboot_start)",
-            ),
-            Arrow(
-                source=Installing,
-                target=VerifyingVersion,
-                label="SUCCESS, no restart hook",
-            ),
-            Arrow(
-                source=Installing,
-                target=VerifyingReady,
-                label="SUCCESS, neither a restart nor a version hook",
-            ),
-            Arrow(
-                source=Restarting,
-                target=VerifyingVersion,
-                label="SUCCESS (soft restart) or UNIMPLEMENTED",
-            ),
-            Arrow(
-                source=Restarting,
-                target=VerifyingReady,
-                label="SUCCESS (soft restart), no version hook",
-            ),
-            Arrow(
-                source=Restarting,
-                target=AwaitingReboot,
-                label="the hook server went away (UNAVAILABLE)",
-            ),
-            Arrow(
-                source=VerifyingVersion,
-                target=VerifyingReady,
-                label="the job's version runs, or no version hook",
-            ),
+            _go(CheckingVersion, VerifyingReady, "after_install and the job's version runs"),
+            _go(CheckingDownload, Downloading, "SUCCESS or no download hook"),
+            _go(Installing, ReportingReboot, "SUCCESS (reboot_start)"),
+            _go(Installing, VerifyingVersion, "SUCCESS, no restart hook"),
+            _go(Installing, VerifyingReady, "SUCCESS, neither a restart nor a version hook"),
+            _go(Restarting, VerifyingVersion, "SUCCESS (soft restart) or UNIMPLEMENTED"),
+            _go(Restarting, VerifyingReady, "SUCCESS (soft restart), no version hook"),
+            _go(Restarting, AwaitingReboot, "the hook server went away (UNAVAILABLE)"),
+            _go(VerifyingVersion, VerifyingReady, "the job's version runs, or no version hook"),
         ),
         stays=_but(*HOOK_STAGES.members),
     ),
@@ -2469,11 +2419,7 @@ ROWS: tuple[Row[Any], ...] = (
         event=DownloadInterrupted,
         handler=_on_download,
         arrows=(
-            Arrow(
-                source=Downloading,
-                target=FetchingJobs,
-                label="download_retries exhausted (FAILED download_failed)",
-            ),
+            _go(Downloading, FetchingJobs, "download_retries exhausted (FAILED download_failed)"),
         ),
         stays=_but(Downloading),
     ),
@@ -2481,11 +2427,11 @@ ROWS: tuple[Row[Any], ...] = (
         event=DownloadCompleted,
         handler=_on_download,
         arrows=(
-            Arrow(source=Downloading, target=Installing, label="installation_start"),
-            Arrow(
-                source=Downloading,
-                target=FetchingJobs,
-                label="no install hook (SUCCEEDED no_installation_hook_provided)",
+            _go(Downloading, Installing, "installation_start"),
+            _go(
+                Downloading,
+                FetchingJobs,
+                "no install hook (SUCCEEDED no_installation_hook_provided)",
             ),
         ),
         stays=_but(Downloading),
@@ -2494,12 +2440,8 @@ ROWS: tuple[Row[Any], ...] = (
         event=DownloadFailed,
         handler=_on_download,
         arrows=(
-            Arrow(
-                source=Downloading,
-                target=RefreshingUrl,
-                label="URL_EXPIRED (download_interrupt)",
-            ),
-            Arrow(source=Downloading, target=FetchingJobs, label="failed (FAILED)"),
+            _go(Downloading, RefreshingUrl, "URL_EXPIRED (download_interrupt)"),
+            _go(Downloading, FetchingJobs, "failed (FAILED)"),
         ),
         stays=_but(Downloading),
     ),
@@ -2509,11 +2451,7 @@ ROWS: tuple[Row[Any], ...] = (
         handler=_on_timer,
         arrows=(
             *_verifying(AwaitingReboot, "restart_timeout without being stopped"),
-            Arrow(
-                source=ShuttingDown,
-                target=Stopped,
-                label="SHUTDOWN timer, final reports unanswered",
-            ),
+            _go(ShuttingDown, Stopped, "SHUTDOWN timer, final reports unanswered"),
         ),
         stays=_but(AwaitingReboot, ShuttingDown),
     ),
@@ -2521,30 +2459,28 @@ ROWS: tuple[Row[Any], ...] = (
         event=ShutdownRequested,
         handler=_on_shutdown,
         arrows=(
-            Arrow(
-                source=EVERY_LIVE_STAGE,
-                target=ShuttingDown,
-                label="a final report is unanswered, work cancelled (a download is kept)",
+            _go(
+                EVERY_LIVE_STAGE,
+                ShuttingDown,
+                "a final report is unanswered, work cancelled (a download is kept)",
             ),
-            Arrow(
-                source=EVERY_LIVE_STAGE, target=Stopped, label="no final report unanswered, Exit"
-            ),
+            _go(EVERY_LIVE_STAGE, Stopped, "no final report unanswered, Exit"),
         ),
         stays=(Stopped,),
     ),
 )
 """The transitions, one row per event type."""
 
-TABLE: dict[type[Event], Row[Any]] = {row.event: row for row in ROWS}
+TABLE: Mapping[type[Event], Row[Any]] = {row.event: row for row in ROWS}
 
 AFTER_EVERY_EVENT: tuple[Arrow, ...] = (
-    Arrow(
-        source=ReportingReboot,
-        target=Restarting,
-        label="reboot_start accepted, Persist RESTARTING then CallHook RESTART",
+    _go(
+        ReportingReboot,
+        Restarting,
+        "reboot_start accepted, Persist RESTARTING then CallHook RESTART",
     ),
     *_verifying(ReportingReboot, "reboot_start accepted, no restart hook"),
-    Arrow(source=ShuttingDown, target=Stopped, label="the final reports are accepted"),
+    _go(ShuttingDown, Stopped, "the final reports are accepted"),
 )
 """What `_pump` does after the event's handler, whatever the event."""
 

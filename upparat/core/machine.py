@@ -1179,6 +1179,8 @@ class _GaveUp:
     reported: ReportedState
     message: str
     reason: str = ""
+    detail: str = ""
+    """The hook server's longer account (e.g. the tail of stderr): for the log, not the cloud."""
 
 
 @attrs.frozen(kw_only=True)
@@ -1210,9 +1212,13 @@ def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
     match answer:
         case _Again(call=again, commands=scheduled):
             return attrs.evolve(state, stage=attrs.evolve(stage, call=again)), list(scheduled)
-        case _GaveUp(reported=reported, message=message, reason=reason):
+        case _GaveUp(reported=reported, message=message, reason=reason, detail=detail):
             details = status_details(reported, message, reason=reason)
-            return _finish(state, job_id, JobStatus.FAILED, details)
+            state, commands = _finish(state, job_id, JobStatus.FAILED, details)
+            if detail:
+                note = f"job {job_id}: the {_hook_name(hook)} failed: {detail}"
+                commands.append(_log(LogLevel.ERROR, note, job_id))
+            return state, commands
         case _Succeeded(value=value, message=message):
             return _hook_succeeded(state, stage, value, message, now)
         case _Absent():
@@ -1254,9 +1260,12 @@ def _judge(
                 _log(LogLevel.INFO, log + (f": {message}" if message else ""), job.job_id),
             )
             return state, _Again(call=again, commands=commands)
-        case HookFailure(reason=reason, message=message):
+        case HookFailure(reason=reason, message=message, detail=detail):
             return state, _GaveUp(
-                reported=_failed_state(hook), message=message or reason, reason=reason
+                reported=_failed_state(hook),
+                message=message or reason,
+                reason=reason,
+                detail=detail,
             )
         case HookUnavailable(detail=detail):
             outage = call.outage

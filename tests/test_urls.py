@@ -1,4 +1,4 @@
-"""One URL rule (`upparat.urls`): the AWS edge, the download driver and the config agree.
+"""One URL rule (`upparat.core.urls`): the AWS edge, the download driver and the config agree.
 
 A URL the edge accepts and the driver refuses ends FAILED download_failed after the job
 started; one both refuse ends REJECTED invalid_job_document before anything happens.
@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from upparat import urls
 from upparat.aws import parse
 from upparat.config import ConfigError, parse_config
+from upparat.core import urls
 from upparat.core.events import JobDescribed
 from upparat.core.model import InvalidJobDocument, JobDocument, ThingName
 from upparat.io import download

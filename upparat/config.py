@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from upparat import scriptenv, urls
+from upparat import scriptenv
 from upparat.aws import shadow, topics
+from upparat.core import urls
 from upparat.core.model import LogLevel, Settings, ThingName
 
 if TYPE_CHECKING:
@@ -833,7 +834,7 @@ def _endpoint(text: str) -> str:
 
 
 def _proxy(text: str) -> str:
-    # The download driver reads the value by the same rule (upparat.urls), so what passes
+    # The download driver reads the value by the same rule (upparat.core.urls), so what passes
     # here is what it uses.
     match urls.parse_proxy_url(text):
         case urls.BadUrl(reason=reason):

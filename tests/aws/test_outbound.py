@@ -26,7 +26,6 @@ def update(
     status_details: tuple[tuple[str, str], ...] = (("state", "download_start"),),
     client_token: str = "u-1",
     step_timeout_minutes: int | None = None,
-    expected_version: int | None = None,
 ) -> UpdateJob:
     return UpdateJob(
         job_id=JobId(job_id),
@@ -34,7 +33,6 @@ def update(
         status_details=status_details,
         client_token=ClientToken(client_token),
         step_timeout_minutes=step_timeout_minutes,
-        expected_version=expected_version,
     )
 
 
@@ -59,7 +57,7 @@ def test_describe_job() -> None:
 
 
 def test_update_job_with_every_field() -> None:
-    command = update(status=JobStatus.SUCCEEDED, step_timeout_minutes=30, expected_version=4)
+    command = update(status=JobStatus.SUCCEEDED, step_timeout_minutes=30)
     topic, payload = build(THING, command)
     assert topic == P + "upparat_7/update"
     assert body(payload) == {
@@ -67,7 +65,6 @@ def test_update_job_with_every_field() -> None:
         "statusDetails": {"state": "download_start"},
         "clientToken": "u-1",
         "stepTimeoutInMinutes": 30,
-        "expectedVersion": 4,
     }
 
 
@@ -92,7 +89,6 @@ def test_step_timeout_minus_one_cancels_the_step_timer() -> None:
         update(step_timeout_minutes=0),
         update(step_timeout_minutes=10081),
         update(step_timeout_minutes=-2),
-        update(expected_version=-1),
         update(job_id="a/b"),
         update(job_id="+"),
         update(job_id=""),

@@ -158,6 +158,15 @@ def kinds(commands: Iterable[Command]) -> list[type[Command]]:
     return [type(c) for c in commands]
 
 
+def check_declared(before: machine.State, event: Event, after: machine.State) -> None:
+    """`step` took an arrow of the transition table, or stayed: every scripted, totality
+    and stateful step checks it, so an arrow missing from `machine.ROWS` fails a test."""
+    source, target = type(before.stage), type(after.stage)
+    assert target in machine.reachable(source, type(event)), (
+        f"{source.__name__} --{type(event).__name__}--> {target.__name__} is not in machine.ROWS"
+    )
+
+
 class Playbook:
     def __init__(self, settings: Settings | None = None, *, auto_accept: bool = False) -> None:
         self.state = machine.initial_state(settings or Settings())
@@ -176,7 +185,9 @@ class Playbook:
 
     def feed(self, event: Event) -> list[Command]:
         """Step the core once (or more with auto_accept); return the non-Log commands."""
-        self.state, commands = machine.step(self.state, event, self.now)
+        before = self.state
+        self.state, commands = machine.step(before, event, self.now)
+        check_declared(before, event, self.state)
         self.history += commands
         self.logs += [c for c in commands if isinstance(c, Log)]
         out: list[Command] = [c for c in commands if not isinstance(c, Log)]

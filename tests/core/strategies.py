@@ -12,7 +12,7 @@ from typing import Any, cast
 import attrs
 from hypothesis import strategies as st
 
-from upparat.core import machine, package
+from upparat.core import machine, outbox, package, progress
 from upparat.core.events import (
     DownloadCompleted,
     DownloadFailed,
@@ -113,18 +113,18 @@ _held_details = st.sampled_from(
     ]
 )
 st.register_type_strategy(
-    machine.Update,
+    outbox.Update,
     st.builds(
-        machine.Update,
+        outbox.Update,
         job_id=st.sampled_from(JOB_IDS),
         status=st.sampled_from(JobStatus),
         details=_held_details,
     ),
 )
 st.register_type_strategy(
-    machine.Deferred,
+    progress.Deferred,
     st.builds(
-        machine.Deferred,
+        progress.Deferred,
         details=_held_details,
         percent=st.none() | st.integers(0, 100),
         timer=st.integers(0, 10),
@@ -253,6 +253,8 @@ class Pool:
 
     ints: tuple[int, ...]
     strs: tuple[str, ...]
+    hooks: tuple[HookKind, ...] = ()
+    """The hook the stage waits for, if any."""
 
 
 def harvest(value: object) -> Pool:
@@ -274,7 +276,10 @@ def harvest(value: object) -> Pool:
                 walk(getattr(v, field.name))
 
     walk(value)
-    return Pool(ints=tuple(dict.fromkeys(ints)), strs=tuple(dict.fromkeys(strs)))
+    hooks: tuple[HookKind, ...] = ()
+    if isinstance(value, machine.State) and isinstance(value.stage, machine.HookStage):
+        hooks = (machine.hook_of(value.stage),)
+    return Pool(ints=tuple(dict.fromkeys(ints)), strs=tuple(dict.fromkeys(strs)), hooks=hooks)
 
 
 _ints = st.integers(-2, 40)
@@ -439,6 +444,8 @@ def aligned(data: st.DataObject, event: Event, pool: Pool) -> Event:
             changes[name] = pool.ints[data.draw(st.integers(0, len(pool.ints) - 1))]
         if name in _STR_FIELDS and pool.strs and data.draw(st.booleans()):
             changes[name] = pool.strs[data.draw(st.integers(0, len(pool.strs) - 1))]
+    if isinstance(event, HookFinished) and pool.hooks and data.draw(st.booleans()):
+        changes["hook"] = pool.hooks[0]
     if isinstance(event, JobDescribed) and pool.strs and data.draw(st.booleans()):
         job_id = JobId(pool.strs[data.draw(st.integers(0, len(pool.strs) - 1))])
         changes["execution"] = attrs.evolve(event.execution, job_id=job_id)

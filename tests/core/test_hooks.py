@@ -26,6 +26,7 @@ from upparat.core.model import (
     CallId,
     HookKind,
     JobStatus,
+    LogLevel,
     Phase,
     Settings,
     TimerKind,
@@ -124,6 +125,23 @@ def test_failure_fails_with_the_hooks_message(hook: HookKind, state: str) -> Non
     p = at_hook(hook)
     out = p.answer(HookFailure(reason="BATTERY_LOW", message="battery at 3 %"))
     assert failed(state, message="battery at 3 %", reason="BATTERY_LOW") in out
+
+
+def test_a_failures_detail_reaches_the_log_not_the_cloud() -> None:
+    p = at_hook(HookKind.INSTALL)
+    detail = "rauc: error: bundle signature check failed"
+    out = p.answer(HookFailure(reason="RAUC_FAILED", message="rauc failed", detail=detail))
+    assert failed("installation_hook_failed", message="rauc failed", reason="RAUC_FAILED") in out
+    logged = [log for log in p.logs if detail in log.message]
+    assert [(log.level, log.job_id) for log in logged] == [(LogLevel.ERROR, JOB)]
+    assert "the install hook failed" in logged[0].message
+    assert not any(detail in str(c) for c in out if isinstance(c, UpdateJob))
+
+
+def test_no_detail_no_extra_line() -> None:
+    p = at_hook(HookKind.INSTALL)
+    p.answer(HookFailure(reason="RAUC_FAILED", message="rauc failed"))
+    assert not any("hook failed:" in log.message for log in p.logs)
 
 
 def test_a_failure_without_a_message_reports_the_reason() -> None:

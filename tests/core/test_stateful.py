@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests.core.playbook import check_declared
 from tests.core.strategies import EVENTS
-from upparat.core import machine
+from upparat.core import machine, outbox
 from upparat.core.commands import (
     CallHook,
     CancelDownload,
@@ -140,7 +141,7 @@ def data_state(n: int) -> str:
     return ["reboot_start", "download_progress", "installation_start"][n % 3]
 
 
-def pending_updates(state: machine.State) -> list[machine.Update]:
+def pending_updates(state: machine.State) -> list[outbox.Update]:
     head = state.outbox.head
     return [*([head.update] if head is not None else []), *state.outbox.queue]
 
@@ -188,6 +189,7 @@ class CoreMachine(RuleBasedStateMachine):
             case _:
                 pass
         self.check_step(before, event, after, commands)
+        check_declared(before, event, after)
 
     def check_step(
         self,
@@ -379,7 +381,7 @@ class CoreMachine(RuleBasedStateMachine):
         elif state.link is not machine.Link.UP:
             self.feed(MqttConnected())
             self.feed(SubscriptionsAcked())
-        elif isinstance(head, machine.Sent) and not data.draw(st.integers(0, 7)):
+        elif isinstance(head, outbox.Sent) and not data.draw(st.integers(0, 7)):
             code = data.draw(st.sampled_from(RejectCode))
             update = head.update
             rejected = RequestRejected(
@@ -390,7 +392,7 @@ class CoreMachine(RuleBasedStateMachine):
                 client_token=head.tokens[-1],
             )
             self.feed(rejected)
-        elif isinstance(head, machine.Sent) and data.draw(st.integers(0, 5)):
+        elif isinstance(head, outbox.Sent) and data.draw(st.integers(0, 5)):
             update = head.update
             job = self.cloud.get(update.job_id)
             token = head.tokens[-1]
@@ -410,7 +412,7 @@ class CoreMachine(RuleBasedStateMachine):
             job.state = dict(update.details).get("state")
             self.feed(UpdateAccepted(job_id=update.job_id, client_token=token))
             self.feed(self.cloud_notification())
-        elif isinstance(head, machine.Throttled):
+        elif isinstance(head, outbox.Throttled):
             self.now += 60
             self.feed(TimerFired(timer=TimerKind.UPDATE_RETRY, token=head.timer))
         elif isinstance(stage, machine.FetchingJobs) and stage.request is not None:

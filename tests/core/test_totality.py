@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.core.playbook import check_declared
 from tests.core.strategies import (
     EVENT_CLASSES,
     EVENTS,
@@ -17,6 +18,7 @@ from tests.core.strategies import (
 )
 from upparat.core import machine
 from upparat.core.commands import CallHook, Exit, Persist, UpdateJob
+from upparat.core.events import Event, HookFinished, UpdateAccepted
 from upparat.core.model import HookKind, Phase, Settings
 
 
@@ -43,6 +45,7 @@ def test_every_event_in_every_state_returns(
         after, commands = machine.step(state, event, at)
         assert isinstance(after, machine.State)
         assert isinstance(after.stage, STAGE_CLASSES)
+        check_declared(state, event, after)
         check_promises(state, after, commands)
 
 
@@ -72,3 +75,30 @@ def test_the_initial_state_waits_for_started() -> None:
     state = machine.initial_state(Settings())
     assert state.stage == machine.Booting()
     assert state.settings == Settings()
+
+
+def test_the_table_has_one_row_per_event_type() -> None:
+    assert [row.event for row in machine.ROWS] == list(EVENT_CLASSES)
+    assert set(machine.TABLE) == set(EVENT_CLASSES)
+
+
+@pytest.mark.parametrize("row", machine.ROWS, ids=lambda r: r.event.__name__)
+def test_every_row_places_every_stage_once(row: machine.Row[Event]) -> None:
+    """Each stage is either declared unmoved by the event or a source of its arrows."""
+    sources = {s for arrow in row.arrows for s in arrow.sources}
+    assert not sources & set(row.stays), "a stage both stays and moves"
+    assert sources | set(row.stays) == set(STAGE_CLASSES), "a stage the row does not place"
+    assert len(row.stays) == len(set(row.stays))
+
+
+def test_stopped_stays_stopped() -> None:
+    for row in machine.ROWS:
+        assert machine.Stopped in row.stays
+        assert machine.reachable(machine.Stopped, row.event) == {machine.Stopped}
+
+
+def test_reachable_follows_the_arrows_and_what_comes_after_every_event() -> None:
+    reach = machine.reachable(machine.Installing, HookFinished)
+    assert {machine.Installing, machine.ReportingReboot, machine.Restarting} <= reach
+    assert machine.Downloading not in reach
+    assert machine.reachable(machine.Idle, UpdateAccepted) == {machine.Idle}

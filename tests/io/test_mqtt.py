@@ -380,7 +380,6 @@ def test_requests_and_replies_round_trip(mosquitto: Mosquitto, make_driver: Driv
         status=JobStatus.IN_PROGRESS,
         status_details=(("state", "download_start"),),
         client_token=ClientToken("u-1"),
-        expected_version=1,
     )
     assert driver.execute(update)
     assert peer.receive() == (
@@ -389,7 +388,6 @@ def test_requests_and_replies_round_trip(mosquitto: Mosquitto, make_driver: Driv
             "status": "IN_PROGRESS",
             "statusDetails": {"state": "download_start"},
             "clientToken": "u-1",
-            "expectedVersion": 1,
         },
     )
 

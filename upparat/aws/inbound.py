@@ -16,8 +16,8 @@ import re
 from base64 import b64decode
 from typing import NoReturn, TypeAlias, assert_never, cast
 
-from upparat import urls
 from upparat.aws import topics
+from upparat.core import urls
 from upparat.core.events import (
     JobDescribed,
     JobsChanged,
@@ -59,7 +59,7 @@ MAX_JSON_DEPTH = 64
 decoder recurses once per level: on a small thread stack (musl: 128 KiB) a deep payload
 could crash the process before Python's recursion limit is reached."""
 
-MAX_FILE_URL_CHARS = urls.MAX_FILE_URL_CHARS  # the rule is in upparat.urls
+MAX_FILE_URL_CHARS = urls.MAX_FILE_URL_CHARS  # the rule is in upparat.core.urls
 MAX_SIGNATURE_BYTES = 72
 """A DER ECDSA P-256 signature: a SEQUENCE of two INTEGERs of at most 33 bytes each."""
 MIN_SIGNATURE_BYTES = 8
@@ -175,20 +175,18 @@ def _rejected(obj: JsonObject, request: RequestKind, job_id: JobId | None) -> Re
     if code is RejectCode.UNKNOWN:
         message = f"{message} (code {_show(raw_code)})".lstrip()
     _opt_int(obj, "timestamp", "timestamp")
-    current_status: JobStatus | None = None
+    # executionState is checked but not kept: the code says what the core needs to know.
     state = _optional(obj, "executionState")
     if state is not None:
-        state_obj = _object(state, "executionState")
-        raw_status = _optional(state_obj, "status")
+        raw_status = _optional(_object(state, "executionState"), "status")
         if raw_status is not None:
-            current_status = _status(raw_status, "executionState.status")
+            _status(raw_status, "executionState.status")
     return RequestRejected(
         request=request,
         job_id=job_id,
         code=code,
         message=message,
         client_token=_opt_token(obj),
-        current_status=current_status,
     )
 
 
@@ -222,12 +220,12 @@ def _job_id_of(item: object) -> JobId | None:
 
 def _summary(value: object, where: str) -> JobSummary:
     obj = _object(value, where)
+    # Checked but not kept (the core reads none of them): a malformed entry is skipped.
+    for name in ("startedAt", "lastUpdatedAt", "versionNumber"):
+        _opt_int(obj, name, f"{where}.{name}")
     return JobSummary(
         job_id=_job_id(_required(obj, "jobId", where), f"{where}.jobId"),
         queued_at=_int(_required(obj, "queuedAt", where), f"{where}.queuedAt"),
-        started_at=_opt_int(obj, "startedAt", f"{where}.startedAt"),
-        last_updated_at=_opt_int(obj, "lastUpdatedAt", f"{where}.lastUpdatedAt"),
-        version_number=_opt_int(obj, "versionNumber", f"{where}.versionNumber"),
         execution_number=_opt_int(obj, "executionNumber", f"{where}.executionNumber"),
     )
 
@@ -241,16 +239,15 @@ def _execution(thing: ThingName, topic_job_id: JobId, obj: JsonObject) -> JobExe
         _fail(f"execution.thingName {_show(thing_name)} is not this thing ({thing!r})")
     if "jobDocument" not in obj:
         _fail("execution has no jobDocument (upparat always asks for it)")
-    _opt_int(obj, "startedAt", "execution.startedAt")
-    _opt_int(obj, "lastUpdatedAt", "execution.lastUpdatedAt")
+    # Checked but not kept (the core reads none of them).
+    for name in ("startedAt", "lastUpdatedAt", "versionNumber", "queuedAt"):
+        _opt_int(obj, name, f"execution.{name}")
     return JobExecution(
         job_id=job_id,
         status=_status(_required(obj, "status", "execution"), "execution.status"),
         status_details=_status_details(_optional(obj, "statusDetails")),
         document=_document(obj["jobDocument"]),
-        version_number=_opt_int(obj, "versionNumber", "execution.versionNumber"),
         execution_number=_opt_int(obj, "executionNumber", "execution.executionNumber"),
-        queued_at=_opt_int(obj, "queuedAt", "execution.queuedAt"),
     )
 
 

@@ -82,10 +82,6 @@ def _update_payload(command: UpdateJob) -> bytes:
                 f"stepTimeoutInMinutes must be -1 or 1-{MAX_STEP_TIMEOUT_MINUTES}, got {step}"
             )
         body["stepTimeoutInMinutes"] = step
-    if command.expected_version is not None:
-        if command.expected_version < 0:
-            raise InvalidCommandError(f"expectedVersion {command.expected_version} is negative")
-        body["expectedVersion"] = command.expected_version
     # statusDetails last, with whatever room the rest leaves under the payload limit.
     room = MAX_PAYLOAD_BYTES - len(_dumps({**body, "statusDetails": {}}))
     body["statusDetails"] = _fit(sanitize_status_details(command.status_details), room)

@@ -60,7 +60,6 @@ class UpdateJob:
     status_details: tuple[tuple[str, str], ...]
     client_token: ClientToken
     step_timeout_minutes: int | None = None
-    expected_version: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -18,7 +18,6 @@ from upparat.core.model import (
     HookKind,
     JobExecution,
     JobId,
-    JobStatus,
     JobSummary,
     JournalRecord,
     RejectCode,
@@ -125,8 +124,6 @@ class RequestRejected:
     code: RejectCode
     message: str
     client_token: ClientToken | None = None
-    current_status: JobStatus | None = None
-    """executionState.status when the service sent it."""
 
 
 @attrs.frozen(kw_only=True)
@@ -369,11 +366,11 @@ Event = (
     | DownloadInterrupted
     | DownloadCompleted
     | DownloadFailed
-    | TimerFired
-    | ShutdownRequested
     | PackageShadowRead
     | PackageShadowUpdated
     | PackageShadowMissing
     | ShadowRejected
     | PackageReportRefused
+    | TimerFired
+    | ShutdownRequested
 )

@@ -1,18 +1,20 @@
 """Every transition rule of the upparat job lifecycle: `step(state, event, now)`.
 
 Pure: no I/O, no clock, no threads and no logging calls (log lines are `Log` commands).
-The map of stages and transitions is in README.md next to this module.
+`ROWS` at the end is the table of stage x event: each event type's handler and arrows;
+`step` dispatches through it, and the map in README.md next to this module is drawn from it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
-from typing import assert_never
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, assert_never
 
 import attrs
 
-from upparat.core import package
+from upparat.core import outbox, package, progress
 from upparat.core.backoff import Backoff
 from upparat.core.commands import (
     AskHookInfo,
@@ -97,14 +99,14 @@ from upparat.core.model import (
     TimerKind,
     client_token,
 )
+from upparat.core.outbox import Outbox, Update
+from upparat.core.progress import Reporter
 from upparat.core.urls import file_url_problem, redact
 
 RETRY_AFTER_CAP = 10
 """A hook's retry_after hint is capped at this many retry_intervals."""
 MAX_URL_REFUSALS = 3
 """Fresh URLs refused with HTTP 403 in a row before the download fails (not an expiry then)."""
-MAX_TOKENS_KEPT = 4
-"""Client tokens of one update remembered for matching late replies to earlier sends."""
 
 
 # --- values inside states ------------------------------------------------------
@@ -211,24 +213,6 @@ class Call:
 
 
 @attrs.frozen(kw_only=True)
-class Deferred:
-    """A progress report held back by the throttle until PROGRESS_FLUSH `timer` fires."""
-
-    details: tuple[tuple[str, str], ...]
-    percent: int | None
-    timer: int
-
-
-@attrs.frozen(kw_only=True)
-class Reporter:
-    """Throttle of IN_PROGRESS progress reports (phase changes bypass it and reset it)."""
-
-    last_sent_at: float | None = None
-    last_percent: int | None = None
-    deferred: Deferred | None = None
-
-
-@attrs.frozen(kw_only=True)
 class Job:
     """The job being worked on, in every job stage."""
 
@@ -236,48 +220,9 @@ class Job:
     document: JobDocument
     execution_number: int | None = None
     """The cloud's executionNumber of this attempt (journaled with every phase)."""
-    reporter: Reporter = Reporter()
+    reporter: Reporter = attrs.field(factory=Reporter)
     check: Request | None = None
     """A pending-jobs request sent after a reconnect to see whether the job is still pending."""
-
-
-@attrs.frozen(kw_only=True)
-class Update:
-    job_id: JobId
-    status: JobStatus
-    details: tuple[tuple[str, str], ...]
-
-    @property
-    def terminal(self) -> bool:
-        return self.status is not JobStatus.IN_PROGRESS
-
-
-@attrs.frozen(kw_only=True)
-class Sent:
-    """The head update was published; waiting for accepted / rejected (or UPDATE_RETRY)."""
-
-    update: Update
-    tokens: tuple[ClientToken, ...]
-    timer: int
-    attempt: int = 1
-
-
-@attrs.frozen(kw_only=True)
-class Throttled:
-    """The head update was throttled; UPDATE_RETRY `timer` sends it again."""
-
-    update: Update
-    tokens: tuple[ClientToken, ...]
-    timer: int
-    attempt: int
-
-
-@attrs.frozen(kw_only=True)
-class Outbox:
-    """Job updates, sent one at a time and in order, so the cloud never sees them reordered."""
-
-    queue: tuple[Update, ...] = ()
-    head: Sent | Throttled | None = None
 
 
 # --- stages: one class per state of the lifecycle --------------------------------
@@ -440,7 +385,7 @@ class State:
     """What the last `Persist` wrote (or what `Started` read)."""
     absent_hooks: frozenset[HookKind] = frozenset()
     """Hooks the server does not implement (HookServerInfo, or UNIMPLEMENTED answers)."""
-    outbox: Outbox = Outbox()
+    outbox: Outbox = attrs.field(factory=Outbox)
     ready_signalled: bool = False
     draws: int = 0
     """How many jitters were drawn from `settings.seed` (the next draw's number)."""
@@ -470,65 +415,9 @@ def step(state: State, event: Event, now: float) -> tuple[State, tuple[Command, 
 
 
 def _dispatch(state: State, event: Event, now: float) -> Out:
-    match event:
-        case Started():
-            return _on_started(state, event)
-        case MqttConnected():
-            state = attrs.evolve(state, link=Link.SUBSCRIBING, dial=None, resubscribe=None)
-            state = _forget_requests(state)
-            return state, [SubscribeJobTopics(), _log(LogLevel.INFO, "MQTT connected")]
-        case MqttConnectFailed(reason=reason):
-            return _on_connect_failed(state, reason)
-        case MqttDisconnected(reason=reason):
-            if state.link is Link.DOWN:
-                return state, [_log(LogLevel.DEBUG, f"MQTT: a second disconnect ({reason})")]
-            state = attrs.evolve(state, link=Link.DOWN, resubscribe=None)
-            state, commands = _redial(_forget_requests(state), failures=1)
-            return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}"), *commands]
-        case SubscriptionsAcked():
-            return _on_subscribed(attrs.evolve(state, resubscribe=None))
-        case SubscriptionsRefused(refused=refused):
-            return _on_subscriptions_refused(state, refused)
-        case PendingJobsListed():
-            return _on_pending_listed(state, event, now)
-        case JobsChanged():
-            return _on_jobs_changed(state, event, now)
-        case JobDescribed():
-            return _on_described(state, event, now)
-        case RequestRejected():
-            return _on_rejected(state, event, now)
-        case ReplyUnusable():
-            return _on_reply_unusable(state, event)
-        case UpdateAccepted():
-            return _on_update_accepted(state, event)
-        case PayloadIgnored(topic=topic, reason=reason):
-            return state, [_log(LogLevel.WARNING, f"ignored a message on {topic}: {reason}")]
-        case HookServerInfo():
-            return _on_hook_server_info(attrs.evolve(state, hook_info=None), event)
-        case HookFinished() if package.owns(state.package, event):
-            return _package(state, event, now)
-        case HookInfoFailed():
-            return _on_hook_info_failed(state, event)
-        case HookProgressed():
-            return _on_hook_progressed(state, event, now)
-        case HookFinished():
-            return _on_hook_finished(state, event, now)
-        case DownloadProgressed() | DownloadInterrupted() | DownloadCompleted() | DownloadFailed():
-            return _on_download(state, event, now)
-        case TimerFired():
-            return _on_timer(state, event, now)
-        case ShutdownRequested():
-            return _on_shutdown(state)
-        case (
-            PackageShadowRead()
-            | PackageShadowUpdated()
-            | PackageShadowMissing()
-            | ShadowRejected()
-            | PackageReportRefused()
-        ):
-            return _package(state, event, now)
-        case _:
-            assert_never(event)
+    """The event's row of `TABLE` (at the end of this module) handles it."""
+    row: Row[Any] = TABLE[type(event)]
+    return row.handler(state, event, now)
 
 
 # --- the `$package` shadow report: a sub-machine of its own (upparat.core.package) -------
@@ -566,7 +455,7 @@ def _package_saw(
 # --- connection and start ---------------------------------------------------------
 
 
-def _on_started(state: State, event: Started) -> Out:
+def _on_started(state: State, event: Started, now: float) -> Out:
     if not isinstance(state.stage, Booting):
         return state, [_log(LogLevel.DEBUG, "a second Started was ignored")]
     journal = event.journal
@@ -587,7 +476,23 @@ def _on_started(state: State, event: Started) -> Out:
     return state, commands
 
 
-def _on_connect_failed(state: State, reason: str) -> Out:
+def _on_mqtt_connected(state: State, event: MqttConnected, now: float) -> Out:
+    state = attrs.evolve(state, link=Link.SUBSCRIBING, dial=None, resubscribe=None)
+    state = _forget_requests(state)
+    return state, [SubscribeJobTopics(), _log(LogLevel.INFO, "MQTT connected")]
+
+
+def _on_mqtt_disconnected(state: State, event: MqttDisconnected, now: float) -> Out:
+    reason = event.reason
+    if state.link is Link.DOWN:
+        return state, [_log(LogLevel.DEBUG, f"MQTT: a second disconnect ({reason})")]
+    state = attrs.evolve(state, link=Link.DOWN, resubscribe=None)
+    state, commands = _redial(_forget_requests(state), failures=1)
+    return state, [_log(LogLevel.WARNING, f"MQTT disconnected: {reason}"), *commands]
+
+
+def _on_connect_failed(state: State, event: MqttConnectFailed, now: float) -> Out:
+    reason = event.reason
     dial = state.dial
     if not isinstance(dial, Dialing):
         return state, [_log(LogLevel.DEBUG, f"MQTT: a stale connect failure ({reason})")]
@@ -608,7 +513,8 @@ def _redial(state: State, *, failures: int) -> Out:
     return state, [SetTimer(timer=TimerKind.RECONNECT, token=timer, delay=delay)]
 
 
-def _on_subscriptions_refused(state: State, refused: tuple[tuple[str, str], ...]) -> Out:
+def _on_subscriptions_refused(state: State, event: SubscriptionsRefused, now: float) -> Out:
+    refused = event.refused
     if state.link is not Link.SUBSCRIBING:
         return state, [_log(LogLevel.DEBUG, "a SUBACK refusal without a pending subscribe")]
     previous = state.resubscribe
@@ -651,11 +557,15 @@ def _forget_requests(state: State) -> State:
         case _:
             assert_never(stage)
     return attrs.evolve(
-        state, stage=stage, outbox=_requeue(state.outbox), package=package.forget(state.package)
+        state,
+        stage=stage,
+        outbox=outbox.requeued(state.outbox),
+        package=package.forget(state.package),
     )
 
 
-def _on_subscribed(state: State) -> Out:
+def _on_subscribed(state: State, event: SubscriptionsAcked, now: float) -> Out:
+    state = attrs.evolve(state, resubscribe=None)
     if state.link is not Link.SUBSCRIBING:
         return state, [_log(LogLevel.DEBUG, "a SUBACK without a pending subscribe was ignored")]
     # What was queued while we were away goes out first, in order.
@@ -686,6 +596,11 @@ def _on_subscribed(state: State) -> Out:
             return state, flushed  # _pump sends what these stages wait for
         case _:
             assert_never(stage)
+
+
+def _on_payload_ignored(state: State, event: PayloadIgnored, now: float) -> Out:
+    message = f"ignored a message on {event.topic}: {event.reason}"
+    return state, [_log(LogLevel.WARNING, message)]
 
 
 # --- pending jobs, selection, description -------------------------------------------
@@ -1212,9 +1127,8 @@ def _abandon(state: State, stage: JobStage, why: str, *, ended: bool) -> Out:
     job_id = stage.job.job_id
     commands = _stop_work(stage, discard=ended)
     if ended:
-        outbox = state.outbox
-        queue = tuple(u for u in outbox.queue if u.terminal or u.job_id != job_id)
-        state = attrs.evolve(state, outbox=attrs.evolve(outbox, queue=queue), journal=None)
+        kept = outbox.without_progress_of(state.outbox, job_id)
+        state = attrs.evolve(state, outbox=kept, journal=None)
         if not isinstance(stage, Downloading) or stage.retry is not None:
             commands.append(DiscardDownload(job_id=job_id))
         commands.append(Persist(record=None))
@@ -1314,6 +1228,8 @@ class _GaveUp:
     reported: ReportedState
     message: str
     reason: str = ""
+    detail: str = ""
+    """The hook server's longer account (e.g. the tail of stderr): for the log, not the cloud."""
 
 
 @attrs.frozen(kw_only=True)
@@ -1325,11 +1241,13 @@ _Answer = _Succeeded | _Again | _GaveUp | _Absent
 
 
 def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
+    if package.owns(state.package, event):
+        return _package(state, event, now)  # the start's version call, no job's
     stage = state.stage
     if not isinstance(stage, HookStage):
         return state, [_log(LogLevel.DEBUG, f"result of unknown hook call {event.call_id}")]
     call = stage.call
-    hook = _hook_of(stage)
+    hook = hook_of(stage)
     pending = call.pending
     if (
         not isinstance(pending, Running)
@@ -1345,9 +1263,13 @@ def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
     match answer:
         case _Again(call=again, commands=scheduled):
             return attrs.evolve(state, stage=attrs.evolve(stage, call=again)), list(scheduled)
-        case _GaveUp(reported=reported, message=message, reason=reason):
+        case _GaveUp(reported=reported, message=message, reason=reason, detail=detail):
             details = status_details(reported, message, reason=reason)
-            return _finish(state, job_id, JobStatus.FAILED, details)
+            state, commands = _finish(state, job_id, JobStatus.FAILED, details)
+            if detail:
+                note = f"job {job_id}: the {_hook_name(hook)} failed: {detail}"
+                commands.append(_log(LogLevel.ERROR, note, job_id))
+            return state, commands
         case _Succeeded(value=value, message=message):
             return _hook_succeeded(state, stage, value, message, now)
         case _Absent():
@@ -1389,9 +1311,12 @@ def _judge(
                 _log(LogLevel.INFO, log + (f": {message}" if message else ""), job.job_id),
             )
             return state, _Again(call=again, commands=commands)
-        case HookFailure(reason=reason, message=message):
+        case HookFailure(reason=reason, message=message, detail=detail):
             return state, _GaveUp(
-                reported=_failed_state(hook), message=message or reason, reason=reason
+                reported=_failed_state(hook),
+                message=message or reason,
+                reason=reason,
+                detail=detail,
             )
         case HookUnavailable(detail=detail):
             outage = call.outage
@@ -1542,7 +1467,7 @@ def _recall(state: State, stage: HookStage, now: float) -> Out:
         # Restart may end the process: the journal must be on disk first.
         state, persist = _persist_restarting(state, stage.job)
         commands.append(persist)
-    state, call, more = _invoke(state, stage.job, _hook_of(stage), stage.call, now, file)
+    state, call, more = _invoke(state, stage.job, hook_of(stage), stage.call, now, file)
     return attrs.evolve(state, stage=attrs.evolve(stage, call=call)), [*commands, *more]
 
 
@@ -1567,7 +1492,7 @@ def _ask_hook_info(state: State) -> Out:
     return attrs.evolve(state, hook_info=Asking(failures=0)), [AskHookInfo()]
 
 
-def _on_hook_info_failed(state: State, event: HookInfoFailed) -> Out:
+def _on_hook_info_failed(state: State, event: HookInfoFailed, now: float) -> Out:
     asking = state.hook_info
     if not isinstance(asking, Asking):
         return state, [_log(LogLevel.DEBUG, "a GetInfo answer nobody asked for was ignored")]
@@ -1598,7 +1523,8 @@ def _hook_info_timer(state: State, token: int) -> Out:
     return state, [AskHookInfo()]
 
 
-def _on_hook_server_info(state: State, event: HookServerInfo) -> Out:
+def _on_hook_server_info(state: State, event: HookServerInfo, now: float) -> Out:
+    state = attrs.evolve(state, hook_info=None)
     absent = frozenset(HookKind) - event.hooks
     hooks = ", ".join(sorted(h.value for h in event.hooks)) or "none"
     who = f"{event.server_name} {event.server_version}".strip() or "hook server"
@@ -1606,7 +1532,8 @@ def _on_hook_server_info(state: State, event: HookServerInfo) -> Out:
     return attrs.evolve(state, absent_hooks=absent), [_log(LogLevel.INFO, message)]
 
 
-def _hook_of(stage: HookStage) -> HookKind:
+def hook_of(stage: HookStage) -> HookKind:
+    """The hook a stage waits for (the stage says which, so a call cannot be of another)."""
     match stage:
         case CheckingVersion() | VerifyingVersion():
             return HookKind.VERSION
@@ -1810,7 +1737,7 @@ def _report_phase(
         job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=status_details(reported, message)
     )
     state, commands = _enqueue(state, update)
-    return state, attrs.evolve(job, reporter=Reporter(last_sent_at=now)), commands
+    return state, attrs.evolve(job, reporter=progress.phase_reported(now)), commands
 
 
 def _report_progress(
@@ -1820,28 +1747,32 @@ def _report_progress(
     percent: int | None,
     now: float,
 ) -> tuple[State, Job, list[Command]]:
-    """At most one progress report per progress_interval, none for less than 1 %."""
+    """A progress report, through the throttle (`progress.judge`)."""
     reporter = job.reporter
-    last = reporter.last_percent
-    if percent is not None and last is not None and percent - last < 1:
-        return state, job, []
     interval = state.settings.progress_interval
-    sent_at = reporter.last_sent_at
-    if sent_at is None or now - sent_at >= interval:
-        update = Update(job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=details)
-        state, commands = _enqueue(state, update)
-        reporter = Reporter(last_sent_at=now, last_percent=last if percent is None else percent)
-        return state, attrs.evolve(job, reporter=reporter), commands
-    deferred = reporter.deferred
-    commands = []
-    if deferred is None:
-        state, timer = _next(state)
-        delay = max(0.0, sent_at + interval - now)
-        commands.append(SetTimer(timer=TimerKind.PROGRESS_FLUSH, token=timer, delay=delay))
-        deferred = Deferred(details=details, percent=percent, timer=timer)
-    else:
-        deferred = attrs.evolve(deferred, details=details, percent=percent)
-    return state, attrs.evolve(job, reporter=attrs.evolve(reporter, deferred=deferred)), commands
+    verdict = progress.judge(reporter, percent, now, interval)
+    match verdict:
+        case progress.Verdict.DROP:
+            return state, job, []
+        case progress.Verdict.SEND:
+            update = Update(job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=details)
+            state, commands = _enqueue(state, update)
+            return (
+                state,
+                attrs.evolve(job, reporter=progress.sent(reporter, percent, now)),
+                commands,
+            )
+        case progress.Verdict.HOLD:
+            commands = []
+            timer = 0 if reporter.deferred is None else reporter.deferred.timer
+            if reporter.deferred is None:
+                state, timer = _next(state)
+                delay = progress.flush_delay(reporter, now, interval)
+                commands.append(SetTimer(timer=TimerKind.PROGRESS_FLUSH, token=timer, delay=delay))
+            reporter = progress.held(reporter, details, percent, timer)
+            return state, attrs.evolve(job, reporter=reporter), commands
+        case _:
+            assert_never(verdict)
 
 
 def _flush_progress(state: State, stage: JobStage, now: float) -> Out:
@@ -1852,36 +1783,24 @@ def _flush_progress(state: State, stage: JobStage, now: float) -> Out:
     job = stage.job
     update = Update(job_id=job.job_id, status=JobStatus.IN_PROGRESS, details=deferred.details)
     state, commands = _enqueue(state, update)
-    last = reporter.last_percent if deferred.percent is None else deferred.percent
-    job = attrs.evolve(job, reporter=Reporter(last_sent_at=now, last_percent=last))
+    job = attrs.evolve(job, reporter=progress.sent(reporter, deferred.percent, now))
     return attrs.evolve(state, stage=attrs.evolve(stage, job=job)), commands
 
 
 def _enqueue(state: State, update: Update) -> Out:
-    queue = state.outbox.queue
-    if (
-        not update.terminal
-        and queue
-        and not queue[-1].terminal
-        and queue[-1].job_id == update.job_id
-    ):
-        # Not sent yet and superseded: the newer report says more.
-        queue = queue[:-1]
-    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, queue=(*queue, update)))
+    state = attrs.evolve(state, outbox=outbox.queued(state.outbox, update))
     return _flush(state)
 
 
 def _flush(state: State) -> Out:
     """Send the next update if the link is up and none is waiting for its answer."""
-    outbox = state.outbox
-    if state.link is not Link.UP or outbox.head is not None or not outbox.queue:
+    update = outbox.next_update(state.outbox)
+    if state.link is not Link.UP or update is None:
         return state, []
-    update, rest = outbox.queue[0], outbox.queue[1:]
     state, token, commands = _publish(state, update)
     state, timer = _next(state)
-    head = Sent(update=update, tokens=(token,), timer=timer)
     commands.append(SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=_timeout(state)))
-    return attrs.evolve(state, outbox=Outbox(queue=rest, head=head)), commands
+    return attrs.evolve(state, outbox=outbox.sending(state.outbox, token, timer)), commands
 
 
 def _publish(state: State, update: Update) -> tuple[State, ClientToken, list[Command]]:
@@ -1899,27 +1818,11 @@ def _publish(state: State, update: Update) -> tuple[State, ClientToken, list[Com
     return state, token, [command]
 
 
-def _requeue(outbox: Outbox) -> Outbox:
-    """The link went down: the head goes back to the queue, to be sent after reconnect."""
-    head = outbox.head
-    if head is None:
-        return outbox
-    return Outbox(queue=(head.update, *outbox.queue), head=None)
-
-
-def _head_matches(
-    head: Sent | Throttled | None, job_id: JobId | None, token: ClientToken | None
-) -> bool:
-    if head is None or token is None or token not in head.tokens:
-        return False
-    return job_id is None or job_id == head.update.job_id
-
-
-def _on_update_accepted(state: State, event: UpdateAccepted) -> Out:
+def _on_update_accepted(state: State, event: UpdateAccepted, now: float) -> Out:
     head = state.outbox.head
-    if head is None or not _head_matches(head, event.job_id, event.client_token):
+    if head is None or not outbox.answers_head(state.outbox, event.job_id, event.client_token):
         return state, [_log(LogLevel.DEBUG, f"a stale update reply for {event.job_id} was ignored")]
-    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=None))
+    state = attrs.evolve(state, outbox=outbox.settled(state.outbox))
     update = head.update
     text = dict(update.details).get("state", "")
     return state, [
@@ -1965,7 +1868,7 @@ def _retryable(code: RejectCode) -> bool:
 
 def _update_rejected(state: State, event: RequestRejected) -> Out:
     head = state.outbox.head
-    if head is None or not _head_matches(head, event.job_id, event.client_token):
+    if head is None or not outbox.answers_head(state.outbox, event.job_id, event.client_token):
         return state, [_log(LogLevel.DEBUG, "a stale update rejection was ignored")]
     update = head.update
     job_id = update.job_id
@@ -1974,13 +1877,12 @@ def _update_rejected(state: State, event: RequestRejected) -> Out:
     if _retryable(code):
         state, delay = _delay(state, state.settings.request_backoff, head.attempt)
         state, timer = _next(state)
-        retry = Throttled(update=update, tokens=head.tokens, timer=timer, attempt=head.attempt + 1)
-        state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=retry))
+        state = attrs.evolve(state, outbox=outbox.throttling(state.outbox, head, timer))
         return state, [
             SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=delay),
             _log(LogLevel.WARNING, f"{what}; sending again in {delay:.0f} s", job_id),
         ]
-    state = attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=None))
+    state = attrs.evolve(state, outbox=outbox.settled(state.outbox))
     stage = state.stage
     working_on_it = isinstance(stage, JobStage) and stage.job.job_id == job_id
     final = code in (RejectCode.TERMINAL_STATE_REACHED, RejectCode.INVALID_STATE_TRANSITION)
@@ -2050,7 +1952,7 @@ def _describe_rejected(state: State, event: RequestRejected) -> Out:
     return state, []
 
 
-def _on_reply_unusable(state: State, event: ReplyUnusable) -> Out:
+def _on_reply_unusable(state: State, event: ReplyUnusable, now: float) -> Out:
     """Our request was answered with something unusable: it failed; ask again after the
     short backoff (1, 2, 4 ... s), not after the whole request timeout."""
     stage = state.stage
@@ -2187,15 +2089,13 @@ def _on_timer(state: State, event: TimerFired, now: float) -> Out:
     return state, []
 
 
-def _resend_update(state: State, head: Sent | Throttled) -> Out:
+def _resend_update(state: State, head: outbox.Sent | outbox.Throttled) -> Out:
     if state.link is not Link.UP:
-        return attrs.evolve(state, outbox=_requeue(state.outbox)), []
+        return attrs.evolve(state, outbox=outbox.requeued(state.outbox)), []
     state, token, commands = _publish(state, head.update)
     state, timer = _next(state)
-    tokens = (*head.tokens, token)[-MAX_TOKENS_KEPT:]
-    sent = Sent(update=head.update, tokens=tokens, timer=timer, attempt=head.attempt)
     commands.append(SetTimer(timer=TimerKind.UPDATE_RETRY, token=timer, delay=_timeout(state)))
-    return attrs.evolve(state, outbox=attrs.evolve(state.outbox, head=sent)), commands
+    return attrs.evolve(state, outbox=outbox.resending(state.outbox, head, token, timer)), commands
 
 
 def _request_timer(state: State, token: int) -> Out:
@@ -2235,7 +2135,7 @@ def _request_timer(state: State, token: int) -> Out:
 # --- shutdown ---------------------------------------------------------------------------
 
 
-def _on_shutdown(state: State) -> Out:
+def _on_shutdown(state: State, event: ShutdownRequested, now: float) -> Out:
     stage = state.stage
     commands: list[Command] = [_log(LogLevel.INFO, "stop requested")]
     match stage:
@@ -2262,20 +2162,12 @@ def _on_shutdown(state: State) -> Out:
             commands.append(Persist(record=state.journal))
         case _:
             assert_never(stage)
-    # Progress reports can go; final reports must reach the cloud if at all possible.
-    outbox = state.outbox
-    outbox = attrs.evolve(outbox, queue=tuple(u for u in outbox.queue if u.terminal))
-    state = attrs.evolve(state, outbox=outbox)
-    if not _terminal_pending(outbox):
+    state = attrs.evolve(state, outbox=outbox.finals_only(state.outbox))
+    if not outbox.terminal_pending(state.outbox):
         return _exit(state, commands)
     state, timer = _next(state)
     commands.append(SetTimer(timer=TimerKind.SHUTDOWN, token=timer, delay=_timeout(state)))
     return attrs.evolve(state, stage=ShuttingDown(timer=timer)), commands
-
-
-def _terminal_pending(outbox: Outbox) -> bool:
-    head = outbox.head
-    return any(u.terminal for u in outbox.queue) or (head is not None and head.update.terminal)
 
 
 def _exit(state: State, commands: list[Command]) -> Out:
@@ -2294,8 +2186,7 @@ def _pump(state: State, now: float) -> Out:
     stage = state.stage
     match stage:
         case FetchingJobs(request=None):
-            outbox = state.outbox
-            if up and outbox.head is None and not outbox.queue:
+            if up and state.outbox == Outbox():
                 state, request, more = _send_get(state)
                 return attrs.evolve(state, stage=FetchingJobs(request=request)), [
                     *commands,
@@ -2312,11 +2203,11 @@ def _pump(state: State, now: float) -> Out:
                 stage = attrs.evolve(stage, request=request)
                 return attrs.evolve(state, stage=stage), [*commands, *more]
         case ReportingReboot(job=job):
-            if not _updates_pending(state.outbox, job.job_id):
+            if not outbox.pending_for(state.outbox, job.job_id):
                 state, more = _restart(state, job, now)
                 return state, [*commands, *more]
         case ShuttingDown():
-            if not _terminal_pending(state.outbox):
+            if not outbox.terminal_pending(state.outbox):
                 return _exit(state, commands)
         case (
             Booting()
@@ -2340,13 +2231,6 @@ def _pump(state: State, now: float) -> Out:
     return state, commands
 
 
-def _updates_pending(outbox: Outbox, job_id: JobId) -> bool:
-    head = outbox.head
-    return any(u.job_id == job_id for u in outbox.queue) or (
-        head is not None and head.update.job_id == job_id
-    )
-
-
 # --- small helpers ----------------------------------------------------------------------
 
 
@@ -2362,3 +2246,315 @@ def _token(state: State) -> tuple[State, ClientToken]:
 
 def _log(level: LogLevel, message: str, job_id: JobId | None = None) -> Log:
     return Log(level=level, message=message, job_id=job_id)
+
+
+# --- the transition table ------------------------------------------------------------
+#
+# One row per event type: the handler `step` calls, the arrows (from which stage to which,
+# and why: the map in README.md is generated from them, `python -m upparat.statemap
+# --write`), and the stages the event never moves out of. Every stage is in exactly one of
+# the two; the totality and stateful tests check that `step` takes no other arrow.
+
+
+@attrs.frozen(kw_only=True)
+class Stages:
+    """A named group of stages that an arrow leaves alike (one box on the map)."""
+
+    name: str
+    """An identifier, for the map."""
+    title: str
+    members: tuple[type[Stage], ...]
+
+
+def _group(name: str, title: str, stages: object) -> Stages:
+    return Stages(name=name, title=title, members=typing.get_args(stages))
+
+
+EVERY_STAGE = _group("AnyStage", "every stage", Stage)
+EVERY_LIVE_STAGE = Stages(
+    name="AnyLiveStage",
+    title="every stage but Stopped",
+    members=tuple(s for s in EVERY_STAGE.members if s is not Stopped),
+)
+"""`step` ignores every event in `Stopped`."""
+JOB_STAGES = _group("AnyJobStage", "every job stage", JobStage)
+CHECK_STAGES = _group("AnyCheckStage", "every job stage but RefreshingUrl", CheckStage)
+HOOK_STAGES = _group("AnyHookStage", "every stage waiting for a hook", HookStage)
+
+
+@attrs.frozen(kw_only=True)
+class Arrow:
+    source: type[Stage] | Stages
+    target: type[Stage]
+    label: str
+    """What happened, for a reader of the map (no `:` or `;`: mermaid reads them)."""
+
+    @property
+    def sources(self) -> tuple[type[Stage], ...]:
+        source = self.source
+        return source.members if isinstance(source, Stages) else (source,)
+
+
+E = typing.TypeVar("E", bound=Event)
+
+
+@attrs.frozen(kw_only=True)
+class Row(typing.Generic[E]):
+    event: type[E]
+    handler: Callable[[State, E, float], Out]
+    stays: tuple[type[Stage], ...]
+    """The stages this event never moves out of (it may still change their data, the
+    link, the outbox ...); the other stages are the sources of `arrows`."""
+    arrows: tuple[Arrow, ...] = ()
+    """Where the event may take the stage; it may also stay where it is (a stale reply)."""
+
+    def targets(self, stage: type[Stage]) -> frozenset[type[Stage]]:
+        """The stages the handler may leave `stage` in."""
+        return frozenset({stage, *(a.target for a in self.arrows if stage in a.sources)})
+
+
+def _but(*stages: type[Stage]) -> tuple[type[Stage], ...]:
+    """Every stage except `stages`."""
+    return tuple(s for s in EVERY_STAGE.members if s not in stages)
+
+
+def _go(source: type[Stage] | Stages, target: type[Stage], label: str) -> Arrow:
+    """An arrow, written short for the table."""
+    return Arrow(source=source, target=target, label=label)
+
+
+_MULTIPLE = "more than one IN_PROGRESS (FAILED error_multiple_in_progress)"
+_SELECTION = (
+    _go(FetchingJobs, Describing, "job selected, IN_PROGRESS first, else the oldest QUEUED"),
+    _go(FetchingJobs, Idle, "no upparat job pending"),
+    _go(FetchingJobs, FetchingJobs, _MULTIPLE),
+)
+"""Where `_select` takes the fetch, answered by the reply or by a notification."""
+
+
+def _verifying(source: type[Stage], why: str) -> tuple[Arrow, ...]:
+    """Where `_verify` goes: the version hook, else the ready hook, else done."""
+    return (
+        _go(source, VerifyingVersion, why),
+        _go(source, VerifyingReady, f"{why}, no version hook"),
+        _go(source, FetchingJobs, f"{why}, nothing to verify (SUCCEEDED)"),
+    )
+
+
+# Row[Any]: each row's handler takes its own event type, and `TABLE[type(event)]` is the
+# row of that type (test_totality checks that every event type has exactly one).
+ROWS: tuple[Row[Any], ...] = (
+    Row(
+        event=Started,
+        handler=_on_started,
+        arrows=(_go(Booting, FetchingJobs, "the journal is read"),),
+        stays=_but(Booting),
+    ),
+    # The connection: the session and the subscriptions (state.link, dial, resubscribe).
+    Row(event=MqttConnected, handler=_on_mqtt_connected, stays=EVERY_STAGE.members),
+    Row(event=MqttConnectFailed, handler=_on_connect_failed, stays=EVERY_STAGE.members),
+    Row(event=MqttDisconnected, handler=_on_mqtt_disconnected, stays=EVERY_STAGE.members),
+    Row(
+        event=SubscriptionsAcked,
+        handler=_on_subscribed,
+        arrows=(_go(Idle, FetchingJobs, "reconnected, notifications were lost"),),
+        stays=_but(Idle),
+    ),
+    Row(event=SubscriptionsRefused, handler=_on_subscriptions_refused, stays=EVERY_STAGE.members),
+    # The cloud's answers.
+    Row(
+        event=PendingJobsListed,
+        handler=_on_pending_listed,
+        arrows=(
+            *_SELECTION,
+            _go(CHECK_STAGES, FetchingJobs, "the check after a reconnect no longer lists the job"),
+        ),
+        stays=_but(*CHECK_STAGES.members, FetchingJobs),
+    ),
+    Row(
+        event=JobsChanged,
+        handler=_on_jobs_changed,
+        arrows=(
+            *_SELECTION,
+            _go(Idle, Describing, "a notification lists an upparat job"),
+            _go(Idle, FetchingJobs, _MULTIPLE),
+            _go(Describing, FetchingJobs, "the job is no longer listed"),
+            _go(
+                JOB_STAGES,
+                FetchingJobs,
+                "the job is no longer listed (cancelled), work cancelled and discarded",
+            ),
+        ),
+        stays=_but(*JOB_STAGES.members, FetchingJobs, Idle, Describing),
+    ),
+    Row(
+        event=JobDescribed,
+        handler=_on_described,
+        arrows=(
+            _go(
+                Describing,
+                FetchingJobs,
+                "not pending, an invalid document (REJECTED), reboot_loop (FAILED), or"
+                " nothing to verify after the boot (SUCCEEDED)",
+            ),
+            _go(
+                Describing,
+                CheckingVersion,
+                "QUEUED or IN_PROGRESS (not reboot_start), or the install had begun",
+            ),
+            _go(Describing, CheckingDownload, "no version hook"),
+            _go(Describing, Downloading, "force, or neither a version nor a download hook"),
+            _go(Describing, VerifyingVersion, "IN_PROGRESS reboot_start (a boot is counted)"),
+            _go(Describing, VerifyingReady, "IN_PROGRESS reboot_start, no version hook"),
+            _go(RefreshingUrl, Downloading, "a fresh URL"),
+            _go(
+                RefreshingUrl,
+                FetchingJobs,
+                "not pending any more, or an invalid document (REJECTED)",
+            ),
+        ),
+        stays=_but(Describing, RefreshingUrl),
+    ),
+    Row(
+        event=RequestRejected,
+        handler=_on_rejected,
+        arrows=(
+            _go(
+                Describing,
+                FetchingJobs,
+                "describe rejected, not retryable (fetching again after request_timeout)",
+            ),
+            _go(
+                JOB_STAGES,
+                FetchingJobs,
+                "our update rejected, TerminalStateReached or InvalidStateTransition"
+                " ends the job, other codes keep it resumable",
+            ),
+        ),
+        stays=_but(*JOB_STAGES.members, Describing),
+    ),
+    Row(event=ReplyUnusable, handler=_on_reply_unusable, stays=EVERY_STAGE.members),
+    Row(event=UpdateAccepted, handler=_on_update_accepted, stays=EVERY_STAGE.members),
+    Row(event=PayloadIgnored, handler=_on_payload_ignored, stays=EVERY_STAGE.members),
+    # The hook server.
+    Row(event=HookServerInfo, handler=_on_hook_server_info, stays=EVERY_STAGE.members),
+    Row(event=HookInfoFailed, handler=_on_hook_info_failed, stays=EVERY_STAGE.members),
+    Row(event=HookProgressed, handler=_on_hook_progressed, stays=EVERY_STAGE.members),
+    Row(
+        event=HookFinished,
+        handler=_on_hook_finished,
+        arrows=(
+            _go(
+                HOOK_STAGES,
+                FetchingJobs,
+                "FAILURE, too many RETRY_LATER, DEADLINE_EXCEEDED or unreachable too"
+                " long (FAILED), or the job is done",
+            ),
+            _go(
+                CheckingVersion,
+                CheckingDownload,
+                "another version is installed, or no version hook",
+            ),
+            _go(
+                CheckingVersion,
+                Downloading,
+                "another version and no download hook, or after_install and the"
+                " previous version runs (install again)",
+            ),
+            _go(CheckingVersion, VerifyingReady, "after_install and the job's version runs"),
+            _go(CheckingDownload, Downloading, "SUCCESS or no download hook"),
+            _go(Installing, ReportingReboot, "SUCCESS (reboot_start)"),
+            _go(Installing, VerifyingVersion, "SUCCESS, no restart hook"),
+            _go(Installing, VerifyingReady, "SUCCESS, neither a restart nor a version hook"),
+            _go(Restarting, VerifyingVersion, "SUCCESS (soft restart) or UNIMPLEMENTED"),
+            _go(Restarting, VerifyingReady, "SUCCESS (soft restart), no version hook"),
+            _go(Restarting, AwaitingReboot, "the hook server went away (UNAVAILABLE)"),
+            _go(VerifyingVersion, VerifyingReady, "the job's version runs, or no version hook"),
+        ),
+        stays=_but(*HOOK_STAGES.members),
+    ),
+    # The download.
+    Row(event=DownloadProgressed, handler=_on_download, stays=EVERY_STAGE.members),
+    Row(
+        event=DownloadInterrupted,
+        handler=_on_download,
+        arrows=(
+            _go(Downloading, FetchingJobs, "download_retries exhausted (FAILED download_failed)"),
+        ),
+        stays=_but(Downloading),
+    ),
+    Row(
+        event=DownloadCompleted,
+        handler=_on_download,
+        arrows=(
+            _go(Downloading, Installing, "installation_start"),
+            _go(
+                Downloading,
+                FetchingJobs,
+                "no install hook (SUCCEEDED no_installation_hook_provided)",
+            ),
+        ),
+        stays=_but(Downloading),
+    ),
+    Row(
+        event=DownloadFailed,
+        handler=_on_download,
+        arrows=(
+            _go(Downloading, RefreshingUrl, "URL_EXPIRED (download_interrupt)"),
+            _go(Downloading, FetchingJobs, "failed (FAILED)"),
+        ),
+        stays=_but(Downloading),
+    ),
+    # The `$package` shadow report (upparat.core.package): never moves the job.
+    Row(event=PackageShadowRead, handler=_package, stays=EVERY_STAGE.members),
+    Row(event=PackageShadowUpdated, handler=_package, stays=EVERY_STAGE.members),
+    Row(event=PackageShadowMissing, handler=_package, stays=EVERY_STAGE.members),
+    Row(event=ShadowRejected, handler=_package, stays=EVERY_STAGE.members),
+    Row(event=PackageReportRefused, handler=_package, stays=EVERY_STAGE.members),
+    # Time and the process.
+    Row(
+        event=TimerFired,
+        handler=_on_timer,
+        arrows=(
+            *_verifying(AwaitingReboot, "restart_timeout without being stopped"),
+            _go(ShuttingDown, Stopped, "SHUTDOWN timer, final reports unanswered"),
+        ),
+        stays=_but(AwaitingReboot, ShuttingDown),
+    ),
+    Row(
+        event=ShutdownRequested,
+        handler=_on_shutdown,
+        arrows=(
+            _go(
+                EVERY_LIVE_STAGE,
+                ShuttingDown,
+                "a final report is unanswered, work cancelled (a download is kept)",
+            ),
+            _go(EVERY_LIVE_STAGE, Stopped, "no final report unanswered, Exit"),
+        ),
+        stays=(Stopped,),
+    ),
+)
+"""The transitions, one row per event type."""
+
+TABLE: Mapping[type[Event], Row[Any]] = {row.event: row for row in ROWS}
+
+AFTER_EVERY_EVENT: tuple[Arrow, ...] = (
+    _go(
+        ReportingReboot,
+        Restarting,
+        "reboot_start accepted, Persist RESTARTING then CallHook RESTART",
+    ),
+    *_verifying(ReportingReboot, "reboot_start accepted, no restart hook"),
+    _go(ShuttingDown, Stopped, "the final reports are accepted"),
+)
+"""What `_pump` does after the event's handler, whatever the event."""
+
+
+def reachable(stage: type[Stage], event: type[Event]) -> frozenset[type[Stage]]:
+    """The stages `step` may leave `stage` in on `event`: the row's arrows, then the
+    arrows taken after every event."""
+    if stage is Stopped:
+        return frozenset({Stopped})
+    after = TABLE[event].targets(stage)
+    return after | {a.target for a in AFTER_EVERY_EVENT for s in after if s in a.sources}

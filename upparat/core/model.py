@@ -81,9 +81,6 @@ class JobSummary:
 
     job_id: JobId
     queued_at: int
-    started_at: int | None = None
-    last_updated_at: int | None = None
-    version_number: int | None = None
     execution_number: int | None = None
 
 
@@ -134,9 +131,7 @@ class JobExecution:
     status_details: tuple[tuple[str, str], ...] = ()
     """statusDetails as sorted (key, value) pairs."""
     document: JobDocument | InvalidJobDocument
-    version_number: int | None = None
     execution_number: int | None = None
-    queued_at: int | None = None
 
     def detail(self, key: str) -> str | None:
         for k, v in self.status_details:

@@ -38,8 +38,8 @@ from typing import assert_never
 import attrs
 
 import upparat
-from upparat import urls
 from upparat.aws.topics import JOB_ID_RE as _JOB_ID
+from upparat.core import urls
 from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
 from upparat.core.events import (
     DownloadCompleted,
@@ -79,21 +79,8 @@ _USER_AGENT = f"upparat/{upparat.__version__}"
 
 
 def redact_url(url: str) -> str:
-    """`scheme://host[:port]/path` of `url`: no credentials, query string or fragment.
-
-    Pre-signed URLs carry their signature in the query string; this is the only form of a
-    URL that may reach a log line or an event message.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparseable URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if port is None else f"{host}:{port}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    """How a URL may appear in a log line or an event: the core's rule (`urls.redact`)."""
+    return urls.redact(url)
 
 
 # --- values -------------------------------------------------------------------------------

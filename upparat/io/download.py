@@ -188,7 +188,7 @@ class _LocalError(Exception):
 
 
 def _parse_url(url: str, *, allow_http: bool) -> _Url | _BadUrl:
-    # The rule is upparat.urls', the one the AWS edge applied to the job document.
+    # The rule is upparat.core.urls', the one the AWS edge applied to the job document.
     parsed = urls.parse_file_url(url)
     if isinstance(parsed, urls.BadUrl):
         return _BadUrl(reason=parsed.reason)

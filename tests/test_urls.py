@@ -10,9 +10,9 @@ import json
 
 import pytest
 
+from upparat import urls
 from upparat.aws import parse
 from upparat.config import ConfigError, parse_config
-from upparat.core import urls
 from upparat.core.events import JobDescribed
 from upparat.core.model import InvalidJobDocument, JobDocument, ThingName
 from upparat.io import download

@@ -22,9 +22,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from upparat import scriptenv
+from upparat import scriptenv, urls
 from upparat.aws import shadow, topics
-from upparat.core import urls
 from upparat.core.model import LogLevel, Settings, ThingName
 
 if TYPE_CHECKING:

@@ -257,7 +257,7 @@ def test_credentials_in_a_job_url_never_reach_the_log(
         [THING],
     )
     done = finished(stack, "upparat_doc_secret")
-    # upparat.core.urls refuses credentials in a job URL at the edge: REJECTED, not downloaded.
+    # upparat.urls refuses credentials in a job URL at the edge: REJECTED, not downloaded.
     assert outcome(done) == ("REJECTED", "invalid_job_document")
     assert SECRET not in str(details(done))
     # The log line follows the cloud's answer: wait for it rather than race it.

@@ -16,8 +16,8 @@ import re
 from base64 import b64decode
 from typing import NoReturn, TypeAlias, assert_never, cast
 
+from upparat import urls
 from upparat.aws import topics
-from upparat.core import urls
 from upparat.core.events import (
     JobDescribed,
     JobsChanged,

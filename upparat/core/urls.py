@@ -1,133 +1,11 @@
-"""The URL rules: a job document's file URL, the download proxy URL, and how a URL is
-written in a log line.
-
-The one home of what upparat accepts as a URL, read by the core (job documents), the AWS
-edge, the download driver (the URL it fetches, redirects, proxies) and the config
-(`[service] proxy`), so no URL passes one and fails the other. Pure string work: no I/O.
+"""The core's URL rules: which schemes a job's file may be fetched with, the document check
+that reads them, and how a URL is written in a log line. Pure string work (the core does
+not import `urllib`); the parsing of file and proxy URLs is the edges' (`upparat.urls`).
 """
 
 from __future__ import annotations
 
-import urllib.parse
-from typing import Final
-
-import attrs
-
-MAX_FILE_URL_CHARS: Final = 2048
-"""Longer than any pre-signed S3 URL; a longer `file` is refused before anything is fetched."""
-
-PROXY_EXPECTED: Final = "an http:// proxy URL like http://[user:password@]proxy.example:3128"
-"""What `parse_proxy_url` accepts, for messages that say what is allowed."""
-
-
-@attrs.frozen(kw_only=True)
-class BadUrl:
-    """Why a URL is refused. Never quotes the URL: it may be pre-signed or carry a password."""
-
-    reason: str
-
-
-@attrs.frozen(kw_only=True)
-class FileUrl:
-    """A URL with a host and no credentials, safe to put on a request line."""
-
-    scheme: str
-    """Lower case; whether it is allowed is `scheme_problem`'s question."""
-    host: str
-    """Without brackets for an IPv6 literal."""
-    port: int | None
-    path: str
-    query: str
-
-
-@attrs.frozen(kw_only=True)
-class ProxyUrl:
-    host: str
-    port: int
-    """80 when the URL names none, as curl does."""
-    username: str | None = None
-    password: str | None = attrs.field(default=None, repr=False)
-
-
-def parse_file_url(url: str) -> FileUrl | BadUrl:
-    """The syntax of a job document's `file` (and of a redirect's target), or why not.
-
-    Credentials in the URL are refused: a pre-signed URL never has them, they would end up
-    in logs, and what `user:pw@host` means to a redirect is a classic source of confusion.
-    """
-    if len(url) > MAX_FILE_URL_CHARS:
-        return BadUrl(reason=f"URL is longer than {MAX_FILE_URL_CHARS} characters ({len(url)})")
-    # urlsplit silently drops tabs and newlines (WHATWG), so they are refused first.
-    if not url.isascii() or any(ch <= " " or ch == "\x7f" for ch in url):
-        return BadUrl(
-            reason="URL contains spaces, control or non-ASCII characters (percent-encode them)"
-        )
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        return BadUrl(reason=f"URL cannot be parsed: {_why(e)}")
-    if not parts.scheme or not url.lower().startswith(parts.scheme + "://"):
-        return BadUrl(reason="not an absolute URL with a host (scheme://host/path)")
-    if "@" in parts.netloc:
-        return BadUrl(reason="URLs with embedded credentials (user:password@) are refused")
-    if not parts.hostname:
-        return BadUrl(reason="not an absolute URL with a host (scheme://host/path)")
-    return FileUrl(
-        scheme=parts.scheme.lower(),
-        host=parts.hostname,
-        port=port,
-        path=parts.path,
-        query=parts.query,
-    )
-
-
-def scheme_problem(url: FileUrl, *, allow_http: bool) -> str | None:
-    """Why `url`'s scheme may not be fetched (the core's `allowed_schemes`), or None."""
-    allowed = allowed_schemes(allow_http=allow_http)
-    if url.scheme in allowed:
-        return None
-    expected = " or ".join(f"{s}:" for s in allowed)
-    return f"scheme {url.scheme}: is not allowed, expected {expected}"
-
-
-def parse_proxy_url(text: str) -> ProxyUrl | BadUrl:
-    """`[service] proxy` (and HTTP(S)_PROXY): an `http://` proxy, optional credentials.
-
-    Only plain-HTTP proxies: the download driver speaks HTTP to the proxy (CONNECT for
-    https:// files), it does not open TLS to the proxy itself.
-    """
-    if not text.isascii() or any(ch <= " " or ch == "\x7f" for ch in text):
-        return BadUrl(reason="the proxy URL contains spaces, control or non-ASCII characters")
-    try:
-        parts = urllib.parse.urlsplit(text)
-        port = parts.port
-    except ValueError as e:
-        return BadUrl(reason=f"the proxy URL cannot be parsed: {_why(e)}")
-    if parts.scheme.lower() != "http" or "://" not in text:
-        shown = f"{parts.scheme}://" if "://" in text else "no scheme"
-        return BadUrl(reason=f"the proxy must be an http:// URL, got {shown}")
-    if not parts.hostname:
-        return BadUrl(reason="the proxy URL has no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return BadUrl(reason="the proxy URL must be only http://[user:password@]host[:port]")
-    username = None if parts.username is None else urllib.parse.unquote(parts.username)
-    password = None if parts.password is None else urllib.parse.unquote(parts.password)
-    return ProxyUrl(
-        host=parts.hostname,
-        port=80 if port is None else port,
-        username=username,
-        password=password,
-    )
-
-
-def _why(error: ValueError) -> str:
-    text = str(error)
-    if "out of range" in text:
-        return "port out of range 0-65535"
-    if "IPv6" in text or "bracket" in text.lower():
-        return "malformed host (an IPv6 literal needs [brackets])"
-    return "malformed port" if "port" in text.lower() else text
+REDACT_UNPARSEABLE = "<unparseable URL>"
 
 
 def allowed_schemes(*, allow_http: bool) -> tuple[str, ...]:
@@ -149,18 +27,33 @@ def file_url_problem(url: str, *, allow_http: bool) -> str | None:
 
 
 def redact(url: str) -> str:
-    """`scheme://host[:port]/path` of `url`: no credentials, query string or fragment.
+    """`scheme://host[:port]/path` of `url`: no credentials, query string or fragment;
+    scheme and host in lower case, an IPv6 host in brackets.
 
     Pre-signed URLs carry their signature in the query string; this is the only form of a
-    URL that may reach a log line or an event message.
+    URL that may reach a log line or an event message. A URL whose host or port cannot be
+    read is `<unparseable URL>`; a text with no `://` is kept without query and fragment.
     """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparseable URL>"
-    if ":" in host:
+    url = url.split("#", 1)[0].split("?", 1)[0]
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    authority, slash, path = rest.partition("/")
+    hostport = authority.rpartition("@")[2]
+    if hostport.startswith("["):
+        host, bracket, after = hostport[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            return REDACT_UNPARSEABLE
+        port = after[1:] if after else None
         host = f"[{host}]"
-    netloc = host if port is None else f"{host}:{port}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    else:
+        host, colon, port_text = hostport.partition(":")
+        port = port_text if colon else None
+    if (
+        port is not None
+        and port != ""
+        and not (port.isascii() and port.isdigit() and int(port) <= 65535)
+    ):
+        return REDACT_UNPARSEABLE
+    netloc = host.lower() if not port else f"{host.lower()}:{int(port)}"
+    return f"{scheme.lower()}://{netloc}{slash}{path}"

@@ -38,8 +38,8 @@ from typing import assert_never
 import attrs
 
 import upparat
+from upparat import urls
 from upparat.aws.topics import JOB_ID_RE as _JOB_ID
-from upparat.core import urls
 from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
 from upparat.core.events import (
     DownloadCompleted,
@@ -49,6 +49,7 @@ from upparat.core.events import (
     Event,
 )
 from upparat.core.model import DownloadFailure, DownloadId, JobId
+from upparat.core.urls import redact
 from upparat.io.folder import FolderRefused, prepare_download_folder
 from upparat.signing import NotVerified, TrustedKeys
 
@@ -79,8 +80,8 @@ _USER_AGENT = f"upparat/{upparat.__version__}"
 
 
 def redact_url(url: str) -> str:
-    """How a URL may appear in a log line or an event: the core's rule (`urls.redact`)."""
-    return urls.redact(url)
+    """How a URL may appear in a log line or an event: the core's rule (`core.urls.redact`)."""
+    return redact(url)
 
 
 # --- values -------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ class _LocalError(Exception):
 
 
 def _parse_url(url: str, *, allow_http: bool) -> _Url | _BadUrl:
-    # The rule is upparat.core.urls', the one the AWS edge applied to the job document.
+    # The rule is upparat.urls', the one the AWS edge applied to the job document.
     parsed = urls.parse_file_url(url)
     if isinstance(parsed, urls.BadUrl):
         return _BadUrl(reason=parsed.reason)

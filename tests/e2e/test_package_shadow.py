@@ -151,6 +151,37 @@ def test_without_package_name_the_daemon_sends_no_shadow_request(
     assert len(device.calls("version")) == 2, "the job's check and verification only"
 
 
+def test_a_boot_into_the_other_slot_with_the_same_version_updates_only_the_attributes(
+    device: Device, make_stack: StackFactory
+) -> None:
+    """The version hook's attributes ($UPPARAT_ATTRIBUTES) travel with the version; one the
+    catalog cannot hold is left out with a warning, and the rest is reported all the same."""
+    slot = device.root / "slot"
+    slot.write_text("A")
+    device.script(
+        "version",
+        'printf "booted_slot=%s\\nbad key=x\\n" "$(cat "$ROOT/slot")" >> "$UPPARAT_ATTRIBUTES"\n'
+        'cat "$ROOT/version"\n',
+    )
+    stack = make_stack(device, config=REPORTING)
+    first = wait_reported(stack, OLD)
+    assert shadow_attributes(stack) == {"booted_slot": "A"}
+    wait_until(
+        lambda: "attribute name 'bad key'" in stack.daemon_log() or None,
+        "the daemon's warning about the bad attribute",
+        30,
+    )
+
+    slot.write_text("B")  # the same version, booted from the other slot
+    restart_daemon_and_settle(stack)
+    assert shadow_says(stack) == (OLD, first + 1)
+    assert shadow_attributes(stack) == {"booted_slot": "B"}
+    assert reported_versions(stack) == [OLD, OLD]
+
+    restart_daemon_and_settle(stack)  # nothing changed: nothing sent
+    assert shadow_says(stack) == (OLD, first + 1)
+
+
 # --- the real RAUC device --------------------------------------------------------------
 
 

@@ -6,7 +6,9 @@ version hook, asked once while no job is pending, or from a job's own version ch
 verdict; it reads the shadow once and updates it only when the two differ. It never
 blocks or delays a job: its requests use the shadow's own topics and its waits its own
 timers, and its one hook call runs only while the device is idle (a job being selected
-cancels it; that job's answer serves instead). Pure: no I/O, no clock, no logging calls.
+cancels it; that job's answer serves instead). It owns the rules for the version hook's
+attributes (`clean_attributes`): bad ones are dropped with a warning, the rest reported
+with the version. Pure: no I/O, no clock, no logging calls.
 The payloads are `upparat.aws.shadow`'s.
 """
 

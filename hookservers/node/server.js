@@ -533,13 +533,21 @@ class Runner {
 }
 
 // A unary hook: one script run, one response carrying the HookResult.
-function unaryHook(runner, hook, toResponse, extraArgs = () => []) {
+// `cleanup` runs once the call is over, answered or not (refused, cancelled, stopped).
+function unaryHook(runner, hook, toResponse, extraArgs = () => [], options = {}) {
+  const { extraEnv = {}, cleanup = () => {} } = options;
   return (call, callback) => {
     const refuse = (code, details) => callback({ code, details });
-    runner.begin(hook, call, refuse, { extraArgs: extraArgs(call.request) })?.then((outcome) => {
-      const { status, result } = runner.result(hook, outcome);
-      if (result) callback(null, toResponse(result, outcome));
-      else if (status) callback(status);
+    const running = runner.begin(hook, call, refuse, { extraArgs: extraArgs(call.request), extraEnv });
+    if (!running) return cleanup();
+    running.then((outcome) => {
+      try {
+        const { status, result } = runner.result(hook, outcome);
+        if (result) callback(null, toResponse(result, outcome));
+        else if (status) callback(status);
+      } finally {
+        cleanup();
+      }
     });
   };
 }
@@ -596,18 +604,92 @@ function installHook(runner) {
   };
 }
 
-function hookService(runner) {
+// The version hook's $UPPARAT_ATTRIBUTES, as upparat-hookserver has it: an empty file of
+// mode 0600 in a new directory of mode 0700, to which the script may append key=value lines;
+// read (whole lines of the first 16 KiB, not following a symlink, not blocking on a FIFO)
+// once the script has ended, then removed. Which attributes the $package shadow can carry
+// is the daemon's rule, not the server's.
+const ATTRIBUTES_MAX_BYTES = 16 * 1024;
+
+function makeAttributesFile() {
+  try {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'upparat-version-'));
+    const file = path.join(dir, 'attributes');
+    fs.closeSync(fs.openSync(file, 'wx', 0o600));
+    return file;
+  } catch (e) {
+    log('WARNING', `version: cannot make the attributes file (${e.message}); running without it`);
+    return null;
+  }
+}
+
+function readAttributes(file, jobId) {
+  const warn = (problem) => log('WARNING', `version job=${jobId}: UPPARAT_ATTRIBUTES ${problem}`);
+  const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+  let fd;
+  try {
+    fd = fs.openSync(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  } catch (e) {
+    if (e.code !== 'ENOENT') warn(`cannot be read (${e.code}); no attributes`);
+    return {};
+  }
+  let data;
+  try {
+    if (!fs.fstatSync(fd).isFile()) {
+      warn('is no longer a regular file; no attributes');
+      return {};
+    }
+    const buffer = Buffer.alloc(ATTRIBUTES_MAX_BYTES + 1);
+    data = buffer.subarray(0, fs.readSync(fd, buffer, 0, buffer.length, 0));
+  } finally {
+    fs.closeSync(fd);
+  }
+  if (data.length > ATTRIBUTES_MAX_BYTES) {
+    const cut = data.subarray(0, ATTRIBUTES_MAX_BYTES);
+    data = cut.subarray(0, Math.max(0, cut.lastIndexOf(10)));
+    warn(`is over ${ATTRIBUTES_MAX_BYTES} bytes; only its first lines were read`);
+  }
+  const found = {};
+  data
+    .toString('utf8')
+    .split('\n')
+    .forEach((raw, index) => {
+      const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+      if (!line.trim()) return;
+      const equals = line.indexOf('=');
+      const key = equals < 0 ? '' : line.slice(0, equals).trim();
+      if (!key) return warn(`line ${index + 1} is not key=value: ${JSON.stringify(line.slice(0, 80))}`);
+      found[key] = line.slice(equals + 1);
+    });
+  return found;
+}
+
+function versionHook(runner) {
   const { scripts } = runner.config;
-  const handlers = {
-    GetVersion: unaryHook(runner, 'version', (result, outcome) => {
+  return (call, callback) => {
+    const file = makeAttributesFile();
+    const jobId = call.request.context?.job_id ?? '';
+    const toResponse = (result, outcome) => {
       // SUCCESS must carry a version: the last non-empty stdout line, as in 1.12.
       if (result.outcome !== 'OUTCOME_SUCCESS') return { version: '', result };
       if (!result.message) {
         const message = `version hook ${scripts.get('version')} exited 0 but printed no version on stdout`;
         return { version: '', result: failure('EMPTY_VERSION', message, outcome.stderrTail) };
       }
-      return { version: result.message, result: { outcome: 'OUTCOME_SUCCESS' } };
-    }),
+      const attributes = file ? readAttributes(file, jobId) : {};
+      return { version: result.message, attributes, result: { outcome: 'OUTCOME_SUCCESS' } };
+    };
+    unaryHook(runner, 'version', toResponse, () => [], {
+      extraEnv: file ? { UPPARAT_ATTRIBUTES: file } : {},
+      cleanup: () => file && fs.rmSync(path.dirname(file), { recursive: true, force: true }),
+    })(call, callback);
+  };
+}
+
+function hookService(runner) {
+  const { scripts } = runner.config;
+  const handlers = {
+    GetVersion: versionHook(runner),
     Install: installHook(runner),
     // upparat 1.12 passed the force flag as str(True), or "" when false.
     Restart: unaryHook(

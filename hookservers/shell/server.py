@@ -38,8 +38,8 @@ import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from hookservers.shell import attributes, ondemand, verify
 from hookservers.shell import config as cfg
-from hookservers.shell import ondemand, verify
 from hookservers.shell.scripts import (
     Exited,
     NotStarted,
@@ -411,8 +411,17 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
     def GetVersion(
         self, request: hooks_pb2.GetVersionRequest, context: grpc.ServicerContext
     ) -> hooks_pb2.GetVersionResponse:
-        result, version = self._unary("version", request.context, context)
-        return hooks_pb2.GetVersionResponse(version=version, result=result)
+        path = _attributes_file()
+        try:
+            env = {} if path is None else {attributes.ENV: str(path)}
+            result, version = self._unary("version", request.context, context, extra_env=env)
+            found = {}
+            if path is not None and result.outcome == hooks_pb2.OUTCOME_SUCCESS:
+                found = _read_attributes(path, request.context.job_id)
+        finally:
+            if path is not None:
+                attributes.remove(path)
+        return hooks_pb2.GetVersionResponse(version=version, result=result, attributes=found)
 
     def CheckDownload(
         self, request: hooks_pb2.CheckDownloadRequest, context: grpc.ServicerContext
@@ -527,8 +536,9 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
         job: hooks_pb2.JobContext,
         context: grpc.ServicerContext,
         extra_args: Sequence[str] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> tuple[hooks_pb2.HookResult, str]:
-        run = self._runner.begin(hook, job, context, extra_args=extra_args)
+        run = self._runner.begin(hook, job, context, extra_args=extra_args, extra_env=extra_env)
         assert isinstance(run, ScriptRun), "only Install prepares"
         remaining = time_remaining(context)
         outcome = run.wait(None if remaining is None else max(0.0, remaining))
@@ -553,6 +563,24 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
                 context.abort(grpc.StatusCode.CANCELLED, f"{hook}: cancelled")
             case _:
                 assert_never(outcome.stopped)
+
+
+def _attributes_file() -> Path | None:
+    """The version hook's $UPPARAT_ATTRIBUTES, or None (then the version alone) if the
+    file cannot be made."""
+    try:
+        return attributes.create()
+    except OSError as e:
+        log.warning("version: cannot make the attributes file (%s); running without it", e)
+        return None
+
+
+def _read_attributes(path: Path, job_id: str) -> dict[str, str]:
+    """What the version script wrote to $UPPARAT_ATTRIBUTES; its problems are logged."""
+    found, problems = attributes.read(path)
+    for problem in problems:
+        log.warning("version job=%s: %s", job_id, problem)
+    return found
 
 
 def time_remaining(context: grpc.ServicerContext) -> float | None:

@@ -95,7 +95,10 @@ def test_attributes_that_went_away_are_sent_as_null() -> None:
         ("v" * 65, {}, "1-64"),
         ("2.0.0", {"bad key": "x"}, "attribute name 'bad key'"),
         ("2.0.0", {"slot": ""}, "attribute slot must be 1-256"),
-        ("2.0.0", {"slot": "a\nb"}, "without control characters"),
+        ("2.0.0", {"slot": "a\nb"}, "control or other unprintable characters"),
+        ("2.0.0", {"k" * 65: "x"}, "must be 1-64 of a-z A-Z 0-9 : _ -"),
+        ("2.0.0", {f"k{i:02}": "x" for i in range(17)}, "k16 is one more than the 16"),
+        ("2.0.0", {f"k{i}": "x" * 256 for i in range(12)}, "past 3072 bytes"),
     ],
 )
 def test_what_the_catalog_cannot_hold_is_unreportable(
@@ -110,7 +113,11 @@ def test_a_bad_package_name_or_an_oversized_report_is_unreportable() -> None:
     found = shadow.update_request(THING, "my package", running(), TOKEN)
     assert isinstance(found, Unreportable)
     assert "package name" in found.reason
-    big = running("2.0.0", **{f"k{i}": "x" * 256 for i in range(40)})
+    # More than the core ever reports (it keeps 3 KB of attributes): the 8 KB state
+    # limit still holds for any caller.
+    big = ReportedPackage(
+        version="2.0.0", attributes=tuple((f"k{i:02}", "x" * 256) for i in range(40))
+    )
     found = shadow.update_request(THING, PKG, big, TOKEN)
     assert isinstance(found, Unreportable)
     assert "limit is 8192" in found.reason

@@ -306,7 +306,12 @@ _executions = st.builds(
     document=_documents,
 )
 _results: st.SearchStrategy[HookResult] = st.one_of(
-    st.builds(HookSuccess, value=st.sampled_from(["1", "2", ""]), message=_texts),
+    st.builds(
+        HookSuccess,
+        value=st.sampled_from(["1", "2", ""]),
+        message=_texts,
+        attributes=st.sampled_from([(), (("slot", "A"),), (("slot", "B"),), (("bad key", ""),)]),
+    ),
     st.builds(HookRetryLater, retry_after=st.none() | finite, message=_texts),
     st.builds(HookFailure, reason=_texts, message=_texts, detail=_texts),
     st.builds(HookUnavailable, detail=_texts),

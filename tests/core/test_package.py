@@ -333,3 +333,94 @@ def test_without_package_name_there_is_no_shadow_traffic_nor_extra_hook_call() -
     assert isinstance(p.stage, machine.Idle)
     assert not p.all(CallHook)
     assert shadow_commands(p.history) == []
+
+
+# --- attributes beside the version (the version hook's GetVersionResponse.attributes) --------
+
+SLOT_A = (("booted_slot", "A"),)
+SLOT_B = (("booted_slot", "B"),)
+
+
+def test_the_version_hooks_attributes_are_reported_with_the_version() -> None:
+    p = Playbook(SETTINGS)
+    idle(p, held=None)
+    p.answer(HookSuccess(value="1.0", attributes=SLOT_A))
+    assert p.last(UpdatePackageShadow).running == ReportedPackage(version="1.0", attributes=SLOT_A)
+
+
+def test_equal_version_and_attributes_send_nothing() -> None:
+    p = Playbook(SETTINGS)
+    idle(p, held=ReportedPackage(version="1.0", attributes=SLOT_A))
+    assert p.answer(HookSuccess(value="1.0", attributes=SLOT_A)) == []
+    assert not p.all(UpdatePackageShadow)
+
+
+def test_a_change_of_only_the_attributes_sends_an_update() -> None:
+    """Same version, another slot booted (say a rollback to an A that has the same version)."""
+    p = Playbook(SETTINGS)
+    held = ReportedPackage(version="1.0", attributes=SLOT_A)
+    idle(p, held=held)
+    out = p.answer(HookSuccess(value="1.0", attributes=SLOT_B))
+    assert like(
+        UpdatePackageShadow,
+        running=ReportedPackage(version="1.0", attributes=SLOT_B),
+        held=held,
+        expected_version=4,
+    ) in shadow_commands(out)
+
+
+def test_bad_attributes_are_dropped_with_a_warning_and_the_rest_is_reported() -> None:
+    p = Playbook(SETTINGS)
+    idle(p, held=None)
+    bad = (("bad key", "x"), ("booted_slot", "A"), ("empty", ""), ("nl", "a\nb"))
+    out = p.answer(HookSuccess(value="1.0", attributes=bad))
+    assert like(
+        UpdatePackageShadow, running=ReportedPackage(version="1.0", attributes=SLOT_A)
+    ) in shadow_commands(out)
+    warnings = [log.message for log in p.logs if log.level is LogLevel.WARNING]
+    assert len(warnings) == 3, warnings
+    assert "attribute name 'bad key'" in warnings[0]
+    assert "attribute empty must be 1-256 characters" in warnings[1]
+    assert "attribute nl 'a\\nb' has control" in warnings[2]
+    assert all("reporting '1.0' without it" in w for w in warnings)
+
+
+def test_attributes_past_the_count_limit_are_dropped_by_key_order() -> None:
+    many = tuple((f"k{i:02}", "v") for i in reversed(range(package.MAX_ATTRIBUTES + 2)))
+    kept, problems = package.clean_attributes(many)
+    assert [k for k, _ in kept] == [f"k{i:02}" for i in range(package.MAX_ATTRIBUTES)]
+    assert len(problems) == 2
+    assert "k16 is one more than the 16" in problems[0]
+
+
+def test_attributes_past_3_kb_together_are_dropped() -> None:
+    big = tuple((f"k{i}", "x" * 250) for i in range(13))
+    kept, problems = package.clean_attributes(big)
+    assert sum(len(k) + len(v) for k, v in kept) <= package.MAX_ATTRIBUTES_BYTES
+    assert (len(kept), len(problems)) == (12, 1)
+    assert "past 3072 bytes" in problems[0]
+
+
+def test_a_job_reports_the_attributes_its_verification_found() -> None:
+    p = Playbook(SETTINGS, auto_accept=True)
+    at_restart(p)
+    read(p, OLD)
+    p.answer(HookSuccess())  # restart: a soft restart
+    p.answer(HookSuccess(value="2.0", attributes=SLOT_B))  # verified
+    out = p.answer(HookSuccess())  # ready
+    assert succeeded("complete_ready") in out
+    running = ReportedPackage(version="2.0", attributes=SLOT_B)
+    assert like(UpdatePackageShadow, running=running, held=OLD) in out
+
+
+def test_bad_attributes_never_hold_a_job_back() -> None:
+    p = Playbook(SETTINGS, auto_accept=True)
+    at_restart(p)
+    read(p, OLD)
+    p.answer(HookSuccess())
+    out = p.answer(HookSuccess(value="2.0", attributes=(("bad key", "x"),)))
+    assert like(CallHook, hook=HookKind.READY) in out
+    assert any("attribute name 'bad key'" in log.message for log in p.logs)
+    out = p.answer(HookSuccess())
+    assert succeeded("complete_ready") in out
+    assert like(UpdatePackageShadow, running=NEW) in out

@@ -102,7 +102,11 @@ documents = st.one_of(
     st.builds(InvalidJobDocument, field=st.just("version"), reason=st.just("is missing")),
 )
 hook_results = st.one_of(
-    st.builds(HookSuccess, value=st.sampled_from(["1", "2"])),
+    st.builds(
+        HookSuccess,
+        value=st.sampled_from(["1", "2"]),
+        attributes=st.sampled_from([(), (("slot", "A"),), (("bad key", ""),)]),
+    ),
     st.builds(HookRetryLater, retry_after=st.none() | st.floats(0, 100)),
     st.builds(HookFailure, reason=st.just("X"), message=st.text(max_size=5)),
     st.just(HookUnavailable()),

@@ -52,6 +52,15 @@ def shadow_says(stack: Stack) -> tuple[str | None, int | None]:
     )
 
 
+def shadow_attributes(stack: Stack) -> object:
+    """state.reported.firmware.attributes (None without them)."""
+    document = stack.control.shadow(stack.thing)
+    state = document.get("state") if isinstance(document, dict) else None
+    reported = state.get("reported") if isinstance(state, dict) else None
+    entry = reported.get(PACKAGE) if isinstance(reported, dict) else None
+    return entry.get("attributes") if isinstance(entry, dict) else None
+
+
 def wait_reported(stack: Stack, version: str, timeout: float = 60.0) -> int:
     """Wait until the shadow says `version`; return its shadow version number."""
 
@@ -142,6 +151,37 @@ def test_without_package_name_the_daemon_sends_no_shadow_request(
     assert len(device.calls("version")) == 2, "the job's check and verification only"
 
 
+def test_a_boot_into_the_other_slot_with_the_same_version_updates_only_the_attributes(
+    device: Device, make_stack: StackFactory
+) -> None:
+    """The version hook's attributes ($UPPARAT_ATTRIBUTES) travel with the version; one the
+    catalog cannot hold is left out with a warning, and the rest is reported all the same."""
+    slot = device.root / "slot"
+    slot.write_text("A")
+    device.script(
+        "version",
+        'printf "booted_slot=%s\\nbad key=x\\n" "$(cat "$ROOT/slot")" >> "$UPPARAT_ATTRIBUTES"\n'
+        'cat "$ROOT/version"\n',
+    )
+    stack = make_stack(device, config=REPORTING)
+    first = wait_reported(stack, OLD)
+    assert shadow_attributes(stack) == {"booted_slot": "A"}
+    wait_until(
+        lambda: "attribute name 'bad key'" in stack.daemon_log() or None,
+        "the daemon's warning about the bad attribute",
+        30,
+    )
+
+    slot.write_text("B")  # the same version, booted from the other slot
+    restart_daemon_and_settle(stack)
+    assert shadow_says(stack) == (OLD, first + 1)
+    assert shadow_attributes(stack) == {"booted_slot": "B"}
+    assert reported_versions(stack) == [OLD, OLD]
+
+    restart_daemon_and_settle(stack)  # nothing changed: nothing sent
+    assert shadow_says(stack) == (OLD, first + 1)
+
+
 # --- the real RAUC device --------------------------------------------------------------
 
 
@@ -150,6 +190,8 @@ def test_rauc_after_a_successful_job_the_shadow_says_the_new_version(
     rauc: RaucDevice, stack: Stack
 ) -> None:
     first = wait_reported(stack, OLD)
+    # examples/hooks/version.sh tells the booted slot through $UPPARAT_ATTRIBUTES.
+    assert shadow_attributes(stack) == {"booted_slot": "A"}
     create_job(stack, rauc)
     wait_reboot_request(stack, rauc)
     assert shadow_says(stack) == (OLD, first), "nothing is reported before the verdict"
@@ -159,6 +201,7 @@ def test_rauc_after_a_successful_job_the_shadow_says_the_new_version(
     assert outcome(finished(stack, RAUC_JOB, timeout=60)) == ("SUCCEEDED", "complete_ready")
     assert wait_reported(stack, NEW) == first + 1
     assert rauc.status()["booted"] == "B"
+    assert shadow_attributes(stack) == {"booted_slot": "B"}
 
     # A daemon restart with the version unchanged sends no update.
     restart_daemon_and_settle(stack)
@@ -180,6 +223,7 @@ def test_rauc_after_a_rollback_the_job_fails_and_the_shadow_says_the_old_version
     assert rauc.boots == ["B"] * BOOT_ATTEMPTS + ["A"]
     time.sleep(SETTLE)
     assert shadow_says(stack) == (OLD, first)
+    assert shadow_attributes(stack) == {"booted_slot": "A"}
     assert reported_versions(stack) == [OLD], "2.0.0 was never reported"
 
 

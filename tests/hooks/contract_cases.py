@@ -474,6 +474,8 @@ class Answer:
     result: hooks_pb2.HookResult
     version: str = ""
     progress: list[hooks_pb2.InstallProgress] = dataclasses.field(default_factory=list)
+    attributes: dict[str, str] = dataclasses.field(default_factory=dict)
+    """GetVersion: what the script wrote to $UPPARAT_ATTRIBUTES."""
 
 
 def call(
@@ -499,7 +501,9 @@ def call(
     match hook:
         case "version":
             reply = stub.GetVersion(hooks_pb2.GetVersionRequest(context=context), timeout=timeout)
-            return Answer(result=reply.result, version=reply.version)
+            return Answer(
+                result=reply.result, version=reply.version, attributes=dict(reply.attributes)
+            )
         case "download":
             r = stub.CheckDownload(hooks_pb2.CheckDownloadRequest(context=context), timeout=timeout)
             return Answer(result=r.result)
@@ -626,6 +630,73 @@ class HookServerContract:
 
         assert answer.result.outcome == hooks_pb2.OUTCOME_FAILURE
         assert answer.result.reason
+
+    # -- version attributes: $UPPARAT_ATTRIBUTES --------------------------------------------
+
+    def test_a_112_version_script_reports_no_attributes(
+        self, eval_server: RunningHookServer
+    ) -> None:
+        answer = call(eval_server, "version", "echo 1.0")
+
+        assert answer.version == "1.0"
+        assert answer.attributes == {}
+
+    def test_key_value_lines_appended_to_the_attributes_file_are_the_attributes(
+        self, eval_server: RunningHookServer
+    ) -> None:
+        answer = call(
+            eval_server,
+            "version",
+            """
+            echo booted_slot=A >> "$UPPARAT_ATTRIBUTES"
+            printf 'build=a=b \\n\\nnot an attribute\\nslot=B\\n' >> "$UPPARAT_ATTRIBUTES"
+            echo booted_slot=B >> "$UPPARAT_ATTRIBUTES"
+            echo 2.0.0
+            """,
+        )
+
+        assert answer.result.outcome == hooks_pb2.OUTCOME_SUCCESS
+        assert answer.version == "2.0.0"
+        # The value as written (after the first "="); a line without one is skipped; a key
+        # given again takes its last value. The daemon checks them (upparat.core.package).
+        assert answer.attributes == {"booted_slot": "B", "build": "a=b ", "slot": "B"}
+
+    def test_the_attributes_file_is_private_fresh_and_removed_after_the_call(
+        self, eval_server: RunningHookServer, tmp_path: Path
+    ) -> None:
+        record = tmp_path / "seen"
+        script = f"""
+            f=$UPPARAT_ATTRIBUTES
+            echo "$f $(stat -c %a "$f") $(stat -c %a "$(dirname "$f")") $(wc -c < "$f")" > {record}
+            echo 1.0
+            """
+        call(eval_server, "version", script)
+        first, file_mode, dir_mode, size = record.read_text().split()
+        call(eval_server, "version", script)
+        second = record.read_text().split()[0]
+
+        assert (file_mode, dir_mode, size) == ("600", "700", "0")
+        assert first != second, "a new file per call"
+        assert not Path(first).exists()
+        assert not Path(first).parent.exists()
+
+    def test_attributes_of_a_failed_version_script_are_not_sent(
+        self, eval_server: RunningHookServer
+    ) -> None:
+        answer = call(
+            eval_server, "version", 'echo slot=A >> "$UPPARAT_ATTRIBUTES"; echo 1.0; exit 1'
+        )
+
+        assert answer.result.outcome == hooks_pb2.OUTCOME_FAILURE
+        assert answer.attributes == {}
+
+    @pytest.mark.hook_cases("hook", ["download", "install", "restart", "ready"])
+    def test_only_the_version_hook_gets_an_attributes_file(
+        self, eval_server: RunningHookServer, hook: str
+    ) -> None:
+        answer = call(eval_server, hook, 'echo "attributes:${UPPARAT_ATTRIBUTES-unset}"')
+
+        assert answer.result.message == "attributes:unset"
 
     @pytest.mark.hook_cases("hook", ["download", "install", "restart", "ready"])
     def test_exit_0_is_success_with_the_last_stdout_line_as_message(

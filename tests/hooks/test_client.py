@@ -460,6 +460,12 @@ class HostileHooks(hooks_pb2_grpc.HookServiceServicer):
                 return hooks_pb2.GetVersionResponse(
                     version=" 1.0\x1b[0m\x00\n", result=_result(outcome=hooks_pb2.OUTCOME_SUCCESS)
                 )
+            case "attributes":
+                return hooks_pb2.GetVersionResponse(
+                    version="1.0",
+                    attributes={"slot": "B", "bad key": "x\n"},
+                    result=_result(outcome=hooks_pb2.OUTCOME_SUCCESS),
+                )
             case "hang":
                 time.sleep(3)
                 return hooks_pb2.GetVersionResponse()
@@ -597,6 +603,15 @@ def test_garbage_text_is_cleaned_and_cut(broken: tuple[HookClient, Recorder]) ->
 
 def test_a_version_with_control_characters_is_cleaned(broken: tuple[HookClient, Recorder]) -> None:
     assert run(*broken, call_hook(HookKind.VERSION, "garbage")) == HookSuccess(value="1.0")
+
+
+def test_version_attributes_reach_the_core_sorted_and_as_sent(
+    broken: tuple[HookClient, Recorder],
+) -> None:
+    """Which attributes the shadow can carry is the core's rule (upparat.core.package)."""
+    assert run(*broken, call_hook(HookKind.VERSION, "attributes")) == HookSuccess(
+        value="1.0", attributes=(("bad key", "x\n"), ("slot", "B"))
+    )
 
 
 def test_a_negative_retry_hint_is_dropped(broken: tuple[HookClient, Recorder]) -> None:

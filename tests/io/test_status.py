@@ -58,7 +58,7 @@ def downloading(percent: int, at: float = T) -> StatusSnapshot:
 
 def test_the_file_holds_the_documented_json(tmp_path: Path) -> None:
     path = tmp_path / "run" / "status.json"
-    snap = attrs.evolve(SNAP, reported_version="0.9.0")
+    snap = attrs.evolve(SNAP, reported_version="0.9.0", reported_attributes=(("booted_slot", "A"),))
     assert StatusFile(path).write(snap) is None
     assert json.loads(path.read_text()) == {
         "format": 1,
@@ -80,6 +80,7 @@ def test_the_file_holds_the_documented_json(tmp_path: Path) -> None:
         },
         "runningVersion": "1.0.0",
         "reportedVersion": "0.9.0",
+        "reportedAttributes": {"booted_slot": "A"},
         "connection": "connected",
     }
     assert path.stat().st_mode & 0o777 == 0o644

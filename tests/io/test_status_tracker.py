@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from upparat.core import commands as c
@@ -143,11 +144,15 @@ def test_the_status_shows_what_the_package_shadow_says(tmp_path: Path) -> None:
     t.flush(0.0)
     assert (shown(tmp_path).running_version, shown(tmp_path).reported_version) == ("2.0", "1.0")
     assert "running 2.0 (the shadow says 1.0)" in status.render_tty(shown(tmp_path))
-    new = ReportedPackage(version="2.0")
+    assert shown(tmp_path).reported_attributes == ()
+    new = ReportedPackage(version="2.0", attributes=(("booted_slot", "B"),))
     t.saw_event(
         e.PackageShadowUpdated(client_token=None, shadow_version=4, reported=new, timestamp=2)
     )
     t.flush(1.0)
     assert shown(tmp_path).reported_version == "2.0"
+    assert shown(tmp_path).reported_attributes == (("booted_slot", "B"),)
+    document = json.loads((tmp_path / "status.json").read_bytes())
+    assert document["reportedAttributes"] == {"booted_slot": "B"}
     assert "running 2.0 (reported)" in status.render_tty(shown(tmp_path))
     assert "reported=2.0" in status.render_plain(shown(tmp_path))

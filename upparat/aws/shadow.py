@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import assert_never
 
@@ -40,7 +39,7 @@ from upparat.core.model import (
     ShadowRejectReason,
     ThingName,
 )
-from upparat.core.package import needs_report
+from upparat.core.package import clean_attributes, needs_report
 
 __all__ = [
     "PACKAGE_SHADOW",
@@ -73,9 +72,8 @@ MAX_CLIENT_TOKEN_BYTES = 64
 # Software Package Catalog: packageName [a-zA-Z0-9-_.]{1,128}, versionName [a-zA-Z0-9-_.]{1,64}.
 PACKAGE_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,128}")
 VERSION_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,64}")
-# Package version attributes: keys [a-zA-Z0-9:_-]{1,64}; values: text without control chars.
-ATTRIBUTE_KEY_RE = re.compile(r"[a-zA-Z0-9:_-]{1,64}")
-MAX_ATTRIBUTE_VALUE_CHARS = 256
+# The attributes' rules live in upparat.core.package (the core drops bad ones before it
+# reports; `report` refuses them, for any other caller).
 
 _CLIENT_TOKEN = re.compile(r"[\x21-\x7e]{1,64}")
 
@@ -148,23 +146,10 @@ def report(
             " it must be 1-64 of a-z A-Z 0-9 . _ - (let the version hook print it that way)"
         )
     pairs = attributes.items() if isinstance(attributes, Mapping) else attributes
-    found: dict[str, str] = {}
-    for key, value in pairs:
-        if not ATTRIBUTE_KEY_RE.fullmatch(key):
-            return Unreportable(
-                reason=f"attribute name {key[:80]!r} must be 1-64 of a-z A-Z 0-9 : _ -"
-            )
-        if (
-            not value
-            or len(value) > MAX_ATTRIBUTE_VALUE_CHARS
-            or any(unicodedata.category(c) == "Cc" for c in value)
-        ):
-            return Unreportable(
-                reason=f"attribute {key} must be 1-{MAX_ATTRIBUTE_VALUE_CHARS} characters"
-                " without control characters"
-            )
-        found[key] = value
-    return ReportedPackage(version=version, attributes=tuple(sorted(found.items())))
+    kept, problems = clean_attributes(pairs)
+    if problems:
+        return Unreportable(reason=problems[0])
+    return ReportedPackage(version=version, attributes=kept)
 
 
 def get_request(thing: ThingName, client_token: ClientToken) -> tuple[str, bytes]:

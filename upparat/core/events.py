@@ -168,6 +168,9 @@ class HookSuccess:
     value: str = ""
     """GetVersion: the installed version. Others: empty or a message."""
     message: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
+    """GetVersion: the version hook's attributes, sorted, as the hook server sent them
+    (`upparat.core.package.clean_attributes` decides which can be reported)."""
 
 
 @attrs.frozen(kw_only=True)

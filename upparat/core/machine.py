@@ -452,6 +452,19 @@ def _package_saw(
     return state if report is None else attrs.evolve(state, package=learn(report))
 
 
+def _package_heard(
+    state: State,
+    learn: Callable[[package.PackageReport], tuple[package.PackageReport, list[Command]]],
+) -> Out:
+    """A job's version hook said what runs (`package.job_version`, `job_verified`): what it
+    means, and the log lines about attributes the report leaves out."""
+    report = state.package
+    if report is None:
+        return state, []
+    report, logs = learn(report)
+    return attrs.evolve(state, package=report), logs
+
+
 # --- connection and start ---------------------------------------------------------
 
 
@@ -1215,6 +1228,7 @@ def _invoke(
 class _Succeeded:
     value: str
     message: str
+    attributes: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -1270,8 +1284,8 @@ def _on_hook_finished(state: State, event: HookFinished, now: float) -> Out:
                 note = f"job {job_id}: the {_hook_name(hook)} failed: {detail}"
                 commands.append(_log(LogLevel.ERROR, note, job_id))
             return state, commands
-        case _Succeeded(value=value, message=message):
-            return _hook_succeeded(state, stage, value, message, now)
+        case _Succeeded(value=value, message=message, attributes=attributes):
+            return _hook_succeeded(state, stage, value, message, now, attributes)
         case _Absent():
             message = f"job {job_id}: the hook server does not implement the {_hook_name(hook)}"
             state, commands = _hook_absent(state, stage, now)
@@ -1288,8 +1302,8 @@ def _judge(
     name = _hook_name(hook)
     elapsed = now - call.started_at
     match result:
-        case HookSuccess(value=value, message=message):
-            return state, _Succeeded(value=value, message=message)
+        case HookSuccess(value=value, message=message, attributes=attributes):
+            return state, _Succeeded(value=value, message=message, attributes=attributes)
         case HookRetryLater(retry_after=retry_after, message=message):
             policy = settings.hook_retry_backoff
             if policy.exhausted(retries=call.attempt - 1, elapsed=elapsed):
@@ -1350,26 +1364,36 @@ def _judge(
             assert_never(result)
 
 
-def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, now: float) -> Out:
+def _hook_succeeded(
+    state: State,
+    stage: HookStage,
+    value: str,
+    message: str,
+    now: float,
+    attributes: tuple[tuple[str, str], ...] = (),
+) -> Out:
     job = stage.job
     version = job.document.version
     match stage:
         case CheckingVersion(after_install=True):
-            return _resumed_install(state, job, value, now)
+            return _resumed_install(state, job, value, now, attributes)
         case CheckingVersion():
-            state = _package_saw(state, lambda r: package.job_version(r, value))
+            state, noted = _package_heard(
+                state, lambda r: package.job_version(r, value, attributes)
+            )
             if value == version:
                 details = status_details(
                     ReportedState.VERSION_ALREADY_INSTALLED, f"version {version!r} is installed"
                 )
-                return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
+                state, commands = _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
+                return state, [*noted, *commands]
             note = f"job {job.job_id}: installed version is {value!r}; updating to {version!r}"
             journal = state.journal
             if journal is not None and journal.job_id == job.job_id:
                 # Written with the next phase's Persist (before any install can start).
                 state = attrs.evolve(state, journal=attrs.evolve(journal, previous_version=value))
             state, commands = _download_phase(state, job, now)
-            return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
+            return state, [*noted, _log(LogLevel.INFO, note, job.job_id), *commands]
         case CheckingDownload():
             return _start_download(state, job, now, refusals=0)
         case Installing():
@@ -1381,12 +1405,16 @@ def _hook_succeeded(state: State, stage: HookStage, value: str, message: str, no
             state, commands = _verify(state, job, VerifyOrigin.SOFT_RESTART, now)
             return state, [_log(LogLevel.INFO, note, job.job_id), *commands]
         case VerifyingVersion(origin=origin):
-            state = _package_saw(state, lambda r: package.job_verified(r, job.job_id, value))
+            state, noted = _package_heard(
+                state, lambda r: package.job_verified(r, job.job_id, value, attributes)
+            )
             if value != version:
-                return _finish(
+                state, commands = _finish(
                     state, job.job_id, JobStatus.FAILED, _wrong_version(state, job, value)
                 )
-            return _check_ready(state, job, origin, now, version_checked=True)
+            else:
+                state, commands = _check_ready(state, job, origin, now, version_checked=True)
+            return state, [*noted, *commands]
         case VerifyingReady():
             details = status_details(ReportedState.COMPLETE_READY, message)
             return _finish(state, job.job_id, JobStatus.SUCCEEDED, details)
@@ -1406,18 +1434,22 @@ def _wrong_version(state: State, job: Job, value: str) -> tuple[tuple[str, str],
     )
 
 
-def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
+def _resumed_install(
+    state: State, job: Job, value: str, now: float, attributes: tuple[tuple[str, str], ...] = ()
+) -> Out:
     """The version hook answered for a job whose install had begun before the stop."""
     job_id, version = job.job_id, job.document.version
     previous = _previous_version(state, job_id)
     if value == version and value != previous:
-        state = _package_saw(state, lambda r: package.job_verified(r, job_id, value))
+        state, noted = _package_heard(
+            state, lambda r: package.job_verified(r, job_id, value, attributes)
+        )
         # The installer finished and the device runs the new version: confirm it as after
         # a restart (the ready hook marks the slot good), never `version_already_installed`.
         note = f"job {job_id}: version {value!r} runs after the interrupted install; verifying"
         state, commands = _persist(state, job, Phase.VERIFYING)
         state, more = _check_ready(state, job, VerifyOrigin.AFTER_BOOT, now, version_checked=True)
-        return state, [_log(LogLevel.INFO, note, job_id), *commands, *more]
+        return state, [*noted, _log(LogLevel.INFO, note, job_id), *commands, *more]
     if previous is None or value == previous:
         # Still the old version: install again (hooks are idempotent per job id); the
         # download resumes from, or re-verifies, the file on disk.
@@ -1425,14 +1457,17 @@ def _resumed_install(state: State, job: Job, value: str, now: float) -> Out:
         note += "installing again"
         state, commands = _start_download(state, job, now, refusals=0)
         return state, [_log(LogLevel.INFO, note, job_id), *commands]
-    state = _package_saw(state, lambda r: package.job_verified(r, job_id, value))
+    state, noted = _package_heard(
+        state, lambda r: package.job_verified(r, job_id, value, attributes)
+    )
     text = (
         f"Expected version '{version}' (or the previous '{previous}' after an interrupted "
         f"install), got '{value}'"
     )
-    return _finish(
+    state, commands = _finish(
         state, job_id, JobStatus.FAILED, status_details(ReportedState.VERSION_MISMATCH, text)
     )
+    return state, [*noted, *commands]
 
 
 def _hook_absent(state: State, stage: HookStage, now: float) -> Out:

@@ -6,12 +6,15 @@ version hook, asked once while no job is pending, or from a job's own version ch
 verdict; it reads the shadow once and updates it only when the two differ. It never
 blocks or delays a job: its requests use the shadow's own topics and its waits its own
 timers, and its one hook call runs only while the device is idle (a job being selected
-cancels it; that job's answer serves instead). Pure: no I/O, no clock, no logging calls.
+cancels it; that job's answer serves instead). It owns the rules for the version hook's
+attributes (`clean_attributes`): bad ones are dropped with a warning, the rest reported
+with the version. Pure: no I/O, no clock, no logging calls.
 The payloads are `upparat.aws.shadow`'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import assert_never
 
 import attrs
@@ -60,6 +63,75 @@ from upparat.core.model import (
 
 REPORTED_AFTER = frozenset({ReportedState.ROLLED_BACK.value, ReportedState.VERSION_MISMATCH.value})
 """Failed endings whose verdict names the version that runs (besides every SUCCEEDED)."""
+
+# --- what the shadow may carry beside the version: the one home of these rules -------------
+# The Software Package Catalog's version attributes (CreatePackageVersion, `attributes`):
+# keys [a-zA-Z0-9:_-]+, values [^\p{C}]+ (no control, format or unassigned characters),
+# at most 3 KB together. The catalog sets no key length nor count; 64 characters, 256 per
+# value and 16 attributes keep a report far below the shadow's 8 KB of state.
+
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_KEY_CHARS = 64
+MAX_ATTRIBUTE_VALUE_CHARS = 256
+MAX_ATTRIBUTES_BYTES = 3 * 1024
+"""UTF-8 bytes of all keys and values together."""
+ATTRIBUTE_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_-")
+
+Attributes = tuple[tuple[str, str], ...]
+"""Sorted (key, value) pairs, as `ReportedPackage.attributes`."""
+
+
+def attribute_problem(key: str, value: str) -> str | None:
+    """Why one attribute cannot be reported (None: it can)."""
+    if not 1 <= len(key) <= MAX_ATTRIBUTE_KEY_CHARS or not set(key) <= ATTRIBUTE_KEY_CHARS:
+        return (
+            f"attribute name {key[:80]!r} must be 1-{MAX_ATTRIBUTE_KEY_CHARS} of a-z A-Z 0-9 : _ -"
+        )
+    if not 1 <= len(value) <= MAX_ATTRIBUTE_VALUE_CHARS:
+        return f"attribute {key} must be 1-{MAX_ATTRIBUTE_VALUE_CHARS} characters, got {len(value)}"
+    if not value.isprintable():
+        return f"attribute {key} {value[:80]!r} has control or other unprintable characters"
+    return None
+
+
+def clean_attributes(pairs: Iterable[tuple[str, str]]) -> tuple[Attributes, tuple[str, ...]]:
+    """The attributes that can be reported, sorted by key, and why each other one cannot.
+
+    Entry by entry: a bad one is left out, the rest kept. Past MAX_ATTRIBUTES or
+    MAX_ATTRIBUTES_BYTES the later keys (in sorted order) are left out, so the same
+    answer always keeps the same ones. A key given twice keeps its first value."""
+    kept: dict[str, str] = {}
+    problems: list[str] = []
+    size = 0
+    for key, value in sorted(dict(reversed(list(pairs))).items()):
+        problem = attribute_problem(key, value)
+        if problem is None and len(kept) >= MAX_ATTRIBUTES:
+            problem = f"attribute {key} is one more than the {MAX_ATTRIBUTES} reported"
+        entry = len(key.encode()) + len(value.encode())
+        if problem is None and size + entry > MAX_ATTRIBUTES_BYTES:
+            problem = f"attribute {key} would take the attributes past {MAX_ATTRIBUTES_BYTES} bytes"
+        if problem is not None:
+            problems.append(problem)
+            continue
+        kept[key] = value
+        size += entry
+    return tuple(kept.items()), tuple(problems)
+
+
+def running_package(
+    value: str, attributes: Iterable[tuple[str, str]]
+) -> tuple[ReportedPackage, list[Command]]:
+    """What the version hook said runs, with the attributes that can be reported, and one
+    warning per attribute left out (it never stops the version from being reported)."""
+    kept, problems = clean_attributes(attributes)
+    logs: list[Command] = [
+        _log(
+            LogLevel.WARNING,
+            f"$package shadow: the version hook's {problem}; reporting {value!r} without it",
+        )
+        for problem in problems
+    ]
+    return ReportedPackage(version=value, attributes=kept), logs
 
 
 def needs_report(held: ReportedPackage | None, running: ReportedPackage) -> bool:
@@ -217,14 +289,20 @@ def owns(report: PackageReport | None, event: HookFinished) -> bool:
 # --- what a job tells us (the machine calls these where it learns a version) ---------------
 
 
-def job_version(report: PackageReport, value: str) -> PackageReport:
+def job_version(
+    report: PackageReport, value: str, attributes: Attributes = ()
+) -> tuple[PackageReport, list[Command]]:
     """A job's version check, before its update changed anything: this runs now."""
-    return attrs.evolve(report, running=ReportedPackage(version=value))
+    running, logs = running_package(value, attributes)
+    return attrs.evolve(report, running=running), logs
 
 
-def job_verified(report: PackageReport, job_id: JobId, value: str) -> PackageReport:
+def job_verified(
+    report: PackageReport, job_id: JobId, value: str, attributes: Attributes = ()
+) -> tuple[PackageReport, list[Command]]:
     """A job's verification found `value` running; reported if the job ends on that."""
-    return attrs.evolve(report, verified=(job_id, ReportedPackage(version=value)))
+    running, logs = running_package(value, attributes)
+    return attrs.evolve(report, verified=(job_id, running)), logs
 
 
 def job_ended(
@@ -423,10 +501,10 @@ def _probe_answered(report: PackageReport, ctx: Ctx, event: HookFinished, now: f
     result = event.result
     done = attrs.evolve(report, probe=None, probed=True)
     match result:
-        case HookSuccess(value=value):
+        case HookSuccess(value=value, attributes=attributes):
             note = f"$package shadow: {settings.package_name} {value!r} runs (the version hook)"
-            running = ReportedPackage(version=value)
-            return attrs.evolve(done, running=running), ctx, [_log(LogLevel.INFO, note)]
+            running, logs = running_package(value, attributes)
+            return attrs.evolve(done, running=running), ctx, [_log(LogLevel.INFO, note), *logs]
         case HookRetryLater():
             # Every retry_interval (a job's call may follow the server's hint; this one
             # is in no hurry).

@@ -164,8 +164,16 @@ def job_context(context: HookContext) -> hooks_pb2.JobContext:
     )
 
 
-def hook_result(hook: HookKind, result: hooks_pb2.HookResult, version: str = "") -> HookResult:
-    """The core's view of a HookResult (and, for GetVersion, of the version)."""
+def hook_result(
+    hook: HookKind,
+    result: hooks_pb2.HookResult,
+    version: str = "",
+    attributes: tuple[tuple[str, str], ...] = (),
+) -> HookResult:
+    """The core's view of a HookResult (and, for GetVersion, of the version and attributes).
+
+    Attributes go to the core as sent, only sorted: which of them the `$package` shadow can
+    carry is `upparat.core.package.clean_attributes`'s rule, which logs what it drops."""
     message = clean_line(result.message)
     match result.outcome:
         case hooks_pb2.OUTCOME_SUCCESS:
@@ -176,7 +184,9 @@ def hook_result(hook: HookKind, result: hooks_pb2.HookResult, version: str = "")
                         reason="EMPTY_VERSION",
                         message="hook server answered GetVersion with SUCCESS but no version",
                     )
-                return HookSuccess(value=value, message=message)
+                return HookSuccess(
+                    value=value, message=message, attributes=tuple(sorted(attributes))
+                )
             return HookSuccess(message=message)
         case hooks_pb2.OUTCOME_RETRY_LATER:
             return HookRetryLater(retry_after=_seconds(result), message=message)
@@ -453,7 +463,9 @@ class HookClient:
                     stubs.hooks.GetVersion.future(
                         hooks_pb2.GetVersionRequest(context=context), timeout=timeout
                     ),
-                    lambda reply: hook_result(hook, reply.result, reply.version),
+                    lambda reply: hook_result(
+                        hook, reply.result, reply.version, tuple(reply.attributes.items())
+                    ),
                 )
             case HookKind.DOWNLOAD:
                 self._unary(

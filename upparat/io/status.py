@@ -89,6 +89,8 @@ class StatusSnapshot:
     running_version: str | None = None
     reported_version: str | None = None
     """What the `$package` shadow last said for our package ([service] package_name)."""
+    reported_attributes: tuple[tuple[str, str], ...] | None = None
+    """The attributes it said beside that version (None with `reported_version`)."""
     connection: Connection
     updated_at: float  # epoch seconds (wall clock: for people and UIs, not for timers)
 
@@ -224,6 +226,9 @@ def to_json(snapshot: StatusSnapshot) -> dict[str, object]:
         },
         "runningVersion": snapshot.running_version,
         "reportedVersion": snapshot.reported_version,
+        "reportedAttributes": None
+        if snapshot.reported_attributes is None
+        else dict(snapshot.reported_attributes),
         "connection": snapshot.connection.value,
     }
 
@@ -273,6 +278,7 @@ def decode(data: bytes) -> StatusSnapshot | str:
             ),
             running_version=_opt_text(doc, "runningVersion"),
             reported_version=_opt_text(doc, "reportedVersion"),
+            reported_attributes=_opt_pairs(doc, "reportedAttributes"),
             connection=_enum(Connection, doc.get("connection"), "connection"),
             updated_at=_time(doc.get("updatedAt"), "updatedAt"),
         )
@@ -295,6 +301,16 @@ def _text(doc: dict[str, object], key: str) -> str:
 
 def _opt_text(doc: dict[str, object], key: str) -> str | None:
     return None if doc.get(key) is None else _text(doc, key)
+
+
+def _opt_pairs(doc: dict[str, object], key: str) -> tuple[tuple[str, str], ...] | None:
+    """An object of strings (absent or null: None), as sorted pairs."""
+    if doc.get(key) is None:
+        return None
+    found = _obj(doc.get(key), key)
+    if not all(isinstance(v, str) for v in found.values()):
+        raise _Bad(f"{key} must map names to strings")
+    return tuple(sorted((k, str(v)) for k, v in found.items()))
 
 
 def _opt_int(doc: dict[str, object], key: str) -> int | None:
@@ -462,7 +478,11 @@ class StatusTracker:
             case e.HookFinished(hook=HookKind.VERSION, result=e.HookSuccess(value=value)) if value:
                 s = attrs.evolve(s, running_version=value)
             case e.PackageShadowRead(reported=held) | e.PackageShadowUpdated(reported=held):
-                s = attrs.evolve(s, reported_version=None if held is None else held.version)
+                s = attrs.evolve(
+                    s,
+                    reported_version=None if held is None else held.version,
+                    reported_attributes=None if held is None else held.attributes,
+                )
             case e.DownloadProgressed(bytes_done=done, total=total) if (
                 s.phase is StatusPhase.DOWNLOADING
             ):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cupparat/hooks/v1/hooks.proto\x12\x10upparat.hooks.v1\x1a\x1egoogle/protobuf/duration.proto\"v\n\nJobContext\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04meta\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\x99\x01\n\nHookResult\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.upparat.hooks.v1.Outcome\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x10\n\x0eGetInfoRequest\"\xef\x01\n\x0fGetInfoResponse\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x14\n\x0c\x61pi_versions\x18\x03 \x03(\t\x12%\n\x05hooks\x18\x04 \x03(\x0e\x32\x16.upparat.hooks.v1.Hook\x12\x41\n\x08manifest\x18\x05 \x03(\x0b\x32/.upparat.hooks.v1.GetInfoResponse.ManifestEntry\x1a/\n\rManifestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x11GetVersionRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\"S\n\x12GetVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResult\"E\n\x14\x43heckDownloadRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\"E\n\x15\x43heckDownloadResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResult\"\x91\x01\n\x0eInstallRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\x12\x11\n\tfile_path\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x11\n\x04size\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x42\x07\n\x05_size\"\x81\x01\n\x0fInstallResponse\x12\x35\n\x08progress\x18\x01 \x01(\x0b\x32!.upparat.hooks.v1.InstallProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResultH\x00\x42\x07\n\x05\x65vent\"A\n\x0fInstallProgress\x12\x0c\n\x04line\x18\x01 \x01(\t\x12\x14\n\x07percent\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_percent\"?\n\x0eRestartRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\"?\n\x0fRestartResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResult\"B\n\x11\x43heckReadyRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\"B\n\x12\x43heckReadyResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResult*u\n\x04Hook\x12\x14\n\x10HOOK_UNSPECIFIED\x10\x00\x12\x10\n\x0cHOOK_VERSION\x10\x01\x12\x11\n\rHOOK_DOWNLOAD\x10\x02\x12\x10\n\x0cHOOK_INSTALL\x10\x03\x12\x10\n\x0cHOOK_RESTART\x10\x04\x12\x0e\n\nHOOK_READY\x10\x05*e\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x17\n\x13OUTCOME_RETRY_LATER\x10\x02\x12\x13\n\x0fOUTCOME_FAILURE\x10\x03\x32\x61\n\x0fIdentityService\x12N\n\x07GetInfo\x12 .upparat.hooks.v1.GetInfoRequest\x1a!.upparat.hooks.v1.GetInfoResponse2\xc3\x03\n\x0bHookService\x12W\n\nGetVersion\x12#.upparat.hooks.v1.GetVersionRequest\x1a$.upparat.hooks.v1.GetVersionResponse\x12`\n\rCheckDownload\x12&.upparat.hooks.v1.CheckDownloadRequest\x1a\'.upparat.hooks.v1.CheckDownloadResponse\x12P\n\x07Install\x12 .upparat.hooks.v1.InstallRequest\x1a!.upparat.hooks.v1.InstallResponse0\x01\x12N\n\x07Restart\x12 .upparat.hooks.v1.RestartRequest\x1a!.upparat.hooks.v1.RestartResponse\x12W\n\nCheckReady\x12#.upparat.hooks.v1.CheckReadyRequest\x1a$.upparat.hooks.v1.CheckReadyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cupparat/hooks/v1/hooks.proto\x12\x10upparat.hooks.v1\x1a\x1egoogle/protobuf/duration.proto\"v\n\nJobContext\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04meta\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\x99\x01\n\nHookResult\x12*\n\x07outcome\x18\x01 \x01(\x0e\x32\x19.upparat.hooks.v1.Outcome\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x10\n\x0eGetInfoRequest\"\xef\x01\n\x0fGetInfoResponse\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x14\n\x0c\x61pi_versions\x18\x03 \x03(\t\x12%\n\x05hooks\x18\x04 \x03(\x0e\x32\x16.upparat.hooks.v1.Hook\x12\x41\n\x08manifest\x18\x05 \x03(\x0b\x32/.upparat.hooks.v1.GetInfoResponse.ManifestEntry\x1a/\n\rManifestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x11GetVersionRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\"\xd0\x01\n\x12GetVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResult\x12H\n\nattributes\x18\x03 \x03(\x0b\x32\x34.upparat.hooks.v1.GetVersionResponse.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x14\x43heckDownloadRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\"E\n\x15\x43heckDownloadResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResult\"\x91\x01\n\x0eInstallRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\x12\x11\n\tfile_path\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x11\n\x04size\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x42\x07\n\x05_size\"\x81\x01\n\x0fInstallResponse\x12\x35\n\x08progress\x18\x01 \x01(\x0b\x32!.upparat.hooks.v1.InstallProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResultH\x00\x42\x07\n\x05\x65vent\"A\n\x0fInstallProgress\x12\x0c\n\x04line\x18\x01 \x01(\t\x12\x14\n\x07percent\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_percent\"?\n\x0eRestartRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\"?\n\x0fRestartResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResult\"B\n\x11\x43heckReadyRequest\x12-\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.JobContext\"B\n\x12\x43heckReadyResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.upparat.hooks.v1.HookResult*u\n\x04Hook\x12\x14\n\x10HOOK_UNSPECIFIED\x10\x00\x12\x10\n\x0cHOOK_VERSION\x10\x01\x12\x11\n\rHOOK_DOWNLOAD\x10\x02\x12\x10\n\x0cHOOK_INSTALL\x10\x03\x12\x10\n\x0cHOOK_RESTART\x10\x04\x12\x0e\n\nHOOK_READY\x10\x05*e\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x17\n\x13OUTCOME_RETRY_LATER\x10\x02\x12\x13\n\x0fOUTCOME_FAILURE\x10\x03\x32\x61\n\x0fIdentityService\x12N\n\x07GetInfo\x12 .upparat.hooks.v1.GetInfoRequest\x1a!.upparat.hooks.v1.GetInfoResponse2\xc3\x03\n\x0bHookService\x12W\n\nGetVersion\x12#.upparat.hooks.v1.GetVersionRequest\x1a$.upparat.hooks.v1.GetVersionResponse\x12`\n\rCheckDownload\x12&.upparat.hooks.v1.CheckDownloadRequest\x1a\'.upparat.hooks.v1.CheckDownloadResponse\x12P\n\x07Install\x12 .upparat.hooks.v1.InstallRequest\x1a!.upparat.hooks.v1.InstallResponse0\x01\x12N\n\x07Restart\x12 .upparat.hooks.v1.RestartRequest\x1a!.upparat.hooks.v1.RestartResponse\x12W\n\nCheckReady\x12#.upparat.hooks.v1.CheckReadyRequest\x1a$.upparat.hooks.v1.CheckReadyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETINFORESPONSE_MANIFESTENTRY']._loaded_options = None
   _globals['_GETINFORESPONSE_MANIFESTENTRY']._serialized_options = b'8\001'
-  _globals['_HOOK']._serialized_start=1526
-  _globals['_HOOK']._serialized_end=1643
-  _globals['_OUTCOME']._serialized_start=1645
-  _globals['_OUTCOME']._serialized_end=1746
+  _globals['_GETVERSIONRESPONSE_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_GETVERSIONRESPONSE_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_HOOK']._serialized_start=1652
+  _globals['_HOOK']._serialized_end=1769
+  _globals['_OUTCOME']._serialized_start=1771
+  _globals['_OUTCOME']._serialized_end=1872
   _globals['_JOBCONTEXT']._serialized_start=82
   _globals['_JOBCONTEXT']._serialized_end=200
   _globals['_HOOKRESULT']._serialized_start=203
@@ -50,28 +52,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFORESPONSE_MANIFESTENTRY']._serialized_end=616
   _globals['_GETVERSIONREQUEST']._serialized_start=618
   _globals['_GETVERSIONREQUEST']._serialized_end=684
-  _globals['_GETVERSIONRESPONSE']._serialized_start=686
-  _globals['_GETVERSIONRESPONSE']._serialized_end=769
-  _globals['_CHECKDOWNLOADREQUEST']._serialized_start=771
-  _globals['_CHECKDOWNLOADREQUEST']._serialized_end=840
-  _globals['_CHECKDOWNLOADRESPONSE']._serialized_start=842
-  _globals['_CHECKDOWNLOADRESPONSE']._serialized_end=911
-  _globals['_INSTALLREQUEST']._serialized_start=914
-  _globals['_INSTALLREQUEST']._serialized_end=1059
-  _globals['_INSTALLRESPONSE']._serialized_start=1062
-  _globals['_INSTALLRESPONSE']._serialized_end=1191
-  _globals['_INSTALLPROGRESS']._serialized_start=1193
-  _globals['_INSTALLPROGRESS']._serialized_end=1258
-  _globals['_RESTARTREQUEST']._serialized_start=1260
-  _globals['_RESTARTREQUEST']._serialized_end=1323
-  _globals['_RESTARTRESPONSE']._serialized_start=1325
-  _globals['_RESTARTRESPONSE']._serialized_end=1388
-  _globals['_CHECKREADYREQUEST']._serialized_start=1390
-  _globals['_CHECKREADYREQUEST']._serialized_end=1456
-  _globals['_CHECKREADYRESPONSE']._serialized_start=1458
-  _globals['_CHECKREADYRESPONSE']._serialized_end=1524
-  _globals['_IDENTITYSERVICE']._serialized_start=1748
-  _globals['_IDENTITYSERVICE']._serialized_end=1845
-  _globals['_HOOKSERVICE']._serialized_start=1848
-  _globals['_HOOKSERVICE']._serialized_end=2299
+  _globals['_GETVERSIONRESPONSE']._serialized_start=687
+  _globals['_GETVERSIONRESPONSE']._serialized_end=895
+  _globals['_GETVERSIONRESPONSE_ATTRIBUTESENTRY']._serialized_start=846
+  _globals['_GETVERSIONRESPONSE_ATTRIBUTESENTRY']._serialized_end=895
+  _globals['_CHECKDOWNLOADREQUEST']._serialized_start=897
+  _globals['_CHECKDOWNLOADREQUEST']._serialized_end=966
+  _globals['_CHECKDOWNLOADRESPONSE']._serialized_start=968
+  _globals['_CHECKDOWNLOADRESPONSE']._serialized_end=1037
+  _globals['_INSTALLREQUEST']._serialized_start=1040
+  _globals['_INSTALLREQUEST']._serialized_end=1185
+  _globals['_INSTALLRESPONSE']._serialized_start=1188
+  _globals['_INSTALLRESPONSE']._serialized_end=1317
+  _globals['_INSTALLPROGRESS']._serialized_start=1319
+  _globals['_INSTALLPROGRESS']._serialized_end=1384
+  _globals['_RESTARTREQUEST']._serialized_start=1386
+  _globals['_RESTARTREQUEST']._serialized_end=1449
+  _globals['_RESTARTRESPONSE']._serialized_start=1451
+  _globals['_RESTARTRESPONSE']._serialized_end=1514
+  _globals['_CHECKREADYREQUEST']._serialized_start=1516
+  _globals['_CHECKREADYREQUEST']._serialized_end=1582
+  _globals['_CHECKREADYRESPONSE']._serialized_start=1584
+  _globals['_CHECKREADYRESPONSE']._serialized_end=1650
+  _globals['_IDENTITYSERVICE']._serialized_start=1874
+  _globals['_IDENTITYSERVICE']._serialized_end=1971
+  _globals['_HOOKSERVICE']._serialized_start=1974
+  _globals['_HOOKSERVICE']._serialized_end=2425
 # @@protoc_insertion_point(module_scope)

@@ -364,8 +364,29 @@ class GetVersionResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     VERSION_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The installed version, compared as an exact string with the job
     document's `version`. Must not be empty when the outcome is SUCCESS.
@@ -374,15 +395,30 @@ class GetVersionResponse(_message.Message):
     def result(self) -> Global___HookResult:
         """Whether the version could be read."""
 
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Facts about what runs beside the version, e.g. {"booted_slot": "A"} for
+        the RAUC slot the device booted from. Only read with OUTCOME_SUCCESS.
+        The daemon reports them with the version into the AWS IoT `$package`
+        shadow (`state.reported.<package_name>.attributes`), and only when
+        `[service] package_name` is set. Keys are 1-64 of a-z A-Z 0-9 : _ -;
+        values 1-256 printable characters; at most 16 of them, together at most
+        3 KiB (the Software Package Catalog's limit for version attributes).
+        The daemon drops, and logs, each attribute outside those limits and
+        reports the rest; a bad attribute never fails the call or a job. Empty
+        (what a server older than this field sends) reports none.
+        """
+
     def __init__(
         self,
         *,
         version: _builtins.str = ...,
         result: Global___HookResult | None = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "result", b"result", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,11 @@ _LOG_LEVELS = {
 }
 
 
+_BATCH = 32
+"""Events fed at most between two looks at the timers and the status file: a queue that
+never empties (progress) must not starve either."""
+
+
 def _refused_restart(command: c.CallHook, why: str) -> e.HookFinished:
     return e.HookFinished(
         call_id=command.call_id,
@@ -52,6 +57,7 @@ class EventQueue:
         self._queue.put(event)
 
     def get(self, timeout: float | None) -> e.Event | None:
+        """The next event, waiting up to `timeout` seconds (None: for ever, 0: not at all)."""
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -193,11 +199,20 @@ class Runtime:
             if next_watchdog is not None and watchdog is not None and now >= next_watchdog:
                 self._services.notify("WATCHDOG=1")
                 next_watchdog = now + watchdog / 2
+            # Once per batch, before waiting: the status file shows what the loop did since
+            # the last write, and the write follows the commands instead of delaying them.
+            self._flush_status()
             wait_until = [t for t in (self._timers.next_deadline(), next_watchdog) if t is not None]
             timeout = max(0.0, min(wait_until) - self._clock()) if wait_until else None
             event = self._inbox.get(timeout)
-            if event is not None:
+            fed = 0
+            while event is not None:
                 self.feed(event)
+                fed += 1
+                if self._done() or fed >= _BATCH:
+                    break
+                event = self._inbox.get(0)  # what arrived meanwhile belongs to this batch
+        self._flush_status()
         self._services.notify("STOPPING=1")
         self._shutdown_drivers()
         return 0
@@ -209,7 +224,7 @@ class Runtime:
         """Hand one event to the core and carry out what it asks for."""
         now = self._clock()
         self._state, commands = step(self._state, event, now)
-        self._show(event, commands, now)
+        self._show(event, commands)
         unsaved: str | None = None
         for command in commands:
             if (
@@ -228,14 +243,22 @@ class Runtime:
                 if isinstance(command, c.Persist):
                     unsaved = f"{type(err).__name__}: {err}"
 
-    def _show(self, event: e.Event, commands: tuple[c.Command, ...], now: float) -> None:
+    def _show(self, event: e.Event, commands: tuple[c.Command, ...]) -> None:
+        """Tells the status tracker what happened; `_flush_status` writes it."""
         if self._status is None:
             return
         try:
             self._status.saw_event(event)
             for command in commands:
                 self._status.saw_command(command)
-            self._status.flush(now)
+        except Exception:  # the status is for show: it never stops a job
+            log.exception("updating the status file failed")
+
+    def _flush_status(self) -> None:
+        if self._status is None:
+            return
+        try:
+            self._status.flush(self._clock())
         except Exception:  # the status is for show: it never stops a job
             log.exception("updating the status file failed")
 

@@ -700,7 +700,9 @@ def _latency_section(r: Results) -> str:
     return (
         "## 5. Latency: job created → SUCCEEDED (instant hooks, 1 MB file)\n\n"
         "From `time.time()` right before CreateJob to the emulator's receipt of the SUCCEEDED"
-        " update (its `history` timestamp, same clock).\n\n"
+        " update (its `history` timestamp, same clock). The daemon runs as upparat.service"
+        " runs it: its status file in `RUNTIME_DIRECTORY` on a tmpfs (the unit's"
+        " `RuntimeDirectory=`, here a folder under /dev/shm), its journal on the disk.\n\n"
         + _table(
             (
                 "daemon",

@@ -1,8 +1,9 @@
 """Runs one hook script in a process group of its own and reports how it ended.
 
-Owns the child: its pipes (read by threads, memory bounded), its process group (SIGTERM,
-then SIGKILL after the grace period, on stop and for anything left behind when the
-script exits) and its reaping. Knows nothing about gRPC or the hook contract.
+Owns the child: its pipes (memory bounded), its process group (SIGTERM, then SIGKILL
+after the grace period, on stop and for anything left behind when the script exits) and
+its reaping, all watched by one thread per run. Knows nothing about gRPC or the hook
+contract.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import math
 import os
 import select
 import signal
@@ -19,7 +21,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO
 
 log = logging.getLogger("upparat.hookserver")
 
@@ -30,7 +31,12 @@ READ_LINE_BYTES = 4096
 STDERR_TAIL_BYTES = 1024
 """How much of the end of stderr is kept (the failure's detail)."""
 POLL_INTERVAL = 0.02
+DRAIN_AFTER_EXIT = 0.2
+"""Seconds the pipes are still read after the script exited (what it wrote last, and
+what a child it left behind writes before it is terminated)."""
 READER_JOIN_TIMEOUT = 1.0
+"""Seconds the pipes are read at most once the script and its group are gone."""
+_READ_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,7 +111,10 @@ class ScriptRun:
         self._proc: subprocess.Popen[bytes] | None = None
         self._last_lines: collections.deque[str] = collections.deque(maxlen=2)
         self._stderr_tail = bytearray()
-        self._readers: list[threading.Thread] = []
+        self._pipes = _Pipes()
+        self._stdout_buffer = bytearray()
+        self._skipping = False
+        """Inside a stdout line longer than READ_LINE_BYTES: the rest of it is skipped."""
         self._started_at = time.monotonic()
         self._term_sent_at: float | None = None
         self._kill_sent_at: float | None = None
@@ -147,22 +156,10 @@ class ScriptRun:
             self._signal_group(signal.SIGTERM)
         assert proc.stdout is not None
         assert proc.stderr is not None
-        self._readers = [
-            threading.Thread(
-                target=self._read_stdout,
-                args=(proc.stdout,),
-                name=f"stdout-{proc.pid}",
-                daemon=True,
-            ),
-            threading.Thread(
-                target=self._read_stderr,
-                args=(proc.stderr,),
-                name=f"stderr-{proc.pid}",
-                daemon=True,
-            ),
-        ]
-        for reader in self._readers:
-            reader.start()
+        # One thread per run reads both pipes and waits for the exit (a pidfd) in one
+        # poll(): a thread per pipe cost a thread start each on every hook call.
+        self._pipes.add(proc.stdout.fileno(), self._stdout_data)
+        self._pipes.add(proc.stderr.fileno(), self._stderr_data)
         threading.Thread(target=self._supervise, name=f"script-{proc.pid}", daemon=True).start()
 
     def stop(self, cause: StopCause) -> None:
@@ -190,11 +187,21 @@ class ScriptRun:
     def _supervise(self) -> None:
         proc = self._proc
         assert proc is not None
+        try:
+            self._supervise_child(proc)
+        finally:
+            self._pipes.close()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+
+    def _supervise_child(self, proc: subprocess.Popen[bytes]) -> None:
         self._wait_exit(proc)
         returncode = proc.returncode
         assert returncode is not None
-        # Let the readers drain what the script wrote before it exited.
-        self._join_readers(0.2)
+        # Read what the script wrote before it exited.
+        self._pipes.pump_until(time.monotonic() + DRAIN_AFTER_EXIT)
         leftovers = live_group_members(proc.pid)
         if leftovers:
             # No orphans: whatever the script left in its group goes with it.
@@ -211,36 +218,39 @@ class ScriptRun:
                 if self._kill_sent_at is not None and time.monotonic() - self._kill_sent_at > 1.0:
                     log.error("processes of %s survive SIGKILL", self.argv[0])
                     break
-                time.sleep(POLL_INTERVAL)
+                self._pipes.pump_for(POLL_INTERVAL)
         with self._lock:
             self._group_gone = True
-        self._join_readers(READER_JOIN_TIMEOUT)
+        self._pipes.pump_until(time.monotonic() + READER_JOIN_TIMEOUT)
+        self._stdout_end()
         ending: Ending = (
             Signalled(signum=-returncode) if returncode < 0 else Exited(code=returncode)
         )
         self._finish(ending, leftovers=len(leftovers))
 
     def _wait_exit(self, proc: subprocess.Popen[bytes]) -> None:
-        """Until the script has exited (and is reaped), escalating a stop meanwhile.
+        """Until the script has exited (and is reaped), reading its pipes and escalating a
+        stop meanwhile.
 
-        With a pidfd (Linux >= 5.3) the exit wakes this thread at once. Popen.wait(timeout)
-        polls instead, sleeping 0.5, 1, 2, 4 ... ms between looks: a script that takes 2 ms
-        was seen after 3.5 ms, one of 5 ms after 7.5 ms, on every hook call.
+        With a pidfd (Linux >= 5.3) the exit wakes this thread at once, in the same poll()
+        as the pipes. Without one, the thread looks every few milliseconds (Popen.wait's
+        own polling sleeps 0.5, 1, 2, 4 ... ms between looks: a script that takes 2 ms was
+        seen after 3.5 ms, one of 5 ms after 7.5 ms, on every hook call).
         """
         pidfd = _pidfd(proc.pid)
         if pidfd is None:
-            while True:
-                try:
-                    proc.wait(timeout=POLL_INTERVAL * 2)
-                    return
-                except subprocess.TimeoutExpired:
-                    self._escalate()
+            while proc.poll() is None:
+                self._pipes.pump_for(_NO_PIDFD_LOOK)
+                self._escalate()
+            return
+        exited = threading.Event()
         try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            while not poller.poll(POLL_INTERVAL * 2 * 1000):
+            self._pipes.add(pidfd, lambda _: exited.set(), watch_only=True)
+            while not exited.is_set():
+                self._pipes.pump_for(POLL_INTERVAL * 2, stop=exited)
                 self._escalate()
         finally:
+            self._pipes.remove(pidfd)
             os.close(pidfd)
         proc.wait()  # exited: reaps at once
 
@@ -272,11 +282,6 @@ class ScriptRun:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
 
-    def _join_readers(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for reader in self._readers:
-            reader.join(max(0.0, deadline - time.monotonic()))
-
     def _finish(self, ending: Ending, *, leftovers: int) -> None:
         with self._lock:
             outcome = ScriptOutcome(
@@ -295,23 +300,42 @@ class ScriptRun:
                 log.exception("on_done callback of %s failed", self.argv[0])
         self._done.set()
 
-    # -- the reader threads ------------------------------------------------------------
+    # -- what the pipes bring (the supervisor thread) ------------------------------------
 
-    def _read_stdout(self, stream: IO[bytes]) -> None:
-        skipping = False
-        with stream:
-            for chunk in iter(lambda: stream.readline(READ_LINE_BYTES), b""):
-                complete = chunk.endswith(b"\n")
-                if skipping:
-                    skipping = not complete
-                    continue
-                if not complete and len(chunk) >= READ_LINE_BYTES:
-                    skipping = True
-                # Carriage returns redraw a progress bar in place: each part is a line.
-                for part in chunk.decode("utf-8", "replace").split("\r"):
-                    line = part.strip()[:MAX_LINE_CHARS]
-                    if line:
-                        self._line(line)
+    def _stdout_data(self, data: bytes) -> None:
+        """Bytes from stdout, cut into lines as `readline(READ_LINE_BYTES)` would."""
+        buffer = self._stdout_buffer
+        buffer += data
+        while True:
+            end = buffer.find(b"\n", 0, READ_LINE_BYTES)
+            if end >= 0:
+                chunk = bytes(buffer[: end + 1])
+            elif len(buffer) >= READ_LINE_BYTES:
+                chunk = bytes(buffer[:READ_LINE_BYTES])
+            else:
+                return
+            del buffer[: len(chunk)]
+            self._stdout_chunk(chunk)
+
+    def _stdout_end(self) -> None:
+        """stdout is closed (or no longer read): a last line without a newline counts."""
+        if self._stdout_buffer:
+            chunk = bytes(self._stdout_buffer)
+            self._stdout_buffer.clear()
+            self._stdout_chunk(chunk)
+
+    def _stdout_chunk(self, chunk: bytes) -> None:
+        complete = chunk.endswith(b"\n")
+        if self._skipping:
+            self._skipping = not complete
+            return
+        if not complete and len(chunk) >= READ_LINE_BYTES:
+            self._skipping = True
+        # Carriage returns redraw a progress bar in place: each part is a line.
+        for part in chunk.decode("utf-8", "replace").split("\r"):
+            line = part.strip()[:MAX_LINE_CHARS]
+            if line:
+                self._line(line)
 
     def _line(self, line: str) -> None:
         with self._lock:
@@ -322,12 +346,79 @@ class ScriptRun:
             except Exception:
                 log.exception("on_line callback of %s failed", self.argv[0])
 
-    def _read_stderr(self, stream: IO[bytes]) -> None:
-        with stream:
-            while chunk := os.read(stream.fileno(), 4096):
-                with self._lock:
-                    self._stderr_tail += chunk
-                    del self._stderr_tail[:-STDERR_TAIL_BYTES]
+    def _stderr_data(self, data: bytes) -> None:
+        with self._lock:
+            self._stderr_tail += data
+            del self._stderr_tail[:-STDERR_TAIL_BYTES]
+
+
+_NO_PIDFD_LOOK = 0.002
+"""Seconds between looks at a child's exit where there is no pidfd."""
+
+
+class _Pipes:
+    """The file descriptors one run's thread waits on: pipes it reads until EOF, and a
+    pidfd it only watches. Used by that one thread only."""
+
+    def __init__(self) -> None:
+        self._poller = select.poll()
+        self._handlers: dict[int, Callable[[bytes], None]] = {}
+        self._watched: set[int] = set()
+
+    def add(self, fd: int, handler: Callable[[bytes], None], *, watch_only: bool = False) -> None:
+        self._poller.register(fd, select.POLLIN)
+        self._handlers[fd] = handler
+        if watch_only:
+            self._watched.add(fd)
+
+    def remove(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+        self._watched.discard(fd)
+
+    @property
+    def reading(self) -> bool:
+        return len(self._handlers) > len(self._watched)
+
+    def pump_for(self, seconds: float, stop: threading.Event | None = None) -> None:
+        """Handle what arrives for up to `seconds`, or until `stop` is set by a handler."""
+        self.pump_until(time.monotonic() + seconds, stop=stop, while_reading=False)
+
+    def pump_until(
+        self, deadline: float, *, stop: threading.Event | None = None, while_reading: bool = True
+    ) -> None:
+        """Handle what arrives until `deadline`; with `while_reading`, also stop once every
+        pipe is at EOF."""
+        while not (while_reading and not self.reading):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not self._handlers:
+                time.sleep(left)  # nothing left to read: only the time passes
+                return
+            for fd, _ in self._poller.poll(max(1, math.ceil(left * 1000))):
+                handler = self._handlers.get(fd)
+                if handler is None:
+                    continue
+                if fd in self._watched:
+                    handler(b"")
+                    continue
+                try:
+                    data = os.read(fd, _READ_BYTES)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    handler(data)
+                else:
+                    self.remove(fd)  # EOF: the last writer closed it
+            if stop is not None and stop.is_set():
+                return
+
+    def close(self) -> None:
+        for fd in list(self._handlers):
+            self.remove(fd)
 
 
 def _pidfd(pid: int) -> int | None:

@@ -287,7 +287,7 @@ class HookClient:
         self._close_at = 0.0
         self._lock = threading.Lock()
         self._lingering = threading.Condition(self._lock)
-        """Wakes the linger thread: the last call ended, or the client closed."""
+        """Wakes the linger thread when the client closes (it times its own waits otherwise)."""
         self._calls: dict[CallId, _Call] = {}
         self._closed = False
 
@@ -339,8 +339,10 @@ class HookClient:
             self._users -= 1
             if self._users > 0 or self._channel is None:
                 return
+            # Only pushes the closing time on: the linger thread looks at it when its wait
+            # ends, so no thread is woken at the end of each call (that wake-up competed
+            # with the runtime for the GIL right when the next hook call was being made).
             self._close_at = time.monotonic() + self._channel_linger
-            self._lingering.notify_all()
             if self._linger is None:
                 # One thread per busy spell, not per call (a thread start per hook call was
                 # a measurable share of it): it sleeps until the channel has been unused
@@ -363,13 +365,14 @@ class HookClient:
                 if self._closed or self._channel is None:
                     self._linger = None
                     return
-                left = self._close_at - time.monotonic() if self._users == 0 else None
-                if left is not None and left <= 0:
+                left = self._close_at - time.monotonic()
+                if self._users == 0 and left <= 0:
                     channel, self._channel, self._stubs = self._channel, None, None
                     self._linger = None
                     break
-                # Busy (no deadline): the last release sets one and wakes this thread.
-                self._lingering.wait(left)
+                # In use, or used again meanwhile: look again when the last release's
+                # linger would be over (a call in use looks every CHANNEL_LINGER).
+                self._lingering.wait(left if left > 0 else self._channel_linger)
         channel.close()
 
     def _call(self, command: CallHook) -> None:

@@ -332,8 +332,8 @@ def test_a_queued_job_starts_with_the_version_hook() -> None:
     p = Playbook()
     out = p.take()
     assert out == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.CHECKING_VERSION)),
         like(CallHook, hook=HookKind.VERSION),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.CHECKING_VERSION)),
     ]
 
 

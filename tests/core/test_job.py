@@ -151,8 +151,8 @@ def test_an_in_progress_job_is_redone_from_the_version_check_resuming_the_downlo
     p.list_jobs(in_progress=[summary()])
     out = p.describe(execution(status=IN_PROGRESS, state="download_progress"))
     assert out == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.CHECKING_VERSION)),
         like(CallHook, hook=HookKind.VERSION),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.CHECKING_VERSION)),
     ]
     p.answer(HookSuccess(value="1.0"))
     out = p.answer(HookSuccess())
@@ -462,8 +462,8 @@ def test_the_hook_server_going_away_during_restart_is_not_a_failure() -> None:
     assert isinstance(p.stage, machine.AwaitingReboot)
     # Not stopped after all (e.g. the hook server was the restarted service): verify.
     assert p.fire(TimerKind.HOOK_RETRY) == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
         like(CallHook, hook=HookKind.VERSION),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
     ]
 
 
@@ -471,8 +471,8 @@ def test_a_soft_restart_is_verified_right_away() -> None:
     p = Playbook()
     at_restart(p)
     assert p.answer(HookSuccess()) == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
         like(CallHook, hook=HookKind.VERSION),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
     ]
     assert p.answer(HookSuccess(value="2.0")) == [like(CallHook, hook=HookKind.READY)]
     assert succeeded("complete_ready") in p.answer(HookSuccess())
@@ -539,8 +539,8 @@ def test_restart_unimplemented_verifies_like_no_restart_hook() -> None:
     p = Playbook(auto_accept=True)
     at_restart(p)
     assert p.answer(HookUnimplemented()) == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
         like(CallHook, hook=HookKind.VERSION),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.VERIFYING, previous_version="1.0")),
     ]
     assert p.answer(HookUnimplemented()) == [like(CallHook, hook=HookKind.READY)]
     assert succeeded("no_restart_hook_provided") in p.answer(HookUnimplemented())

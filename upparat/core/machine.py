@@ -913,14 +913,16 @@ def _take_valid_job(state: State, execution: JobExecution, job: Job, now: float)
         state, call, commands = _start_call(state, job, HookKind.VERSION, now)
         state = attrs.evolve(state, stage=CheckingVersion(job=job, call=call, after_install=True))
         return state, [_log(LogLevel.INFO, f"job {job_id}: {note}", job_id), *commands]
-    state, commands = _persist(state, job, Phase.CHECKING_VERSION)
-    commands.append(_log(LogLevel.INFO, f"job {job_id}: {note}", job_id))
+    state, persist = _persist(state, job, Phase.CHECKING_VERSION)
+    logged = _log(LogLevel.INFO, f"job {job_id}: {note}", job_id)
     if document.force or HookKind.VERSION in state.absent_hooks:
         state, more = _download_phase(state, job, now)
-    else:
-        state, call, more = _start_call(state, job, HookKind.VERSION, now)
-        state = attrs.evolve(state, stage=CheckingVersion(job=job, call=call))
-    return state, [*commands, *more]
+        return state, [*persist, logged, *more]
+    state, call, more = _start_call(state, job, HookKind.VERSION, now)
+    state = attrs.evolve(state, stage=CheckingVersion(job=job, call=call))
+    # The version hook only reads, so its call starts before the journal's fsync and runs
+    # while it lasts; its answer is handled after every command here, the write included.
+    return state, [logged, *more, *persist]
 
 
 _INSTALL_STATES = (
@@ -1080,7 +1082,8 @@ def _verify(state: State, job: Job, origin: VerifyOrigin, now: float) -> Out:
         return state, [*commands, *more]
     state, call, more = _start_call(state, job, HookKind.VERSION, now)
     state = attrs.evolve(state, stage=VerifyingVersion(job=job, call=call, origin=origin))
-    return state, [*commands, *more]
+    # As for the first version check: a read-only call overlaps the journal's fsync.
+    return state, [*more, *commands]
 
 
 def _check_ready(

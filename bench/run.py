@@ -271,7 +271,7 @@ def environment(
 
 WARM_IMPORTS = (
     "import upparat.cli, upparat.daemon, upparat.emulator.cli, upparat.emulator.server,"
-    " hookservers.shell.server, grpc, grpc_health.v1.health, paho.mqtt.client, attrs,"
+    " hookservers.shell.main, hookservers.shell.server, grpc, grpc_health.v1.health, paho.mqtt.client, attrs,"
     " http.server, hashlib, json"
 )
 

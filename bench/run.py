@@ -73,6 +73,9 @@ class Mode:
     pinned_window: float
     pinned_windows: int
     pinned_latency_jobs: int
+    after_jobs_settle: float
+    """Seconds after the last latency job before memory is sampled "idle after jobs"; the
+    full and quick runs wait for the hook server's gRPC to be dropped (IDLE_STOP)."""
 
 
 MODES = {
@@ -94,6 +97,7 @@ MODES = {
         pinned_window=30.0,
         pinned_windows=3,
         pinned_latency_jobs=6,
+        after_jobs_settle=IDLE_STOP + 10.0,
     ),
     "quick": Mode(
         name="quick",
@@ -113,6 +117,7 @@ MODES = {
         pinned_window=10.0,
         pinned_windows=2,
         pinned_latency_jobs=3,
+        after_jobs_settle=IDLE_STOP + 5.0,
     ),
     "smoke": Mode(
         name="smoke",
@@ -132,6 +137,7 @@ MODES = {
         pinned_window=1.0,
         pinned_windows=1,
         pinned_latency_jobs=1,
+        after_jobs_settle=1.0,
     ),
 }
 LATENCY_SIZE = 1_000_000
@@ -271,7 +277,7 @@ def environment(
 
 WARM_IMPORTS = (
     "import upparat.cli, upparat.daemon, upparat.emulator.cli, upparat.emulator.server,"
-    " hookservers.shell.server, grpc, grpc_health.v1.health, paho.mqtt.client, attrs,"
+    " hookservers.shell.main, hookservers.shell.server, grpc, grpc_health.v1.health, paho.mqtt.client, attrs,"
     " http.server, hashlib, json"
 )
 
@@ -416,6 +422,10 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         say(f"latency: {mode.latency_jobs} jobs each of " + " and ".join(n for n, _ in both))
         lat, *rest = latency(*both)
         lat_legacy = rest[0] if rest else None
+        # Idle again after the jobs, before anything else touches the daemon: its channel
+        # closed CHANNEL_LINGER after the last call, the hook server's gRPC IDLE_STOP after.
+        say(f"idle after jobs: memory {mode.after_jobs_settle:.0f} s after the last latency job")
+        after_jobs = measure.measure_after_jobs(ours, legacy, settle=mode.after_jobs_settle)
         # Right after the latency jobs, on the same processes, so the per-call breakdown
         # of a job compares numbers taken under the same load.
         say(f"hook overhead: {mode.hook_calls} GetVersion calls and script runs")
@@ -501,6 +511,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         env=environment(mode, load_start, load_end, processes, argv),
         legacy_skipped=legacy_skipped,
         idle=idle,
+        after_jobs=after_jobs,
         imports=imports,
         imports_from_source=imports_from_source,
         download=download,

@@ -137,7 +137,7 @@ def test_check_config_with_a_hook_server_exits_0_and_prints_get_info(
     config = write_config(tmp_path / "upparat.conf", socket, tmp_path)
     log = (tmp_path / "hookserver.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "hookservers.shell.server", "-c", str(config)],
+        [sys.executable, "-m", "hookservers.shell.main", "-c", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -28,7 +28,7 @@ HOOKSERVER_PREFIX = "upparat-hookserver: "
 
 DAEMON = (sys.executable, "-m", "upparat.cli")
 CHECK_CONFIG = (sys.executable, "-m", "upparat.cli", "check-config")
-HOOKSERVER = (sys.executable, "-m", "hookservers.shell.server")
+HOOKSERVER = (sys.executable, "-m", "hookservers.shell.main")
 
 BAD = [
     # (section, key, value): each was a defect or a disagreement before one model.

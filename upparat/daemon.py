@@ -18,7 +18,8 @@ from upparat.config import Config, ConfigError
 from upparat.core import commands as c
 from upparat.core.events import Event
 from upparat.core.model import JobId
-from upparat.hooks.client import HookClient
+from upparat.hooks.ondemand import HookClientOnDemand, HookDriver
+from upparat.hooks.values import INFO_TIMEOUT, channel_target
 from upparat.io import sdnotify, sentry
 from upparat.io.folder import (
     FolderRefused,
@@ -137,7 +138,18 @@ def run_daemon(config: Config) -> int:
         )
 
     downloader = DownloaderOnDemand(make_downloader)
-    hooks = HookClient(config.hooks.endpoint, inbox.post)
+
+    def make_hook_client() -> HookDriver:
+        from upparat.hooks.client import HookClient
+
+        return HookClient(config.hooks.endpoint, inbox.post)
+
+    hooks = HookClientOnDemand(
+        make_hook_client,
+        inbox.post,
+        target=channel_target(config.hooks.endpoint),
+        info_timeout=INFO_TIMEOUT,
+    )
     runtime = Runtime(
         # 64 random bits: client tokens nobody else on the broker can predict; and a
         # seed of its own per process, so a fleet's retries are not in lockstep.

@@ -191,6 +191,56 @@ def measure_idle(
     )
 
 
+@attrs.frozen(kw_only=True)
+class ProcMemory:
+    rss_kb: int
+    anon_kb: int
+    file_kb: int
+    pss_kb: int
+    threads: int
+    mappings: tuple[tuple[str, int], ...]
+    """Resident kB by kind of mapping (procstat.smaps)."""
+
+
+@attrs.frozen(kw_only=True)
+class AfterJobsMemory:
+    """Memory of the processes idle again after jobs: what a device carries between jobs
+    once it ran one (gRPC is loaded then and stays; the idle rows are before any job)."""
+
+    settle_seconds: float
+    """Seconds waited after the last job ended (its channel and the hook server's gRPC
+    server closed meanwhile)."""
+    daemon: ProcMemory
+    hookserver: ProcMemory | None
+    legacy: ProcMemory | None
+
+
+def proc_memory(pid: int) -> ProcMemory:
+    m = memory(pid)
+    return ProcMemory(
+        rss_kb=m.rss_kb,
+        anon_kb=m.anon_kb,
+        file_kb=m.file_kb,
+        pss_kb=pss_kb(pid),
+        threads=m.threads,
+        mappings=tuple(sorted(smaps(pid).items(), key=lambda kv: -kv[1])),
+    )
+
+
+def measure_after_jobs(
+    ours: UpparatRig, legacy: LegacyRig | None, *, settle: float
+) -> AfterJobsMemory:
+    """Waits `settle` seconds with no job, then samples each process once."""
+    time.sleep(settle)
+    hookserver = ours.hookserver_pid()
+    return AfterJobsMemory(
+        settle_seconds=settle,
+        daemon=proc_memory(ours.daemon_pid()),
+        hookserver=None if hookserver is None else proc_memory(hookserver),
+        legacy=None if legacy is None else proc_memory(legacy.daemon_pid()),
+    )
+
+
 # --- where the daemon's memory goes: imports ---------------------------------------------------
 
 IMPORT_STEPS: tuple[tuple[str, tuple[str, ...], str], ...] = (

@@ -15,6 +15,7 @@ import attrs
 
 from upbench.measure import (
     FLOOR_IMPORTS,
+    AfterJobsMemory,
     DownloadResult,
     HookOverheadResult,
     IdleResult,
@@ -104,6 +105,8 @@ class Results:
     """The hook server idle with no daemon connected (None: not measured)."""
     profiles: tuple[Profile, ...]
     profile_skipped: str | None
+    after_jobs: AfterJobsMemory | None = None
+    """The same processes idle again after the download and latency jobs."""
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -598,6 +601,54 @@ def _memory_section(r: Results) -> str:
         + _table(
             ("process", "idle RSS MB", "RSS before the job MB", "peak RSS MB", "peak - idle MB"),
             peak_rows,
+        )
+        + _after_jobs(r.after_jobs, i)
+    )
+
+
+def _after_jobs(after: AfterJobsMemory | None, i: IdleResult) -> str:
+    """Idle before any job next to idle after jobs: gRPC and the download stack, loaded by
+    the first job, stay loaded."""
+    if after is None:
+        return ""
+    rows = []
+    for label, before, now in (
+        ("upparat daemon", i.daemon, after.daemon),
+        ("upparat hook server", i.hookserver, after.hookserver),
+        ("upparat 1.12 daemon", i.legacy, after.legacy),
+    ):
+        if now is None:
+            continue
+        top = ", ".join(f"{kind} {_mb(kb)}" for kind, kb in now.mappings[:3])
+        rows.append(
+            [
+                label,
+                "-" if before is None else _mb(before.rss_kb),
+                _mb(now.rss_kb),
+                _mb(now.anon_kb),
+                _mb(now.file_kb),
+                _mb(now.pss_kb),
+                top,
+            ]
+        )
+    summed = after.daemon.pss_kb + (after.hookserver.pss_kb if after.hookserver else 0)
+    return (
+        f"\nIdle after jobs: sampled {after.settle_seconds:.0f} s after the last latency job"
+        " ended (the daemon closes its gRPC channel 5 s after its last call, the hook server"
+        " drops its gRPC server 20 s after its last connection);"
+        f" daemon + hook server PSS summed {_mb(summed)} MB. The idle rows above are before"
+        " any job: the first job loads gRPC, protobuf and the download stack, which stay.\n\n"
+        + _table(
+            (
+                "process",
+                "idle RSS MB, before any job",
+                "idle RSS MB, after jobs",
+                "anon MB",
+                "file-backed MB",
+                "PSS MB",
+                "largest mappings MB",
+            ),
+            rows,
         )
     )
 

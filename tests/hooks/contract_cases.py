@@ -81,7 +81,7 @@ class Implementation:
 
 SHELL = Implementation(
     name="shell",
-    argv=lambda conf: [sys.executable, "-m", "hookservers.shell.server", "-c", str(conf)],
+    argv=lambda conf: [sys.executable, "-m", "hookservers.shell.main", "-c", str(conf)],
 )
 """The reference implementation, hookservers/shell."""
 

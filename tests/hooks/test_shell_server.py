@@ -308,7 +308,7 @@ class TestShellHookServer(HookServerContract):
 
 def test_help_documents_every_config_key_with_its_default() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "hookservers.shell.server", "--help"],
+        [sys.executable, "-m", "hookservers.shell.main", "--help"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -329,7 +329,7 @@ def test_check_exits_0_for_a_usable_config_without_listening(tmp_path: Path) -> 
     conf.write_text(f"[hooks]\nendpoint = unix://{sock}\nversion = {EVAL_SCRIPT}\n")
 
     done = subprocess.run(
-        [sys.executable, "-m", "hookservers.shell.server", "-c", str(conf), "--check"],
+        [sys.executable, "-m", "hookservers.shell.main", "-c", str(conf), "--check"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -167,7 +167,7 @@ class Stack:
     def start_hookserver(self) -> None:
         self.hookserver = self._spawn(
             "hookserver",
-            [sys.executable, "-m", "hookservers.shell.server", "-c", str(self.config_path)],
+            [sys.executable, "-m", "hookservers.shell.main", "-c", str(self.config_path)],
         )
         deadline = time.monotonic() + 15
         while not self.socket.exists():

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
 from typing import TypeVar, assert_never
 
@@ -40,31 +38,35 @@ from upparat.core.events import (
     HookProgressed,
     HookResult,
     HookRetryLater,
-    HookServerInfo,
     HookSuccess,
     HookUnavailable,
     HookUnimplemented,
 )
 from upparat.core.model import CallId, HookContext, HookKind
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
+from upparat.hooks.values import (
+    INFO_TIMEOUT,
+    InfoError,
+    InfoReply,
+    clean_detail,
+    clean_reason,
+    info_event,
+)
+from upparat.hooks.values import MAX_DETAIL_BYTES as MAX_DETAIL_BYTES  # re-exported
+from upparat.hooks.values import MAX_LINE_CHARS as MAX_LINE_CHARS  # re-exported
+from upparat.hooks.values import channel_target as channel_target  # re-exported
+from upparat.hooks.values import clean_line as clean_line  # re-exported
 
 log = logging.getLogger("upparat.hooks")
 
 MAX_RECEIVE_BYTES = 1024 * 1024
 """hooks.proto: the daemon rejects any single message over 1 MiB (RESOURCE_EXHAUSTED)."""
-MAX_LINE_CHARS = 1024
-"""HookResult.message and InstallProgress.line are cut to this many characters."""
-MAX_DETAIL_BYTES = 16 * 1024
-"""HookResult.detail is cut to this many UTF-8 bytes."""
-MAX_REASON_CHARS = 64
 KEEPALIVE_MS = 300_000
 """Ping a quiet connection every 5 minutes: gRPC servers by default refuse pings more
 often than that (and then close the connection), and it still notices a dead TCP peer
 within a long install. A unix socket reports a dead server at once anyway."""
 
 IDLE_TIMEOUT_MS = 60_000
-INFO_TIMEOUT = 5.0
-"""Seconds one GetInfo may take."""
 CHANNEL_LINGER = 5.0
 """Seconds the channel stays open after the last call: the calls of a job share it, an idle
 daemon holds none (gRPC core wakes several times a second while any channel exists)."""
@@ -77,28 +79,6 @@ _HOOK_KINDS = {
     hooks_pb2.HOOK_READY: HookKind.READY,
 }
 _Reply = TypeVar("_Reply")
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
-_NOT_REASON = re.compile(r"[^A-Z0-9_]+")
-
-
-def channel_target(endpoint: str) -> str:
-    """The gRPC target of an endpoint: `unix:///abs` and `unix:/abs` become `unix:///abs`;
-    `host:port` (and any other gRPC target) stays as it is."""
-    endpoint = endpoint.strip()
-    if not endpoint:
-        raise ValueError("hook server endpoint is empty")
-    if endpoint.startswith("unix:"):
-        path = endpoint.removeprefix("unix:")
-        if path.startswith("//"):
-            path = path[2:]
-            if not path.startswith("/"):
-                raise ValueError(f"unix endpoint must be unix:///absolute/path, got {endpoint!r}")
-        if not path.startswith("/"):
-            return f"unix:{path}"  # relative to the working directory, as gRPC reads it
-        return f"unix://{'/' + path.lstrip('/')}"
-    if endpoint.startswith("/"):
-        return f"unix://{endpoint}"
-    return endpoint
 
 
 def channel_options() -> list[tuple[str, int | str]]:
@@ -120,35 +100,8 @@ def channel_options() -> list[tuple[str, int | str]]:
 
 
 # --- values from the wire --------------------------------------------------------------
-
-
-def clean_line(text: str, limit: int = MAX_LINE_CHARS) -> str:
-    """One printable line: escape sequences and control/format characters removed."""
-    text = _ANSI_ESCAPE.sub("", text)
-    text = "".join(
-        " " if ch in "\t\n\r" else ch for ch in text if ch in "\t\n\r" or not _invisible(ch)
-    )
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def clean_detail(text: str, limit: int = MAX_DETAIL_BYTES) -> str:
-    """Multi-line text (newlines and tabs kept), cut to `limit` UTF-8 bytes."""
-    text = _ANSI_ESCAPE.sub("", text)
-    text = "".join(ch for ch in text if ch in "\t\n" or not _invisible(ch)).strip()
-    raw = text.encode("utf-8")
-    if len(raw) <= limit:
-        return text
-    return raw[: limit - 3].decode("utf-8", "ignore") + "…"
-
-
-def clean_reason(text: str) -> str:
-    """UPPER_SNAKE_CASE, as hooks.proto asks of HookResult.reason."""
-    return _NOT_REASON.sub("_", text.upper()).strip("_")[:MAX_REASON_CHARS]
-
-
-def _invisible(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co")
+# The text rules live in upparat.hooks.values (no grpc there, so the start-up GetInfo's
+# answer is read with the same rules); hook_result and the install stream use them here.
 
 
 def job_context(context: HookContext) -> hooks_pb2.JobContext:
@@ -651,51 +604,35 @@ class HookClient:
 
     def _get_info(self, stubs: _Stubs) -> None:
         try:
-            try:
-                # wait_for_ready, bounded by the timeout: a server that just came back is
-                # found although the channel is still in its reconnect backoff.
-                reply = stubs.identity.GetInfo(
-                    hooks_pb2.GetInfoRequest(), timeout=self._info_timeout, wait_for_ready=True
-                )
-            except grpc.RpcError as e:
-                code, details = rpc_status(e)
-                if self._is_closed():
-                    return
-                log.debug("GetInfo at %s failed: %s: %s", self.target, code.name, details)
-                self._emit(
-                    HookInfoFailed(
-                        detail=clean_line(f"{code.name}: {details}", 256),
-                        unimplemented=code == grpc.StatusCode.UNIMPLEMENTED,
-                    )
-                )
+            answer = get_info(stubs.identity, self._info_timeout)
+            if self._is_closed():
                 return
-            self._report_info(reply)
+            event = info_event(answer, self.target)
         except Exception as e:  # a bug here must still answer AskHookInfo
             log.exception("GetInfo failed")
             if not self._is_closed():
                 self._emit(HookInfoFailed(detail=f"internal error in the hook client: {e!r}"))
+            return
+        if not self._is_closed():
+            self._emit(event)
 
     def _is_closed(self) -> bool:
         with self._lock:
             return self._closed
 
-    def _report_info(self, reply: hooks_pb2.GetInfoResponse) -> None:
-        hooks = frozenset(_HOOK_KINDS[h] for h in reply.hooks if h in _HOOK_KINDS)
-        info = HookServerInfo(
-            hooks=hooks,
-            server_name=clean_line(reply.server_name, 128),
-            server_version=clean_line(reply.server_version, 128),
-        )
-        log.info(
-            "hook server %s %s at %s: hooks %s",
-            info.server_name or "(unnamed)",
-            info.server_version or "(no version)",
-            self.target,
-            ", ".join(sorted(h.value for h in hooks)) or "none",
-        )
-        if "v1" not in reply.api_versions:
-            log.warning(
-                "hook server lists api versions %s, not v1", ", ".join(reply.api_versions) or "none"
-            )
-        if not self._is_closed():
-            self._emit(info)
+
+def get_info(stub: hooks_pb2_grpc.IdentityServiceStub, timeout: float) -> InfoReply | InfoError:
+    """One GetInfo, the daemon's way (in its process or in the start-up child, info.py)."""
+    try:
+        # wait_for_ready, bounded by the timeout: a server that just came back is
+        # found although the channel is still in its reconnect backoff.
+        reply = stub.GetInfo(hooks_pb2.GetInfoRequest(), timeout=timeout, wait_for_ready=True)
+    except grpc.RpcError as e:
+        code, details = rpc_status(e)
+        return InfoError(code=code.name, details=details)
+    return InfoReply(
+        server_name=reply.server_name,
+        server_version=reply.server_version,
+        api_versions=tuple(reply.api_versions),
+        hooks=frozenset(_HOOK_KINDS[h] for h in reply.hooks if h in _HOOK_KINDS),
+    )

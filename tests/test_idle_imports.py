@@ -76,7 +76,7 @@ def test_the_daemon_loads_grpc_and_protobuf_only_for_a_hook_call() -> None:
 def test_the_hook_server_loads_its_stubs_and_health_only_for_a_connection() -> None:
     code = "import hookservers.shell.main"
     stubs = ("hookservers.shell.server", "upparat.hooks.v1.hooks_pb2", "grpc_health.v1.health")
-    assert loaded_after(code, *stubs, "google.protobuf") == []
+    assert loaded_after(code, *stubs, "google.protobuf", "grpc") == []
     # What the first connection loads: the probe would see it.
     assert loaded_after(f"{code}, hookservers.shell.server", *stubs) == list(stubs)
 
@@ -103,6 +103,7 @@ def test_an_idle_daemon_after_its_start_up_get_info_has_no_grpc_and_no_child(
         hookserver = stack.hookserver.pid
         before = mapped_files(hookserver)
         assert not any("_message" in name or "upb" in name for name in before), before
+        assert not any(name.startswith("cygrpc") for name in before), before
         stack.start_daemon()
         assert stack.daemon is not None
         daemon = stack.daemon.pid

@@ -21,8 +21,10 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:  # the gRPC server itself is built by make_server, on demand
+    import grpc
 
 log = logging.getLogger("upparat.hookserver")
 

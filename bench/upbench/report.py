@@ -1429,10 +1429,24 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             _verdict16(ratio, 1.15),
             ""
             if ratio is None or ratio <= 1.15
-            else f"{which} ({_s(limit)} s) is the limit; the rest is the daemon's",
+            else f"{which} ({_s(limit)} s) is the limit; " + _download_split(run, ours, limit),
         ]
     )
     return rows
+
+
+def _download_split(run: _Run16, ours: float | None, limit: float) -> str:
+    """Where the time to the install script goes: the daemon's download and the hook
+    server's copy of the file before Install (the root-owned copy the installer reads)."""
+    window = _median([traffic(r).download_window for r in run.downloads if r.status == "SUCCEEDED"])
+    if ours is None or window is None:
+        return "the rest is the daemon's"
+    return (
+        f"the daemon's download itself (download_start → installation_start) took {_s(window)} s"
+        f" ({window / limit:.2f} x); the other {_s(ours - window)} s are mostly the hook"
+        " server's copy and check of the file before the install script starts (a second"
+        " write of it, the guarantee that root installs bytes the daemon can no longer change)"
+    )
 
 
 def _alone_row(r: Results) -> list[str]:

@@ -33,7 +33,7 @@ from upparat.core.model import (
     TimerKind,
 )
 from upparat.io.journal import JournalError
-from upparat.runtime import EventQueue, Runtime, Timers
+from upparat.runtime import EventQueue, Runtime, StatusSink, Timers
 
 JOB = JobId("upparat_fw_2")
 TIMEOUT = 10.0
@@ -278,7 +278,11 @@ class Rig:
 def make_rig() -> Iterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
-    def make(settings: Settings | None = None, journal: JournalRecord | None = None) -> Rig:
+    def make(
+        settings: Settings | None = None,
+        journal: JournalRecord | None = None,
+        status: Callable[[Log], StatusSink] | None = None,
+    ) -> Rig:
         inbox = EventQueue()
         log: Log = []
         cloud = Cloud(inbox, log)
@@ -294,6 +298,7 @@ def make_rig() -> Iterator[Callable[..., Rig]]:
             downloader=downloads,
             journal=store,
             services=services,
+            status=None if status is None else status(log),
         )
         rig = Rig(runtime, inbox, log, cloud, hooks, downloads, store, services)
         rigs.append(rig)
@@ -469,3 +474,40 @@ def test_feed_runs_the_core_synchronously(make_rig: Callable[..., Rig]) -> None:
         e.DownloadCompleted(download_id=DownloadId(1), path="/x", size=1, sha256="0" * 64)
     )
     assert rig.log == before
+
+
+@attrs.define
+class ResultShown:
+    """A status sink that logs when it writes a job's result (as StatusTracker.flush does)."""
+
+    log: Log
+    unwritten: list[JobStatus] = attrs.Factory(list)
+
+    def saw_event(self, event: e.Event) -> None:
+        pass
+
+    def saw_command(self, command: c.Command) -> None:
+        if isinstance(command, c.UpdateJob) and command.status is not JobStatus.IN_PROGRESS:
+            self.unwritten.append(command.status)
+
+    def flush(self, now: float) -> None:
+        for status in self.unwritten:
+            self.log.append(("status", status))
+        self.unwritten.clear()
+
+
+def test_the_status_file_has_a_jobs_result_before_the_cloud_is_told(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(status=ResultShown)
+    rig.start()
+    rig.wait_for_status(JobStatus.SUCCEEDED)
+    written = index(rig.log, lambda who, what: who == "status" and what is JobStatus.SUCCEEDED)
+    told = index(
+        rig.log,
+        lambda who, what: (
+            who == "mqtt" and isinstance(what, c.UpdateJob) and what.status is JobStatus.SUCCEEDED
+        ),
+    )
+    assert written < told
+    assert rig.stop() == 0

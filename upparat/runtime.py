@@ -225,6 +225,12 @@ class Runtime:
         now = self._clock()
         self._state, commands = step(self._state, event, now)
         self._show(event, commands)
+        if any(
+            isinstance(x, c.UpdateJob) and x.status is not JobStatus.IN_PROGRESS for x in commands
+        ):
+            # A job's result is in the status file before the cloud is told it: a reader
+            # who saw the job end in AWS IoT finds it here too (one write per job).
+            self._flush_status()
         unsaved: str | None = None
         for command in commands:
             if (

@@ -70,8 +70,9 @@ OPTIONS: Mapping[str, tuple[str, str]] = {
     "log_level": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
     "state_dir": (
         f"$STATE_DIRECTORY, else {DEFAULT_STATE_DIR}",
-        "Root-only directory (created 0700) where the install file is copied while it is "
-        "checked; the install script gets that copy as $4. Needs room for one bundle.",
+        "Root-only directory (created 0700) that holds the install file while it is "
+        "checked and installed; the script gets it there as $4. On the file system of "
+        "download_location the daemon's file is moved in and back; else it is copied.",
     ),
 }
 """`[hookserver]` keys: (default, help). The --help epilog is built from this table."""
@@ -201,7 +202,7 @@ def epilog() -> str:
         "      Paths of the hook scripts; each is optional. An unset hook answers",
         "      UNIMPLEMENTED. Scripts are run as upparat 1.12 ran them:",
         "      $1 whole seconds since the first call, $2 retries so far, $3 the job's",
-        "      meta (empty if none); install: $4 the checked copy of the file (below);",
+        "      meta (empty if none); install: $4 the checked file, root-only (below);",
         "      restart: $4 'True' if forced",
         "      else empty. Exit 0 = success, 3 = retry later (a last stdout line",
         "      'retry-after=<seconds>' gives the hint), anything else = failure.",
@@ -212,11 +213,13 @@ def epilog() -> str:
         "      Read as the daemon reads them. Install takes only",
         "      <download_location>/upparat/<job id>, opened without following a symlink,",
         "      owned by the owner of that folder (the daemon's user), not writable by",
-        "      group or others. It is copied into state_dir while hashed; size, sha256",
-        "      and, with trusted_keys, the signature are checked on the copy, which the",
-        "      script gets and which is removed when it ends. A refusal is a FAILURE",
-        "      with its reason (FILE_CHANGED, SIGNATURE_INVALID, ...); the script never",
-        "      runs.",
+        "      group or others. It is taken over into state_dir (renamed, made root's and",
+        "      read-only, a read lease proving no writer is open) or, where that cannot",
+        "      be proven, copied there; size, sha256 and, with trusted_keys, the",
+        "      signature are checked on those bytes, which the script gets. When it ends",
+        "      a taken file goes back to the daemon, a copy is removed. A refusal is a",
+        "      FAILURE with its reason (FILE_CHANGED, SIGNATURE_INVALID, ...); the script",
+        "      never runs.",
     ]
     for key, (default, text) in OPTIONS.items():
         lines.append(f"  [hookserver] {key} (default {default})")

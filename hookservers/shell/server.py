@@ -441,7 +441,7 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
             size=request.size if request.HasField("size") else None,
             signature=request.signature,
         )
-        # The script gets the checked copy, never the daemon's file (see verify.py).
+        # The script gets the checked root-only file, never the daemon's name (verify.py).
         copy = gate.copy_path(wanted.job_id)
 
         def check() -> hooks_pb2.HookResult | None:
@@ -449,15 +449,16 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
             match checked:
                 case verify.Refused(reason=reason, message=message):
                     return failure(reason, message)
-                case verify.Checked(size=size, sha256=sha256, key=key):
+                case verify.Checked(size=size, sha256=sha256, key=key, taken=taken):
                     signed = f", signature verified with {key}" if key is not None else ""
                     log.info(
-                        "install job=%s: %s checked (%d bytes, sha256 %s%s), copied to %s",
+                        "install job=%s: %s checked (%d bytes, sha256 %s%s), %s %s",
                         wanted.job_id,
                         wanted.file_path,
                         size,
                         sha256,
                         signed,
+                        "taken over as" if taken else "copied to",
                         checked.copy,
                     )
                     return None
@@ -465,7 +466,7 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
                     assert_never(checked)
 
         def ended(outcome: ScriptOutcome) -> None:
-            gate.discard(copy)
+            gate.release(wanted.job_id)
             feed.finish(outcome)
 
         run = self._runner.begin(

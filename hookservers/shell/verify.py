@@ -1,24 +1,39 @@
 """Root checks the file it is asked to install, and installs only what it checked.
 
-Owns the checks upparat-hookserver makes before the install script runs, and the copy the
-script gets. The daemon (user upparat) downloaded and verified the file, but root must not
-take its word for it: a compromised daemon, or anyone who can write where it downloads,
-could ask root to install something else. So, for every Install:
+Owns the checks upparat-hookserver makes before the install script runs, and the root-only
+file the script gets. The daemon (user upparat) downloaded and verified the file, but root
+must not take its word for it: a compromised daemon, or anyone who can write where it
+downloads, could ask root to install something else. So, for every Install:
 
 - the path must be `<download_location>/upparat/<job id>`, the name the daemon gives it;
   from the download folder on nothing is opened through a symlink (O_NOFOLLOW at every
   component), the folder and the file must belong to the daemon's user (the folder's
   owner: the daemon creates it) and must not be writable by group or others;
-- the file is read once, from the descriptor opened there, and copied into a root-only
-  directory (`[hookserver] state_dir`/verified, 0700) while it is hashed: what is hashed
-  is what is copied, so size, sha256 (the daemon's) and signature (with trusted keys) are
-  checked on exactly the bytes the script gets.
+- the file is taken over, not copied, when that can be proven safe: renamed into a
+  root-only directory (`[hookserver] state_dir`/verified, 0700; a rename, no byte is
+  written), its write permission dropped and its owner made root, and then a read lease
+  (F_SETLEASE F_RDLCK), which Linux grants only while no descriptor anywhere has the inode
+  open for writing (a writable shared mapping counts). From then on nobody but root can
+  open it for writing (permissions are checked at open; a hard link made earlier or
+  /proc/<pid>/fd leads to the same root-owned inode), so the bytes hashed are the bytes
+  the script reads;
+- where that cannot be proven (state_dir on another file system, a writer still open,
+  no leases), the file is copied, as before: read once from the descriptor opened in the
+  download folder and copied into the same directory while it is hashed;
+- either way size, sha256 (the daemon's) and signature (with trusted keys) are checked on
+  exactly the bytes the script gets.
 
-Why a copy, and not the file itself, a hard link or /proc/self/fd/N: the daemon's user
+A taken file is given back when its script ends (its owner again, its write permission,
+its name in the download folder): the daemon may call Install again (retry later, a hook
+server restarted mid-install) and removes its download itself when the job ends. A copy
+is removed. At start, leftovers of a crash are sorted by the same rule (`_is_copy`): copies
+go, taken files go back.
+
+Why not the daemon's file as it is, a hard link or /proc/self/fd/N: the daemon's user
 owns that inode and may hold it open for writing, so every name of it could change after
 the check; an installer in another process (rauc-service over D-Bus) cannot use our
-descriptor. The copy costs the disk space of one bundle in state_dir, for the length of
-the install; it is removed when the script ends, and leftovers of a crash at start.
+descriptor. Taking it over costs nothing; the copy costs the disk space of one bundle in
+state_dir for the length of the install, and a second write of it.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -40,7 +56,7 @@ from upparat.aws.topics import JOB_ID_RE as _JOB_ID
 log = logging.getLogger("upparat.hookserver")
 
 COPY_DIR = "verified"
-"""The subdirectory of state_dir that holds the checked copies."""
+"""The subdirectory of state_dir that holds the checked files (taken over or copied)."""
 CHUNK = 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -78,7 +94,9 @@ class Refused:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Checked:
     copy: Path
-    """The verified copy the script gets."""
+    """The verified file the script gets (root-only; `release` it when the script ends)."""
+    taken: bool
+    """True: the daemon's own inode, taken over (no byte copied); False: a copy."""
     size: int
     sha256: str
     key: signing.TrustedKey | None
@@ -111,13 +129,15 @@ class FileGate:
         return self.state_dir / COPY_DIR
 
     def copy_path(self, job_id: str) -> Path:
-        """Where the checked copy of `job_id`'s file goes (a path only; nothing is opened)."""
+        """Where the checked file of `job_id` goes, taken over or copied (a path only;
+        nothing is opened)."""
         return self.copy_dir / job_id
 
     # -- at start -----------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Creates state_dir and its copy directory (0700) and removes leftover copies.
+        """Creates state_dir and its copy directory (0700) and clears what an earlier
+        run left there: copies are removed, taken files given back to the daemon.
 
         Refuses a state_dir that is a symlink, not ours, or open to group or others: the
         script is handed a path in it, so nobody else may be able to change what it names.
@@ -136,14 +156,49 @@ class FileGate:
                 raise StateDirError(f"[hookserver] state_dir: {directory} {problem}")
         for entry in os.scandir(self.copy_dir):
             if entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                os.unlink(entry.path)
-                log.info("removed %s, left over from an earlier install", entry.path)
+                self.release(entry.name, leftover=True)
+
+    def release(self, job_id: str, *, leftover: bool = False) -> None:
+        """Ends the life of `job_id`'s checked file once its script has ended: a copy is
+        removed, a taken file goes back to the daemon (`_give_back`)."""
+        path = self.copy_path(job_id)
+        since = ", left over from an earlier install" if leftover else ""
+        try:
+            copies = os.open(self.copy_dir, _OPEN_DIR)
+        except OSError as e:
+            log.warning("cannot open %s: %s", self.copy_dir, e.strerror)
+            return
+        try:
+            try:
+                st = os.lstat(job_id, dir_fd=copies)
+            except FileNotFoundError:
+                return
+            if not _JOB_ID.fullmatch(job_id) or not stat.S_ISREG(st.st_mode) or _is_copy(st):
+                os.unlink(job_id, dir_fd=copies)
+                log.info("removed %s%s", path, since)
+                return
+            back = self._give_back(copies, job_id)
+            if back is None:
+                log.info(
+                    "gave %s back to the daemon as %s/%s%s", path, self.download_dir, job_id, since
+                )
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(job_id, dir_fd=copies)
+                log.warning(
+                    "removed %s%s: cannot give it back to the daemon: %s", path, since, back
+                )
+        except OSError as e:
+            log.warning("cannot release %s: %s", path, e.strerror or e)
+        finally:
+            os.close(copies)
 
     # -- per install --------------------------------------------------------------------
 
     def check(self, request: InstallRequest, keep_going: Callable[[], bool]) -> Checked | Refused:
-        """The checked copy of the file `request` names, or why it is refused. Raises
-        `Interrupted` when `keep_going()` turns false while copying (the copy is removed)."""
+        """The checked file `request` names, in the copy directory, or why it is refused.
+        Raises `Interrupted` when `keep_going()` turns false while it is read (a copy is
+        removed, a taken file given back). After a Checked, `release` the job's file."""
         refused = self._check_request(request)
         if refused is not None:
             return refused
@@ -157,15 +212,6 @@ class FileGate:
             return r.refused
         finally:
             os.close(folder)
-
-    def discard(self, copy: Path) -> None:
-        """Removes a checked copy once its script has ended."""
-        try:
-            copy.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning("cannot remove %s: %s", copy, e.strerror)
 
     def _check_request(self, request: InstallRequest) -> Refused | None:
         job_id, expected = request.job_id, self.download_dir / request.job_id
@@ -256,57 +302,162 @@ class FileGate:
                     f" {request.size}",
                 )
             limit = st.st_size if request.size is None else request.size
-            return self._copy(fd, request, limit, keep_going)
+            try:
+                copies = os.open(self.copy_dir, _OPEN_DIR)
+            except OSError as e:
+                raise _Refusal(
+                    COPY_FAILED, f"install: cannot open {self.copy_dir}: {e.strerror}"
+                ) from None
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=copies)  # a file whose script never ended
+                why_not = self._take(folder, copies, fd, st, name)
+                if why_not is None:
+                    return self._read(copies, fd, None, request, limit, keep_going)
+                log.info("install job=%s: copying %s: %s", name, shown, why_not)
+                return self._copy(copies, fd, request, limit, keep_going)
+            finally:
+                os.close(copies)
         finally:
             os.close(fd)
 
+    def _take(
+        self, folder: int, copies: int, source: int, st: os.stat_result, name: str
+    ) -> str | None:
+        """Takes the daemon's file over into the copy directory: None when done (root owns
+        it, nobody can write it), else why not, with everything as it was (then it is
+        copied). `source` is the descriptor opened in the download folder, `st` its fstat."""
+        try:
+            os.rename(name, name, src_dir_fd=folder, dst_dir_fd=copies)
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                return f"{self.copy_dir} is on another file system than {self.download_dir}"
+            return f"cannot move it into {self.copy_dir}: {e.strerror}"
+        moved = os.lstat(name, dir_fd=copies)
+        if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
+            # The name was given to something else since the file was opened: put that
+            # back untouched and copy from the descriptor, whose bytes are the ones checked.
+            try:
+                os.rename(name, name, src_dir_fd=copies, dst_dir_fd=folder)
+            except OSError as e:
+                raise _Refusal(
+                    COPY_FAILED,
+                    f"install: {self.download_dir}/{name} was replaced while it was opened,"
+                    f" and what replaced it cannot be put back: {e.strerror}",
+                ) from None
+            return "the file was replaced while it was opened"
+        try:
+            # Write permission first, owner second: a crash in between leaves a file that
+            # `_is_copy` still tells from a copy.
+            os.fchmod(source, stat.S_IMODE(st.st_mode) & 0o444)
+            os.fchown(source, os.geteuid(), -1)
+        except OSError as e:
+            return self._untake(copies, name, f"cannot take it over ({e.strerror})")
+        try:
+            # Granted only while no descriptor has the inode open for writing.
+            fcntl.fcntl(source, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                return self._untake(copies, name, "a process still has it open for writing")
+            return self._untake(
+                copies, name, f"no read lease to prove nobody writes it ({e.strerror})"
+            )
+        fcntl.fcntl(source, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return None
+
+    def _untake(self, copies: int, name: str, why: str) -> str:
+        back = self._give_back(copies, name)
+        if back is not None:
+            raise _Refusal(
+                COPY_FAILED,
+                f"install: {self.download_dir}/{name} could not be taken over ({why}) nor"
+                f" given back: {back}",
+            )
+        return why
+
+    def _give_back(self, copies: int, name: str) -> str | None:
+        """Returns a taken file to the daemon: the download folder's owner, write
+        permission for that owner, its name in the download folder. None when done, else
+        why not (the file is then still in the copy directory)."""
+        try:
+            folder = self._open_download_dir()
+        except _Refusal as r:
+            return r.refused.message
+        try:
+            fd = os.open(name, _OPEN_FILE, dir_fd=copies)
+            try:
+                st = os.fstat(fd)
+                os.fchown(fd, os.fstat(folder).st_uid, -1)
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o200)
+            finally:
+                os.close(fd)
+            return _relink(copies, folder, name)
+        except OSError as e:
+            return e.strerror or str(e)
+        finally:
+            os.close(folder)
+
     def _copy(
-        self, source: int, request: InstallRequest, limit: int, keep_going: Callable[[], bool]
+        self,
+        copies: int,
+        source: int,
+        request: InstallRequest,
+        limit: int,
+        keep_going: Callable[[], bool],
     ) -> Checked | Refused:
         copy = self.copy_path(request.job_id)
         try:
-            copies = os.open(self.copy_dir, _OPEN_DIR)
-        except OSError as e:
-            raise _Refusal(
-                COPY_FAILED, f"install: cannot open {self.copy_dir}: {e.strerror}"
-            ) from None
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(request.job_id, dir_fd=copies)  # a copy whose script never ended
             target = os.open(request.job_id, _CREATE, 0o600, dir_fd=copies)
         except OSError as e:
-            os.close(copies)
             raise _Refusal(COPY_FAILED, f"install: cannot create {copy}: {e.strerror}") from None
+        try:
+            return self._read(copies, source, target, request, limit, keep_going)
+        finally:
+            os.close(target)
+
+    def _read(
+        self,
+        copies: int,
+        source: int,
+        target: int | None,
+        request: InstallRequest,
+        limit: int,
+        keep_going: Callable[[], bool],
+    ) -> Checked | Refused:
+        """Reads `source` once, hashing it (and writing it to `target`, a copy), and judges
+        it. Unless the answer is Checked, the job's file leaves the copy directory."""
+        copy = self.copy_path(request.job_id)
         done = False
         try:
-            hasher, copied = hashlib.sha256(), 0
+            hasher, read = hashlib.sha256(), 0
             buffer = bytearray(CHUNK)
             view = memoryview(buffer)
             # One byte past the size the daemon reported: a file that grows is caught.
-            while copied <= limit:
+            while read <= limit:
                 if not keep_going():
                     raise Interrupted
-                n = os.readv(source, [view[: min(CHUNK, limit + 1 - copied)]])
+                n = os.readv(source, [view[: min(CHUNK, limit + 1 - read)]])
                 if n == 0:
                     break
                 hasher.update(view[:n])
-                _write_all(target, view[:n])
-                copied += n
-            judged = self._judge(request, copied, hasher.digest())
+                if target is not None:
+                    _write_all(target, view[:n])
+                read += n
+            judged = self._judge(request, read, hasher.digest())
             if isinstance(judged, Refused):
                 return judged
             done = True
-            return Checked(copy=copy, size=copied, sha256=hasher.hexdigest(), key=judged)
+            return Checked(
+                copy=copy, taken=target is None, size=read, sha256=hasher.hexdigest(), key=judged
+            )
         except OSError as e:
+            what = "copying to" if target is not None else "reading"
             raise _Refusal(
-                COPY_FAILED, f"install: copying to {copy} failed: {e.strerror or e}"
+                COPY_FAILED, f"install: {what} {copy} failed: {e.strerror or e}"
             ) from None
         finally:
-            os.close(target)
             if not done:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(request.job_id, dir_fd=copies)
-            os.close(copies)
+                self.release(request.job_id)
 
     def _judge(
         self, request: InstallRequest, copied: int, digest: bytes
@@ -348,6 +499,25 @@ def _not_a_directory(parent: int, name: str, error: OSError) -> str:
                 return "is a symlink"
         return "is not a directory"
     return error.strerror or str(error)
+
+
+def _is_copy(st: os.stat_result) -> bool:
+    """A copy in the copy directory is root's and writable by it (created 0600); a taken
+    file has lost its write permission, or still belongs to the daemon's user."""
+    return st.st_uid == os.geteuid() and bool(st.st_mode & stat.S_IWUSR)
+
+
+def _relink(src_dir: int, dst_dir: int, name: str) -> str | None:
+    """Moves `name` from one directory to the other without replacing a file of that name
+    in the target (link, then unlink); None when done, else why not."""
+    try:
+        os.link(name, name, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+    except FileExistsError:
+        return "the download folder has a new file of that name"
+    except OSError as e:
+        return e.strerror or str(e)
+    os.unlink(name, dir_fd=src_dir)
+    return None
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -2,8 +2,10 @@
 the contract the way a compromised daemon would.
 
 Each refusal is a FAILURE with its own reason, and the install script never runs (it would
-leave a marker). What the script gets is a root-only copy: changing the daemon's file
-during the install changes nothing the script reads.
+leave a marker). What the script gets is root-only: the daemon's own file, taken over (a
+rename, root's owner, no write permission, no writer open) and given back when the script
+ends, or a copy where that cannot be proven; either way changing the daemon's file during
+the install changes nothing the script reads.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +35,8 @@ from tests.support.keys import SigningKey, make_key
 from upparat.hooks.v1 import hooks_pb2
 
 JOB = "upparat_job-1"
+DAEMON_UID = 65534
+"""The daemon's user in the cases that need one that is not root (nobody)."""
 
 
 @pytest.fixture
@@ -57,7 +64,7 @@ def server(
     """Trusted keys and require_signature set; the script records what it was given."""
     script = f"""
         printf '%s\\n' "$4" > {tmp_path}/arg
-        ls -l "$4" > {tmp_path}/mode
+        stat -c '%A %h %u %g %i' "$4" > {tmp_path}/mode
         cat "$4" > {marker}.tmp
         mv {marker}.tmp {marker}
         echo installed
@@ -92,27 +99,40 @@ def refused(
 # -- what passes ------------------------------------------------------------------------
 
 
-def test_a_signed_file_is_installed_from_a_root_only_copy_that_is_removed_afterwards(
+def test_a_signed_file_is_taken_over_root_only_without_a_copy_and_given_back_afterwards(
     server: RunningHookServer, key: SigningKey, marker: Path, tmp_path: Path
 ) -> None:
     request = signed(server, key)
+    as_daemon(server, request)
+    before = os.stat(request.file_path)
 
     outcome = server.install(request=request)
 
     assert outcome.result is not None
     assert outcome.result.outcome == hooks_pb2.OUTCOME_SUCCESS, outcome.result
     assert marker.read_bytes() == FIRMWARE
-    copy = Path((tmp_path / "arg").read_text().strip())
-    assert copy != Path(request.file_path)
-    assert copy.parent.name == "verified"
-    assert (tmp_path / "mode").read_text().startswith("-rw------- 1 root root")
-    assert not copy.exists()  # removed once the script ended
-    assert os.stat(copy.parent).st_mode & 0o777 == 0o700
+    given = Path((tmp_path / "arg").read_text().strip())
+    assert given != Path(request.file_path)
+    assert given.parent.name == "verified"
+    # The same inode (no byte copied), root's, readable by root only.
+    mode, _links, owner, _group, inode = (tmp_path / "mode").read_text().split()
+    assert (mode, owner, int(inode)) == ("-r--------", "0", before.st_ino)
+    assert "taken over as" in server.log()
     assert re.search(r"signature verified with .*release\.pem", server.log())
-    assert Path(request.file_path).read_bytes() == FIRMWARE  # the daemon's file is its own
+    # Given back once the script ended: the daemon's name, owner and mode, nothing left.
+    assert not given.exists()
+    after = os.stat(request.file_path)
+    assert (after.st_ino, after.st_uid, after.st_mode) == (
+        before.st_ino,
+        DAEMON_UID,
+        before.st_mode,
+    )
+    assert Path(request.file_path).read_bytes() == FIRMWARE
+    assert os.stat(given.parent).st_mode & 0o777 == 0o700
+    assert re.search(r"gave .*verified/upparat_job-1 back to the daemon", server.log())
 
 
-def test_the_script_reads_what_was_checked_even_when_the_download_changes_meanwhile(
+def test_a_writer_left_open_means_a_copy_and_its_writes_never_reach_the_script(
     factory: HookServerFactory, key: SigningKey, tmp_path: Path
 ) -> None:
     gate, seen = tmp_path / "gate", tmp_path / "seen"
@@ -127,16 +147,144 @@ def test_the_script_reads_what_was_checked_even_when_the_download_changes_meanwh
         service={"trusted_keys": str(key.public)},
     )
     request = signed(server, key)
-    stream = server.hooks().Install(request, timeout=10)
-    assert next(stream).progress.line == "started"
-
-    # The daemon's user owns its download: it may rewrite it in place after the check.
-    with open(request.file_path, "r+b") as f:
-        f.write(b"EVIL" * 100)
-    gate.touch()
-    list(stream)
+    # The daemon's user owns its download and may keep it open for writing past the
+    # check: no proof that nobody writes it, so the hook server copies.
+    with open(request.file_path, "r+b") as writer:
+        stream = server.hooks().Install(request, timeout=10)
+        assert next(stream).progress.line == "started"
+        writer.write(b"EVIL" * 100)
+        writer.flush()
+        gate.touch()
+        list(stream)
 
     assert seen.read_bytes() == FIRMWARE
+    assert re.search(r"copying .*: a process still has it open for writing", server.log())
+    assert "copied to" in server.log()
+    assert Path(request.file_path).read_bytes().startswith(b"EVIL")  # the daemon's own file
+    assert verified_files(server) == []
+
+
+def test_once_taken_over_the_daemons_user_cannot_open_the_file_for_writing(
+    factory: HookServerFactory, tmp_path: Path
+) -> None:
+    gate, seen = tmp_path / "gate", tmp_path / "seen"
+    server = factory.start(
+        {
+            "install": f"""
+                echo started
+                while [ ! -e {gate} ]; do sleep 0.05; done
+                cat "$4" > {seen}.tmp; mv {seen}.tmp {seen}
+            """
+        }
+    )
+    request = server.install_request(job(job_id=JOB))
+    as_daemon(server, request)
+    # A process of the daemon's user that holds a descriptor of the file that cannot write
+    # (O_PATH) and tries to chmod it and reopen it for writing through /proc, before and
+    # during the install: no path, no directory's permission is involved, only the inode's.
+    prober = subprocess.Popen(
+        [sys.executable, "-c", _REOPEN_PROBE, request.file_path, str(DAEMON_UID)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert prober.stdout is not None
+        assert prober.stdin is not None
+        assert prober.stdout.readline().strip() == "reopened for writing"  # before: it can
+        stream = server.hooks().Install(request, timeout=10)
+        assert next(stream).progress.line == "started"
+        prober.stdin.write("again\n")
+        prober.stdin.flush()
+        during = prober.stdout.readline().strip()
+        gate.touch()
+        list(stream)
+    finally:
+        prober.kill()
+        prober.wait()
+
+    assert during == "refused: EACCES"
+    assert seen.read_bytes() == FIRMWARE
+    assert "taken over as" in server.log()
+
+
+_REOPEN_PROBE = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_PATH)
+uid = int(sys.argv[2])
+os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
+def attempt():
+    try:  # the owner may give itself write permission back first
+        os.chmod(f"/proc/self/fd/{fd}", 0o600)
+    except PermissionError:
+        pass
+    try:
+        w = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
+    except PermissionError:
+        return "refused: EACCES"
+    os.close(w)
+    return "reopened for writing"
+print(attempt(), flush=True)
+sys.stdin.readline()
+print(attempt(), flush=True)
+"""
+
+
+def test_a_state_dir_on_another_file_system_gets_a_copy(
+    factory: HookServerFactory, marker: Path
+) -> None:
+    shm = Path("/dev/shm")
+    if os.stat(shm).st_dev == os.stat(factory.workdir).st_dev:
+        pytest.fail("/dev/shm and the test's tmp_path are on one file system here")
+    with tempfile.TemporaryDirectory(dir=shm, prefix="upparat-test-") as state:
+        os.chmod(state, 0o700)
+        server = factory.start({"install": f'cat "$4" > {marker}'}, options={"state_dir": state})
+        request = server.install_request(job(job_id=JOB))
+        as_daemon(server, request)
+        before = os.stat(request.file_path)
+
+        outcome = server.install(request=request)
+
+        assert outcome.result is not None
+        assert outcome.result.outcome == hooks_pb2.OUTCOME_SUCCESS, outcome.result
+        assert marker.read_bytes() == FIRMWARE
+        assert re.search(r"copying .*: .* is on another file system than", server.log())
+        assert list(Path(state, "verified").iterdir()) == []
+        after = os.stat(request.file_path)
+        assert (after.st_ino, after.st_uid, after.st_mode) == (
+            before.st_ino,
+            DAEMON_UID,
+            before.st_mode,
+        )
+
+
+def test_a_script_that_asks_to_retry_later_finds_the_daemons_file_given_back(
+    factory: HookServerFactory, tmp_path: Path
+) -> None:
+    server = factory.start({"install": f'cat "$4" >> {tmp_path}/seen; exit 3'})
+    request = server.install_request(job(job_id=JOB))
+    as_daemon(server, request)
+
+    for _ in range(2):
+        outcome = server.install(request=request)
+        assert outcome.result is not None
+        assert outcome.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER, outcome.result
+
+    assert (tmp_path / "seen").read_bytes() == FIRMWARE * 2
+    assert os.stat(request.file_path).st_uid == DAEMON_UID
+    assert verified_files(server) == []
+
+
+def as_daemon(server: RunningHookServer, request: hooks_pb2.InstallRequest) -> None:
+    """Gives the download folder and the file of `request` to the daemon's user (nobody),
+    as on a device, where the daemon is not root."""
+    os.chown(server.download_dir, DAEMON_UID, DAEMON_UID)
+    os.chown(request.file_path, DAEMON_UID, DAEMON_UID)
+
+
+def verified_files(server: RunningHookServer) -> list[Path]:
+    """What is in the hook server's checked-files directory."""
+    return list((server.workdir / f"state-{server.config_path.stem}" / "verified").iterdir())
 
 
 def test_without_trusted_keys_an_unsigned_file_is_checked_against_the_daemons_sha256(
@@ -160,12 +308,22 @@ def test_a_file_swapped_after_the_daemons_check_is_refused(
     request = signed(server, key)
     evil = bytes(len(FIRMWARE))
     Path(request.file_path).write_bytes(evil)  # same size, other bytes
+    as_daemon(server, request)
+    before = os.stat(request.file_path)
 
     result = refused(server, request, marker)
 
     assert result.reason == "FILE_CHANGED"
     assert hashlib.sha256(evil).hexdigest() in result.message
     assert request.sha256 in result.message
+    # A refused file goes back to the daemon as it was.
+    after = os.stat(request.file_path)
+    assert (after.st_ino, after.st_uid, after.st_mode) == (
+        before.st_ino,
+        DAEMON_UID,
+        before.st_mode,
+    )
+    assert verified_files(server) == []
 
 
 def test_a_wrong_sha256_is_refused(
@@ -339,11 +497,45 @@ def test_leftover_copies_are_removed_at_start(factory: HookServerFactory) -> Non
     state.chmod(0o700)
     leftover = state / "verified" / JOB
     leftover.write_bytes(b"from a crash")
+    leftover.chmod(0o600)  # a copy: root's, writable by root
 
     code, output = _check_started(factory, conf)
 
     assert code is None, output
     assert not leftover.exists()
+
+
+@pytest.mark.parametrize("crashed", ["after the rename", "after the chmod", "after the chown"])
+def test_a_file_taken_over_before_a_crash_goes_back_to_the_daemon_at_start(
+    factory: HookServerFactory, crashed: str
+) -> None:
+    conf = factory.write_config({"install": "/bin/true"}, socket_path=factory.socket_path())
+    state = factory.workdir / f"state-{conf.stem}"
+    (state / "verified").mkdir(parents=True, mode=0o700)
+    state.chmod(0o700)
+    downloads = factory.workdir / "dl" / "upparat"
+    downloads.mkdir(parents=True, mode=0o700)
+    os.chown(downloads, DAEMON_UID, DAEMON_UID)
+    leftover = state / "verified" / JOB
+    leftover.write_bytes(FIRMWARE)
+    match crashed:  # how far the take-over got (verify.py: chmod, then chown)
+        case "after the rename":
+            leftover.chmod(0o600)
+            os.chown(leftover, DAEMON_UID, DAEMON_UID)
+        case "after the chmod":
+            leftover.chmod(0o400)
+            os.chown(leftover, DAEMON_UID, DAEMON_UID)
+        case _:
+            leftover.chmod(0o400)
+            os.chown(leftover, 0, DAEMON_UID)
+
+    code, output = _check_started(factory, conf)
+
+    assert code is None, output
+    assert not leftover.exists()
+    back = os.stat(downloads / JOB)
+    assert (back.st_uid, back.st_mode & 0o777) == (DAEMON_UID, 0o600)
+    assert (downloads / JOB).read_bytes() == FIRMWARE
 
 
 @pytest.mark.parametrize("problem", ["open to others", "a symlink"])
@@ -386,7 +578,9 @@ def _check_started(factory: HookServerFactory, conf: Path) -> tuple[int | None, 
 # -- the gate on its own --------------------------------------------------------------------
 
 
-def test_a_call_that_goes_away_while_the_file_is_copied_leaves_no_copy(tmp_path: Path) -> None:
+def test_a_call_that_goes_away_while_the_file_is_read_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
     downloads = tmp_path / "dl" / "upparat"
     downloads.mkdir(parents=True, mode=0o700)
     content = b"x" * (3 * verify.CHUNK)
@@ -407,8 +601,12 @@ def test_a_call_that_goes_away_while_the_file_is_copied_leaves_no_copy(tmp_path:
         gate.check(request, keep_going=lambda: next(chunks))
 
     assert list(gate.copy_dir.iterdir()) == []
+    assert (downloads / JOB).read_bytes() == content  # given back
     checked = gate.check(request, keep_going=lambda: True)
     assert isinstance(checked, verify.Checked)
+    assert checked.taken
     assert checked.copy.read_bytes() == content
-    gate.discard(checked.copy)
+    assert not (downloads / JOB).exists()
+    gate.release(JOB)
     assert not checked.copy.exists()
+    assert (downloads / JOB).read_bytes() == content

@@ -955,7 +955,14 @@ def _dominates(r: Results) -> str:
             " step; last, the real daemon, idle. Above the floor, imports add"
             f" {_mb(last_import - floor_rss)} MB (the most: {biggest[0]},"
             f" +{_mb(biggest[1])} MB), the start-up steps {_mb(prev - last_import)} MB and"
-            f" whatever else the running daemon holds {_mb(running)} MB. Of the idle daemon's"
+            f" the running daemon differs from all that by {running / 1024:+.1f} MB"
+            + (
+                " (it is below: idle, it has not imported gRPC, protobuf and the download"
+                " stack, which these steps load, nor made their start-up calls)"
+                if running < 0
+                else ""
+            )
+            + f". Of the idle daemon's"
             f" {_mb(daemon.rss_kb)} MB, {_mb(daemon.file_kb)} MB are file-backed (the floor:"
             f" {_mb(r.idle.floor.file_kb)}) and {_mb(daemon.anon_kb)} MB anonymous (the floor:"
             f" {_mb(r.idle.floor.anon_kb)}); {daemon.threads} threads.\n\n"
@@ -986,11 +993,15 @@ def _dominates(r: Results) -> str:
     if p.wakeups_by_thread:
         out.append(
             f"\n### Idle CPU\n\nThe idle daemon used {p.cpu_seconds:.2f} CPU s in"
-            f" {r.idle.window_seconds:.0f} s and woke {p.wakeups / r.idle.window_seconds:.0f}"
+            f" {r.idle.window_seconds:.0f} s and woke {p.wakeups / r.idle.window_seconds:.1f}"
             f" times a second, most in threads {_top(p.wakeups_by_thread, max(1, p.wakeups))}"
-            " (`event_engine`, `grpc_global_tim` and `lifeguard` are the gRPC core's threads)."
             + (
-                f" 1.12 woke {r.idle.legacy.wakeups / r.idle.window_seconds:.0f} times a second."
+                " (`event_engine`, `grpc_global_tim` and `lifeguard` are the gRPC core's threads)."
+                if any(name in _GRPC_THREADS for name, _ in p.wakeups_by_thread)
+                else " (no gRPC thread: the idle daemon has not loaded gRPC)."
+            )
+            + (
+                f" 1.12 woke {r.idle.legacy.wakeups / r.idle.window_seconds:.1f} times a second."
                 if r.idle.legacy
                 else ""
             )
@@ -1435,17 +1446,22 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
     return rows
 
 
+_GRPC_THREADS = ("event_engine", "grpc_global_tim", "lifeguard")
+
+
 def _download_split(run: _Run16, ours: float | None, limit: float) -> str:
     """Where the time to the install script goes: the daemon's download and the hook
-    server's copy of the file before Install (the root-owned copy the installer reads)."""
+    server's check of the file before Install (hookservers/shell/verify.py)."""
     window = _median([traffic(r).download_window for r in run.downloads if r.status == "SUCCEEDED"])
     if ours is None or window is None:
         return "the rest is the daemon's"
     return (
         f"the daemon's download itself (download_start → installation_start) took {_s(window)} s"
         f" ({window / limit:.2f} x); the other {_s(ours - window)} s are mostly the hook"
-        " server's copy and check of the file before the install script starts (a second"
-        " write of it, the guarantee that root installs bytes the daemon can no longer change)"
+        " server's check of the file before the install script starts: it takes the"
+        " daemon's file over (a rename, downloads and state_dir being on one file system"
+        " here) and reads it once for its sha256, the guarantee that root installs bytes"
+        " the daemon can no longer change"
     )
 
 
@@ -1653,7 +1669,7 @@ def _breakdown(r: Results) -> str:
         " a bare gRPC client doing the same GetVersion needs the `GetVersion via the shell"
         " hook server` time of section 6, so the difference is spent in the daemon's hook"
         " client and runtime. The rest includes the durable download of the 1 MB file"
-        " (fdatasync, fsync of the file and its folder), the hook server's copy and check of"
-        " it before Install, the journal's fsync before the restart hook, and the removal of"
+        " (fdatasync, fsync of the file and its folder), the hook server's take-over and check"
+        " of it before Install, the journal's fsync before the restart hook, and the removal of"
         " the download before the terminal update: guarantees, kept.\n"
     )

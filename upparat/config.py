@@ -116,6 +116,7 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "pass_environment",
         "log_level",
         "state_dir",
+        "idle_release",
     ),
 }
 """Every section and key the file may contain (1.12's and the new ones)."""
@@ -315,6 +316,9 @@ class HookServerConfig:
     state_dir: Path | None = None
     """Root-only directory of the hook server (verified copies of install files). None:
     `$STATE_DIRECTORY` (systemd's StateDirectory=) or /var/lib/upparat-hookserver."""
+    idle_release: float = 20.0
+    """Seconds after the last connection before the hook server drops gRPC and re-executes
+    itself, so that gRPC's memory goes back to the system until the next job."""
 
     @property
     def listen_path(self) -> Path:
@@ -395,7 +399,7 @@ class Config:
             f"[hookserver] listen={hs.listen}"
             f" default_retry_after={opt(hs.default_retry_after)}"
             f" cancel_grace_period={hs.cancel_grace_period:g} socket_mode={hs.socket_mode:04o}"
-            f" script_path={opt(hs.script_path)}",
+            f" script_path={opt(hs.script_path)} idle_release={hs.idle_release:g}",
         )
         return "\n".join(lines)
 
@@ -1058,4 +1062,5 @@ def _build_hookserver(r: _Reader, hooks: HooksConfig) -> HookServerConfig:
         pass_environment=r.value(sec, "pass_environment", _environment_names, ()),
         log_level=r.value(sec, "log_level", _log_level, d.log_level),
         state_dir=r.value(sec, "state_dir", _path, None),
+        idle_release=r.value(sec, "idle_release", _seconds(allow_zero=False), d.idle_release),
     )

@@ -635,9 +635,11 @@ def _after_jobs(after: AfterJobsMemory | None, i: IdleResult) -> str:
     return (
         f"\nIdle after jobs: sampled {after.settle_seconds:.0f} s after the last latency job"
         " ended (the daemon closes its gRPC channel 5 s after its last call, the hook server"
-        " drops its gRPC server 20 s after its last connection);"
+        " drops its gRPC server 20 s after its last connection and re-executes itself, which"
+        " gives that memory back);"
         f" daemon + hook server PSS summed {_mb(summed)} MB. The idle rows above are before"
-        " any job: the first job loads gRPC, protobuf and the download stack, which stay.\n\n"
+        " any job: in the daemon the first job loads gRPC, protobuf and the download stack,"
+        " which stay.\n\n"
         + _table(
             (
                 "process",

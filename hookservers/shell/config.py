@@ -32,6 +32,7 @@ DEFAULT_SCRIPT_PATH = _DEFAULTS.script_path
 DEFAULT_GRACE = _DEFAULTS.cancel_grace_period
 DEFAULT_SOCKET_MODE = _DEFAULTS.socket_mode
 DEFAULT_STATE_DIR = daemon_config.DEFAULT_HOOKSERVER_STATE_DIR
+DEFAULT_IDLE_RELEASE = _DEFAULTS.idle_release
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 """What --log-level takes; the file's log_level also takes the daemon's aliases (warn...)."""
 
@@ -68,6 +69,12 @@ OPTIONS: Mapping[str, tuple[str, str]] = {
         "there (e.g. a proxy set by the unit); environment wins for the same name.",
     ),
     "log_level": ("INFO", "DEBUG, INFO, WARNING or ERROR."),
+    "idle_release": (
+        f"{DEFAULT_IDLE_RELEASE:g}",
+        "Seconds after the last connection closed before gRPC is dropped and the server "
+        "re-executes itself (same PID and socket) to give gRPC's memory back until the "
+        "next call; skipped while a script runs or the config changed on disk.",
+    ),
     "state_dir": (
         f"$STATE_DIRECTORY, else {DEFAULT_STATE_DIR}",
         "Root-only directory (created 0700) that holds the install file while it is "
@@ -101,6 +108,7 @@ class ServerConfig:
     download_dir: Path
     """`<[service] download_location>/upparat`: the only place install files come from."""
     state_dir: Path = DEFAULT_STATE_DIR
+    idle_release: float = DEFAULT_IDLE_RELEASE
     trusted_keys: signing.TrustedKeys | None = None
     require_signature: bool = False
 
@@ -151,6 +159,7 @@ def from_config(
         log_level=log_level.upper() if log_level is not None else hs.log_level.name,
         download_dir=config.download.directory,
         state_dir=hs.state_dir if hs.state_dir is not None else default_state_dir(),
+        idle_release=hs.idle_release,
         trusted_keys=config.signing.trusted_keys,
         require_signature=config.signing.require_signature,
     )

@@ -1,7 +1,10 @@
 """upparat-hookserver's process: command line, config, signals, the listening socket, start
 and stop. The gRPC services (server.py), with the protobuf stubs and grpc_health, are
 imported and built when the first connection arrives: a hook server that waits months for
-a job does not hold them (issue 16).
+a job does not hold them (issue 16). Once the last connection has been gone a while and
+gRPC is dropped, the process re-executes itself (`HookServer.reexec`): the same PID, the
+same listening socket and any connection it had just accepted passed on, so that the
+memory gRPC and protobuf took (which Python never gives back) is freed until the next job.
 
 Run: ``upparat-hookserver -c /etc/upparat/upparat.conf`` (``--help`` lists the keys), or
 ``python -m hookservers.shell.main``.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -38,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("upparat.hookserver")
 
 SERVER_NAME = "upparat-hookserver"
+HANDOVER_ENV = "UPPARAT_HOOKSERVER_HANDOVER"
+"""Set only across the hook server's own re-exec: `<listener fd> <socket dev>:<ino>
+[<held connection fd> ...]`. Removed from the environment as soon as it is read."""
 
 
 class StartupError(Exception):
@@ -57,8 +64,20 @@ def server_version() -> str:
 class HookServer:
     """The gRPC server: binds, serves, and stops without leaving a script behind."""
 
-    def __init__(self, config: cfg.ServerConfig) -> None:
+    def __init__(
+        self,
+        config: cfg.ServerConfig,
+        *,
+        fingerprint: str = "",
+        wake: threading.Event | None = None,
+    ) -> None:
         self.config = config
+        self._fingerprint = fingerprint
+        """Of the configuration as loaded (`config_fingerprint`): a re-exec would load the
+        files again, so it is done only while they are unchanged."""
+        self._wake = wake
+        """Set when the gRPC server has been dropped: the main thread then calls reexec."""
+        self._stale_warned = False
         self.gate = verify.FileGate(
             download_dir=config.download_dir,
             state_dir=config.state_dir,
@@ -93,8 +112,11 @@ class HookServer:
         except verify.StateDirError as e:
             raise StartupError(str(e)) from None
         listen = self.config.listen
+        handover = os.environ.pop(HANDOVER_ENV, None)
         match listen:
             case cfg.UnixListen(path=path):
+                if handover is not None and self._adopt_unix(path, handover):
+                    return
                 self._bind_unix(path)
             case cfg.TcpListen(host=host):
                 # Loopback included: every local process, of any user, could then ask root
@@ -152,8 +174,99 @@ class HookServer:
             listener.close()
             raise StartupError(f"cannot set the mode of unix://{path}: {e}") from None
         self._socket_inode = (st.st_dev, st.st_ino)
-        self._ondemand = ondemand.OnDemandServer(listener, self._make_server)
+        self._ondemand = ondemand.OnDemandServer(
+            listener, self._make_server, on_idle=self._idle, idle_stop=self.config.idle_release
+        )
         self._ondemand.start()
+
+    def _adopt_unix(self, path: Path, handover: str) -> bool:
+        """Serves on the socket the program before this one in this process listened on
+        (see reexec); False, with everything it named closed, when it does not fit."""
+        fields = handover.split()
+        try:
+            fd, inode, held_fds = int(fields[0]), fields[1], [int(f) for f in fields[2:]]
+            dev, ino = (int(x) for x in inode.split(":"))
+        except (IndexError, ValueError):
+            log.warning("ignoring %s=%r: not what a re-exec passes", HANDOVER_ENV, handover)
+            return False
+        try:
+            listener = socket.socket(fileno=fd)
+            held = tuple(socket.socket(fileno=h) for h in held_fds)
+        except OSError as e:
+            log.warning("ignoring %s: %s", HANDOVER_ENV, e)
+            return False
+        for sock in (listener, *held):
+            sock.set_inheritable(False)
+        try:
+            st = os.lstat(path)
+            fits = (st.st_dev, st.st_ino) == (dev, ino) and listener.getsockname() == str(path)
+        except OSError:
+            fits = False
+        if not fits:
+            log.warning("ignoring %s: it names no socket listening on %s", HANDOVER_ENV, path)
+            for sock in (listener, *held):
+                sock.close()
+            return False
+        self._socket_inode = (dev, ino)
+        self._ondemand = ondemand.OnDemandServer(
+            listener,
+            self._make_server,
+            on_idle=self._idle,
+            held=held,
+            idle_stop=self.config.idle_release,
+        )
+        self._ondemand.start()
+        log.info(
+            "re-executed to give back the memory of gRPC (idle); serving unix://%s again%s",
+            path,
+            f", {len(held)} connection(s) taken over" if held else "",
+        )
+        return True
+
+    def _idle(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def reexec(self, config_path: Path) -> None:
+        """Replaces this program by a fresh one in the same process, passing the listening
+        socket on; returns (and goes on serving) when it must not: a connection came, a
+        script still runs, the configuration changed on disk since start, or exec failed."""
+        if self._ondemand is None or not self._fingerprint:
+            return
+        with self._lock:
+            if self._stopping or (self._services is not None and self._services.busy()):
+                return
+        now = config_fingerprint(self.config, config_path)
+        if now != self._fingerprint:
+            if not self._stale_warned:
+                self._stale_warned = True
+                log.info(
+                    "not re-executing to free gRPC's memory: %s or a file it names changed"
+                    " since the start; restart the hook server to load it",
+                    config_path,
+                )
+            return
+        held = self._ondemand.hand_over()
+        if held is None:
+            return  # not idle any more
+        listener = self._ondemand.listener
+        assert self._socket_inode is not None
+        dev, ino = self._socket_inode
+        fds = [listener.fileno(), *(c.fileno() for c in held)]
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        env = dict(os.environ)
+        env[HANDOVER_ENV] = " ".join([str(fds[0]), f"{dev}:{ino}", *map(str, fds[1:])])
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        try:
+            os.execve(sys.executable, sys.orig_argv, env)
+        except OSError as e:
+            for fd in fds:
+                os.set_inheritable(fd, False)
+            log.error("cannot re-execute %s: %s; serving on", sys.executable, e.strerror or e)
+            self._fingerprint = ""  # once is enough to know
+            self._ondemand.resume(held)
 
     def stop(self) -> None:
         """NOT_SERVING, stop every script (SIGTERM, SIGKILL after the grace period), close."""
@@ -180,6 +293,20 @@ class HookServer:
             case _:
                 pass
         log.info("stopped")
+
+
+def config_fingerprint(config: cfg.ServerConfig, config_path: Path) -> str:
+    """What a fresh start would read: the configuration file and the trusted keys file
+    (their bytes), or "" when one cannot be read."""
+    digest = hashlib.sha256()
+    keys = config.trusted_keys
+    for path in (config_path, *([keys.path] if keys is not None else [])):
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            return ""
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -266,24 +393,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: hook server configuration is usable")
         return 0
 
-    stop = threading.Event()
+    wake, stopping = threading.Event(), threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
-        stop.set()
+        stopping.set()
+        wake.set()
 
-    if threading.current_thread() is threading.main_thread():
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, on_signal)
-    server = HookServer(config)
+    # Re-executing replaces the whole program: only when it is the program (not a test
+    # calling main() in a thread).
+    fingerprint = config_fingerprint(config, args.config) if main_thread else ""
+    server = HookServer(config, fingerprint=fingerprint, wake=wake)
     try:
         server.start()
     except StartupError as e:
         log.error("%s", e)
         return 2
     # No timeout: a timed wait would wake this thread for nothing once a second, for
-    # months. The signal handler runs in this thread and sets the event.
-    stop.wait()
+    # months. The signal handler runs in this thread and sets the event; so does the
+    # on-demand server when it has dropped gRPC.
+    while True:
+        wake.wait()
+        wake.clear()
+        if stopping.is_set():
+            break
+        server.reexec(args.config)
     server.stop()
     return 0
 

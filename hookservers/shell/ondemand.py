@@ -1,8 +1,11 @@
 """gRPC only while someone is connected: the hook server's unix socket, relayed on demand.
 
-Owns the public unix socket (a plain one: a blocking accept wakes nobody), the private
+Owns the public unix socket (a plain one: a poll without timeout wakes nobody), the private
 gRPC server behind it (started on the first connection, dropped when the last one has been
-gone a while) and the byte relay between the two. Knows nothing about hooks or scripts.
+gone a while), the byte relay between the two, and the hand-over of the socket to the next
+program of this process (`hand_over`: main.py re-executes the hook server once gRPC is
+dropped, since the memory gRPC and protobuf took is not given back otherwise). Knows nothing
+about hooks or scripts.
 
 Why: for as long as any gRPC server object exists, gRPC core keeps six threads that wake
 5-10 times a second, and grpcio's sync server polls its queue every 200 ms (see
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import socket
 import tempfile
@@ -29,16 +33,37 @@ if TYPE_CHECKING:  # the gRPC server itself is built by make_server, on demand
 log = logging.getLogger("upparat.hookserver")
 
 IDLE_STOP = 20.0
-"""Seconds after the last connection closed before the private gRPC server is dropped."""
+"""Seconds after the last connection closed before the private gRPC server is dropped, by
+default ([hookserver] idle_release)."""
 _CHUNK = 256 * 1024
 
 
 class OnDemandServer:
-    """Relays every connection of `listener` to a gRPC server built by `make_server`."""
+    """Relays every connection of `listener` to a gRPC server built by `make_server`.
 
-    def __init__(self, listener: socket.socket, make_server: Callable[[], grpc.Server]) -> None:
+    `on_idle` runs (in a timer thread) each time the gRPC server has been dropped; `held`
+    are connections accepted by the program before this one, served first.
+    """
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        make_server: Callable[[], grpc.Server],
+        *,
+        on_idle: Callable[[], None] | None = None,
+        held: tuple[socket.socket, ...] = (),
+        idle_stop: float = IDLE_STOP,
+    ) -> None:
         self._listener = listener
+        self._idle_stop = idle_stop
         self._make_server = make_server
+        self._on_idle = on_idle
+        self._held = list(held)
+        """Connections to serve before accepting more; while handing over, those accepted
+        after the hand-over began (they go to the next program)."""
+        self._handing_over = False
+        self._wake_r, self._wake_w = os.pipe()
+        listener.setblocking(False)  # accept only after poll said so; never block in it
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
         self._dir: Path | None = None
@@ -50,6 +75,35 @@ class OnDemandServer:
         self._accepting = threading.Thread(target=self._accept, name="hook-accept", daemon=True)
 
     def start(self) -> None:
+        self._accepting.start()
+
+    @property
+    def listener(self) -> socket.socket:
+        return self._listener
+
+    # -- handing the socket to the next program -------------------------------------------
+
+    def hand_over(self) -> list[socket.socket] | None:
+        """Stops accepting, for an exec that keeps the listener: the connections accepted
+        meanwhile, which the next program must serve, or None (nothing stopped) when this
+        server is not idle: a connection, a gRPC server, or stopping."""
+        with self._lock:
+            if self._connections or self._server is not None or self._closing:
+                return None
+            self._handing_over = True
+        os.write(self._wake_w, b"x")
+        self._accepting.join()
+        with self._lock:
+            held, self._held = self._held, []
+        return held
+
+    def resume(self, held: list[socket.socket]) -> None:
+        """Accepts again after a hand-over whose exec failed; serves `held` first."""
+        os.read(self._wake_r, 16)
+        with self._lock:
+            self._handing_over = False
+            self._held = held
+        self._accepting = threading.Thread(target=self._accept, name="hook-accept", daemon=True)
         self._accepting.start()
 
     @property
@@ -95,18 +149,47 @@ class OnDemandServer:
             server.stop(grace=None).wait(5.0)
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-        log.debug("no connection for %.0f s: gRPC server dropped", IDLE_STOP)
+        log.debug("no connection for %g s: gRPC server dropped", self._idle_stop)
+        if self._on_idle is not None:
+            self._on_idle()
 
     # -- connections ------------------------------------------------------------------------
 
-    def _accept(self) -> None:
+    def _next_connection(self) -> socket.socket | None:
+        """The next connection to serve, or None when accepting is over (stopping, handing
+        over). Waits in poll(2) without a timeout on the listener and the wake pipe, so a
+        hand-over never interrupts an accept that already took a connection."""
+        with self._lock:
+            if self._held and not self._handing_over:
+                return self._held.pop(0)
+        poller = select.poll()
+        poller.register(self._listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while True:
+            events = dict(poller.poll())
+            if self._wake_r in events:
+                return None
+            if events.get(self._listener.fileno(), 0) & (select.POLLERR | select.POLLNVAL):
+                return None
             try:
                 conn, _ = self._listener.accept()
+            except BlockingIOError:
+                continue  # another accept took it (there is none) or the client left
             except OSError:
-                return  # the listener was shut down: the server is stopping
+                return None  # the listener was shut down: the server is stopping
+            conn.setblocking(True)
+            return conn
+
+    def _accept(self) -> None:
+        while True:
+            conn = self._next_connection()
+            if conn is None:
+                return
             try:
                 with self._lock:
+                    if self._handing_over:
+                        self._held.append(conn)  # for the next program
+                        return
                     if self._closing:
                         raise OSError("the hook server is stopping")
                     address = self._ensure_server()
@@ -125,7 +208,7 @@ class OnDemandServer:
             self._connections.discard(conn)
             if self._connections or self._closing or self._server is None:
                 return
-            timer = threading.Timer(IDLE_STOP, self._stop_if_idle)
+            timer = threading.Timer(self._idle_stop, self._stop_if_idle)
             timer.name = "hook-idle-stop"
             timer.daemon = True
             self._idle_timer = timer
@@ -143,11 +226,18 @@ class OnDemandServer:
                 self._idle_timer.cancel()
         if server is not None:
             server.stop(grace=grace).wait(grace + 4.0)
-        # shutdown() wakes the accept() blocked in the other thread; close() would not.
+        # The wake pipe ends the poll of the accepting thread; then the listener can go.
+        os.write(self._wake_w, b"x")
+        self._accepting.join(2.0)
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
-        self._accepting.join(2.0)
+        with self._lock:
+            held, self._held = self._held, []
+        for conn in held:
+            conn.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         with self._lock:
             connections = list(self._connections)
         for conn in connections:

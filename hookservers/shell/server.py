@@ -347,6 +347,11 @@ class Runner:
         if then is not None:
             then(outcome)
 
+    def busy(self) -> bool:
+        """A call holds a hook's slot (checking its file or running its script)."""
+        with self._lock:
+            return bool(self._calls)
+
     def stop_all(self) -> list[ScriptRun]:
         """Refuses new calls and stops every running script; returns them to wait for."""
         with self._lock:
@@ -633,6 +638,9 @@ class Services:
         hooks_pb2_grpc.add_IdentityServiceServicer_to_server(self._identity, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
+
+    def busy(self) -> bool:
+        return self.runner.busy()
 
     def stop(self) -> list[ScriptRun]:
         """NOT_SERVING, no new calls; stops every running script and returns them."""

@@ -83,6 +83,33 @@ def test_hook_server_restart_while_idle(stack: Stack) -> None:
     assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
 
 
+def test_jobs_run_on_after_the_hook_server_re_executed_to_free_grpc(
+    device: Device, make_stack: StackFactory
+) -> None:
+    # idle_release short: the hook server drops gRPC and re-executes itself (same PID, same
+    # socket) after the daemon's start-up GetInfo, again after the job, then serves on.
+    stack = make_stack(device, config={"hookserver": {"idle_release": "0.3"}})
+    assert stack.hookserver is not None
+    pid = stack.hookserver.pid
+    log = stack.workdir / "hookserver.log"
+
+    def reexecs() -> int:
+        return log.read_text().count("re-executed to give back")
+
+    wait_idle(stack)
+    wait_until(lambda: reexecs() >= 1, "the re-exec after the start-up GetInfo")
+    wait_until(lambda: "cygrpc" not in Path(f"/proc/{pid}/maps").read_text(), "gRPC unloaded")
+    create_update(stack, JOB)
+    assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
+    before = reexecs()
+    wait_until(lambda: reexecs() > before, "the re-exec after the job", timeout=20)
+    assert stack.hookserver.poll() is None
+    assert stack.hookserver.pid == pid
+    create_update(stack, "upparat_fw_3_0_0", version="3.0.0")
+    assert outcome(finished(stack, "upparat_fw_3_0_0")) == ("SUCCEEDED", "complete_ready")
+    assert device.version == "3.0.0"
+
+
 def thread_names(pid: int) -> list[str]:
     names = []
     for task in Path(f"/proc/{pid}/task").iterdir():

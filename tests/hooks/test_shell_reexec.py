@@ -1,0 +1,241 @@
+"""upparat-hookserver gives gRPC's memory back between jobs by re-executing itself.
+
+Once the last connection has been gone `[hookserver] idle_release` seconds, the private
+gRPC server is dropped and the process execs a fresh copy of itself: the same PID, the same
+listening socket, the connections accepted meanwhile passed on. Whether gRPC core is loaded
+is read from /proc/<pid>/maps (cygrpc's shared object), not from timings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from hookservers.shell import ondemand
+from tests.hooks.contract_cases import (
+    SHELL,
+    HookServerFactory,
+    RunningHookServer,
+    health_status,
+    hook_server_factory,
+    job,
+)
+from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
+
+RELEASE = 0.3
+"""idle_release of the servers here, seconds."""
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[HookServerFactory]:
+    (tmp_path / "hs").mkdir()
+    with hook_server_factory(SHELL, tmp_path / "hs") as made:
+        yield made
+
+
+def grpc_loaded(pid: int) -> bool:
+    return "cygrpc" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def wait_for(condition: object, what: str, timeout: float = 15.0) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def version_call(server: RunningHookServer) -> str:
+    """One GetVersion on a channel of its own, closed after (the daemon's closes too)."""
+    channel = server.new_channel()
+    try:
+        stub = hooks_pb2_grpc.HookServiceStub(channel)
+        reply = stub.GetVersion(hooks_pb2.GetVersionRequest(context=job()), timeout=10)
+        assert reply.result.outcome == hooks_pb2.OUTCOME_SUCCESS, reply.result
+        return reply.version
+    finally:
+        channel.close()
+
+
+def test_after_the_last_connection_the_server_re_executes_and_serves_on(
+    factory: HookServerFactory,
+) -> None:
+    server = factory.start({"version": "echo 1.0.0"}, options={"idle_release": f"{RELEASE}"})
+    server.close()  # the factory's channel of its start-up health check
+    pid = server.pid
+    # That health check was a connection: the first re-exec follows it.
+    wait_for(lambda: "re-executed to give back" in server.log(), "the first re-exec")
+    wait_for(lambda: not grpc_loaded(pid), "gRPC unloaded")
+
+    for spell in (2, 3):
+        assert version_call(server) == "1.0.0"
+        assert grpc_loaded(pid)
+        wait_for(
+            lambda n=spell: server.log().count("re-executed to give back") >= n,
+            f"re-exec number {spell}",
+        )
+        wait_for(lambda: not grpc_loaded(pid), "gRPC unloaded")
+        assert server.proc.poll() is None
+        assert server.pid == pid  # the same process: systemd sees nothing
+
+    assert version_call(server) == "1.0.0"  # the socket passed on still serves
+    assert server.log().count("listening on") == 1
+
+
+def test_a_config_changed_on_disk_stops_the_re_exec_and_keeps_serving(
+    factory: HookServerFactory,
+) -> None:
+    server = factory.start({"version": "echo 1.0.0"}, options={"idle_release": f"{RELEASE}"})
+    with server.config_path.open("a") as f:
+        f.write("\n# edited while running\n")
+    server.close()
+
+    assert version_call(server) == "1.0.0"
+    wait_for(lambda: "not re-executing" in server.log(), "the refusal to re-exec")
+
+    assert "re-executed" not in server.log()
+    assert str(server.config_path) in server.log()
+    assert version_call(server) == "1.0.0"
+    assert server.proc.poll() is None
+
+
+def test_a_running_script_is_never_cut_off_by_a_re_exec(
+    factory: HookServerFactory, tmp_path: Path
+) -> None:
+    # The daemon's call goes away while the script runs on (it ignores SIGTERM for a while):
+    # the connection is gone, the script is not, so the process must not be replaced.
+    done = tmp_path / "done"
+    server = factory.start(
+        {"version": f"trap '' TERM; sleep 1.5; touch {done}; echo 1.0.0"},
+        options={"idle_release": f"{RELEASE}", "cancel_grace_period": "5"},
+    )
+    server.close()
+    wait_for(lambda: "re-executed to give back" in server.log(), "the re-exec after start")
+    channel = server.new_channel()
+    call = hooks_pb2_grpc.HookServiceStub(channel).GetVersion.future(
+        hooks_pb2.GetVersionRequest(context=job()), timeout=10
+    )
+    time.sleep(0.3)
+    call.cancel()
+    channel.close()
+
+    wait_for(done.exists, "the script ended on its own")
+    time.sleep(RELEASE + 0.5)
+    assert server.log().count("re-executed") == 1  # the one after start only
+    assert version_call(server) == "1.0.0"
+    wait_for(lambda: server.log().count("re-executed") == 2, "the re-exec after it")
+
+
+# -- the hand-over, on its own ------------------------------------------------------------
+
+
+class _Health:
+    """A gRPC server with health only, built the way the hook server builds its own."""
+
+    def __init__(self) -> None:
+        self.built = 0
+        self.pool = futures.ThreadPoolExecutor(max_workers=4)
+
+    def __call__(self) -> grpc.Server:
+        self.built += 1
+        server = grpc.server(self.pool)
+        servicer = health.HealthServicer()
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        return server
+
+
+def _listener(tmp_path: Path) -> tuple[socket.socket, Path]:
+    path = tmp_path / "l.sock"
+    return ondemand.bind_listener(path, 0o600), path
+
+
+def test_a_connection_accepted_by_the_program_before_is_served_first(tmp_path: Path) -> None:
+    listener, path = _listener(tmp_path)
+    make = _Health()
+    channel = grpc.insecure_channel(f"unix://{path}")
+    answer: list[int] = []
+    asking = threading.Thread(target=lambda: answer.append(health_status(channel)))
+    asking.start()
+    conn, _ = listener.accept()  # what the program before accepted, then handed over
+    server = ondemand.OnDemandServer(listener, make, held=(conn,), idle_stop=RELEASE)
+    server.start()
+    try:
+        asking.join(10)
+        assert answer == [health_pb2.HealthCheckResponse.SERVING]
+        assert make.built == 1
+    finally:
+        channel.close()
+        server.stop(grace=0.1)
+        make.pool.shutdown()
+
+
+def test_a_hand_over_stops_accepting_and_a_failed_exec_resumes(tmp_path: Path) -> None:
+    listener, path = _listener(tmp_path)
+    make = _Health()
+    server = ondemand.OnDemandServer(listener, make, idle_stop=RELEASE)
+    server.start()
+    try:
+        assert server.hand_over() == []
+        # A client that connects now waits in the backlog: nobody accepts it.
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(path))
+        time.sleep(0.2)
+        assert make.built == 0
+
+        server.resume([])
+        wait_for(lambda: make.built == 1, "the waiting client served after resume")
+        client.close()
+        channel = grpc.insecure_channel(f"unix://{path}")
+        try:
+            assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            channel.close()
+    finally:
+        server.stop(grace=0.1)
+        make.pool.shutdown()
+
+
+def test_no_hand_over_while_a_connection_is_open(tmp_path: Path) -> None:
+    listener, path = _listener(tmp_path)
+    make = _Health()
+    server = ondemand.OnDemandServer(listener, make, idle_stop=RELEASE)
+    server.start()
+    channel = grpc.insecure_channel(f"unix://{path}")
+    try:
+        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert server.hand_over() is None
+        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        channel.close()
+        server.stop(grace=0.1)
+        make.pool.shutdown()
+
+
+def test_the_idle_callback_runs_once_grpc_is_dropped(tmp_path: Path) -> None:
+    listener, path = _listener(tmp_path)
+    make = _Health()
+    idle = threading.Event()
+    server = ondemand.OnDemandServer(listener, make, on_idle=idle.set, idle_stop=RELEASE)
+    server.start()
+    try:
+        channel = grpc.insecure_channel(f"unix://{path}")
+        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert not idle.is_set()
+        channel.close()
+        assert idle.wait(10)
+        assert not server.grpc_running
+    finally:
+        server.stop(grace=0.1)
+        make.pool.shutdown()
+    assert os.path.exists(path)  # the socket file is main.py's to remove

@@ -113,12 +113,13 @@ def test_force_skips_the_version_and_the_download_hook() -> None:
     p = Playbook()
     forced = JobDocument(file=URL, version="2.0", force=True)
     out = p.take(execution(document=forced))
+    # The download starts before its journal write, which it overlaps.
     assert out == [
         Persist(record=JournalRecord(job_id=JOB, phase=Phase.CHECKING_VERSION)),
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING)),
+        like(StartDownload, job_id=JOB, url=URL),
         reported("download_start"),
         like(SetTimer, timer=TimerKind.UPDATE_RETRY),
-        like(StartDownload, job_id=JOB, url=URL),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING)),
     ]
 
 
@@ -127,7 +128,7 @@ def test_a_hook_the_server_lacks_is_skipped() -> None:
     p.boot()
     p.feed(HookServerInfo(hooks=frozenset({HookKind.INSTALL})))
     p.list_jobs(queued=[summary()])
-    assert kinds(p.describe()) == [Persist, Persist, UpdateJob, SetTimer, StartDownload]
+    assert kinds(p.describe()) == [Persist, StartDownload, UpdateJob, SetTimer, Persist]
 
 
 def test_an_unimplemented_hook_is_treated_as_absent_and_remembered() -> None:
@@ -202,10 +203,10 @@ def test_the_download_hook_allows_the_download() -> None:
     p.take(execution(document=JobDocument(file=URL, version="2", sha256="ab" * 32, size=10)))
     p.answer(HookSuccess(value="1"))
     assert p.answer(HookSuccess()) == [
-        Persist(record=JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING, previous_version="1")),
+        like(StartDownload, job_id=JOB, url=URL, sha256="ab" * 32, size=10),
         reported("download_start"),
         like(SetTimer, timer=TimerKind.UPDATE_RETRY),
-        like(StartDownload, job_id=JOB, url=URL, sha256="ab" * 32, size=10),
+        Persist(record=JournalRecord(job_id=JOB, phase=Phase.DOWNLOADING, previous_version="1")),
     ]
 
 

@@ -539,6 +539,46 @@ def test_the_sidecar_records_each_durable_offset(
     assert seen[-1] == blob.size  # the final fsync
 
 
+def test_only_a_sidecar_that_says_bytes_are_synced_waits_for_the_disk(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first sidecar (synced 0) is lost in a power cut at no cost; every later one is
+    # fsynced before it replaces the last, and its folder after.
+    monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 256 * 1024)
+    events: list[tuple[str, object]] = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        real_replace(src, dst)
+        if str(dst).endswith(".meta.json"):
+            events.append(("sidecar", json.loads(Path(dst).read_text())["synced"]))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    start(make(boot_id=lambda: "b7"), server.url(), sha256=blob.sha256())
+    recorder.completed()
+
+    tmp = str(folder / (JOB + ".meta.json.tmp"))
+    sidecars = [i for i, (kind, _) in enumerate(events) if kind == "sidecar"]
+    assert events[sidecars[0]] == ("sidecar", 0)
+    assert ("fsync", tmp) not in events[: sidecars[0]]
+    assert len(sidecars) >= 3
+    for before, at in itertools.pairwise(sidecars):
+        assert events[at][1] != 0
+        assert ("fsync", tmp) in events[before + 1 : at]
+    for at in sidecars[1:]:
+        assert ("fsync", str(folder)) in events[at + 1 :]
+
+
 def test_a_206_at_the_wrong_offset_makes_it_start_over(
     make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
 ) -> None:

@@ -1005,7 +1005,11 @@ def _start_download(state: State, job: Job, now: float, *, refusals: int) -> Out
     state = attrs.evolve(
         state, stage=Downloading(job=job, download_id=download_id, refusals=refusals)
     )
-    return state, [*commands, *more, start, _log(LogLevel.INFO, message, job.job_id)]
+    # The download starts before the journal's fsync and runs while it lasts: its events
+    # are handled after every command here, the write included, and a crash before the
+    # write leaves the journal of the version check, from which the next start resumes the
+    # partial file by its sidecar.
+    return state, [start, *more, *commands, _log(LogLevel.INFO, message, job.job_id)]
 
 
 def _install_phase(state: State, job: Job, file: InstallFile, now: float) -> Out:

@@ -685,7 +685,12 @@ class _Transfer:
         when the server gave none, by the document's sha256 checked at the end."""
         return sidecar.validator is not None or self.command.sha256 is not None
 
-    def _write_sidecar(self, sidecar: _Sidecar) -> None:
+    def _write_sidecar(self, sidecar: _Sidecar, *, durable: bool = True) -> None:
+        """Replaces the sidecar; `durable`: on the disk (fsync, and of the folder) before
+        this returns. Only a sidecar that says bytes are synced needs to be: one that says
+        none are (`synced` 0) is lost in a power cut at no cost, since after a reboot the
+        download starts over from what it says anyway, and a daemon that only restarted
+        finds it in the page cache."""
         data = json.dumps(attrs.asdict(sidecar)).encode()
         tmp = self._sidecar_path.with_name(self._sidecar_path.name + ".tmp")
         with self._lock:
@@ -694,11 +699,13 @@ class _Transfer:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                 try:
                     _write_all(fd, memoryview(data))
-                    os.fsync(fd)
+                    if durable:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 os.replace(tmp, self._sidecar_path)
-                _fsync_directory(self._folder)
+                if durable:
+                    _fsync_directory(self._folder)
             except OSError as e:
                 raise _LocalError(f"cannot write {self._sidecar_path}", e) from e
         self._sidecar = sidecar
@@ -1058,7 +1065,8 @@ class _Transfer:
         early = self._check_total(total, part)
         if early is not None:
             return early
-        self._write_sidecar(self._sidecar_from(resp, url))
+        # Nothing of this object is on the disk yet (synced 0): no need to wait for it.
+        self._write_sidecar(self._sidecar_from(resp, url), durable=False)
         return self._stream(resp, part)
 
     def _partial(self, resp: http.client.HTTPResponse, url: _Url, part: _PartFile) -> _Outcome:

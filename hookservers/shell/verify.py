@@ -25,7 +25,9 @@ downloads, could ask root to install something else. So, for every Install:
 
 A taken file is given back when its script ends (its owner again, its write permission,
 its name in the download folder): the daemon may call Install again (retry later, a hook
-server restarted mid-install) and removes its download itself when the job ends. A copy
+server restarted mid-install) and removes its download itself when the job ends. Only
+while the daemon keeps that download, though (the sidecar beside it, upparat.io.folder):
+one it removed meanwhile (a job cancelled during its install) is removed here too. A copy
 is removed. At start, leftovers of a crash are sorted by the same rule (`_is_copy`): copies
 go, taken files go back.
 
@@ -52,6 +54,7 @@ from pathlib import Path
 
 from upparat import signing
 from upparat.aws.topics import JOB_ID_RE as _JOB_ID
+from upparat.io.folder import SIDECAR_SUFFIX
 
 log = logging.getLogger("upparat.hookserver")
 
@@ -177,11 +180,15 @@ class FileGate:
                 os.unlink(job_id, dir_fd=copies)
                 log.info("removed %s%s", path, since)
                 return
-            back = self._give_back(copies, job_id)
+            back = self._give_back(copies, job_id, while_kept=True)
             if back is None:
                 log.info(
                     "gave %s back to the daemon as %s/%s%s", path, self.download_dir, job_id, since
                 )
+            elif back is _DISCARDED:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(job_id, dir_fd=copies)
+                log.info("removed %s%s: the daemon no longer keeps that download", path, since)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(job_id, dir_fd=copies)
@@ -375,15 +382,21 @@ class FileGate:
             )
         return why
 
-    def _give_back(self, copies: int, name: str) -> str | None:
+    def _give_back(self, copies: int, name: str, *, while_kept: bool = False) -> str | None:
         """Returns a taken file to the daemon: the download folder's owner, write
         permission for that owner, its name in the download folder. None when done, else
-        why not (the file is then still in the copy directory)."""
+        why not (the file is then still in the copy directory). `while_kept`: only while
+        the daemon keeps its download, i.e. its sidecar is beside the name (`_DISCARDED`
+        otherwise): a job cancelled during its install has had its files removed, and the
+        file must not come back after that."""
         try:
             folder = self._open_download_dir()
         except _Refusal as r:
             return r.refused.message
+        sidecar = name + SIDECAR_SUFFIX
         try:
+            if while_kept and not _is_file(folder, sidecar):
+                return _DISCARDED
             fd = os.open(name, _OPEN_FILE, dir_fd=copies)
             try:
                 st = os.fstat(fd)
@@ -391,7 +404,14 @@ class FileGate:
                 os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o200)
             finally:
                 os.close(fd)
-            return _relink(copies, folder, name)
+            back = _relink(copies, folder, name)
+            if back is None and while_kept and not _is_file(folder, sidecar):
+                # The daemon removed its download while the name was put back: so do we.
+                with contextlib.suppress(FileNotFoundError):
+                    if os.lstat(name, dir_fd=folder).st_ino == st.st_ino:
+                        os.unlink(name, dir_fd=folder)
+                return _DISCARDED
+            return back
         except OSError as e:
             return e.strerror or str(e)
         finally:
@@ -505,6 +525,16 @@ def _is_copy(st: os.stat_result) -> bool:
     """A copy in the copy directory is root's and writable by it (created 0600); a taken
     file has lost its write permission, or still belongs to the daemon's user."""
     return st.st_uid == os.geteuid() and bool(st.st_mode & stat.S_IWUSR)
+
+
+_DISCARDED = "the daemon no longer keeps that download"
+
+
+def _is_file(folder: int, name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(name, dir_fd=folder).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _relink(src_dir: int, dst_dir: int, name: str) -> str | None:

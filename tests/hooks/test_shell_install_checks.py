@@ -33,6 +33,7 @@ from tests.hooks.contract_cases import (
 )
 from tests.support.keys import SigningKey, make_key
 from upparat.hooks.v1 import hooks_pb2
+from upparat.io.folder import SIDECAR_SUFFIX
 
 JOB = "upparat_job-1"
 DAEMON_UID = 65534
@@ -258,6 +259,27 @@ def test_a_state_dir_on_another_file_system_gets_a_copy(
         )
 
 
+def test_a_file_the_daemon_discarded_during_the_install_is_removed_not_given_back(
+    factory: HookServerFactory, tmp_path: Path
+) -> None:
+    # A job cancelled while its script runs: the daemon removes its download (file and
+    # sidecar; the file is not there to remove) while the hook server holds it.
+    gate = tmp_path / "gate"
+    server = factory.start({"install": f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done"})
+    request = server.install_request(job(job_id=JOB))
+    as_daemon(server, request)
+    stream = server.hooks().Install(request, timeout=10)
+    assert next(stream).progress.line == "started"
+    assert not Path(request.file_path).exists()  # taken over
+    sidecar(request.file_path).unlink()
+    gate.touch()
+    list(stream)
+
+    assert not Path(request.file_path).exists()
+    assert verified_files(server) == []
+    assert "the daemon no longer keeps that download" in server.log()
+
+
 def test_a_script_that_asks_to_retry_later_finds_the_daemons_file_given_back(
     factory: HookServerFactory, tmp_path: Path
 ) -> None:
@@ -277,9 +299,15 @@ def test_a_script_that_asks_to_retry_later_finds_the_daemons_file_given_back(
 
 def as_daemon(server: RunningHookServer, request: hooks_pb2.InstallRequest) -> None:
     """Gives the download folder and the file of `request` to the daemon's user (nobody),
-    as on a device, where the daemon is not root."""
+    as on a device, where the daemon is not root, with the sidecar the daemon keeps beside
+    a download it still holds."""
     os.chown(server.download_dir, DAEMON_UID, DAEMON_UID)
     os.chown(request.file_path, DAEMON_UID, DAEMON_UID)
+    sidecar(request.file_path).write_text("{}")
+
+
+def sidecar(file_path: str | Path) -> Path:
+    return Path(str(file_path) + SIDECAR_SUFFIX)
 
 
 def verified_files(server: RunningHookServer) -> list[Path]:
@@ -516,6 +544,7 @@ def test_a_file_taken_over_before_a_crash_goes_back_to_the_daemon_at_start(
     downloads = factory.workdir / "dl" / "upparat"
     downloads.mkdir(parents=True, mode=0o700)
     os.chown(downloads, DAEMON_UID, DAEMON_UID)
+    sidecar(downloads / JOB).write_text("{}")  # the daemon still keeps that download
     leftover = state / "verified" / JOB
     leftover.write_bytes(FIRMWARE)
     match crashed:  # how far the take-over got (verify.py: chmod, then chown)
@@ -586,6 +615,7 @@ def test_a_call_that_goes_away_while_the_file_is_read_leaves_nothing_behind(
     content = b"x" * (3 * verify.CHUNK)
     (downloads / JOB).write_bytes(content)
     (downloads / JOB).chmod(0o600)
+    sidecar(downloads / JOB).write_text("{}")
     gate = verify.FileGate(download_dir=downloads, state_dir=tmp_path / "state")
     gate.prepare()
     chunks = iter([True, True, False])

@@ -50,7 +50,7 @@ from upparat.core.events import (
 )
 from upparat.core.model import DownloadFailure, DownloadId, JobId
 from upparat.core.urls import redact
-from upparat.io.folder import FolderRefused, prepare_download_folder
+from upparat.io.folder import SIDECAR_SUFFIX, FolderRefused, prepare_download_folder
 from upparat.signing import NotVerified, TrustedKeys
 
 log = logging.getLogger("upparat.download")
@@ -67,7 +67,7 @@ FSYNC_INTERVAL = 8 * 1024 * 1024
 CANCEL_POLL = 0.2
 """Seconds between two looks at the cancel flag while a connect is pending."""
 
-_SIDECAR_SUFFIX = ".meta.json"
+_SIDECAR_SUFFIX = SIDECAR_SUFFIX
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,1024}")

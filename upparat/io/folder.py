@@ -14,6 +14,10 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+SIDECAR_SUFFIX = ".meta.json"
+"""`<job id>` + this, beside the job's file in the folder: the download's resume record
+(upparat.io.download), there for as long as the daemon keeps the download. The hook server
+gives a file it took over back only while it is there (hookservers/shell/verify.py)."""
 MOUNTINFO = Path("/proc/self/mountinfo")
 SHARED_TEMP_DIRS = (Path("/tmp"), Path("/var/tmp"))
 _FIX = (

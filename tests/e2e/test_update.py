@@ -93,7 +93,7 @@ def test_update_with_a_reboot_succeeds_once_the_device_is_back(
         "ready",
     ]
     install, restart = device.calls("install")[0], device.calls("restart")[0]
-    # $4: the hook server's checked copy of the download (removed after the script).
+    # $4: the download as the hook server checked it, in its state_dir (given back after).
     copy = stack.hookserver_state_dir / "verified" / JOB
     assert install[2:] == ["0", "slot-b", str(copy)]
     assert not copy.exists()

@@ -236,7 +236,8 @@ class TestShellHookServer(HookServerContract):
             # shows few of them).
             lines = [p.line for p in installed.progress]
             assert lines[0] == "installing", lines
-            # RAUC installs the hook server's checked copy, not the download itself.
+            # RAUC installs the file the hook server checked (taken over into its state_dir),
+            # not the download by its own path.
             assert lines[-1].startswith("Installing `"), lines
             assert lines[-1].endswith("` succeeded"), lines
             assert str(server.download_dir) not in lines[-1], lines

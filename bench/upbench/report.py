@@ -1471,18 +1471,29 @@ def _pss_bound(i: IdleResult) -> str:
 
 
 def _download_split(run: _Run16, ours: float | None, limit: float) -> str:
-    """Where the time to the install script goes: the daemon's download and the hook
-    server's check of the file before Install (hookservers/shell/verify.py)."""
-    window = _median([traffic(r).download_window for r in run.downloads if r.status == "SUCCEEDED"])
-    if ours is None or window is None:
+    """Where the time to the install script goes, from the cloud's timestamps: before the
+    download (the version and download hooks; after a quiet spell the hook server builds
+    its gRPC server again), the daemon's download, and the hook server's check of the file
+    before Install (hookservers/shell/verify.py)."""
+    parts: list[tuple[float, float, float]] = []
+    for r in run.downloads:
+        start = next((u.at for u in r.updates if u.state == "download_start"), None)
+        end = next((u.at for u in r.updates if u.state == "installation_start"), None)
+        if r.status != "SUCCEEDED" or start is None or end is None or r.install_at is None:
+            continue
+        parts.append((start - r.created_at, end - start, r.install_at - end))
+    if ours is None or not parts:
         return "the rest is the daemon's"
+    before, window, after = (statistics.median(p[i] for p in parts) for i in range(3))
     return (
         f"the daemon's download itself (download_start → installation_start) took {_s(window)} s"
-        f" ({window / limit:.2f} x); the other {_s(ours - window)} s are mostly the hook"
-        " server's check of the file before the install script starts: it takes the"
-        " daemon's file over (a rename, downloads and state_dir being on one file system"
-        " here) and reads it once for its sha256, the guarantee that root installs bytes"
-        " the daemon can no longer change"
+        f" ({window / limit:.2f} x); before it, {_s(before)} s (job created → download_start:"
+        " the version and download hooks, and after a quiet spell the hook server building"
+        f" its gRPC server again); after it, {_s(after)} s (installation_start → install"
+        " script) are the hook server's check of the file: it takes the daemon's file over"
+        " (a rename, downloads and state_dir being on one file system here) and reads it once"
+        " for its sha256, the guarantee that root installs bytes the daemon can no longer"
+        " change (medians of the runs)"
     )
 
 

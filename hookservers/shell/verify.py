@@ -334,6 +334,10 @@ class FileGate:
         """Takes the daemon's file over into the copy directory: None when done (root owns
         it, nobody can write it), else why not, with everything as it was (then it is
         copied). `source` is the descriptor opened in the download folder, `st` its fstat."""
+        if st.st_nlink != 1:
+            # Owner and mode belong to the inode: taking it over would change them under
+            # its other names too (a file of the daemon's own, linked there, say).
+            return f"it has {st.st_nlink - 1} other name(s) (hard links)"
         try:
             os.rename(name, name, src_dir_fd=folder, dst_dir_fd=copies)
         except OSError as e:

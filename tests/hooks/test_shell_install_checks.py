@@ -259,6 +259,26 @@ def test_a_state_dir_on_another_file_system_gets_a_copy(
         )
 
 
+def test_a_file_with_other_names_is_copied_and_they_keep_their_owner_and_mode(
+    factory: HookServerFactory, marker: Path, tmp_path: Path
+) -> None:
+    server = factory.start({"install": f'cat "$4" > {marker}'})
+    request = server.install_request(job(job_id=JOB))
+    as_daemon(server, request)
+    other = server.download_dir / "elsewhere-name"
+    os.link(request.file_path, other)  # e.g. a file of the daemon's own, linked there
+
+    outcome = server.install(request=request)
+
+    assert outcome.result is not None
+    assert outcome.result.outcome == hooks_pb2.OUTCOME_SUCCESS, outcome.result
+    assert marker.read_bytes() == FIRMWARE
+    assert re.search(r"copying .*: it has 1 other name\(s\) \(hard links\)", server.log())
+    st = os.stat(other)
+    assert (st.st_uid, st.st_mode & 0o777) == (DAEMON_UID, 0o600)
+    assert verified_files(server) == []
+
+
 def test_a_file_the_daemon_discarded_during_the_install_is_removed_not_given_back(
     factory: HookServerFactory, tmp_path: Path
 ) -> None:

@@ -14,10 +14,11 @@ downloads, could ask root to install something else. So, for every Install:
   written), its write permission dropped and its owner made root, and then a read lease
   (F_SETLEASE F_RDLCK), which Linux grants only while no descriptor anywhere has the inode
   open for writing (a writable shared mapping counts). From then on nobody but root can
-  open it for writing (permissions are checked at open; a hard link made earlier or
+  open it for writing (permissions are checked at open; a link made later or
   /proc/<pid>/fd leads to the same root-owned inode), so the bytes hashed are the bytes
   the script reads;
 - where that cannot be proven (state_dir on another file system, a writer still open,
+  other hard links, whose names would change owner and mode too,
   no leases), the file is copied, as before: read once from the descriptor opened in the
   download folder and copied into the same directory while it is hashed;
 - either way size, sha256 (the daemon's) and signature (with trusted keys) are checked on

@@ -45,7 +45,7 @@ from upbench.rigs import (
     legacy_available,
 )
 
-from hookservers.shell.ondemand import IDLE_STOP
+from hookservers.shell.config import DEFAULT_IDLE_RELEASE
 from upparat.devstack.fileserver import make_bundle
 from upparat.devstack.procs import mosquitto_binary
 
@@ -75,7 +75,7 @@ class Mode:
     pinned_latency_jobs: int
     after_jobs_settle: float
     """Seconds after the last latency job before memory is sampled "idle after jobs"; the
-    full and quick runs wait for the hook server's gRPC to be dropped (IDLE_STOP)."""
+    full and quick runs wait for the hook server's gRPC to be dropped (DEFAULT_IDLE_RELEASE)."""
 
 
 MODES = {
@@ -97,7 +97,7 @@ MODES = {
         pinned_window=30.0,
         pinned_windows=3,
         pinned_latency_jobs=6,
-        after_jobs_settle=IDLE_STOP + 10.0,
+        after_jobs_settle=DEFAULT_IDLE_RELEASE + 10.0,
     ),
     "quick": Mode(
         name="quick",
@@ -117,7 +117,7 @@ MODES = {
         pinned_window=10.0,
         pinned_windows=2,
         pinned_latency_jobs=3,
-        after_jobs_settle=IDLE_STOP + 5.0,
+        after_jobs_settle=DEFAULT_IDLE_RELEASE + 5.0,
     ),
     "smoke": Mode(
         name="smoke",
@@ -423,7 +423,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         lat, *rest = latency(*both)
         lat_legacy = rest[0] if rest else None
         # Idle again after the jobs, before anything else touches the daemon: its channel
-        # closed CHANNEL_LINGER after the last call, the hook server's gRPC IDLE_STOP after.
+        # closed CHANNEL_LINGER after the last call, the hook server's gRPC DEFAULT_IDLE_RELEASE after.
         say(f"idle after jobs: memory {mode.after_jobs_settle:.0f} s after the last latency job")
         after_jobs = measure.measure_after_jobs(ours, legacy, settle=mode.after_jobs_settle)
         # Right after the latency jobs, on the same processes, so the per-call breakdown
@@ -475,7 +475,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         hookserver_alone = None
         hookserver = ours.hookserver_pid()
         if hookserver is not None:
-            settle = IDLE_STOP + min(mode.settle, 5.0)
+            settle = DEFAULT_IDLE_RELEASE + min(mode.settle, 5.0)
             say(f"hook server alone: daemon stopped, idle after {settle:.0f} s")
             ours.stack.stop_daemon()
             hookserver_alone = measure.measure_alone(

@@ -32,17 +32,15 @@ if TYPE_CHECKING:  # the gRPC server itself is built by make_server, on demand
 
 log = logging.getLogger("upparat.hookserver")
 
-IDLE_STOP = 20.0
-"""Seconds after the last connection closed before the private gRPC server is dropped, by
-default ([hookserver] idle_release)."""
 _CHUNK = 256 * 1024
 
 
 class OnDemandServer:
     """Relays every connection of `listener` to a gRPC server built by `make_server`.
 
-    `on_idle` runs (in a timer thread) each time the gRPC server has been dropped; `held`
-    are connections accepted by the program before this one, served first.
+    `idle_stop`: seconds after the last connection closed before the gRPC server is
+    dropped ([hookserver] idle_release). `on_idle` runs (in a timer thread) each time it
+    has been; `held` are connections accepted by the program before this one, served first.
     """
 
     def __init__(
@@ -50,9 +48,9 @@ class OnDemandServer:
         listener: socket.socket,
         make_server: Callable[[], grpc.Server],
         *,
+        idle_stop: float,
         on_idle: Callable[[], None] | None = None,
         held: tuple[socket.socket, ...] = (),
-        idle_stop: float = IDLE_STOP,
     ) -> None:
         self._listener = listener
         self._idle_stop = idle_stop

@@ -67,7 +67,6 @@ FSYNC_INTERVAL = 8 * 1024 * 1024
 CANCEL_POLL = 0.2
 """Seconds between two looks at the cancel flag while a connect is pending."""
 
-_SIDECAR_SUFFIX = SIDECAR_SUFFIX
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,1024}")
@@ -607,7 +606,7 @@ class _Transfer:
             self._check_cancel()
             # Checked at start too; again here, before anything is written or removed in it.
             prepare_download_folder(folder)
-        keep = {self.job_id, self.job_id + _SIDECAR_SUFFIX}
+        keep = {self.job_id, self.job_id + SIDECAR_SUFFIX}
         try:
             entries = list(os.scandir(folder))
         except OSError as e:
@@ -629,7 +628,7 @@ class _Transfer:
 
     @property
     def _sidecar_path(self) -> Path:
-        return self._folder / (self.job_id + _SIDECAR_SUFFIX)
+        return self._folder / (self.job_id + SIDECAR_SUFFIX)
 
     def _open_part(self, url: _Url) -> _PartFile:
         with self._lock:
@@ -685,12 +684,12 @@ class _Transfer:
         when the server gave none, by the document's sha256 checked at the end."""
         return sidecar.validator is not None or self.command.sha256 is not None
 
-    def _write_sidecar(self, sidecar: _Sidecar, *, durable: bool = True) -> None:
-        """Replaces the sidecar; `durable`: on the disk (fsync, and of the folder) before
-        this returns. Only a sidecar that says bytes are synced needs to be: one that says
-        none are (`synced` 0) is lost in a power cut at no cost, since after a reboot the
-        download starts over from what it says anyway, and a daemon that only restarted
-        finds it in the page cache."""
+    def _write_sidecar(self, sidecar: _Sidecar) -> None:
+        """Replaces the sidecar, on the disk (fsync, and of the folder) before this returns
+        when it says bytes are synced. One that says none are (`synced` 0) is lost in a
+        power cut at no cost: after a reboot the download starts over from what it says
+        anyway, and a daemon that only restarted finds it in the page cache."""
+        durable = sidecar.synced > 0
         data = json.dumps(attrs.asdict(sidecar)).encode()
         tmp = self._sidecar_path.with_name(self._sidecar_path.name + ".tmp")
         with self._lock:
@@ -1065,8 +1064,7 @@ class _Transfer:
         early = self._check_total(total, part)
         if early is not None:
             return early
-        # Nothing of this object is on the disk yet (synced 0): no need to wait for it.
-        self._write_sidecar(self._sidecar_from(resp, url), durable=False)
+        self._write_sidecar(self._sidecar_from(resp, url))
         return self._stream(resp, part)
 
     def _partial(self, resp: http.client.HTTPResponse, url: _Url, part: _PartFile) -> _Outcome:
@@ -1355,7 +1353,7 @@ class Downloader:
         self._remove(job_id)
 
     def _remove(self, job_id: JobId) -> None:
-        for name in (job_id, job_id + _SIDECAR_SUFFIX, job_id + _SIDECAR_SUFFIX + ".tmp"):
+        for name in (job_id, job_id + SIDECAR_SUFFIX, job_id + SIDECAR_SUFFIX + ".tmp"):
             path = self._folder / name
             try:
                 path.unlink()

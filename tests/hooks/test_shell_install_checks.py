@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,10 +24,8 @@ import pytest
 from hookservers.shell import verify
 from tests.hooks.contract_cases import (
     FIRMWARE,
-    SHELL,
     HookServerFactory,
     RunningHookServer,
-    hook_server_factory,
     job,
 )
 from tests.support.keys import SigningKey, make_key
@@ -38,13 +35,6 @@ from upparat.io.folder import SIDECAR_SUFFIX
 JOB = "upparat_job-1"
 DAEMON_UID = 65534
 """The daemon's user in the cases that need one that is not root (nobody)."""
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> Iterator[HookServerFactory]:
-    (tmp_path / "hs").mkdir()
-    with hook_server_factory(SHELL, tmp_path / "hs") as made:
-        yield made
 
 
 @pytest.fixture
@@ -138,13 +128,7 @@ def test_a_writer_left_open_means_a_copy_and_its_writes_never_reach_the_script(
 ) -> None:
     gate, seen = tmp_path / "gate", tmp_path / "seen"
     server = factory.start(
-        {
-            "install": f"""
-                echo started
-                while [ ! -e {gate} ]; do sleep 0.05; done
-                cat "$4" > {seen}.tmp; mv {seen}.tmp {seen}
-            """
-        },
+        {"install": gated_install(gate, seen)},
         service={"trusted_keys": str(key.public)},
     )
     request = signed(server, key)
@@ -169,15 +153,7 @@ def test_once_taken_over_the_daemons_user_cannot_open_the_file_for_writing(
     factory: HookServerFactory, tmp_path: Path
 ) -> None:
     gate, seen = tmp_path / "gate", tmp_path / "seen"
-    server = factory.start(
-        {
-            "install": f"""
-                echo started
-                while [ ! -e {gate} ]; do sleep 0.05; done
-                cat "$4" > {seen}.tmp; mv {seen}.tmp {seen}
-            """
-        }
-    )
+    server = factory.start({"install": gated_install(gate, seen)})
     request = server.install_request(job(job_id=JOB))
     as_daemon(server, request)
     # A process of the daemon's user that holds a descriptor of the file that cannot write
@@ -285,7 +261,7 @@ def test_a_file_the_daemon_discarded_during_the_install_is_removed_not_given_bac
     # A job cancelled while its script runs: the daemon removes its download (file and
     # sidecar; the file is not there to remove) while the hook server holds it.
     gate = tmp_path / "gate"
-    server = factory.start({"install": f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done"})
+    server = factory.start({"install": gated_install(gate, tmp_path / "seen")})
     request = server.install_request(job(job_id=JOB))
     as_daemon(server, request)
     stream = server.hooks().Install(request, timeout=10)
@@ -315,6 +291,16 @@ def test_a_script_that_asks_to_retry_later_finds_the_daemons_file_given_back(
     assert (tmp_path / "seen").read_bytes() == FIRMWARE * 2
     assert os.stat(request.file_path).st_uid == DAEMON_UID
     assert verified_files(server) == []
+
+
+def gated_install(gate: Path, seen: Path) -> str:
+    """An install script that says `started`, waits for `gate` to exist, then copies what
+    it was given ($4) to `seen`."""
+    return f"""
+        echo started
+        while [ ! -e {gate} ]; do sleep 0.05; done
+        cat "$4" > {seen}.tmp; mv {seen}.tmp {seen}
+    """
 
 
 def as_daemon(server: RunningHookServer, request: hooks_pb2.InstallRequest) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,24 +23,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hookservers.shell import ondemand
 from tests.hooks.contract_cases import (
-    SHELL,
     HookServerFactory,
     RunningHookServer,
     health_status,
-    hook_server_factory,
     job,
 )
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
 RELEASE = 0.3
 """idle_release of the servers here, seconds."""
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> Iterator[HookServerFactory]:
-    (tmp_path / "hs").mkdir()
-    with hook_server_factory(SHELL, tmp_path / "hs") as made:
-        yield made
 
 
 def grpc_loaded(pid: int) -> bool:
@@ -155,87 +147,88 @@ class _Health:
         return server
 
 
-def _listener(tmp_path: Path) -> tuple[socket.socket, Path]:
-    path = tmp_path / "l.sock"
-    return ondemand.bind_listener(path, 0o600), path
+class _Relay:
+    """One listening socket, its gRPC builder, and what a test starts on it; `close` stops
+    every server and channel."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "l.sock"
+        self.listener = ondemand.bind_listener(self.path, 0o600)
+        self.make = _Health()
+        self._servers: list[ondemand.OnDemandServer] = []
+        self._channels: list[grpc.Channel] = []
+
+    def serve(self, **options: Any) -> ondemand.OnDemandServer:
+        server = ondemand.OnDemandServer(self.listener, self.make, idle_stop=RELEASE, **options)
+        server.start()
+        self._servers.append(server)
+        return server
+
+    def channel(self) -> grpc.Channel:
+        channel = grpc.insecure_channel(f"unix://{self.path}")
+        self._channels.append(channel)
+        return channel
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        for server in self._servers:
+            server.stop(grace=0.1)
+        self.make.pool.shutdown()
 
 
-def test_a_connection_accepted_by_the_program_before_is_served_first(tmp_path: Path) -> None:
-    listener, path = _listener(tmp_path)
-    make = _Health()
-    channel = grpc.insecure_channel(f"unix://{path}")
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[_Relay]:
+    made = _Relay(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_a_connection_accepted_by_the_program_before_is_served_first(relay: _Relay) -> None:
+    channel = relay.channel()
     answer: list[int] = []
     asking = threading.Thread(target=lambda: answer.append(health_status(channel)))
     asking.start()
-    conn, _ = listener.accept()  # what the program before accepted, then handed over
-    server = ondemand.OnDemandServer(listener, make, held=(conn,), idle_stop=RELEASE)
-    server.start()
-    try:
-        asking.join(10)
-        assert answer == [health_pb2.HealthCheckResponse.SERVING]
-        assert make.built == 1
-    finally:
-        channel.close()
-        server.stop(grace=0.1)
-        make.pool.shutdown()
+    conn, _ = relay.listener.accept()  # what the program before accepted, then handed over
+    relay.serve(held=(conn,))
+
+    asking.join(10)
+    assert answer == [health_pb2.HealthCheckResponse.SERVING]
+    assert relay.make.built == 1
 
 
-def test_a_hand_over_stops_accepting_and_a_failed_exec_resumes(tmp_path: Path) -> None:
-    listener, path = _listener(tmp_path)
-    make = _Health()
-    server = ondemand.OnDemandServer(listener, make, idle_stop=RELEASE)
-    server.start()
-    try:
-        assert server.hand_over() == []
-        # A client that connects now waits in the backlog: nobody accepts it.
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.connect(str(path))
-        time.sleep(0.2)
-        assert make.built == 0
+def test_a_hand_over_stops_accepting_and_a_failed_exec_resumes(relay: _Relay) -> None:
+    server = relay.serve()
+    assert server.hand_over() == []
+    # A client that connects now waits in the backlog: nobody accepts it.
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(relay.path))
+    time.sleep(0.2)
+    assert relay.make.built == 0
 
-        server.resume([])
-        wait_for(lambda: make.built == 1, "the waiting client served after resume")
-        client.close()
-        channel = grpc.insecure_channel(f"unix://{path}")
-        try:
-            assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
-        finally:
-            channel.close()
-    finally:
-        server.stop(grace=0.1)
-        make.pool.shutdown()
+    server.resume([])
+    wait_for(lambda: relay.make.built == 1, "the waiting client served after resume")
+    client.close()
+    assert health_status(relay.channel()) == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_no_hand_over_while_a_connection_is_open(tmp_path: Path) -> None:
-    listener, path = _listener(tmp_path)
-    make = _Health()
-    server = ondemand.OnDemandServer(listener, make, idle_stop=RELEASE)
-    server.start()
-    channel = grpc.insecure_channel(f"unix://{path}")
-    try:
-        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
-        assert server.hand_over() is None
-        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        channel.close()
-        server.stop(grace=0.1)
-        make.pool.shutdown()
+def test_no_hand_over_while_a_connection_is_open(relay: _Relay) -> None:
+    server = relay.serve()
+    channel = relay.channel()
+    assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    assert server.hand_over() is None
+    assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_the_idle_callback_runs_once_grpc_is_dropped(tmp_path: Path) -> None:
-    listener, path = _listener(tmp_path)
-    make = _Health()
+def test_the_idle_callback_runs_once_grpc_is_dropped(relay: _Relay) -> None:
     idle = threading.Event()
-    server = ondemand.OnDemandServer(listener, make, on_idle=idle.set, idle_stop=RELEASE)
-    server.start()
-    try:
-        channel = grpc.insecure_channel(f"unix://{path}")
-        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
-        assert not idle.is_set()
-        channel.close()
-        assert idle.wait(10)
-        assert not server.grpc_running
-    finally:
-        server.stop(grace=0.1)
-        make.pool.shutdown()
-    assert os.path.exists(path)  # the socket file is main.py's to remove
+    server = relay.serve(on_idle=idle.set)
+    channel = relay.channel()
+    assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    assert not idle.is_set()
+    channel.close()
+    assert idle.wait(10)
+    assert not server.grpc_running
+    assert os.path.exists(relay.path)  # the socket file is main.py's to remove

@@ -161,9 +161,14 @@ class Traffic:
         return max(0, math.floor(self.download_window / 10.0))
 
 
+def _update_at(run: JobRun, state: str) -> float | None:
+    """When the cloud received the job's first update with `state`."""
+    return next((u.at for u in run.updates if u.state == state), None)
+
+
 def traffic(run: JobRun) -> Traffic:
-    start = next((u.at for u in run.updates if u.state == "download_start"), None)
-    end = next((u.at for u in run.updates if u.state == "installation_start"), None)
+    start = _update_at(run, "download_start")
+    end = _update_at(run, "installation_start")
     during = 0
     window = None
     if start is not None and end is not None:
@@ -1477,8 +1482,7 @@ def _download_split(run: _Run16, ours: float | None, limit: float) -> str:
     before Install (hookservers/shell/verify.py)."""
     parts: list[tuple[float, float, float]] = []
     for r in run.downloads:
-        start = next((u.at for u in r.updates if u.state == "download_start"), None)
-        end = next((u.at for u in r.updates if u.state == "installation_start"), None)
+        start, end = _update_at(r, "download_start"), _update_at(r, "installation_start")
         if r.status != "SUCCEEDED" or start is None or end is None or r.install_at is None:
             continue
         parts.append((start - r.created_at, end - start, r.install_at - end))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import errno
+import fcntl
 import hashlib
 import itertools
 import json
@@ -504,6 +505,7 @@ def test_the_sidecar_records_each_durable_offset(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 256 * 1024)
+    monkeypatch.setattr(download_module, "SYNC_PERIOD", 0.0)
     seen: list[int] = []
     durable = [0]
     real_replace, real_fsync, real_fdatasync = os.replace, os.fsync, os.fdatasync
@@ -550,6 +552,7 @@ def test_only_a_sidecar_that_says_bytes_are_synced_waits_for_the_disk(
     # The first sidecar (synced 0) is lost in a power cut at no cost; every later one is
     # fsynced before it replaces the last, and its folder after.
     monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 256 * 1024)
+    monkeypatch.setattr(download_module, "SYNC_PERIOD", 0.0)
     events: list[tuple[str, object]] = []
     real_replace, real_fsync = os.replace, os.fsync
 
@@ -1088,6 +1091,7 @@ def test_the_file_is_fsynced_before_completion_and_every_few_mib(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 512 * 1024)
+    monkeypatch.setattr(download_module, "SYNC_PERIOD", 0.0)
     calls: list[tuple[str, int, bool]] = []
     real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
@@ -1113,6 +1117,164 @@ def test_the_file_is_fsynced_before_completion_and_every_few_mib(
     assert ours[-1] == ("fsync", False)
     # Synced in the background: an interval is skipped while the last sync still runs.
     assert 1 <= len([n for n, _ in ours if n == "fdatasync"]) <= blob.size // (512 * 1024)
+
+
+def test_a_download_faster_than_the_sync_period_is_synced_once_at_the_end(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # FSYNC_INTERVAL bytes alone start no fdatasync: SYNC_PERIOD must have passed too, so a
+    # fast link is not slowed by a sync and a sidecar write every few MiB.
+    monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 64 * 1024)
+    monkeypatch.setattr(download_module, "SYNC_PERIOD", 600.0)
+    calls: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def note(name: str, real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            if os.fstat(fd).st_ino == (folder / JOB).stat().st_ino:
+                calls.append(name)
+            real(fd)
+
+        return sync
+
+    monkeypatch.setattr(os, "fsync", note("fsync", real_fsync))
+    monkeypatch.setattr(os, "fdatasync", note("fdatasync", real_fdatasync))
+    start(make(), server.url(), sha256=blob.sha256())
+    recorder.completed()
+
+    assert calls == ["fsync"]
+
+
+class _Writes:
+    """Wraps the partial file's write(2): how many bytes went through O_DIRECT, and an
+    optional refusal of the first direct write (EINVAL, as a file system may answer)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, refuse_direct: bool) -> None:
+        self.direct = 0
+        self.buffered = 0
+        self.refused = 0
+        self._refuse = refuse_direct
+        real = download_module._write_some
+
+        def write_some(fd: int, data: memoryview) -> int:
+            direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+            if direct and self._refuse:
+                self._refuse = False
+                self.refused += 1
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            n = real(fd, data)
+            if direct:
+                self.direct += n
+            else:
+                self.buffered += n
+            return n
+
+        monkeypatch.setattr(download_module, "_write_some", write_some)
+
+
+@pytest.mark.parametrize("chunk", [64 * 1024, 4096 * 3 + 1000])
+@pytest.mark.parametrize("resumed_at", [None, 300_001])
+def test_aligned_blocks_are_written_directly_and_the_file_holds_every_byte(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk: int,
+    resumed_at: int | None,
+) -> None:
+    # A resume at an odd offset, and buffers that are no multiple of a block: heads and
+    # tails go through the page cache, the blocks between them directly, in order.
+    writes = _Writes(monkeypatch, refuse_direct=False)
+    if resumed_at is not None:
+        server.plan(Reply(drop_after=resumed_at))
+    start(make(chunk_size=chunk), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert (folder / JOB).read_bytes() == blob.read()
+    assert writes.direct + writes.buffered == blob.size
+    assert writes.direct >= blob.size // 2
+
+
+def test_a_file_system_that_refuses_direct_writes_gets_them_through_the_page_cache(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writes = _Writes(monkeypatch, refuse_direct=True)
+    with caplog.at_level(logging.INFO, logger="upparat.download"):
+        start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+        assert recorder.completed().sha256 == blob.sha256()
+
+    assert (folder / JOB).read_bytes() == blob.read()
+    assert writes.refused == 1
+    assert (writes.direct, writes.buffered) == (0, blob.size)
+    assert "direct writes refused" in caplog.text
+
+
+def test_without_direct_io_at_all_the_download_is_the_same(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # UBIFS and JFFS2 refuse O_DIRECT at open.
+    real_open = os.open
+
+    def no_direct(path: str | Path, flags: int, *args: int) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    writes = _Writes(monkeypatch, refuse_direct=False)
+    server.plan(Reply(drop_after=100_003))
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    assert recorder.completed().sha256 == blob.sha256()
+    assert (folder / JOB).read_bytes() == blob.read()
+    assert (writes.direct, writes.buffered) == (0, blob.size)
+
+
+def test_a_disk_error_of_the_writer_ends_the_attempt_with_it(
+    make: Make,
+    server: ScriptedServer,
+    blob: Blob,
+    recorder: Recorder,
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The writer is another thread: its error must still end this attempt, as an I/O
+    # error of the disk (not of the network), and the transfer must not wait forever.
+    real = download_module._write_some
+    written = [0]
+
+    def failing(fd: int, data: memoryview) -> int:
+        if written[0] >= 500_000:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        n = real(fd, data)
+        written[0] += n
+        return n
+
+    monkeypatch.setattr(download_module, "_write_some", failing)
+    start(make(), server.url(), sha256=blob.sha256(), size=blob.size)
+
+    failed = recorder.failed()
+    assert failed.failure is DownloadFailure.IO_ERROR
+    assert f"cannot write {folder / JOB}" in failed.message
+    assert recorder.of(DownloadInterrupted) == []
 
 
 def test_an_interrupted_attempt_ends_and_nothing_retries_by_itself(
@@ -1291,15 +1453,16 @@ def test_a_full_disk_during_the_download_removes_the_partial_file(
         location = tmp_path / "tiny" / "downloads"
         if not mounted:  # no CAP_SYS_ADMIN: a write that fails like a full disk does
             written = [0]
-            real_write_all = download_module._write_all
+            real_write_some = download_module._write_some
 
-            def write_all(fd: int, data: memoryview) -> None:
+            def write_some(fd: int, data: memoryview) -> int:
                 if written[0] + len(data) > 1024 * 1024:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                real_write_all(fd, data)
-                written[0] += len(data)
+                n = real_write_some(fd, data)
+                written[0] += n
+                return n
 
-            monkeypatch.setattr(download_module, "_write_all", write_all)
+            monkeypatch.setattr(download_module, "_write_some", write_some)
         # statvfs says there is room, so only the write itself can find the disk full.
         downloader = make(download_location=location, statvfs=_statvfs_with(10 * SIZE))
         start(downloader, server.url(), sha256=blob.sha256(), size=blob.size)

@@ -19,7 +19,9 @@ import hashlib
 import http.client
 import json
 import logging
+import mmap
 import os
+import queue
 import re
 import select
 import socket
@@ -63,7 +65,10 @@ MAX_REDIRECTS = 5
 PROGRESS_INTERVAL = 0.5
 """Seconds between two DownloadProgressed events of one download (plus one at the end)."""
 FSYNC_INTERVAL = 8 * 1024 * 1024
-"""Bytes written between two fdatasync calls: bounds what a power cut can lose, cheaply."""
+SYNC_PERIOD = 1.0
+"""A download fdatasyncs its file when FSYNC_INTERVAL bytes and SYNC_PERIOD seconds have
+passed since the last: a power cut loses at most 8 MiB or a second of download, whichever
+is more, and a fast download is not slowed by a sync (and a sidecar write) every 8 MiB."""
 CANCEL_POLL = 0.2
 """Seconds between two looks at the cancel flag while a connect is pending."""
 
@@ -292,22 +297,83 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
+def _write_some(fd: int, data: memoryview) -> int:
+    """One write(2) of the partial file (a test makes it fail like a full disk)."""
+    return os.write(fd, data)
+
+
 # --- the partial file ---------------------------------------------------------------------
+
+SLOTS = 2
+"""Buffers of `chunk_size` (4 MiB) between the receiving thread and the hashing and writing
+ones: one is received into while the other is hashed and written. More or smaller ones
+cost CPU (a hand-over and a direct write per buffer) and gained no time (bench/RESULTS.md)."""
+DIRECT_ALIGN = 4096
+"""File offsets, lengths and memory addresses of direct (O_DIRECT) writes are multiples of
+this: the largest logical block size of the disks a device has (512 or 4096 bytes)."""
+
+
+class _Lane:
+    """One consumer thread of the partial file's buffers (hashing or writing): takes them in
+    the order they were filled, hands each back when done. After an error it only hands
+    them back, so the transfer thread never waits for a buffer that will not come; the
+    error is raised there (`_PartFile._raise_lane_error`)."""
+
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[memoryview], None],
+        done: Callable[[int], None],
+        views: list[memoryview],
+    ) -> None:
+        self._handle = handle
+        self._done = done
+        self._views = views
+        self._queue: queue.SimpleQueue[tuple[int, int, int] | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def put(self, item: tuple[int, int, int] | None) -> None:
+        """(buffer, start, end) to handle, or None: stop once the earlier ones are done."""
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            slot, start, end = item
+            try:
+                if self.error is None:
+                    self._handle(self._views[slot][start:end])
+            except BaseException as e:  # noqa: BLE001 - raised in the transfer thread instead
+                self.error = e
+            finally:
+                self._done(slot)
 
 
 class _PartFile:
     """The file of one job: appended to, hashed as it grows, fdatasynced every few MiB.
 
-    The thread that receives also hashes (hashlib and os.write release the GIL): handing
-    every chunk to a helper cost a wakeup and a context switch per recv, more CPU than it
-    saved time (bench/RESULTS.md). Only the periodic fdatasync, and the sidecar update that
-    records its offset as durable, run in a helper, once per FSYNC_INTERVAL: the transfer
-    never waits for the disk in between. An offset is reported only after the fdatasync
-    that covers it returned. Every OSError leaves here as `_LocalError`, so a full disk is
-    never mistaken for a network error.
+    Three threads share the work, so that the download takes as long as the slowest of
+    receiving, hashing and writing instead of their sum: the transfer thread receives into
+    one of SLOTS buffers (`space`, `filled`) and hands each full one (`commit`) to a hashing
+    and a writing thread, which take them in order; a buffer is received into again once
+    both are done with it. sha256 takes more time than the network or the disk of most
+    devices, and on the bench's 2 cores this pipeline halved the download (bench/RESULTS.md).
+
+    The writer writes with O_DIRECT where the file system allows it (ext4, XFS, btrfs,
+    f2fs, tmpfs; not UBIFS, where it falls back to the page cache): no copy of every byte
+    into the page cache, so neither that CPU nor the product's cached files evicted by a
+    bundle nobody reads again soon. Only aligned blocks go direct (see DIRECT_ALIGN); a
+    head or tail that is not goes through the page cache, and both are coherent.
+
+    The periodic fdatasync, and the sidecar update that records its offset as durable, run
+    in a helper (see FSYNC_INTERVAL and SYNC_PERIOD), started by the writer after the bytes it covers
+    were written: an offset is reported only after the fdatasync that covers it returned.
+    Every OSError leaves here as `_LocalError`, so a full disk is never mistaken for a
+    network error; an error of the writer reaches the transfer thread at its next call.
     """
 
-    def __init__(self, path: Path, on_durable: Callable[[int], None]) -> None:
+    def __init__(self, path: Path, on_durable: Callable[[int], None], chunk_size: int) -> None:
         self.path = path
         self._on_durable = on_durable
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -316,15 +382,149 @@ class _PartFile:
             self.size = os.fstat(self._fd).st_size
         except OSError as e:
             raise _LocalError(f"cannot open {path}", e) from e
+        self._direct = _open_direct(self._fd)
+        self._written = self.size
+        """Bytes in the file (the writer's view); `size` counts what was received too."""
         self._hasher: hashlib._Hash | None = hashlib.sha256() if self.size == 0 else None
         self._unsynced = 0
+        self._next_sync = time.monotonic() + SYNC_PERIOD
         self._syncing = ThreadPoolExecutor(1, thread_name_prefix="download-fsync")
         self._sync_pending: Future[None] | None = None
+        # Anonymous mappings: page-aligned, as direct writes need, and given back at close.
+        self._memory = [mmap.mmap(-1, chunk_size) for _ in range(SLOTS)]
+        self._views = [memoryview(m) for m in self._memory]
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(SLOTS):
+            self._free.put(slot)
+        self._users = [0] * SLOTS
+        self._users_lock = threading.Lock()
+        self._in_flight = 0
+        self._settled = threading.Condition(self._users_lock)
+        self._slot: int | None = None
+        self._start = 0
+        self._fill = 0
+        self._lanes = (
+            _Lane("download-hash", self._hash, self._done_with, self._views),
+            _Lane("download-write", self._write, self._done_with, self._views),
+        )
 
-    def hasher(self, view: memoryview, cancel: threading.Event) -> hashlib._Hash:
+    # -- the transfer thread --
+
+    def space(self, cancel: threading.Event) -> memoryview:
+        """Where the next bytes received go: the rest of the current buffer, or a free one."""
+        self._raise_lane_error()
+        if self._slot is None:
+            while True:
+                try:
+                    slot = self._free.get(timeout=CANCEL_POLL)
+                    break
+                except queue.Empty:
+                    if cancel.is_set():
+                        raise _Cancelled from None
+                    self._raise_lane_error()
+            # Where the data starts in the buffer has the same alignment as where it goes
+            # in the file, so the writer can write the aligned part of it directly.
+            self._slot = slot
+            self._start = self._fill = self.size % DIRECT_ALIGN
+        return self._views[self._slot][self._fill :]
+
+    def filled(self, n: int) -> None:
+        """`n` bytes were received into what `space` returned."""
+        self._fill += n
+        self.size += n
+        if self._fill == len(self._views[0]):
+            self.commit()
+
+    def commit(self) -> None:
+        """Hand the current buffer, as far as it is filled, to the hashing and writing threads."""
+        slot = self._slot
+        if slot is None:
+            return
+        self._slot = None
+        if self._fill == self._start:
+            self._free.put(slot)
+            return
+        assert self._hasher is not None, "hasher() must be called before appending"
+        item = (slot, self._start, self._fill)
+        with self._users_lock:
+            self._users[slot] = len(self._lanes)
+            self._in_flight += 1
+        for lane in self._lanes:
+            lane.put(item)
+
+    def settle(self) -> None:
+        """Commit, and wait until every byte received is hashed and in the file."""
+        self.commit()
+        with self._settled:
+            while self._in_flight:
+                self._settled.wait()
+        self._raise_lane_error()
+
+    @property
+    def unwritten(self) -> int:
+        """Bytes received that the writer has not written yet (at most SLOTS buffers)."""
+        return self.size - self._written
+
+    def _raise_lane_error(self) -> None:
+        for lane in self._lanes:
+            if lane.error is not None:
+                raise lane.error
+
+    # -- the lanes --
+
+    def _done_with(self, slot: int) -> None:
+        with self._users_lock:
+            self._users[slot] -= 1
+            if self._users[slot] == 0:
+                self._in_flight -= 1
+                self._free.put(slot)
+                if self._in_flight == 0:
+                    self._settled.notify_all()
+
+    def _hash(self, data: memoryview) -> None:
+        hasher = self._hasher
+        assert hasher is not None
+        hasher.update(data)
+
+    def _write(self, data: memoryview) -> None:
+        """In the writer: append `data`, its aligned blocks directly where possible."""
+        while data:
+            misaligned = self._written % DIRECT_ALIGN
+            whole = len(data) - len(data) % DIRECT_ALIGN
+            if self._direct >= 0 and not misaligned and whole:
+                fd, piece = self._direct, data[:whole]
+            else:  # up to the next block boundary, or a tail shorter than a block
+                fd, piece = self._fd, data[: DIRECT_ALIGN - misaligned] if misaligned else data
+            try:
+                n = _write_some(fd, piece)
+            except OSError as e:
+                if fd == self._direct and e.errno == errno.EINVAL:
+                    self._direct_refused(e)
+                    continue  # nothing was written: again, through the page cache
+                raise _LocalError(f"cannot write {self.path}", e) from e
+            data = data[n:]
+            self._written += n
+            self._unsynced += n
+        if self._unsynced >= FSYNC_INTERVAL and time.monotonic() >= self._next_sync:
+            self._start_sync()
+
+    def _direct_refused(self, error: OSError) -> None:
+        log.info(
+            "%s: direct writes refused (%s): writing through the page cache",
+            self.path,
+            error.strerror,
+        )
+        os.close(self._direct)
+        self._direct = -1
+
+    # -- whole-file operations, from the transfer thread --
+
+    def hasher(self, cancel: threading.Event) -> hashlib._Hash:
         """The sha256 of what the file holds, re-reading an earlier prefix once."""
+        self.settle()
         if self._hasher is None:
             hasher = hashlib.sha256()
+            view = self._views[0]
             offset = 0
             try:
                 while offset < self.size:
@@ -340,21 +540,6 @@ class _PartFile:
             self._hasher = hasher
         return self._hasher
 
-    def write(self, data: memoryview) -> None:
-        """Append `data` and hash it; `data` is free again when this returns."""
-        hasher = self._hasher
-        assert hasher is not None, "hasher() must be called before appending"
-        try:
-            _write_all(self._fd, data)
-        except OSError as e:
-            raise _LocalError(f"cannot write {self.path}", e) from e
-        hasher.update(data)
-        n = len(data)
-        self.size += n
-        self._unsynced += n
-        if self._unsynced >= FSYNC_INTERVAL:
-            self._start_sync()
-
     def _start_sync(self) -> None:
         pending = self._sync_pending
         if pending is not None:
@@ -362,7 +547,8 @@ class _PartFile:
                 return  # still flushing the last interval; the next write tries again
             self._wait_sync()  # raises what the last one met
         self._unsynced = 0
-        self._sync_pending = self._syncing.submit(self._sync_to, self.size)
+        self._next_sync = time.monotonic() + SYNC_PERIOD
+        self._sync_pending = self._syncing.submit(self._sync_to, self._written)
 
     def _sync_to(self, offset: int) -> None:
         """In the helper: the first `offset` bytes were written; make them durable, say so."""
@@ -379,12 +565,13 @@ class _PartFile:
 
     def truncate(self, size: int) -> None:
         """Drop what follows `size` (bytes that may not have reached the disk)."""
+        self.settle()
         self._wait_sync()
         try:
             os.ftruncate(self._fd, size)
         except OSError as e:
             raise _LocalError(f"cannot truncate {self.path}", e) from e
-        self.size = size
+        self.size = self._written = size
         self._hasher = hashlib.sha256() if size == 0 else None
 
     def reset(self) -> None:
@@ -392,6 +579,7 @@ class _PartFile:
         self._unsynced = 0
 
     def sync(self) -> None:
+        self.settle()
         self._wait_sync()
         try:
             os.fsync(self._fd)
@@ -401,12 +589,38 @@ class _PartFile:
         self._on_durable(self.size)
 
     def close(self) -> None:
+        """Writes what was received (a later attempt resumes after it), then lets go of
+        the threads, the descriptors and the buffers."""
+        self.commit()
+        for lane in self._lanes:
+            lane.put(None)
+        for lane in self._lanes:
+            lane.thread.join()
         # The helper finishes before the descriptor it uses is closed (and maybe reused).
         self._syncing.shutdown(wait=True)
         self._sync_pending = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in (self._direct, self._fd):
+            if fd >= 0:
+                os.close(fd)
+        self._direct = self._fd = -1
+        for view in self._views:
+            view.release()
+        for memory in self._memory:
+            # A slice may still live in a traceback: then it is unmapped with the last one.
+            with contextlib.suppress(BufferError):
+                memory.close()
+        self._views, self._memory = [], []
+
+
+def _open_direct(fd: int) -> int:
+    """A second descriptor of the file open at `fd`, for direct writes; -1 where the file
+    system has none (UBIFS, JFFS2, FUSE without them...)."""
+    try:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_DIRECT | os.O_CLOEXEC
+        return os.open(f"/proc/self/fd/{fd}", flags)
+    except OSError as e:
+        log.debug("no direct writes: %s", e.strerror)
+        return -1
 
 
 # --- connections --------------------------------------------------------------------------
@@ -483,8 +697,6 @@ class _Transfer:
         self._part: _PartFile | None = None
         self._sidecar: _Sidecar | None = None
         self._total: int | None = command.size
-        # One buffer, reused for every recv (and for re-hashing a prefix).
-        self._buffer = bytearray(options.chunk_size)
         self.thread = threading.Thread(
             target=self._run, name=f"download-{command.download_id}", daemon=True
         )
@@ -633,7 +845,7 @@ class _Transfer:
     def _open_part(self, url: _Url) -> _PartFile:
         with self._lock:
             self._check_cancel()
-            part = _PartFile(self._path, self._durable)
+            part = _PartFile(self._path, self._durable, self._opt.chunk_size)
         self._part = part
         if part.size > 0:
             sidecar = _read_sidecar(self._sidecar_path)
@@ -771,7 +983,9 @@ class _Transfer:
                 message=f"stopped after {done} bytes of a file of unknown size: more than"
                 f" max_download_size ({limit})",
             )
-        free = self._free_space()
+        # Bytes received but not written yet take their room soon.
+        unwritten = self._part.unwritten if self._part is not None else 0
+        free = self._free_space() - unwritten
         reserve = self._opt.min_free_space
         if free >= reserve:
             return free - reserve
@@ -799,6 +1013,9 @@ class _Transfer:
             # A cancel shuts the socket down: that error is the cancel, not the network.
             self._check_cancel()
             outcome = _Retry(reason=_describe(e))
+        # Every byte received is in the file before the attempt's outcome counts: a retry
+        # resumes after them, and a disk error met meanwhile is what the attempt ends in.
+        part.settle()
         match outcome:
             case _Done():
                 return self._finish(part)
@@ -817,7 +1034,7 @@ class _Transfer:
 
     def _finish(self, part: _PartFile) -> _Done | _Failed:
         cmd = self.command
-        actual = part.hasher(memoryview(self._buffer), self._cancel).hexdigest()
+        actual = part.hasher(self._cancel).hexdigest()
         if cmd.size is not None and part.size != cmd.size:
             self._remove_files()
             return _Failed(
@@ -1091,7 +1308,7 @@ class _Transfer:
         if early is not None:
             return early
         # Re-hash the prefix before appending to it.
-        part.hasher(memoryview(self._buffer), self._cancel)
+        part.hasher(self._cancel)
         outcome = self._stream(resp, part)
         if isinstance(outcome, _Done) and total is not None and part.size < total:
             # A server may send less than the open range asked for (RFC 9110 section 14.1.2).
@@ -1119,10 +1336,9 @@ class _Transfer:
         return None
 
     def _stream(self, resp: http.client.HTTPResponse, part: _PartFile) -> _Outcome:
-        """Append the body to the file; constant memory, one buffer reused throughout."""
+        """Append the body to the file; constant memory (the partial file's few buffers)."""
         opt = self._opt
-        buffer = memoryview(self._buffer)
-        chunk = len(buffer)
+        chunk = opt.chunk_size
         if opt.max_speed is not None:
             chunk = min(chunk, max(4096, opt.max_speed // 8))
         read: Callable[[memoryview], int]
@@ -1134,8 +1350,8 @@ class _Transfer:
                 return len(data)
 
         else:
-            # One recv() straight into our buffer (HTTPResponse.readinto would wait for the
-            # buffer to fill, hiding a slow or stalled server).
+            # One recv() straight into the partial file's buffer (HTTPResponse.readinto
+            # would wait for it to fill, hiding a slow or stalled server).
             read = resp.fp.readinto1
         remaining = None if resp.chunked else resp.length
         limit = self.command.size
@@ -1150,12 +1366,13 @@ class _Transfer:
         sample_len = min(1.0, opt.min_speed_time / 2)
         low_since: float | None = None
         while remaining is None or remaining > 0:
-            n = read(buffer[: chunk if remaining is None else min(chunk, remaining)])
+            space = part.space(cancel)
+            n = read(space[: chunk if remaining is None else min(chunk, remaining)])
             if cancel.is_set():
                 raise _Cancelled
             if not n:
                 break
-            part.write(buffer[:n])
+            part.filled(n)
             self._failures = 0  # a successful chunk resets the backoff
             received += n
             sample_bytes += n
@@ -1235,7 +1452,7 @@ class Downloader:
         min_speed: int = 1024,
         min_speed_time: float = 60.0,
         max_speed: int | None = None,
-        chunk_size: int = 1024 * 1024,
+        chunk_size: int = 4 * 1024 * 1024,
         connect_timeout: float = 30.0,
         read_timeout: float = 60.0,
         min_free_space: int = 0,

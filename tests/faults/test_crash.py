@@ -102,6 +102,9 @@ def test_kill_9_in_every_phase_then_restart(
             threshold = size * int(phase.removeprefix("download_")) // 100
             # The file server stands still from the threshold on until the daemon is dead.
             with stalled_at(stack.files, BUNDLE, threshold) as served_at_kill:
+                # What arrived reaches the file within download.HAND_ON_AFTER of the stall.
+                path = download_path(stack, JOB)
+                wait_until(lambda: path.exists() and path.stat().st_size > 0, "bytes on disk")
                 kill_daemon(stack)
             partial = download_path(stack, JOB).stat().st_size
             assert 0 < partial < size

@@ -1248,6 +1248,21 @@ def test_without_direct_io_at_all_the_download_is_the_same(
     assert (writes.direct, writes.buffered) == (0, blob.size)
 
 
+def test_bytes_received_before_a_stall_reach_the_file_while_it_lasts(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder, folder: Path
+) -> None:
+    # They wait in a buffer for more only while more keeps coming (HAND_ON_AFTER): a crash
+    # during a long stall must not lose them.
+    server.plan(Reply(stall_after=300_000))
+    start(make(chunk_size=4 * 1024 * 1024, read_timeout=8.0), server.url(), size=blob.size)
+    path = folder / JOB
+    deadline = time.monotonic() + 4.0
+    while not (path.exists() and path.stat().st_size == 300_000):
+        assert time.monotonic() < deadline, "the bytes before the stall never reached the file"
+        time.sleep(0.02)
+    assert recorder.of(DownloadInterrupted) == []  # still stalled, not timed out
+
+
 def test_a_disk_error_of_the_writer_ends_the_attempt_with_it(
     make: Make,
     server: ScriptedServer,

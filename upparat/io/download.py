@@ -308,6 +308,9 @@ SLOTS = 2
 """Buffers of `chunk_size` (4 MiB) between the receiving thread and the hashing and writing
 ones: one is received into while the other is hashed and written. More or smaller ones
 cost CPU (a hand-over and a direct write per buffer) and gained no time (bench/RESULTS.md)."""
+HAND_ON_AFTER = 0.1
+"""Seconds a buffer is received into before it goes to the hashing and writing threads even
+when not full: on a slow link the file grows (and a crash loses) no later than this."""
 DIRECT_ALIGN = 4096
 """File offsets, lengths and memory addresses of direct (O_DIRECT) writes are multiples of
 this: the largest logical block size of the disks a device has (512 or 4096 bytes)."""
@@ -403,6 +406,7 @@ class _PartFile:
         self._slot: int | None = None
         self._start = 0
         self._fill = 0
+        self._hand_on = 0.0
         self._lanes = (
             _Lane("download-hash", self._hash, self._done_with, self._views),
             _Lane("download-write", self._write, self._done_with, self._views),
@@ -426,13 +430,20 @@ class _PartFile:
             # in the file, so the writer can write the aligned part of it directly.
             self._slot = slot
             self._start = self._fill = self.size % DIRECT_ALIGN
+            self._hand_on = time.monotonic() + HAND_ON_AFTER
         return self._views[self._slot][self._fill :]
 
-    def filled(self, n: int) -> None:
-        """`n` bytes were received into what `space` returned."""
+    def holding(self) -> float | None:
+        """When bytes received and not handed on yet must be handed on (monotonic), or None."""
+        if self._slot is None or self._fill == self._start:
+            return None
+        return self._hand_on
+
+    def filled(self, n: int, now: float) -> None:
+        """`n` bytes were received into what `space` returned, at `now` (monotonic)."""
         self._fill += n
         self.size += n
-        if self._fill == len(self._views[0]):
+        if self._fill == len(self._views[0]) or now >= self._hand_on:
             self.commit()
 
     def commit(self) -> None:
@@ -590,7 +601,9 @@ class _PartFile:
 
     def close(self) -> None:
         """Writes what was received (a later attempt resumes after it), then lets go of
-        the threads, the descriptors and the buffers."""
+        the threads, the descriptors and the buffers. Again: nothing."""
+        if self._fd < 0:
+            return
         self.commit()
         for lane in self._lanes:
             lane.put(None)
@@ -1052,6 +1065,9 @@ class _Transfer:
             self._remove_files()
             return signature
         part.sync()
+        # Closed before anyone hears of it: the hook server takes the file over for the
+        # install only while no descriptor has it open for writing.
+        part.close()
         self._emit(
             DownloadProgressed(download_id=self.download_id, bytes_done=part.size, total=part.size)
         )
@@ -1220,6 +1236,16 @@ class _Transfer:
             return min(self._opt.read_timeout, self._opt.min_speed_time)
         return self._opt.read_timeout
 
+    def _readable(self, timeout: float) -> bool:
+        """Whether the connection has bytes for us within `timeout` seconds. Yes may be
+        wrong (a TLS record not complete yet); no is right unless bytes wait in a buffer
+        above the socket, and then they are read right after anyway."""
+        wake = self._wake
+        if wake is None:
+            return True
+        readable, _, _ = select.select([wake], [], [], max(0.0, timeout))
+        return bool(readable)
+
     def _release_wake(self) -> None:
         with self._lock:
             wake, self._wake = self._wake, None
@@ -1367,12 +1393,18 @@ class _Transfer:
         low_since: float | None = None
         while remaining is None or remaining > 0:
             space = part.space(cancel)
+            hold_until = part.holding()
+            if hold_until is not None and not self._readable(hold_until - monotonic()):
+                # The link is slow or stalls: what came so far goes to the file now.
+                part.commit()
+                space = part.space(cancel)
             n = read(space[: chunk if remaining is None else min(chunk, remaining)])
             if cancel.is_set():
                 raise _Cancelled
             if not n:
                 break
-            part.filled(n)
+            now = monotonic()
+            part.filled(n, now)
             self._failures = 0  # a successful chunk resets the backoff
             received += n
             sample_bytes += n
@@ -1392,7 +1424,6 @@ class _Transfer:
                 # Look again before the reserve could be reached, and at least every MiB
                 # (other writers share the file system).
                 next_space_check = part.size + min(SPACE_CHECK_BYTES, room + 1)
-            now = monotonic()
             if now >= next_progress:
                 next_progress = now + PROGRESS_INTERVAL
                 self._emit(

@@ -426,6 +426,19 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         # closed CHANNEL_LINGER after the last call, the hook server's gRPC DEFAULT_IDLE_RELEASE after.
         say(f"idle after jobs: memory {mode.after_jobs_settle:.0f} s after the last latency job")
         after_jobs = measure.measure_after_jobs(ours, legacy, settle=mode.after_jobs_settle)
+        # A device's jobs come months apart: the next one finds the hook server without
+        # gRPC and the daemon without its hook worker, as they are now.
+        say("cold job: one job of each after that quiet spell")
+        cold, *cold_rest = measure.measure_latency(
+            both,
+            url=small,
+            sha256=sha_small,
+            size=LATENCY_SIZE,
+            count=1,
+            pause=0.0,
+            timeout=mode.timeout,
+            say=say,
+        )
         # Right after the latency jobs, on the same processes, so the per-call breakdown
         # of a job compares numbers taken under the same load.
         say(f"hook overhead: {mode.hook_calls} GetVersion calls and script runs")
@@ -512,6 +525,8 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         legacy_skipped=legacy_skipped,
         idle=idle,
         after_jobs=after_jobs,
+        latency_cold=cold,
+        latency_cold_legacy=cold_rest[0] if cold_rest else None,
         imports=imports,
         imports_from_source=imports_from_source,
         download=download,

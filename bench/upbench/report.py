@@ -107,6 +107,10 @@ class Results:
     profile_skipped: str | None
     after_jobs: AfterJobsMemory | None = None
     """The same processes idle again after the download and latency jobs."""
+    latency_cold: LatencyResult | None = None
+    """One job after that quiet spell (the hook server's gRPC and the daemon's hook
+    worker gone, as before a device's next job)."""
+    latency_cold_legacy: LatencyResult | None = None
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -753,6 +757,20 @@ def _latency_section(r: Results) -> str:
             r.latency_legacy,
             legacy,
             r.legacy_skipped or "hooks: version, download, install, restart",
+        ),
+        _lat_row(
+            "upparat, first job after a quiet spell",
+            r.latency_cold,
+            legacy,
+            "one job after the idle-after-jobs sample (section 3): the hook server starts"
+            " gRPC again, the daemon its hook worker; every job of a device that waits"
+            " months between them is such a job",
+        ),
+        _lat_row(
+            "upparat 1.12, first job after a quiet spell",
+            r.latency_cold_legacy,
+            legacy,
+            r.legacy_skipped or "the same moment, for comparison",
         ),
     ]
     return (

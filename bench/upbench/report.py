@@ -901,8 +901,8 @@ def _dominates(r: Results) -> str:
         out.append(
             f"upparat took {_s(ours)} s where `curl -o /dev/null` took {_s(net)} s, the network"
             f" limit (it neither writes nor hashes). upparat writes the file (O_DIRECT, 4 MiB"
-            f" at a time) and makes it durable (an fdatasync per 8 MiB and second, fsync at the"
-            f" end) before it calls install. Writing the same {d.size / 1e6:.0f} MB straight to this disk"
+            f" at a time), verifies it and calls install; it keeps it durable as it goes (an"
+            f" fdatasync per 8 MiB and second) and fsyncs the whole file while install runs. Writing the same {d.size / 1e6:.0f} MB straight to this disk"
             f" (`dd oflag=direct`, from the page cache, no network) takes {_s(disk)} s: the"
             f" disk limit. {verdict} `curl -o FILE` ({_s(d.curl_file.median)} s) only"
             " fills the page cache and leaves the writing to the kernel after it exits."
@@ -1772,8 +1772,8 @@ def _breakdown(r: Results) -> str:
         " server starting the script, the script, the answer back into the daemon's queue);"
         " a bare gRPC client doing the same GetVersion needs the `GetVersion via the shell"
         " hook server` time of section 6, so the difference is spent in the daemon's hook"
-        " client and runtime. The rest includes the durable download of the 1 MB file"
-        " (fdatasync, fsync of the file and its folder), the hook server's take-over and check"
+        " client and runtime. The rest includes the download of the 1 MB file (received,"
+        " hashed and written; its fsync runs beside the install), the hook server's take-over and check"
         " of it before Install, the journal's fsync before the restart hook, and the removal of"
         " the download before the terminal update: guarantees, kept.\n"
     )

@@ -589,16 +589,6 @@ class _PartFile:
         self.truncate(0)
         self._unsynced = 0
 
-    def sync(self) -> None:
-        self.settle()
-        self._wait_sync()
-        try:
-            os.fsync(self._fd)
-        except OSError as e:
-            raise _LocalError(f"cannot fsync {self.path}", e) from e
-        self._unsynced = 0
-        self._on_durable(self.size)
-
     def close(self) -> None:
         """Writes what was received (a later attempt resumes after it), then lets go of
         the threads, the descriptors and the buffers. Again: nothing."""
@@ -1067,26 +1057,58 @@ class _Transfer:
         if signature is not None:
             self._remove_files()
             return signature
-        part.sync()
-        # Closed before anyone hears of it: the hook server takes the file over for the
-        # install only while no descriptor has it open for writing.
-        part.close()
-        self._emit(
-            DownloadProgressed(download_id=self.download_id, bytes_done=part.size, total=part.size)
-        )
-        log.info(
-            "download %s of job %s: complete, %d bytes, sha256 %s",
-            self.download_id,
-            self.job_id,
-            part.size,
-            actual,
-        )
-        self._emit(
-            DownloadCompleted(
-                download_id=self.download_id, path=str(part.path), size=part.size, sha256=actual
+        try:
+            reader = os.open(part.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise _LocalError(f"cannot open {part.path}", e) from e
+        try:
+            # Closed before anyone hears of it: the hook server takes the file over for the
+            # install only while no descriptor has it open for writing.
+            part.close()
+            self._emit(
+                DownloadProgressed(
+                    download_id=self.download_id, bytes_done=part.size, total=part.size
+                )
             )
-        )
+            log.info(
+                "download %s of job %s: complete, %d bytes, sha256 %s",
+                self.download_id,
+                self.job_id,
+                part.size,
+                actual,
+            )
+            self._emit(
+                DownloadCompleted(
+                    download_id=self.download_id, path=str(part.path), size=part.size, sha256=actual
+                )
+            )
+            self._sync_completed(reader, part.size)
+        finally:
+            os.close(reader)
         return _Done()
+
+    def _sync_completed(self, reader: int, size: int) -> None:
+        """The reported file to the disk, and then the sidecar says so, while the job goes
+        on: Install does not need the bytes on the disk (the installer reads them from the
+        page cache or was given them directly), and a power cut before this is the one any
+        download may meet: the sidecar still holds the last durable offset, so the restart
+        re-fetches what follows it and checks the whole file again. `reader` is read-only,
+        opened while the name was ours: the hook server may have taken the file meanwhile."""
+        try:
+            os.fsync(reader)
+            self._durable(size)
+        except OSError as e:
+            log.warning(
+                "download %s of job %s: cannot fsync the finished file (%s); after a power cut"
+                " it is fetched again",
+                self.download_id,
+                self.job_id,
+                e.strerror,
+            )
+        except _LocalError as e:
+            log.warning("download %s of job %s: %s", self.download_id, self.job_id, e)
+        except _Cancelled:
+            pass  # the job moved on (cancelled, discarded): its sidecar is not ours to write
 
     def _check_signature(self, digest: bytes) -> _Failed | None:
         keys, signature = self._opt.trusted_keys, self.command.signature

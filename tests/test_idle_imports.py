@@ -69,8 +69,10 @@ GRPC_AND_PROTOBUF = (
 )
 
 
-def test_the_daemon_loads_grpc_and_protobuf_only_for_a_hook_call() -> None:
-    assert loaded_after("import upparat.cli, upparat.daemon", *GRPC_AND_PROTOBUF) == []
+def test_the_daemon_never_loads_grpc_and_protobuf() -> None:
+    # The hook client runs in the hook worker, a child process (upparat.hooks.worker).
+    code = "import upparat.cli, upparat.daemon, upparat.hooks.worker"
+    assert loaded_after(code, *GRPC_AND_PROTOBUF) == []
 
 
 def test_the_hook_server_loads_its_stubs_and_health_only_for_a_connection() -> None:
@@ -111,7 +113,7 @@ def test_an_idle_daemon_after_its_start_up_get_info_has_no_grpc_and_no_child(
         while "hook server upparat-hookserver" not in stack.daemon_log():
             assert time.monotonic() < deadline, stack.daemon_log()
             time.sleep(0.1)
-        while children(daemon):  # the GetInfo child prints its answer, then ends
+        while children(daemon):  # the hook worker answers GetInfo, then stops (linger)
             assert time.monotonic() < deadline, children(daemon)
             time.sleep(0.05)
         daemon_files = mapped_files(daemon)

@@ -18,8 +18,7 @@ from upparat.config import Config, ConfigError
 from upparat.core import commands as c
 from upparat.core.events import Event
 from upparat.core.model import JobId
-from upparat.hooks.ondemand import HookClientOnDemand, HookDriver
-from upparat.hooks.values import INFO_TIMEOUT, channel_target
+from upparat.hooks.worker import hook_worker
 from upparat.io import sdnotify, sentry
 from upparat.io.folder import (
     FolderRefused,
@@ -139,17 +138,9 @@ def run_daemon(config: Config) -> int:
 
     downloader = DownloaderOnDemand(make_downloader)
 
-    def make_hook_client() -> HookDriver:
-        from upparat.hooks.client import HookClient
-
-        return HookClient(config.hooks.endpoint, inbox.post)
-
-    hooks = HookClientOnDemand(
-        make_hook_client,
-        inbox.post,
-        target=channel_target(config.hooks.endpoint),
-        info_timeout=INFO_TIMEOUT,
-    )
+    # The hook client runs in a child process that exists only while hook calls do:
+    # Python never gives back what gRPC takes, and a device waits months (issue 16).
+    hooks = hook_worker(config.hooks.endpoint, inbox.post)
     runtime = Runtime(
         # 64 random bits: client tokens nobody else on the broker can predict; and a
         # seed of its own per process, so a fleet's retries are not in lockstep.

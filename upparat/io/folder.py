@@ -9,16 +9,21 @@ refused at start, with the fix, here and nowhere else.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+
+from upparat.aws.topics import JOB_ID_RE
+from upparat.core.model import JobId
 
 SIDECAR_SUFFIX = ".meta.json"
 """`<job id>` + this, beside the job's file in the folder: the download's resume record
 (upparat.io.download), there for as long as the daemon keeps the download. The hook server
 gives a file it took over back only while it is there (hookservers/shell/verify.py)."""
 MOUNTINFO = Path("/proc/self/mountinfo")
+log = logging.getLogger("upparat.download")
 SHARED_TEMP_DIRS = (Path("/tmp"), Path("/var/tmp"))
 _FIX = (
     "set [service] download_location = /var/cache/upparat (the unit's CacheDirectory),"
@@ -28,6 +33,30 @@ _FIX = (
 
 class FolderRefused(Exception):
     """The download folder is unsafe or unusable; the message names it and the fix."""
+
+
+def job_files(directory: Path, job_id: JobId) -> tuple[Path, ...]:
+    """A job's files in the download folder: the download, its sidecar, the sidecar's temp."""
+    return tuple(
+        directory / name
+        for name in (job_id, job_id + SIDECAR_SUFFIX, job_id + SIDECAR_SUFFIX + ".tmp")
+    )
+
+
+def remove_job_files(directory: Path, job_id: JobId) -> None:
+    """`DiscardDownload` where no download runs: the daemon removes a job's files itself
+    (upparat.io.download_worker), with the download driver's log lines, without its imports."""
+    if not JOB_ID_RE.fullmatch(job_id):
+        log.warning("download: not removing files of job id %r: not a valid job id", job_id)
+        return
+    for path in job_files(directory, job_id):
+        try:
+            path.unlink()
+            log.info("download: removed %s", path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("download: cannot remove %s: %s", path, e.strerror)
 
 
 def prepare_download_folder(directory: Path, *, uid: int | None = None) -> None:

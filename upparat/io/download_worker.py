@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -30,7 +31,9 @@ from upparat.core.events import (
 from upparat.core.model import JobId
 from upparat.io.child import LINGER, ChildDriver, Driver, Garbage, Unexpected, serve
 from upparat.io.folder import remove_job_files
-from upparat.signing import TrustedKeys
+
+if TYPE_CHECKING:  # the daemon has it loaded only when [service] trusted_keys is set
+    from upparat.signing import TrustedKeys
 
 log = logging.getLogger("upparat.download")
 

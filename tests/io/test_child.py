@@ -357,6 +357,19 @@ def test_a_child_whose_stdin_ends_without_stop_exits(tmp_path: Path) -> None:
     wait_until(lambda: not pid_alive(pid), "the orphaned hook worker to exit")
 
 
+def test_a_call_after_close_ends_at_once_and_nothing_of_before_comes(driven: Driven) -> None:
+    hanging = call_hook(HookKind.INSTALL, "hang")
+    driven.driver.execute(hanging)
+    driven.driver.close()
+    late = call_hook(HookKind.VERSION, "answer")
+    driven.driver.execute(late)
+    assert driven.events.finished(late.call_id).result == HookUnavailable(
+        detail="hook worker is closed"
+    )
+    assert driven.events.of_call(hanging.call_id) == []
+    assert driven.pid() is None
+
+
 # --- the codec -------------------------------------------------------------------------------
 
 

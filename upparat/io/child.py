@@ -310,6 +310,7 @@ class ChildDriver(Generic[Cmd]):
         """Stops the child (its driver closes; no events come any more) and reaps it."""
         with self._lock:
             self._closed = True
+            self._ledger.lost(f"{self.name} is closed")  # nobody waits for these any more
             children = [c for c in (self._child, self._stopping) if c is not None]
             for child in children:
                 self._stop(child)

@@ -4,7 +4,8 @@ Root installs what lands in `<download_location>/upparat`. Whoever else can writ
 folder, or point it elsewhere with a symlink, chooses what root installs; and a folder
 under a private `/tmp` (the shipped unit's `PrivateTmp=yes`) is one the hook server
 cannot see, so every install would look in the host's shared `/tmp` instead. Both are
-refused at start, with the fix, here and nowhere else.
+refused at start, with the fix, here and nowhere else. Also names a job's files in the
+folder, and removes them where no download runs (the daemon's `DiscardDownload`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from pathlib import Path
 from upparat.aws.topics import JOB_ID_RE
 from upparat.core.model import JobId
 
+log = logging.getLogger("upparat.download")
+
 SIDECAR_SUFFIX = ".meta.json"
 """`<job id>` + this, beside the job's file in the folder: the download's resume record
 (upparat.io.download), there for as long as the daemon keeps the download. The hook server
 gives a file it took over back only while it is there (hookservers/shell/verify.py)."""
 MOUNTINFO = Path("/proc/self/mountinfo")
-log = logging.getLogger("upparat.download")
 SHARED_TEMP_DIRS = (Path("/tmp"), Path("/var/tmp"))
 _FIX = (
     "set [service] download_location = /var/cache/upparat (the unit's CacheDirectory),"

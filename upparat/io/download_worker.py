@@ -1,6 +1,6 @@
 """The daemon's download driver: upparat.io.download's `Downloader` (used as it is) in a
 child process that runs only while a download does (upparat.io.child), so the daemon never
-loads the HTTP, TLS, proxy and file pipeline modules, before or after jobs.
+holds the driver, its TLS context (the CA store), threads and buffers, before or after jobs.
 
 Owns the parent's ledger of downloads: a download running when the child ends is owed
 `DownloadInterrupted` (a transient failure: the core's backoff starts it again and the

@@ -9,11 +9,7 @@ import time
 from pathlib import Path
 
 from tests.e2e.device import Device
-from upparat.core.commands import DiscardDownload
-from upparat.core.model import JobId
-from upparat.daemon import DownloaderOnDemand
 from upparat.devstack.stack import Stack
-from upparat.runtime import DownloadDriver
 
 
 def loaded_after(code: str, *modules: str) -> list[str]:
@@ -25,40 +21,10 @@ def loaded_after(code: str, *modules: str) -> list[str]:
     return loaded
 
 
-def test_the_daemon_loads_the_download_stack_only_for_a_download() -> None:
-    assert loaded_after("import upparat.cli, upparat.daemon", "upparat.io.download") == []
-
-
-def test_the_download_driver_is_built_at_its_first_command_and_closed_only_if_built() -> None:
-    built: list[Recording] = []
-
-    class Recording:
-        def __init__(self) -> None:
-            self.seen: list[object] = []
-            self.closed = False
-
-        def execute(self, command: object) -> None:
-            self.seen.append(command)
-
-        def close(self) -> None:
-            self.closed = True
-
-    def make() -> DownloadDriver:
-        built.append(Recording())
-        return built[-1]
-
-    unused = DownloaderOnDemand(make)
-    unused.close()
-    assert built == []
-
-    driver = DownloaderOnDemand(make)
-    first, second = DiscardDownload(job_id=JobId("a")), DiscardDownload(job_id=JobId("b"))
-    driver.execute(first)
-    driver.execute(second)
-    driver.close()
-    assert len(built) == 1
-    assert built[0].seen == [first, second]
-    assert built[0].closed
+def test_the_daemon_never_loads_the_download_driver() -> None:
+    # Its download worker's module is the parent's side only: the driver runs in the child.
+    code = "import upparat.cli, upparat.daemon, upparat.io.download_worker"
+    assert loaded_after(code, "upparat.io.download", "concurrent.futures") == []
 
 
 GRPC_AND_PROTOBUF = (
@@ -69,8 +35,10 @@ GRPC_AND_PROTOBUF = (
 )
 
 
-def test_the_daemon_loads_grpc_and_protobuf_only_for_a_hook_call() -> None:
-    assert loaded_after("import upparat.cli, upparat.daemon", *GRPC_AND_PROTOBUF) == []
+def test_the_daemon_never_loads_grpc_and_protobuf() -> None:
+    # The hook client runs in the hook worker, a child process (upparat.hooks.worker).
+    code = "import upparat.cli, upparat.daemon, upparat.hooks.worker"
+    assert loaded_after(code, *GRPC_AND_PROTOBUF) == []
 
 
 def test_the_hook_server_loads_its_stubs_and_health_only_for_a_connection() -> None:
@@ -111,7 +79,7 @@ def test_an_idle_daemon_after_its_start_up_get_info_has_no_grpc_and_no_child(
         while "hook server upparat-hookserver" not in stack.daemon_log():
             assert time.monotonic() < deadline, stack.daemon_log()
             time.sleep(0.1)
-        while children(daemon):  # the GetInfo child prints its answer, then ends
+        while children(daemon):  # the hook worker answers GetInfo, then stops (linger)
             assert time.monotonic() < deadline, children(daemon)
             time.sleep(0.05)
         daemon_files = mapped_files(daemon)

@@ -4,6 +4,7 @@ and everything else is refused with the file named."""
 from __future__ import annotations
 
 import hashlib
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -56,6 +57,20 @@ def test_the_fingerprint_is_the_sha256_of_the_der_public_key(key: SigningKey) ->
     (loaded,) = signing.load_trusted_keys(key.public).keys
 
     assert loaded.fingerprint == hashlib.sha256(der).hexdigest()
+
+
+def test_trusted_keys_cross_to_the_download_worker_as_they_were_loaded(
+    key: SigningKey, firmware: Path
+) -> None:
+    # The download worker (upparat.io.download_worker) gets the daemon's keys through a
+    # pipe, pickled; cryptography's key objects do not pickle themselves.
+    keys = signing.load_trusted_keys(key.certificate())
+    crossed = pickle.loads(pickle.dumps(keys))
+    assert crossed == keys
+    assert crossed.keys[0].fingerprint == keys.keys[0].fingerprint
+    result = crossed.verify(digest(firmware), key.sign(firmware))
+    assert isinstance(result, signing.Verified)
+    assert result.key.source == str(key.certificate())
 
 
 def test_a_signature_made_here_verifies_with_openssl(

@@ -15,12 +15,11 @@ import attrs
 
 import upparat
 from upparat.config import Config, ConfigError
-from upparat.core import commands as c
 from upparat.core.events import Event
 from upparat.core.model import JobId
-from upparat.hooks.ondemand import HookClientOnDemand, HookDriver
-from upparat.hooks.values import INFO_TIMEOUT, channel_target
+from upparat.hooks.worker import hook_worker
 from upparat.io import sdnotify, sentry
+from upparat.io.download_worker import download_worker
 from upparat.io.folder import (
     FolderRefused,
     prepare_download_folder,
@@ -31,7 +30,7 @@ from upparat.io.journal import Journal
 from upparat.io.mqtt import MqttDriver
 from upparat.io.status import StatusFile, StatusTracker
 from upparat.io.status import default_path as status_path
-from upparat.runtime import DownloadDriver, EventQueue, Runtime
+from upparat.runtime import EventQueue, Runtime
 
 log = logging.getLogger("upparat")
 
@@ -51,24 +50,6 @@ class ProcessServices:
     def job_failed(self, job_id: str, state: str, message: str) -> None:
         if self._sentry:
             sentry.report_job_failure(JobId(job_id), state, message)
-
-
-class DownloaderOnDemand:
-    """The download driver, imported and built at the first download command: an idle
-    daemon never loads the HTTP, TLS and proxy modules (~3 MB of RSS, bench/RESULTS.md)."""
-
-    def __init__(self, make: Callable[[], DownloadDriver]) -> None:
-        self._make = make
-        self._driver: DownloadDriver | None = None
-
-    def execute(self, command: c.StartDownload | c.CancelDownload | c.DiscardDownload) -> None:
-        if self._driver is None:
-            self._driver = self._make()
-        self._driver.execute(command)
-
-    def close(self) -> None:
-        if self._driver is not None:
-            self._driver.close()
 
 
 def _check_download_folder(config: Config) -> None:
@@ -119,37 +100,10 @@ def run_daemon(config: Config) -> int:
     _check_download_folder(config)
     inbox = EventQueue()
     mqtt = mqtt_driver(config, inbox.post)
-    download = config.download
-
-    def make_downloader() -> DownloadDriver:
-        from upparat.io.download import Downloader
-
-        return Downloader(
-            download.directory,
-            inbox.post,
-            allow_http=download.allow_http,
-            proxy=download.proxy,
-            min_speed=download.min_speed,
-            min_speed_time=download.min_speed_time,
-            max_speed=download.max_speed,
-            min_free_space=download.min_free_space,
-            max_download_size=download.max_download_size,
-            trusted_keys=config.signing.trusted_keys,
-        )
-
-    downloader = DownloaderOnDemand(make_downloader)
-
-    def make_hook_client() -> HookDriver:
-        from upparat.hooks.client import HookClient
-
-        return HookClient(config.hooks.endpoint, inbox.post)
-
-    hooks = HookClientOnDemand(
-        make_hook_client,
-        inbox.post,
-        target=channel_target(config.hooks.endpoint),
-        info_timeout=INFO_TIMEOUT,
-    )
+    # gRPC and the download stack run in child processes that exist only while they have
+    # work: Python never gives back what they take, and a device waits months (issue 16).
+    downloader = download_worker(config.download, config.signing.trusted_keys, inbox.post)
+    hooks = hook_worker(config.hooks.endpoint, inbox.post)
     runtime = Runtime(
         # 64 random bits: client tokens nobody else on the broker can predict; and a
         # seed of its own per process, so a fleet's retries are not in lockstep.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,16 @@ class TrustedKey:
 
     def __str__(self) -> str:
         return f"{self.source} (sha256:{self.fingerprint[:16]})"
+
+    def __reduce__(self) -> tuple[Callable[[str, bytes], TrustedKey], tuple[str, bytes]]:
+        # cryptography's key objects do not pickle: the download child (upparat.io.child)
+        # gets the daemon's keys as PEM and loads them with the same checks.
+        from cryptography.hazmat.primitives import serialization
+
+        pem = self.key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return _unpickle_key, (self.source, pem)
 
 
 @attrs.frozen(kw_only=True)
@@ -197,6 +208,10 @@ def _key_of(source: str, label: bytes, pem: bytes) -> TrustedKey:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return TrustedKey(source=source, fingerprint=hashlib.sha256(der).hexdigest(), key=public)
+
+
+def _unpickle_key(source: str, pem: bytes) -> TrustedKey:
+    return _key_of(source, b"PUBLIC KEY", pem)
 
 
 def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:

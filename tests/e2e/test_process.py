@@ -24,7 +24,7 @@ from tests.e2e.device import (
     wait_until,
 )
 from upparat.core.model import JobId, JournalRecord, Phase
-from upparat.devstack.procs import free_port
+from upparat.devstack.procs import child_pids, free_port
 from upparat.devstack.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -118,23 +118,61 @@ def thread_names(pid: int) -> list[str]:
     return sorted(names)
 
 
-def test_an_idle_daemon_holds_no_grpc_channel_and_still_runs_the_next_job(stack: Stack) -> None:
-    # gRPC core keeps threads that wake several times a second while any channel exists
-    # (bench/RESULTS.md): between jobs the daemon has none, so none of those threads.
+GRPC_LIBRARIES = ("cygrpc", "_message")
+"""gRPC core and protobuf's upb, as their shared objects appear in /proc/<pid>/maps."""
+
+
+def grpc_mapped(pid: int) -> list[str]:
+    """The gRPC and protobuf libraries mapped into `pid`: what Python never gives back."""
+    with open(f"/proc/{pid}/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "/" in line}
+    return sorted(p for p in paths if p.rsplit("/", 1)[-1].startswith(GRPC_LIBRARIES))
+
+
+def wait_workers_gone(stack: Stack) -> int:
+    """Wait until the daemon's hook and download workers have stopped (after their linger,
+    with nothing in flight); returns the daemon's PID."""
     assert stack.daemon is not None
     pid = stack.daemon.pid
+    wait_until(lambda: not child_pids(pid), "the daemon's workers to stop", timeout=30)
+    return pid
+
+
+def test_an_idle_daemon_holds_no_grpc_before_or_after_a_job_and_still_runs_the_next(
+    stack: Stack,
+) -> None:
+    # GetInfo at start, the job's hook calls and its download ran in the daemon's worker
+    # processes, which end once idle: the daemon itself never maps gRPC or protobuf, so
+    # neither their threads (several wakeups a second while a channel exists) nor their
+    # memory (Python never gives it back) stay for the months it waits (issue 16).
     wait_idle(stack)
-    grpc_threads = ("event_engine", "grpc_global_tim", "lifeguard")
-    wait_until(
-        lambda: not any(n in grpc_threads for n in thread_names(pid)),
-        "the daemon's gRPC threads to end after GetInfo",
-    )
+    wait_until(lambda: "hook server upparat-hookserver" in stack.daemon_log(), "GetInfo")
+    pid = wait_workers_gone(stack)
+    assert grpc_mapped(pid) == []
     create_update(stack, JOB)
     assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
-    wait_until(
-        lambda: not any(n in grpc_threads for n in thread_names(pid)),
-        "the daemon's gRPC threads to end after the job",
-    )
+    assert wait_workers_gone(stack) == pid
+    assert grpc_mapped(pid) == []
+    assert not any(n in ("event_engine", "grpc_global_tim") for n in thread_names(pid))
+    create_update(stack, "upparat_fw_3_0_0", version="3.0.0")
+    assert outcome(finished(stack, "upparat_fw_3_0_0")) == ("SUCCEEDED", "complete_ready")
+    assert wait_workers_gone(stack) == pid
+    assert grpc_mapped(pid) == []
+
+
+def test_the_package_report_at_start_leaves_no_grpc_in_the_daemon(
+    device: Device, make_stack: StackFactory
+) -> None:
+    # [service] package_name: the daemon asks the version hook at start, for the $package
+    # shadow, before any job; and again when a job ends.
+    stack = make_stack(device, config={"service": {"package_name": "firmware"}})
+    wait_until(lambda: "runs (the version hook)" in stack.daemon_log(), "the start-up report")
+    pid = wait_workers_gone(stack)
+    assert grpc_mapped(pid) == []
+    create_update(stack, JOB)
+    assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
+    assert wait_workers_gone(stack) == pid
+    assert grpc_mapped(pid) == []
 
 
 # --- an upparat 1.12 config file ----------------------------------------------------------

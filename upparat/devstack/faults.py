@@ -25,6 +25,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from upparat.devstack.fileserver import FileServer
+from upparat.devstack.procs import pid_alive as pid_alive  # re-exported: the tests' helper
 from upparat.devstack.stack import Stack
 
 T = TypeVar("T")
@@ -155,18 +156,6 @@ def proc_status(pid: int) -> dict[str, str]:
 def vm_rss_kib(pid: int) -> int:
     """The resident set size of a running process, in KiB."""
     return int(proc_status(pid)["VmRSS"].split()[0])
-
-
-def pid_alive(pid: int) -> bool:
-    """False once the process is gone or a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return False
 
 
 def kill_group(pgid: int) -> None:

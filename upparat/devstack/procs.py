@@ -51,6 +51,37 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         proc.wait(timeout=timeout)
 
 
+def pid_alive(pid: int) -> bool:
+    """False once the process is gone or a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started that still run (the daemon's hook and download workers)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):  # gone meanwhile
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait until none of `pids` runs (a zombie counts as gone: nobody may reap it)."""
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes {pids} still run after {timeout} s")
+        time.sleep(0.02)
+
+
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None

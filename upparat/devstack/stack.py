@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from upparat.devstack.fileserver import FileServer, make_bundle
-from upparat.devstack.procs import Mosquitto, stop_process
+from upparat.devstack.procs import Mosquitto, child_pids, stop_process, wait_gone
 from upparat.emulator import EmulatorControl
 from upparat.emulator.wire import JsonValue
 
@@ -194,10 +194,15 @@ class Stack:
         )
 
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        """Send `sig` to the daemon and wait for it to end; returns its exit status."""
+        """Send `sig` to the daemon and wait for it and its worker processes to end, as
+        systemd waits for the unit's whole cgroup; returns the daemon's exit status.
+
+        A worker outlives a SIGKILLed daemon until it reads the end of its stdin, which
+        is at once; a test that looks at the files next must not meet it still writing."""
         proc, self.daemon = self.daemon, None
         if proc is None:
             return None
+        workers = child_pids(proc.pid)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
@@ -206,6 +211,7 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        wait_gone(workers, timeout)
         return proc.returncode
 
     def close(self) -> None:

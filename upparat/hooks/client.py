@@ -622,7 +622,7 @@ class HookClient:
 
 
 def get_info(stub: hooks_pb2_grpc.IdentityServiceStub, timeout: float) -> InfoReply | InfoError:
-    """One GetInfo, the daemon's way (in its process or in the start-up child, info.py)."""
+    """One GetInfo, the daemon's way (the client runs in the hook worker, upparat.hooks.worker)."""
     try:
         # wait_for_ready, bounded by the timeout: a server that just came back is
         # found although the channel is still in its reconnect backoff.

@@ -1,14 +1,13 @@
 """The daemon's side of the hook contract without gRPC or protobuf: the endpoint's gRPC
 target, hooks.proto's text limits, and a GetInfo answer turned into `HookServerInfo` /
-`HookInfoFailed` (with its log lines), the same whether the daemon asked in its own
-process or in the start-up child.
+`HookInfoFailed` (with its log lines).
 
-Imports neither grpc nor protobuf: an idle daemon loads this module and not those (issue 16).
+Imports neither grpc nor protobuf: the daemon loads this module (the hook worker's ledger
+cleans the text of what it answers for a lost call) and never those (issue 16).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import unicodedata
@@ -131,55 +130,3 @@ def info_event(answer: InfoReply | InfoError, target: str) -> HookServerInfo | H
                     ", ".join(answer.api_versions) or "none",
                 )
             return info
-
-
-def answer_json(answer: InfoReply | InfoError) -> str:
-    """One line of JSON: what the start-up GetInfo child prints for the daemon."""
-    match answer:
-        case InfoReply():
-            return json.dumps(
-                {
-                    "reply": {
-                        "server_name": answer.server_name,
-                        "server_version": answer.server_version,
-                        "api_versions": list(answer.api_versions),
-                        "hooks": sorted(h.value for h in answer.hooks),
-                    }
-                }
-            )
-        case InfoError(code=code, details=details):
-            return json.dumps({"error": {"code": code, "details": details}})
-
-
-def parse_answer(text: str) -> InfoReply | InfoError | None:
-    """The answer `answer_json` wrote, or None for anything else (the caller says what)."""
-    try:
-        raw: object = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(raw, dict):
-        return None
-    match raw:
-        case {"error": {"code": str(code), "details": str(details)}}:
-            return InfoError(code=code, details=details)
-        case {
-            "reply": {
-                "server_name": str(name),
-                "server_version": str(version),
-                "api_versions": list(apis),
-                "hooks": list(hooks),
-            }
-        }:
-            if not all(isinstance(a, str) for a in apis):
-                return None
-            known = {kind.value: kind for kind in HookKind}
-            if not all(isinstance(h, str) and h in known for h in hooks):
-                return None
-            return InfoReply(
-                server_name=name,
-                server_version=version,
-                api_versions=tuple(str(a) for a in apis),
-                hooks=frozenset(known[str(h)] for h in hooks),
-            )
-        case _:
-            return None

@@ -4,15 +4,22 @@ Root installs what lands in `<download_location>/upparat`. Whoever else can writ
 folder, or point it elsewhere with a symlink, chooses what root installs; and a folder
 under a private `/tmp` (the shipped unit's `PrivateTmp=yes`) is one the hook server
 cannot see, so every install would look in the host's shared `/tmp` instead. Both are
-refused at start, with the fix, here and nowhere else.
+refused at start, with the fix, here and nowhere else. Also names a job's files in the
+folder, and removes them where no download runs (the daemon's `DiscardDownload`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+
+from upparat.aws.topics import JOB_ID_RE
+from upparat.core.model import JobId
+
+log = logging.getLogger("upparat.download")
 
 SIDECAR_SUFFIX = ".meta.json"
 """`<job id>` + this, beside the job's file in the folder: the download's resume record
@@ -28,6 +35,30 @@ _FIX = (
 
 class FolderRefused(Exception):
     """The download folder is unsafe or unusable; the message names it and the fix."""
+
+
+def job_files(directory: Path, job_id: JobId) -> tuple[Path, ...]:
+    """A job's files in the download folder: the download, its sidecar, the sidecar's temp."""
+    return tuple(
+        directory / name
+        for name in (job_id, job_id + SIDECAR_SUFFIX, job_id + SIDECAR_SUFFIX + ".tmp")
+    )
+
+
+def remove_job_files(directory: Path, job_id: JobId) -> None:
+    """`DiscardDownload` where no download runs: the daemon removes a job's files itself
+    (upparat.io.download_worker), with the download driver's log lines, without its imports."""
+    if not JOB_ID_RE.fullmatch(job_id):
+        log.warning("download: not removing files of job id %r: not a valid job id", job_id)
+        return
+    for path in job_files(directory, job_id):
+        try:
+            path.unlink()
+            log.info("download: removed %s", path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("download: cannot remove %s: %s", path, e.strerror)
 
 
 def prepare_download_folder(directory: Path, *, uid: int | None = None) -> None:

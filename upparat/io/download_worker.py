@@ -1,0 +1,182 @@
+"""The daemon's download driver: upparat.io.download's `Downloader` (used as it is) in a
+child process that runs only while a download does (upparat.io.child), so the daemon never
+holds the driver, its TLS context (the CA store), threads and buffers, before or after jobs.
+
+Owns the parent's ledger of downloads: a download running when the child ends is owed
+`DownloadInterrupted` (a transient failure: the core's backoff starts it again and the
+partial file is resumed), and a cancel or discard keeps its meaning across the pipe. A
+`DiscardDownload` with no child running removes the job's files here (upparat.io.folder);
+one sent to a child that then dies is done here once it has exited.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from upparat.config import DownloadConfig
+from upparat.core.commands import CancelDownload, DiscardDownload, StartDownload
+from upparat.core.events import (
+    DownloadCompleted,
+    DownloadFailed,
+    DownloadInterrupted,
+    DownloadProgressed,
+    Event,
+)
+from upparat.core.model import JobId
+from upparat.io.child import LINGER, ChildDriver, Driver, Garbage, Unexpected, serve
+from upparat.io.folder import remove_job_files
+
+if TYPE_CHECKING:  # the daemon has it loaded only when [service] trusted_keys is set
+    from upparat.signing import TrustedKeys
+
+log = logging.getLogger("upparat.download")
+
+DownloadCommand = StartDownload | CancelDownload | DiscardDownload
+
+
+@attrs.frozen(kw_only=True)
+class DownloadSetup:
+    """What the child's `Downloader` is built from: the daemon's config, not the file."""
+
+    download: DownloadConfig
+    trusted_keys: TrustedKeys | None
+
+
+@attrs.define
+class DownloadLedger:
+    """The download the child runs, and the discards it may not have done yet."""
+
+    folder: Path
+    running: StartDownload | None = None
+    discarded: set[JobId] = attrs.field(factory=set)
+    """Jobs whose files the child was told to remove: removed here too once it has exited
+    (nothing writes them then), unless a download of the job was started after."""
+
+    def sent(self, command: DownloadCommand, now: float, *, running: bool) -> bool:
+        match command:
+            case StartDownload(job_id=job_id):
+                # One download at a time: the child's driver stops the one before, silently.
+                self.running = command
+                self.discarded.discard(job_id)
+            case CancelDownload(download_id=download_id, discard=discard):
+                current = self.running
+                if current is None or current.download_id != download_id:
+                    log.debug("download %s: cancel of a download that is not running", download_id)
+                    return False
+                self.running = None
+                if discard:
+                    self.discarded.add(current.job_id)
+            case DiscardDownload(job_id=job_id):
+                if self.running is not None and self.running.job_id == job_id:
+                    self.running = None
+                if not running:
+                    remove_job_files(self.folder, job_id)
+                    return False
+                # The child may be writing the files: it stops that first, then removes them.
+                self.discarded.add(job_id)
+        return True
+
+    def received(self, message: object) -> Event | Unexpected | None:
+        match message:
+            case DownloadProgressed(download_id=download_id):
+                return message if self._is_running(download_id) else None
+            case (
+                DownloadCompleted(download_id=download_id)
+                | DownloadFailed(download_id=download_id)
+                | DownloadInterrupted(download_id=download_id)
+            ):
+                if not self._is_running(download_id):
+                    return None
+                self.running = None
+                return message
+            case _:
+                return Unexpected(f"a {type(message).__name__} from the download driver")
+
+    def _is_running(self, download_id: object) -> bool:
+        return self.running is not None and self.running.download_id == download_id
+
+    def busy(self) -> bool:
+        return self.running is not None
+
+    def deadline(self) -> float | None:
+        return None  # a download takes as long as it takes; min_speed ends a stalled one
+
+    def lost(self, why: str) -> list[Event]:
+        running, self.running = self.running, None
+        if running is None:
+            return []
+        try:
+            done = (self.folder / running.job_id).stat().st_size
+        except OSError:
+            done = 0
+        return [DownloadInterrupted(download_id=running.download_id, bytes_done=done, reason=why)]
+
+    def ended(self) -> None:
+        for job_id in sorted(self.discarded):
+            remove_job_files(self.folder, job_id)
+        self.discarded.clear()
+
+
+def download_worker(
+    download: DownloadConfig,
+    trusted_keys: TrustedKeys | None,
+    on_event: Callable[[Event], None],
+    *,
+    linger: float = LINGER,
+    python: str = sys.executable,
+) -> ChildDriver[DownloadCommand]:
+    """The runtime's download driver for the `[service]` download settings."""
+    return ChildDriver(
+        name="download worker",
+        module=__name__,
+        setup=DownloadSetup(download=download, trusted_keys=trusted_keys),
+        ledger=DownloadLedger(folder=download.directory),
+        on_event=on_event,
+        linger=linger,
+        python=python,
+    )
+
+
+# --- the child ---------------------------------------------------------------------------
+
+
+def main() -> int:
+    """The child: `Downloader` on the commands the daemon sends."""
+    # The setup holds the config's values, paths and the trusted keys (upparat.signing).
+    return serve(
+        _downloader,
+        accepts=_download_command,
+        reads={__name__, "upparat.config", "upparat.signing", "pathlib"},
+    )
+
+
+def _download_command(message: object) -> DownloadCommand:
+    if not isinstance(message, StartDownload | CancelDownload | DiscardDownload):
+        raise Garbage(f"a {type(message).__name__}, not a download command")
+    return message
+
+
+def _downloader(setup: object, on_event: Callable[[Event], None]) -> Driver[DownloadCommand]:
+    if not isinstance(setup, DownloadSetup):
+        raise TypeError(f"download worker: expected DownloadSetup, got {type(setup).__name__}")
+    from upparat.io.download import Downloader
+
+    download = setup.download
+    return Downloader(
+        download.directory,
+        on_event,
+        allow_http=download.allow_http,
+        proxy=download.proxy,
+        min_speed=download.min_speed,
+        min_speed_time=download.min_speed_time,
+        max_speed=download.max_speed,
+        min_free_space=download.min_free_space,
+        max_download_size=download.max_download_size,
+        trusted_keys=setup.trusted_keys,
+    )

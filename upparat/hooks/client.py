@@ -27,7 +27,6 @@ import attrs
 import grpc
 from google.protobuf import duration_pb2
 
-from upparat.config import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT  # re-exported: the one default
 from upparat.core.commands import AskHookInfo, CallHook, CancelHook
 from upparat.core.events import (
     Event,

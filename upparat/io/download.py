@@ -52,7 +52,12 @@ from upparat.core.events import (
 )
 from upparat.core.model import DownloadFailure, DownloadId, JobId
 from upparat.core.urls import redact
-from upparat.io.folder import SIDECAR_SUFFIX, FolderRefused, prepare_download_folder
+from upparat.io.folder import (
+    SIDECAR_SUFFIX,
+    FolderRefused,
+    prepare_download_folder,
+    remove_job_files,
+)
 from upparat.signing import NotVerified, TrustedKeys
 
 log = logging.getLogger("upparat.download")
@@ -1612,11 +1617,11 @@ class Downloader:
             self._current = None
         current.cancel()
         if discard:
-            self._remove(current.job_id)
+            remove_job_files(self._folder, current.job_id)
 
     def _discard(self, job_id: JobId) -> None:
         if not _JOB_ID.fullmatch(job_id):
-            log.warning("download: not removing files of job id %r: not a valid job id", job_id)
+            remove_job_files(self._folder, job_id)  # which refuses it, with the log line
             return
         with self._lock:
             current = self._current
@@ -1626,15 +1631,4 @@ class Downloader:
                 current = None
         if current is not None:
             current.cancel()
-        self._remove(job_id)
-
-    def _remove(self, job_id: JobId) -> None:
-        for name in (job_id, job_id + SIDECAR_SUFFIX, job_id + SIDECAR_SUFFIX + ".tmp"):
-            path = self._folder / name
-            try:
-                path.unlink()
-                log.info("download: removed %s", path)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("download: cannot remove %s: %s", path, e.strerror)
+        remove_job_files(self._folder, job_id)

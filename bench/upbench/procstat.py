@@ -83,6 +83,38 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / _TICKS
 
 
+def _stat_times(pid: int) -> tuple[int, int, int, int]:
+    """utime, stime, cutime, cstime in ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[11]), int(rest[12]), int(rest[13]), int(rest[14])
+
+
+def children(pid: int) -> list[int]:
+    """The live (or not yet reaped) children of `pid`, from every thread's children list."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                found.extend(int(x) for x in f.read().split())
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of `pid` and of every process it started, ended or not: its own utime + stime,
+    what its reaped children used (cutime + cstime), and the same of the children still
+    running, recursively. A process is counted once at any moment: while it runs by its
+    own figures, once reaped in its parent's. The daemon's hook and download workers are
+    the daemon's work, so its CPU figures are this."""
+    try:
+        utime, stime, cutime, cstime = _stat_times(pid)
+    except OSError:
+        return 0.0  # it ended between the listing and the read: its parent counts it now
+    total = (utime + stime + cutime + cstime) / _TICKS
+    return total + sum(tree_cpu_seconds(child) for child in children(pid))
+
+
 def reset_peak(pid: int) -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0, `echo 5 > clear_refs`); False if refused."""
     try:
@@ -93,8 +125,18 @@ def reset_peak(pid: int) -> bool:
     return True
 
 
+def tree_rss_kb(pid: int) -> int:
+    """VmRSS of `pid` plus that of every process below it (pages they share counted in
+    each: an upper bound of what they cost together)."""
+    total = 0
+    with contextlib.suppress(OSError, KeyError):
+        total = memory(pid).rss_kb
+    return total + sum(tree_rss_kb(child) for child in children(pid))
+
+
 class PeakSampler:
-    """Samples VmRSS of some processes every `interval` seconds; keeps the largest seen."""
+    """Samples VmRSS of some processes every `interval` seconds, each with the processes
+    it started (the daemon's workers); keeps the largest sum seen."""
 
     def __init__(self, pids: Iterable[int], interval: float = 0.05) -> None:
         self.peaks: dict[int, int] = dict.fromkeys(pids, 0)
@@ -104,8 +146,7 @@ class PeakSampler:
 
     def _sample(self) -> None:
         for pid in self.peaks:
-            with contextlib.suppress(OSError, KeyError):
-                self.peaks[pid] = max(self.peaks[pid], memory(pid).rss_kb)
+            self.peaks[pid] = max(self.peaks[pid], tree_rss_kb(pid))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -496,8 +496,9 @@ def _download_section(r: Results) -> str:
             ),
             rows,
         )
-        + "\nCPU s/GB: CPU seconds of the daemon process (all threads) from job created to the"
-        " install hook, per 10^9 bytes; for curl, of the curl process. The origin serves the"
+        + "\nCPU s/GB: CPU seconds of the daemon (all threads, and its worker processes: the"
+        " download runs in upparat's download worker) from job created to the install hook,"
+        " per 10^9 bytes; for curl, of the curl process. The origin serves the"
         " file from the page cache with sendfile(2) in its own process.\n" + _cloud_note(d)
     )
 
@@ -605,8 +606,11 @@ def _memory_section(r: Results) -> str:
             ),
             idle_rows,
         )
-        + f"\nDuring the {d.size / 1e6:.0f} MB download: VmHWM reset (clear_refs) at job creation, read when"
-        " the install hook was called, and VmRSS sampled at 20 Hz; the larger of the two, worst run.\n\n"
+        + f"\nDuring the {d.size / 1e6:.0f} MB download: the daemon's VmHWM reset (clear_refs) at job"
+        " creation and read when the install hook was called, and VmRSS of the daemon plus its"
+        " worker processes (upparat: the hook and download workers; 1.12: its hook scripts)"
+        " summed at 20 Hz; the larger of the two, worst run. Summed RSS counts the pages the"
+        " processes share in each: an upper bound.\n\n"
         + _table(
             ("process", "idle RSS MB", "RSS before the job MB", "peak RSS MB", "peak - idle MB"),
             peak_rows,
@@ -643,12 +647,12 @@ def _after_jobs(after: AfterJobsMemory | None, i: IdleResult) -> str:
     summed = after.daemon.pss_kb + (after.hookserver.pss_kb if after.hookserver else 0)
     return (
         f"\nIdle after jobs: sampled {after.settle_seconds:.0f} s after the last latency job"
-        " ended (the daemon closes its gRPC channel 5 s after its last call, the hook server"
-        " drops its gRPC server 20 s after its last connection and re-executes itself, which"
-        " gives that memory back);"
+        " ended (the daemon's hook and download workers, the child processes that hold gRPC"
+        " and the download driver, exit 5 s after their last call; the hook server drops its"
+        " gRPC server 20 s after its last connection and re-executes itself, which gives that"
+        " memory back);"
         f" daemon + hook server PSS summed {_mb(summed)} MB. The idle rows above are before"
-        " any job: in the daemon the first job loads gRPC, protobuf and the download stack,"
-        " which stay.\n\n"
+        " any job; a device spends months in this state between jobs.\n\n"
         + _table(
             (
                 "process",

@@ -24,7 +24,7 @@ from typing import TypeVar
 import attrs
 
 from upbench.hookscripts import HookScripts, write_hook_scripts
-from upbench.procstat import PeakSampler, cpu_seconds, memory, reset_peak
+from upbench.procstat import PeakSampler, cpu_seconds, memory, reset_peak, tree_cpu_seconds
 from upparat.devstack.procs import stop_process
 from upparat.devstack.stack import Stack
 from upparat.emulator.wire import JsonValue
@@ -197,7 +197,8 @@ class Rig(ABC):
         os.sync()  # earlier runs' dirty pages must not be written back during this one
         reset_peak(daemon)
         rss_before = memory(daemon).rss_kb
-        cpu0 = cpu_seconds(daemon)
+        # The daemon's work includes its hook and download workers (child processes).
+        cpu0 = tree_cpu_seconds(daemon)
         hs0 = cpu_seconds(hookserver) if hookserver is not None else None
         cloud0 = sum(cpu_seconds(p) for p in cloud)
         deadline = time.monotonic() + timeout
@@ -227,7 +228,7 @@ class Rig(ABC):
                 over = ended.is_set()  # read before the last look at the log
                 call = self.scripts.first_call("install", version)
                 if call is not None:
-                    daemon_cpu = cpu_seconds(daemon) - cpu0
+                    daemon_cpu = tree_cpu_seconds(daemon) - cpu0
                     if hookserver is not None and hs0 is not None:
                         hookserver_cpu = cpu_seconds(hookserver) - hs0
                     cloud_cpu = sum(cpu_seconds(p) for p in cloud) - cloud0
@@ -240,7 +241,7 @@ class Rig(ABC):
         stop.set()
         watcher.join()
         execution = self._wait_terminal(job_id, deadline)
-        job_cpu = cpu_seconds(daemon) - cpu0
+        job_cpu = tree_cpu_seconds(daemon) - cpu0
         details = execution.get("statusDetails")
         state = details.get("state") if isinstance(details, dict) else None
         updates = tuple(

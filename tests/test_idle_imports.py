@@ -22,8 +22,8 @@ def loaded_after(code: str, *modules: str) -> list[str]:
 
 
 def test_the_daemon_never_loads_the_download_driver() -> None:
-    # Its download worker's module is the parent's side only: the driver runs in the child.
-    code = "import upparat.cli, upparat.daemon, upparat.io.download_worker"
+    # The job worker's module is the parent's side only: the driver runs in the child.
+    code = "import upparat.cli, upparat.daemon, upparat.worker"
     assert loaded_after(code, "upparat.io.download", "concurrent.futures") == []
 
 
@@ -36,8 +36,8 @@ GRPC_AND_PROTOBUF = (
 
 
 def test_the_daemon_never_loads_grpc_and_protobuf() -> None:
-    # The hook client runs in the hook worker, a child process (upparat.hooks.worker).
-    code = "import upparat.cli, upparat.daemon, upparat.hooks.worker"
+    # The hook client runs in the job worker, a child process (upparat.worker).
+    code = "import upparat.cli, upparat.daemon, upparat.worker"
     assert loaded_after(code, *GRPC_AND_PROTOBUF) == []
 
 
@@ -79,7 +79,7 @@ def test_an_idle_daemon_after_its_start_up_get_info_has_no_grpc_and_no_child(
         while "hook server upparat-hookserver" not in stack.daemon_log():
             assert time.monotonic() < deadline, stack.daemon_log()
             time.sleep(0.1)
-        while children(daemon):  # the hook worker answers GetInfo, then stops (linger)
+        while children(daemon):  # the job worker answers GetInfo, then stops (linger)
             assert time.monotonic() < deadline, children(daemon)
             time.sleep(0.05)
         daemon_files = mapped_files(daemon)

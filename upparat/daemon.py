@@ -17,9 +17,7 @@ import upparat
 from upparat.config import Config, ConfigError
 from upparat.core.events import Event
 from upparat.core.model import JobId
-from upparat.hooks.worker import hook_worker
 from upparat.io import sdnotify, sentry
-from upparat.io.download_worker import download_worker
 from upparat.io.folder import (
     FolderRefused,
     prepare_download_folder,
@@ -31,6 +29,7 @@ from upparat.io.mqtt import MqttDriver
 from upparat.io.status import StatusFile, StatusTracker
 from upparat.io.status import default_path as status_path
 from upparat.runtime import EventQueue, Runtime
+from upparat.worker import job_worker
 
 log = logging.getLogger("upparat")
 
@@ -100,10 +99,11 @@ def run_daemon(config: Config) -> int:
     _check_download_folder(config)
     inbox = EventQueue()
     mqtt = mqtt_driver(config, inbox.post)
-    # gRPC and the download stack run in child processes that exist only while they have
+    # gRPC and the download stack run in a child process that exists only while it has
     # work: Python never gives back what they take, and a device waits months (issue 16).
-    downloader = download_worker(config.download, config.signing.trusted_keys, inbox.post)
-    hooks = hook_worker(config.hooks.endpoint, inbox.post)
+    worker = job_worker(
+        config.hooks.endpoint, config.download, config.signing.trusted_keys, inbox.post
+    )
     runtime = Runtime(
         # 64 random bits: client tokens nobody else on the broker can predict; and a
         # seed of its own per process, so a fleet's retries are not in lockstep.
@@ -114,8 +114,8 @@ def run_daemon(config: Config) -> int:
         ),
         inbox=inbox,
         mqtt=mqtt,
-        hooks=hooks,
-        downloader=downloader,
+        hooks=worker,
+        downloader=worker,
         journal=Journal(config.service.state_dir),
         services=ProcessServices(sentry_enabled=sentry_enabled),
         status=StatusTracker(

@@ -130,7 +130,7 @@ def grpc_mapped(pid: int) -> list[str]:
 
 
 def wait_workers_gone(stack: Stack) -> int:
-    """Wait until the daemon's hook and download workers have stopped (after their linger,
+    """Wait until the daemon's job worker has stopped (after its linger,
     with nothing in flight); returns the daemon's PID."""
     assert stack.daemon is not None
     pid = stack.daemon.pid

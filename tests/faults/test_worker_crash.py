@@ -1,9 +1,9 @@
-"""kill -9 of one of the daemon's worker processes (upparat.io.child) in the middle of its
-work; the daemon lives on.
+"""kill -9 of the daemon's job worker (upparat.worker, a child process: upparat.io.child)
+in the middle of its work; the daemon lives on.
 
-The hook worker killed during Install: the call ends as a call to an unreachable hook
+The worker killed during Install: the call ends as a call to an unreachable hook
 server does (hooks.proto: the daemon waits and calls again, without spending a retry),
-so Install runs again and the job SUCCEEDS. The download worker killed mid-download: the
+so Install runs again and the job SUCCEEDS. The worker killed mid-download: the
 attempt ends interrupted, the core's backoff starts it again, and the new worker resumes
 the partial file. Each kill is triggered by something observable (the held hook, the
 file server's byte count), never by a sleep.
@@ -24,7 +24,7 @@ from upparat.devstack.stack import Stack
 
 
 def worker_of(stack: Stack, module: str) -> int:
-    """The PID of the daemon's worker running `module` (upparat.hooks.worker, ...)."""
+    """The PID of the daemon's worker running `module` (upparat.worker)."""
     assert stack.daemon is not None
     daemon = stack.daemon.pid
 
@@ -55,7 +55,7 @@ def test_the_hook_worker_killed_mid_install_the_job_calls_install_again_and_succ
     device.hold("install")
     _, sha = create_update(stack, job, size=MiB)
     script = device.wait_held("install")
-    worker = worker_of(stack, "upparat.hooks.worker")
+    worker = worker_of(stack, "upparat.worker")
     log.skip_to_end()
     kill_9(worker)
     # Its gRPC connection died with it: the hook server cancels the call and ends the
@@ -68,7 +68,7 @@ def test_the_hook_worker_killed_mid_install_the_job_calls_install_again_and_succ
     assert_ends_once(stack, job, "SUCCEEDED", "complete_ready")
     # The core's handling of an unreachable hook server, naming why.
     assert log.count("hook server unreachable") >= 1, log.read()
-    assert f"hook worker (pid {worker}) was killed by signal 9 (SIGKILL)" in log.read()
+    assert f"job worker (pid {worker}) was killed by signal 9 (SIGKILL)" in log.read()
     # Install was called again for the same attempt (not a retry of the job's budget).
     installs = device.calls("install", job)
     assert [row[4] for row in installs] == ["0", "0"], installs
@@ -98,7 +98,7 @@ def test_the_download_worker_killed_mid_download_the_download_resumes(
     # The file server stands still from 1.5 MiB on until the worker is dead.
     with stalled_at(stack.files, bundle, 3 * MiB // 2):
         wait_until(lambda: path.exists() and path.stat().st_size > 0, "bytes on disk")
-        worker = worker_of(stack, "upparat.io.download_worker")
+        worker = worker_of(stack, "upparat.worker")
         kill_9(worker)
         partial = path.stat().st_size
     assert 0 < partial < size
@@ -106,7 +106,7 @@ def test_the_download_worker_killed_mid_download_the_download_resumes(
     done = finished(stack, job)
     assert outcome(done) == ("SUCCEEDED", "complete_ready"), stack.describe_for_humans(job)
     assert_ends_once(stack, job, "SUCCEEDED", "complete_ready")
-    reason = f"download worker (pid {worker}) was killed by signal 9 (SIGKILL)"
+    reason = f"job worker (pid {worker}) was killed by signal 9 (SIGKILL)"
     assert f"download interrupted after {partial} bytes ({reason})" in log.read()
     # Resumed where the killed worker's file ended.
     ranges = [r for name, r, _ in stack.files.requests if name == bundle]

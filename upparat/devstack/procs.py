@@ -64,7 +64,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def child_pids(pid: int) -> list[int]:
-    """The processes `pid` started that still run (the daemon's hook and download workers)."""
+    """The processes `pid` started that still run (the daemon's job worker)."""
     found: list[int] = []
     with contextlib.suppress(OSError):  # gone meanwhile
         for task in Path(f"/proc/{pid}/task").iterdir():

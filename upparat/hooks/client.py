@@ -621,7 +621,7 @@ class HookClient:
 
 
 def get_info(stub: hooks_pb2_grpc.IdentityServiceStub, timeout: float) -> InfoReply | InfoError:
-    """One GetInfo, the daemon's way (the client runs in the hook worker, upparat.hooks.worker)."""
+    """One GetInfo, the daemon's way (the client runs in the job worker, upparat.worker)."""
     try:
         # wait_for_ready, bounded by the timeout: a server that just came back is
         # found although the channel is still in its reconnect backoff.

@@ -1,5 +1,5 @@
 """One-shot GetInfo outside the daemon's loop, for `upparat check-config` (values for
-people; the daemon asks through its hook worker, upparat.hooks.worker).
+people; the daemon asks through its job worker, upparat.worker).
 
 Shares the client driver's target, options and error mapping; decides nothing.
 """

@@ -1,11 +1,12 @@
-"""The daemon's hook driver: the gRPC hook client (upparat.hooks.client, unchanged) in a
-child process that runs only while hook calls do (upparat.io.child), so the daemon never
-loads gRPC or protobuf, at start (GetInfo, the `$package` version report) or after jobs.
+"""The hook side of the daemon's job worker (upparat.worker): the gRPC hook client
+(upparat.hooks.client, unchanged) in a child process that runs only while it has work
+(upparat.io.child), so the daemon never loads gRPC or protobuf, at start (GetInfo, the
+`$package` version report) or after jobs. `hook_worker` runs it alone (the tests do).
 
 Owns the parent's ledger of hook calls: what a call in flight is owed when the child ends
 before answering (a `CallHook`: `HookUnavailable`, as from a hook server that cannot be
 reached, which the core waits for and calls again; an `AskHookInfo`: `HookInfoFailed`),
-and the child's `main`. Imports neither grpc nor protobuf outside `main`.
+and the child's builder. Imports neither grpc nor protobuf outside `build_client`.
 """
 
 from __future__ import annotations
@@ -135,16 +136,18 @@ def hook_worker(
 
 def main() -> int:
     """The child: `HookClient` on the commands the daemon sends."""
-    return serve(_client, accepts=_hook_command, reads={__name__})
+    return serve(build_client, accepts=hook_command, reads={__name__})
 
 
-def _hook_command(message: object) -> HookCommand:
+def hook_command(message: object) -> HookCommand:
+    """`message` as a hook command; `Garbage` if it is none."""
     if not isinstance(message, AskHookInfo | CallHook | CancelHook):
         raise Garbage(f"a {type(message).__name__}, not a hook command")
     return message
 
 
-def _client(setup: object, on_event: Callable[[Event], None]) -> Driver[HookCommand]:
+def build_client(setup: object, on_event: Callable[[Event], None]) -> Driver[HookCommand]:
+    """In the child: the hook client for `setup` (a `HookSetup`)."""
     if not isinstance(setup, HookSetup):
         raise TypeError(f"hook worker: expected HookSetup, got {type(setup).__name__}")
     from upparat.hooks.client import HookClient

@@ -1,6 +1,7 @@
-"""The daemon's download driver: upparat.io.download's `Downloader` (used as it is) in a
-child process that runs only while a download does (upparat.io.child), so the daemon never
-holds the driver, its TLS context (the CA store), threads and buffers, before or after jobs.
+"""The download side of the daemon's job worker (upparat.worker): upparat.io.download's
+`Downloader` (used as it is) in a child process that runs only while it has work
+(upparat.io.child), so the daemon never holds the driver, its TLS context (the CA store),
+threads and buffers, before or after jobs. `download_worker` runs it alone (the tests do).
 
 Owns the parent's ledger of downloads: a download running when the child ends is owed
 `DownloadInterrupted` (a transient failure: the core's backoff starts it again and the
@@ -173,19 +174,21 @@ def main() -> int:
     """The child: `Downloader` on the commands the daemon sends."""
     # The setup holds plain values, paths and the trusted keys (upparat.signing).
     return serve(
-        _downloader,
-        accepts=_download_command,
+        build_downloader,
+        accepts=download_command,
         reads={__name__, "upparat.signing", "pathlib"},
     )
 
 
-def _download_command(message: object) -> DownloadCommand:
+def download_command(message: object) -> DownloadCommand:
+    """`message` as a download command; `Garbage` if it is none."""
     if not isinstance(message, StartDownload | CancelDownload | DiscardDownload):
         raise Garbage(f"a {type(message).__name__}, not a download command")
     return message
 
 
-def _downloader(setup: object, on_event: Callable[[Event], None]) -> Driver[DownloadCommand]:
+def build_downloader(setup: object, on_event: Callable[[Event], None]) -> Driver[DownloadCommand]:
+    """In the child: the download driver for `setup` (a `DownloadSetup`)."""
     if not isinstance(setup, DownloadSetup):
         raise TypeError(f"download worker: expected DownloadSetup, got {type(setup).__name__}")
     from upparat.io.download import Downloader

@@ -47,7 +47,8 @@ def job_files(directory: Path, job_id: JobId) -> tuple[Path, ...]:
 
 def remove_job_files(directory: Path, job_id: JobId) -> None:
     """`DiscardDownload` where no download runs: the daemon removes a job's files itself
-    (upparat.io.download_worker), with the download driver's log lines, without its imports."""
+    (upparat.io.download_worker, in upparat.worker), with the download driver's log
+    lines, without its imports."""
     if not JOB_ID_RE.fullmatch(job_id):
         log.warning("download: not removing files of job id %r: not a valid job id", job_id)
         return

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import attrs
+import pytest
 
 from tests.hooks.test_client import Recorder
 from tests.io.httpserver import Blob, Reply, ScriptedServer, serving
@@ -104,6 +105,22 @@ def test_a_discard_with_no_child_removes_the_files_here(tmp_path: Path) -> None:
     evil.write_bytes(b"keep")
     assert not ledger.sent(DiscardDownload(job_id=JobId("../upparat_x")), 0.0, running=False)
     assert evil.exists()
+
+
+@pytest.mark.parametrize("how", ["discard", "cancel"])
+def test_a_discard_with_a_child_running_removes_the_files_at_once(tmp_path: Path, how: str) -> None:
+    # The core sends its terminal update right after: whoever sees the job end must find
+    # the files gone, not wait for the child to get to the command.
+    ledger = DownloadLedger(folder=tmp_path)
+    ledger.sent(start(), 0.0, running=False)
+    paths = files_of(tmp_path)
+    command = (
+        DiscardDownload(job_id=JOB)
+        if how == "discard"
+        else CancelDownload(download_id=DownloadId(1), discard=True)
+    )
+    assert ledger.sent(command, 0.0, running=True)  # the child is told too
+    assert not any(p.exists() for p in paths)
 
 
 def test_a_discard_sent_to_a_child_is_done_here_too_once_it_exited(tmp_path: Path) -> None:

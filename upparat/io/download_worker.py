@@ -95,16 +95,24 @@ class DownloadLedger:
                     return False
                 self.running = None
                 if discard:
-                    self.discarded.add(current.job_id)
+                    self._discard(current.job_id, running=running)
             case DiscardDownload(job_id=job_id):
                 if self.running is not None and self.running.job_id == job_id:
                     self.running = None
+                self._discard(job_id, running=running)
                 if not running:
-                    remove_job_files(self.folder, job_id)
                     return False
-                # The child may be writing the files: it stops that first, then removes them.
-                self.discarded.add(job_id)
         return True
+
+    def _discard(self, job_id: JobId, *, running: bool) -> None:
+        """The job's files go now, before the runtime's next command (the core sends its
+        terminal update after this: whoever sees the job end finds them gone, as with the
+        driver in the daemon). A child's download of the job may still write its sidecar
+        until the command reaches it: told too, it stops that and removes them again, and
+        `ended` does once it has exited."""
+        remove_job_files(self.folder, job_id)
+        if running:
+            self.discarded.add(job_id)
 
     def received(self, message: object) -> Event | Unexpected | None:
         match message:

@@ -1446,10 +1446,12 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             _verdict16(cpu, limit_cpu),
             ""
             if cpu is None or limit_cpu is None or cpu <= limit_cpu
-            else "what curl -o /dev/null and a bare sha256 do not: writing the file"
-            " (O_DIRECT: the disk's DMA, no copy; the fdatasyncs), the hand-over of each"
-            " buffer between the three threads, and the job's other steps in the same"
-            " window (hook calls, MQTT; profile in `What dominates`)",
+            else "what curl -o /dev/null and a bare sha256 do not: starting the job worker"
+            " (a Python that imports gRPC and the download driver: every download job here"
+            " comes after a quiet spell, as a device's do), writing the file (O_DIRECT: the"
+            " disk's DMA, no copy; the fdatasyncs), the hand-over of each buffer between the"
+            " three threads, and the job's other steps in the same window (hook calls, MQTT;"
+            " profile in `What dominates`)",
         ]
     )
     limits = {
@@ -1569,7 +1571,9 @@ def _download_split(run: _Run16, ours: float | None, limit: float) -> str:
         " script) are the hook server's check of the file: it takes the daemon's file over"
         " (a rename, downloads and state_dir being on one file system here) and reads it once"
         " for its sha256, the guarantee that root installs bytes the daemon can no longer"
-        " change (medians of the runs)"
+        " change; it reads them from the disk, the daemon having written them around the page"
+        " cache (O_DIRECT), as a device whose bundle is larger than its free RAM does anyway"
+        " (medians of the runs)"
     )
 
 

@@ -904,9 +904,8 @@ def _dominates(r: Results) -> str:
             )
         out.append(
             f"upparat took {_s(ours)} s where `curl -o /dev/null` took {_s(net)} s, the network"
-            f" limit (it neither writes nor hashes). upparat writes the file (4 MiB at a time;"
-            f" through the page cache, as a bundle smaller than half the free memory is; a"
-            f" larger one goes around it with O_DIRECT), verifies it and calls install; it keeps it durable as it goes (an"
+            f" limit (it neither writes nor hashes). upparat writes the file (O_DIRECT, 4 MiB"
+            f" at a time), verifies it and calls install; it keeps it durable as it goes (an"
             f" fdatasync per 8 MiB and second) and fsyncs the whole file while install runs. Writing the same {d.size / 1e6:.0f} MB straight to this disk"
             f" (`dd oflag=direct`, from the page cache, no network) takes {_s(disk)} s: the"
             f" disk limit. {verdict} `curl -o FILE` ({_s(d.curl_file.median)} s) only"
@@ -1449,9 +1448,9 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             if cpu is None or limit_cpu is None or cpu <= limit_cpu
             else "what curl -o /dev/null and a bare sha256 do not: starting the job worker"
             " (a Python that imports gRPC and the download driver: every download job here"
-            " comes after a quiet spell, as a device's do), writing the file (through the page"
-            " cache here: it fits this machine's memory, see `What dominates`), the hand-over"
-            " of each buffer between the three threads, and the job's other steps in the same window (hook calls, MQTT;"
+            " comes after a quiet spell, as a device's do), writing the file (O_DIRECT: the"
+            " disk's DMA, no copy; the fdatasyncs), the hand-over of each buffer between the"
+            " three threads, and the job's other steps in the same window (hook calls, MQTT;"
             " profile in `What dominates`)",
         ]
     )
@@ -1572,9 +1571,9 @@ def _download_split(run: _Run16, ours: float | None, limit: float) -> str:
         " script) are the hook server's check of the file: it takes the daemon's file over"
         " (a rename, downloads and state_dir being on one file system here) and reads it once"
         " for its sha256, the guarantee that root installs bytes the daemon can no longer"
-        " change (from the page cache here; on a device whose bundle is larger than half its"
-        " free memory the daemon writes around the cache and root reads it from the disk;"
-        " medians of the runs)"
+        " change; it reads them from the disk, the daemon having written them around the page"
+        " cache (O_DIRECT), as a device whose bundle is larger than its free RAM does anyway"
+        " (medians of the runs)"
     )
 
 

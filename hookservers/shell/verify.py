@@ -455,9 +455,8 @@ class FileGate:
         done = False
         try:
             hasher, read = hashlib.sha256(), 0
-            # A download larger than the page cache could keep the daemon wrote around it
-            # (O_DIRECT): read from the disk, a large readahead keeps the disk busy while the
-            # previous chunk is hashed.
+            # The daemon writes its downloads around the page cache (O_DIRECT): read from the
+            # disk, a large readahead keeps it busy while the previous chunk is hashed.
             with contextlib.suppress(OSError):
                 os.posix_fadvise(source, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             buffer = bytearray(CHUNK)

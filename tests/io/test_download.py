@@ -576,12 +576,6 @@ def test_only_a_sidecar_that_says_bytes_are_synced_waits_for_the_disk(
     monkeypatch.setattr(os, "replace", replace)
     start(make(boot_id=lambda: "b7"), server.url(), sha256=blob.sha256())
     recorder.completed()
-    # The last sidecar (the whole file synced) is written after DownloadCompleted.
-    last = ("sidecar", blob.size)
-    _eventually(
-        lambda: last in events and ("fsync", str(folder)) in events[events.index(last) :],
-        "the last sidecar and its folder's fsync",
-    )
 
     tmp = str(folder / (JOB + ".meta.json.tmp"))
     sidecars = [i for i, (kind, _) in enumerate(events) if kind == "sidecar"]
@@ -1168,19 +1162,11 @@ def test_a_download_faster_than_the_sync_period_is_synced_once_at_the_end(
     assert calls == ["fsync"]  # the last sync of all, after DownloadCompleted
 
 
-def test_only_a_file_larger_than_the_page_cache_could_keep_is_written_around_it() -> None:
-    assert not download_module.write_around_cache(None)  # size unknown
-    assert not download_module.write_around_cache(1_000_000)
-    assert download_module.write_around_cache(10**15)
-
-
 class _Writes:
     """Wraps the partial file's write(2): how many bytes went through O_DIRECT, and an
-    optional refusal of the first direct write (EINVAL, as a file system may answer). The
-    test's file counts as too large for the page cache, so it is written around it."""
+    optional refusal of the first direct write (EINVAL, as a file system may answer)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, refuse_direct: bool) -> None:
-        monkeypatch.setattr(download_module, "write_around_cache", lambda size: True)
         self.direct = 0
         self.buffered = 0
         self.refused = 0

@@ -368,11 +368,10 @@ class _PartFile:
     both are done with it. sha256 takes more time than the network or the disk of most
     devices, and on the bench's 2 cores this pipeline halved the download (bench/RESULTS.md).
 
-    A file larger than the page cache could keep (`write_around_cache`) is written with
-    O_DIRECT where the file system allows it (ext4, XFS, btrfs, f2fs, tmpfs; not UBIFS,
-    where it falls back to the page cache): no copy of every byte into the page cache, so
-    neither that CPU nor the product's cached files evicted by a bundle that would not stay
-    cached for its readers anyway. Only aligned blocks go direct (see DIRECT_ALIGN); a
+    The writer writes with O_DIRECT where the file system allows it (ext4, XFS, btrfs,
+    f2fs, tmpfs; not UBIFS, where it falls back to the page cache): no copy of every byte
+    into the page cache, so neither that CPU nor the product's cached files evicted by a
+    bundle nobody reads again soon. Only aligned blocks go direct (see DIRECT_ALIGN); a
     head or tail that is not goes through the page cache, and both are coherent.
 
     The periodic fdatasync, and the sidecar update that records its offset as durable, run
@@ -382,9 +381,7 @@ class _PartFile:
     network error; an error of the writer reaches the transfer thread at its next call.
     """
 
-    def __init__(
-        self, path: Path, on_durable: Callable[[int], None], chunk_size: int, *, direct: bool
-    ) -> None:
+    def __init__(self, path: Path, on_durable: Callable[[int], None], chunk_size: int) -> None:
         self.path = path
         self._on_durable = on_durable
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -393,7 +390,7 @@ class _PartFile:
             self.size = os.fstat(self._fd).st_size
         except OSError as e:
             raise _LocalError(f"cannot open {path}", e) from e
-        self._direct = _open_direct(self._fd) if direct else -1
+        self._direct = _open_direct(self._fd)
         self._written = self.size
         """Bytes in the file (the writer's view); `size` counts what was received too."""
         self._hasher: hashlib._Hash | None = hashlib.sha256() if self.size == 0 else None
@@ -621,24 +618,6 @@ class _PartFile:
             with contextlib.suppress(BufferError):
                 memory.close()
         self._views, self._memory = [], []
-
-
-def write_around_cache(size: int | None) -> bool:
-    """Whether a download of `size` bytes is written with O_DIRECT: only a file the page
-    cache could not keep anyway, larger than half the memory available now. A smaller one
-    stays cached for what reads it right after (the hook server's check, the installer);
-    a larger one would only evict the product's cached files on its way to the disk, and
-    cost a copy of every byte. Unknown size: through the cache."""
-    if size is None:
-        return False
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    return size > int(line.split()[1]) * 1024 // 2
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
 
 
 def _open_direct(fd: int) -> int:
@@ -877,12 +856,7 @@ class _Transfer:
     def _open_part(self, url: _Url) -> _PartFile:
         with self._lock:
             self._check_cancel()
-            part = _PartFile(
-                self._path,
-                self._durable,
-                self._opt.chunk_size,
-                direct=write_around_cache(self.command.size),
-            )
+            part = _PartFile(self._path, self._durable, self._opt.chunk_size)
         self._part = part
         if part.size > 0:
             sidecar = _read_sidecar(self._sidecar_path)

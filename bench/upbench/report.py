@@ -1639,7 +1639,7 @@ def _issue16(r: Results) -> str:
             " sized its thread pools for one core; 1.12's threads were moved there"
             " (`taskset -a -p`). The emulator, broker and origin stay on all cores: on a"
             " device they are remote. Durable write and sha256 are the all-core run's"
-            " (single-threaded); curl was run under `taskset -c`.\n"
+            " (single-threaded); curl was run under `taskset -c`, three times (the median).\n"
         )
     out.append(_evidence(r))
     out.append(_breakdown(r))

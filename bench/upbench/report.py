@@ -608,7 +608,7 @@ def _memory_section(r: Results) -> str:
         )
         + f"\nDuring the {d.size / 1e6:.0f} MB download: the daemon's VmHWM reset (clear_refs) at job"
         " creation and read when the install hook was called, and VmRSS of the daemon plus its"
-        " worker processes (upparat: the hook and download workers; 1.12: its hook scripts)"
+        " worker processes (upparat: its job worker; 1.12: its hook scripts)"
         " summed at 20 Hz; the larger of the two, worst run. Summed RSS counts the pages the"
         " processes share in each: an upper bound.\n\n"
         + _table(
@@ -647,8 +647,8 @@ def _after_jobs(after: AfterJobsMemory | None, i: IdleResult) -> str:
     summed = after.daemon.pss_kb + (after.hookserver.pss_kb if after.hookserver else 0)
     return (
         f"\nIdle after jobs: sampled {after.settle_seconds:.0f} s after the last latency job"
-        " ended (the daemon's hook and download workers, the child processes that hold gRPC"
-        " and the download driver, exit 5 s after their last call; the hook server drops its"
+        " ended (the daemon's job worker, the child process that holds gRPC"
+        " and the download driver, exits 5 s after its last call; the hook server drops its"
         " gRPC server 20 s after its last connection and re-executes itself, which gives that"
         " memory back);"
         f" daemon + hook server PSS summed {_mb(summed)} MB. The idle rows above are before"
@@ -767,7 +767,7 @@ def _latency_section(r: Results) -> str:
             r.latency_cold,
             legacy,
             "one job after the idle-after-jobs sample (section 3): the hook server starts"
-            " gRPC again, the daemon its hook worker; every job of a device that waits"
+            " gRPC again, the daemon its job worker; every job of a device that waits"
             " months between them is such a job",
         ),
         _lat_row(

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from upparat.devstack.procs import child_pids
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -91,16 +93,6 @@ def _stat_times(pid: int) -> tuple[int, int, int, int]:
     return int(rest[11]), int(rest[12]), int(rest[13]), int(rest[14])
 
 
-def children(pid: int) -> list[int]:
-    """The live (or not yet reaped) children of `pid`, from every thread's children list."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
-                found.extend(int(x) for x in f.read().split())
-    return found
-
-
 def tree_cpu_seconds(pid: int) -> float:
     """CPU of `pid` and of every process it started, ended or not: its own utime + stime,
     what its reaped children used (cutime + cstime), and the same of the children still
@@ -112,7 +104,7 @@ def tree_cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0  # it ended between the listing and the read: its parent counts it now
     total = (utime + stime + cutime + cstime) / _TICKS
-    return total + sum(tree_cpu_seconds(child) for child in children(pid))
+    return total + sum(tree_cpu_seconds(child) for child in child_pids(pid))
 
 
 def reset_peak(pid: int) -> bool:
@@ -131,7 +123,7 @@ def tree_rss_kb(pid: int) -> int:
     total = 0
     with contextlib.suppress(OSError, KeyError):
         total = memory(pid).rss_kb
-    return total + sum(tree_rss_kb(child) for child in children(pid))
+    return total + sum(tree_rss_kb(child) for child in child_pids(pid))
 
 
 class PeakSampler:

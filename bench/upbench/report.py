@@ -1493,14 +1493,10 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
 
 
 def download_windows(runs: Sequence[JobRun]) -> list[float | None]:
-    """The daemon's download as the cloud saw it: download_start to installation_start,
-    which it sends once the file is received, verified (size, sha256) and durable."""
-    windows: list[float | None] = []
-    for r in runs:
-        start, end = _update_at(r, "download_start"), _update_at(r, "installation_start")
-        ok = r.status == "SUCCEEDED" and start is not None and end is not None
-        windows.append(end - start if ok and start is not None and end is not None else None)
-    return windows
+    """The daemon's download as the cloud saw it (`traffic`'s window: download_start to
+    installation_start, which it sends once the file is received and verified) of each
+    run that succeeded."""
+    return [traffic(r).download_window if r.status == "SUCCEEDED" else None for r in runs]
 
 
 def _download_bound(run: _Run16, limit: float) -> str:

@@ -55,6 +55,7 @@ from upparat.core.urls import redact
 from upparat.io.folder import (
     SIDECAR_SUFFIX,
     FolderRefused,
+    job_files,
     prepare_download_folder,
     remove_job_files,
 )
@@ -933,7 +934,7 @@ class _Transfer:
         self._sidecar = sidecar
 
     def _remove_files(self) -> None:
-        for path in (self._path, self._sidecar_path):
+        for path in job_files(self._folder, self.job_id):
             try:
                 path.unlink(missing_ok=True)
             except OSError as e:

@@ -289,6 +289,13 @@ def test_a_chunked_response_is_read_to_its_end(
     assert recorder.completed().sha256 == blob.sha256()
 
 
+def settle(downloader: Downloader) -> None:
+    """After `DownloadCompleted` the transfer thread still syncs the file and rewrites the
+    sidecar (through `<job>.meta.json.tmp`); close() stops that and waits for it, so a
+    listing of the folder after it is the same every run (CI once saw the .tmp)."""
+    downloader.close()
+
+
 def test_artifacts_of_earlier_jobs_are_removed_but_nothing_else(
     make: Make, server: ScriptedServer, recorder: Recorder, folder: Path, tmp_path: Path
 ) -> None:
@@ -300,8 +307,10 @@ def test_artifacts_of_earlier_jobs_are_removed_but_nothing_else(
     outside.write_text("not ours")
     (folder / "link").symlink_to(outside)
 
-    start(make(), server.url())
+    downloader = make()
+    start(downloader, server.url())
     recorder.completed()
+    settle(downloader)
 
     assert sorted(p.name for p in folder.iterdir()) == [
         JOB,
@@ -1341,6 +1350,7 @@ def test_a_new_download_supersedes_the_running_one(
         isinstance(e, DownloadCompleted | DownloadFailed) and e.download_id == 1
         for e in recorder.events
     )
+    settle(downloader)
     assert sorted(p.name for p in folder.iterdir()) == ["job-b", "job-b.meta.json"]
 
 

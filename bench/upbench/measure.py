@@ -454,14 +454,26 @@ def measure_download(
         )
         job_id, version = ours.next_job("dl")
         run = ours.run_job(
-            job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+            job_id,
+            url=url,
+            version=version,
+            sha256=sha256,
+            size=size,
+            timeout=timeout,
+            sample_cpu=True,
         )
         runs.append(run)
         say(f"download {rep}/{repeat}: upparat {_show_run(run)}")
         if legacy is not None:
             job_id, version = legacy.next_job("dl")
             run = legacy.run_job(
-                job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+                job_id,
+                url=url,
+                version=version,
+                sha256=sha256,
+                size=size,
+                timeout=timeout,
+                sample_cpu=True,
             )
             legacy_runs.append(run)
             legacy_ok.append(_check_legacy_file(legacy.download_folder / job_id, size, sha256))
@@ -910,7 +922,13 @@ def measure_pinned(
             cpus_used.append(cpu)
         job_id, version = ours.next_job("dl1")
         run = ours.run_job(
-            job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+            job_id,
+            url=url,
+            version=version,
+            sha256=sha256,
+            size=size,
+            timeout=timeout,
+            sample_cpu=True,
         )
         shown = ", ".join(f"{w:.2f}" for w in walls)
         say(f"one core: curl -o /dev/null {shown} s, upparat {_show_run(run)}")
@@ -918,7 +936,13 @@ def measure_pinned(
         if legacy is not None:
             job_id, version = legacy.next_job("dl1")
             legacy_run = legacy.run_job(
-                job_id, url=url, version=version, sha256=sha256, size=size, timeout=timeout
+                job_id,
+                url=url,
+                version=version,
+                sha256=sha256,
+                size=size,
+                timeout=timeout,
+                sample_cpu=True,
             )
             _check_legacy_file(legacy.download_folder / job_id, size, sha256)
             legacy_runs.append(legacy_run)

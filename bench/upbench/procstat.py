@@ -7,9 +7,11 @@ peaks. It reads only; resetting a peak (clear_refs) is the one write, and option
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -153,6 +155,45 @@ class PeakSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+
+
+class CpuSampler:
+    """Reads the CPU seconds of a process tree (`tree_cpu_seconds`) every `interval` seconds,
+    each with the wall clock (epoch) of the reading, so that the CPU spent between two
+    moments another clock recorded (the emulator's time of an update) can be read off."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._pid = pid
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        self.samples.append((time.time(), tree_cpu_seconds(self._pid)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> CpuSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def cpu_at(samples: Sequence[tuple[float, float]], at: float) -> float | None:
+    """The tree's CPU seconds at epoch `at`, linear between the two readings around it
+    (/proc counts in clock ticks: each reading is within 10 ms per process); None outside."""
+    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+        if t0 <= at <= t1:
+            return c0 if t1 == t0 else c0 + (c1 - c0) * (at - t0) / (t1 - t0)
+    return None
 
 
 def pss_kb(pid: int) -> int:

@@ -27,6 +27,7 @@ from upbench.measure import (
     Step,
     Timing,
 )
+from upbench.procstat import cpu_at
 from upbench.rigs import JobRun
 from upbench.wakeups import ProcessWakeups, grouped, owner
 
@@ -194,7 +195,26 @@ def _peak_kb(runs: Sequence[JobRun]) -> int | None:
 
 
 def _cpu_per_gb(runs: Sequence[JobRun], size: int) -> float | None:
+    """The daemon's CPU from job created to install hook called, per GB of the bundle."""
     cpu = _median([r.daemon_cpu for r in runs])
+    return None if cpu is None else cpu / (size / 1e9)
+
+
+def download_cpu(run: JobRun) -> float | None:
+    """CPU seconds of the daemon's process tree during its download as the cloud saw it
+    (`traffic`'s window, download_start → installation_start), read off the run's 10 ms
+    samples; None for a run that failed or was not sampled."""
+    start = _update_at(run, "download_start")
+    end = _update_at(run, "installation_start")
+    if run.status != "SUCCEEDED" or start is None or end is None:
+        return None
+    before = cpu_at(run.cpu_samples, start)
+    after = cpu_at(run.cpu_samples, end)
+    return None if before is None or after is None else after - before
+
+
+def _download_cpu_per_gb(runs: Sequence[JobRun], size: int) -> float | None:
+    cpu = _median([download_cpu(r) for r in runs])
     return None if cpu is None else cpu / (size / 1e9)
 
 
@@ -1210,6 +1230,7 @@ ISSUE16_LABELS = (
     "I6 daemon + hook server idle PSS summed",
     "I7 trivial job latency, median",
     "I8 daemon CPU per GB downloaded",
+    "I8b the whole job's CPU per GB of this bundle (job created → install script)",
     "I9 download time vs the physical limit",
     "I9b job created → install script (I9 plus the hooks before and root's check)",
 )
@@ -1431,9 +1452,12 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         ]
     )
     gb = run.size / 1e9
-    cpu = _cpu_per_gb(run.downloads, run.size)
-    legacy_cpu = _cpu_per_gb(run.legacy_downloads, run.size)
+    cpu = _download_cpu_per_gb(run.downloads, run.size)
+    legacy_cpu = _download_cpu_per_gb(run.legacy_downloads, run.size)
     limit_cpu = None if run.sha256_cpu is None else 1.1 * (run.curl_cpu / gb + run.sha256_cpu / gb)
+    parts = f"curl {run.curl_cpu / gb:.2f} s + sha256 " + (
+        "-" if run.sha256_cpu is None else f"{run.sha256_cpu / gb:.2f} s"
+    )
     rows.append(
         [
             "I8 daemon CPU per GB downloaded",
@@ -1441,17 +1465,26 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             + ("" if limit_cpu is None else f" = {limit_cpu:.2f} s"),
             f"{_num(cpu, 2)} s",
             f"{_num(legacy_cpu, 2)} s",
-            f"curl {run.curl_cpu / gb:.2f} s + sha256 "
-            + ("-" if run.sha256_cpu is None else f"{run.sha256_cpu / gb:.2f} s"),
+            parts,
             _verdict16(cpu, limit_cpu),
             ""
             if cpu is None or limit_cpu is None or cpu <= limit_cpu
-            else "what curl -o /dev/null and a bare sha256 do not: starting the job worker"
-            " (a Python that imports gRPC and the download driver: every download job here"
-            " comes after a quiet spell, as a device's do), writing the file (O_DIRECT: the"
-            " disk's DMA, no copy; the fdatasyncs), the hand-over of each buffer between the"
-            " three threads, and the job's other steps in the same window (hook calls, MQTT;"
-            " profile in `What dominates`)",
+            else "what curl -o /dev/null and a bare sha256 do not: writing the file (O_DIRECT:"
+            " the disk's DMA, no copy; the fdatasyncs), the hand-over of each buffer between"
+            " the three threads, the progress updates (profile in `What dominates`)",
+        ]
+    )
+    whole = _cpu_per_gb(run.downloads, run.size)
+    legacy_whole = _cpu_per_gb(run.legacy_downloads, run.size)
+    rows.append(
+        [
+            "I8b the whole job's CPU per GB of this bundle (job created → install script)",
+            "none: I8 plus what a job costs once, whatever its size",
+            f"{_num(whole, 2)} s",
+            f"{_num(legacy_whole, 2)} s",
+            parts,
+            NO_TARGET,
+            _fixed_costs(run, r),
         ]
     )
     limits = {
@@ -1499,14 +1532,39 @@ def download_windows(runs: Sequence[JobRun]) -> list[float | None]:
     return [traffic(r).download_window if r.status == "SUCCEEDED" else None for r in runs]
 
 
+def _fixed_costs(run: _Run16, r: Results) -> str:
+    """What the whole job spent outside its download (I8b minus I8), and what a job that
+    downloads nearly nothing costs after the same quiet spell, for comparison."""
+    outside = [
+        job.daemon_cpu - cpu
+        for job in run.downloads
+        if job.daemon_cpu is not None and (cpu := download_cpu(job)) is not None
+    ]
+    if not outside:
+        return "the download window's CPU was not measured"
+    text = (
+        f"{statistics.median(outside):.2f} s of CPU per job outside the download window (median"
+        " of the runs): starting the job worker, a Python that imports gRPC and the download"
+        " driver (every download job here comes after a quiet spell, as a device's do), the"
+        " hook calls before and after the download, and MQTT. It does not grow with the"
+        " bundle: per GB it is half of this for a 1 GB bundle, a fifth for 2.5 GB"
+    )
+    cold = r.latency_cold
+    if cold is not None and cold.daemon_cpu_per_job:
+        text += (
+            f"; the trivial job after the same quiet spell costs {cold.daemon_cpu_per_job:.2f} s"
+            " to its end (section 5)"
+        )
+    return text
+
+
 def _download_bound(run: _Run16, limit: float) -> str:
     """Why the daemon's download took longer than the limit, from the run's own figures:
-    how many cores its threads kept busy (the daemon's CPU from job created to the install
-    hook, nearly all of it the download)."""
+    how many cores its threads kept busy during it."""
     busy = [
-        r.daemon_cpu / w
+        cpu / w
         for r, w in zip(run.downloads, download_windows(run.downloads), strict=True)
-        if r.daemon_cpu is not None and w
+        if (cpu := download_cpu(r)) is not None and w
     ]
     if not busy:
         return "the daemon's CPU was not measured"

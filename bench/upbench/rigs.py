@@ -24,7 +24,14 @@ from typing import TypeVar
 import attrs
 
 from upbench.hookscripts import HookScripts, write_hook_scripts
-from upbench.procstat import PeakSampler, cpu_seconds, memory, reset_peak, tree_cpu_seconds
+from upbench.procstat import (
+    CpuSampler,
+    PeakSampler,
+    cpu_seconds,
+    memory,
+    reset_peak,
+    tree_cpu_seconds,
+)
 from upparat.devstack.procs import stop_process
 from upparat.devstack.stack import Stack
 from upparat.emulator.wire import JsonValue
@@ -78,6 +85,9 @@ class JobRun:
     peak_hwm_kb: int | None
     """VmHWM of the daemon at install time, after a reset at job creation."""
     rss_before_kb: int | None
+    cpu_samples: tuple[tuple[float, float], ...] = ()
+    """(epoch, CPU seconds of the daemon's process tree) every 10 ms from job created to
+    its terminal status seen: the CPU of any window inside it (report.download_cpu)."""
 
     @property
     def install_seconds(self) -> float | None:
@@ -189,8 +199,11 @@ class Rig(ABC):
         sha256: str,
         size: int,
         timeout: float,
+        sample_cpu: bool = False,
     ) -> JobRun:
-        """Create a job whose version and meta are `version`; wait for its terminal status."""
+        """Create a job whose version and meta are `version`; wait for its terminal status.
+        `sample_cpu`: read the daemon's CPU every 10 ms too (`JobRun.cpu_samples`); off for
+        the latency jobs, which a sampler competing for the cores would slow down."""
         daemon = self.daemon_pid()
         hookserver = self.hookserver_pid()
         cloud = self.cloud_pids()
@@ -218,30 +231,33 @@ class Rig(ABC):
                     return
 
         watcher = threading.Thread(target=watch, name="job-watch", daemon=True)
-        with PeakSampler([daemon]) as sampler:
-            created_at = time.time()
-            self.stack.create_job(
-                job_id, url=url, version=version, sha256=sha256, size=size, meta=version
-            )
-            watcher.start()
-            while time.monotonic() < deadline:
-                over = ended.is_set()  # read before the last look at the log
-                call = self.scripts.first_call("install", version)
-                if call is not None:
-                    daemon_cpu = tree_cpu_seconds(daemon) - cpu0
-                    if hookserver is not None and hs0 is not None:
-                        hookserver_cpu = cpu_seconds(hookserver) - hs0
-                    cloud_cpu = sum(cpu_seconds(p) for p in cloud) - cloud0
-                    hwm = memory(daemon).hwm_kb
-                    install_at = call.at
-                    break
-                if over:
-                    break
-                time.sleep(0.02)
-        stop.set()
-        watcher.join()
-        execution = self._wait_terminal(job_id, deadline)
-        job_cpu = tree_cpu_seconds(daemon) - cpu0
+        # Until the terminal status: the cloud may log an update after the install call.
+        cpu_sampler = CpuSampler(daemon) if sample_cpu else None
+        with cpu_sampler or contextlib.nullcontext():
+            with PeakSampler([daemon]) as sampler:
+                created_at = time.time()
+                self.stack.create_job(
+                    job_id, url=url, version=version, sha256=sha256, size=size, meta=version
+                )
+                watcher.start()
+                while time.monotonic() < deadline:
+                    over = ended.is_set()  # read before the last look at the log
+                    call = self.scripts.first_call("install", version)
+                    if call is not None:
+                        daemon_cpu = tree_cpu_seconds(daemon) - cpu0
+                        if hookserver is not None and hs0 is not None:
+                            hookserver_cpu = cpu_seconds(hookserver) - hs0
+                        cloud_cpu = sum(cpu_seconds(p) for p in cloud) - cloud0
+                        hwm = memory(daemon).hwm_kb
+                        install_at = call.at
+                        break
+                    if over:
+                        break
+                    time.sleep(0.02)
+            stop.set()
+            watcher.join()
+            execution = self._wait_terminal(job_id, deadline)
+            job_cpu = tree_cpu_seconds(daemon) - cpu0
         details = execution.get("statusDetails")
         state = details.get("state") if isinstance(details, dict) else None
         updates = tuple(
@@ -265,6 +281,7 @@ class Rig(ABC):
             peak_rss_kb=sampler.peaks[daemon] if install_at is not None else None,
             peak_hwm_kb=hwm,
             rss_before_kb=rss_before,
+            cpu_samples=() if cpu_sampler is None else tuple(cpu_sampler.samples),
         )
 
     def _terminal(self, job_id: str) -> bool:

@@ -450,6 +450,7 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
         copy = gate.copy_path(wanted.job_id)
 
         def check() -> hooks_pb2.HookResult | None:
+            began = time.monotonic()
             checked = gate.check(wanted, keep_going=context.is_active)
             match checked:
                 case verify.Refused(reason=reason, message=message):
@@ -457,9 +458,10 @@ class HookService(hooks_pb2_grpc.HookServiceServicer):
                 case verify.Checked(size=size, sha256=sha256, key=key, taken=taken):
                     signed = f", signature verified with {key}" if key is not None else ""
                     log.info(
-                        "install job=%s: %s checked (%d bytes, sha256 %s%s), %s %s",
+                        "install job=%s: %s checked in %.2f s (%d bytes, sha256 %s%s), %s %s",
                         wanted.job_id,
                         wanted.file_path,
+                        time.monotonic() - began,
                         size,
                         sha256,
                         signed,

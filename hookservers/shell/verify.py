@@ -48,9 +48,11 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import re
 import stat
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from upparat import signing
@@ -456,22 +458,18 @@ class FileGate:
         try:
             hasher, read = hashlib.sha256(), 0
             # The daemon writes its downloads around the page cache (O_DIRECT): read from the
-            # disk, a large readahead keeps it busy while the previous chunk is hashed.
+            # disk, a large readahead keeps it busy.
             with contextlib.suppress(OSError):
                 os.posix_fadvise(source, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            buffer = bytearray(CHUNK)
-            view = memoryview(buffer)
             # One byte past the size the daemon reported: a file that grows is caught.
-            while read <= limit:
-                if not keep_going():
-                    raise Interrupted
-                n = os.readv(source, [view[: min(CHUNK, limit + 1 - read)]])
-                if n == 0:
-                    break
-                hasher.update(view[:n])
-                if target is not None:
-                    _write_all(target, view[:n])
-                read += n
+            with _ReadAhead(source, limit + 1) as chunks:
+                for chunk in chunks:
+                    if not keep_going():
+                        raise Interrupted
+                    hasher.update(chunk)
+                    if target is not None:
+                        _write_all(target, chunk)
+                    read += len(chunk)
             judged = self._judge(request, read, hasher.digest())
             if isinstance(judged, Refused):
                 return judged
@@ -511,6 +509,62 @@ class FileGate:
         if isinstance(result, signing.NotVerified):
             return Refused(reason=SIGNATURE_INVALID, message=f"install: {shown}: {result.reason}")
         return result.key
+
+
+class _ReadAhead:
+    """The first `limit` bytes of `fd`, CHUNK at a time, read by a thread of its own into
+    one of SLOTS buffers while the caller hashes (and copies) the chunk before: the check
+    takes about as long as the slower of reading and sha256, not their sum (both let go
+    of the GIL). A chunk is the caller's until it asks for the next one. The reader's
+    OSError is raised to the caller in its turn; leaving the `with` stops the reader and
+    waits for it, so the descriptor may be closed after."""
+
+    SLOTS = 4
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self._fd = fd
+        self._limit = limit
+        self._buffers = [memoryview(bytearray(CHUNK)) for _ in range(self.SLOTS)]
+        self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[int, int] | OSError] = queue.SimpleQueue()
+        for slot in range(self.SLOTS):
+            self._free.put(slot)
+        self._thread = threading.Thread(target=self._read, name="verify-read", daemon=True)
+
+    def __enter__(self) -> Iterator[memoryview]:
+        self._thread.start()
+        return self._chunks()
+
+    def __exit__(self, *exc: object) -> None:
+        self._free.put(None)  # behind at most SLOTS slots: the reader stops soon
+        self._thread.join()
+
+    def _read(self) -> None:
+        done = 0
+        while (slot := self._free.get()) is not None:
+            try:
+                n = os.readv(self._fd, [self._buffers[slot][: min(CHUNK, self._limit - done)]])
+            except OSError as e:
+                self._full.put(e)
+                return
+            self._full.put((slot, n))
+            done += n
+            if n == 0:
+                return  # that was the end
+            if done >= self._limit:
+                self._full.put((slot, 0))
+                return
+
+    def _chunks(self) -> Iterator[memoryview]:
+        while True:
+            got = self._full.get()
+            if isinstance(got, OSError):
+                raise got
+            slot, n = got
+            if n == 0:
+                return
+            yield self._buffers[slot][:n]
+            self._free.put(slot)
 
 
 class _Refusal(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import secrets
 import shutil
 import stat
@@ -157,7 +158,8 @@ def test_unprivileged_daemon_root_hook_server_third_user_locked_out(
     assert run[3:] == ["0", "0"], run
     download = stack.download_dir / "upparat" / JOB
     hookserver_log = (stack.workdir / "hookserver.log").read_text()
-    assert f"install job={JOB}: {download} checked (1048576 bytes, sha256 {sha}" in hookserver_log
+    checked = re.escape(f"install job={JOB}: {download} checked in ")
+    assert re.search(checked + rf"\d+\.\d\d s \(1048576 bytes, sha256 {sha}", hookserver_log)
 
     # Only root and the daemon's group get to the socket.
     assert probe(python, daemon_user, stack.socket) == "connected"

@@ -646,3 +646,80 @@ def test_a_call_that_goes_away_while_the_file_is_read_leaves_nothing_behind(
     gate.release(JOB)
     assert not checked.copy.exists()
     assert (downloads / JOB).read_bytes() == content
+
+
+def _verify_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "verify-read"]
+
+
+def test_the_read_ahead_gives_every_byte_in_order_and_no_more_than_asked(tmp_path: Path) -> None:
+    data = os.urandom(3 * verify.CHUNK + 12345)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with verify._ReadAhead(fd, len(data)) as chunks:
+            assert b"".join(bytes(c) for c in chunks) == data
+        os.lseek(fd, 0, os.SEEK_SET)
+        # One byte past what the daemon reported is all that is read of a grown file.
+        with verify._ReadAhead(fd, 2 * verify.CHUNK + 1) as chunks:
+            assert b"".join(bytes(c) for c in chunks) == data[: 2 * verify.CHUNK + 1]
+    finally:
+        os.close(fd)
+    assert _verify_threads() == []
+
+
+def test_a_read_error_reaches_the_check_as_a_refusal_and_stops_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    downloads = tmp_path / "dl" / "upparat"
+    downloads.mkdir(parents=True, mode=0o700)
+    content = os.urandom(5 * verify.CHUNK)
+    (downloads / JOB).write_bytes(content)
+    (downloads / JOB).chmod(0o600)
+    sidecar(downloads / JOB).write_text("{}")
+    gate = verify.FileGate(download_dir=downloads, state_dir=tmp_path / "state")
+    gate.prepare()
+    real_readv = os.readv
+    calls = 0
+
+    def failing_readv(fd: int, buffers: list[memoryview]) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError(5, "Input/output error")
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(os, "readv", failing_readv)
+    request = verify.InstallRequest(
+        job_id=JOB,
+        file_path=str(downloads / JOB),
+        sha256=hashlib.sha256(content).hexdigest(),
+        size=len(content),
+        signature=b"",
+    )
+
+    refused = gate.check(request, keep_going=lambda: True)
+
+    assert isinstance(refused, verify.Refused)
+    assert refused.reason == verify.COPY_FAILED
+    assert "Input/output error" in refused.message
+    assert _verify_threads() == []
+    assert list(gate.copy_dir.iterdir()) == []
+    assert (downloads / JOB).read_bytes() == content  # given back
+
+
+def test_a_consumer_that_stops_early_stops_the_reader(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(40 * verify.CHUNK))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with verify._ReadAhead(fd, 40 * verify.CHUNK) as chunks:
+            next(chunks)
+        # The reader went no further than its buffers reach.
+        assert os.lseek(fd, 0, os.SEEK_CUR) <= (1 + verify._ReadAhead.SLOTS) * verify.CHUNK
+    finally:
+        os.close(fd)
+    assert _verify_threads() == []

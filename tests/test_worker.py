@@ -6,10 +6,13 @@ tests/faults/test_worker_crash.py.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
+from upparat import worker
+from upparat.config import DownloadConfig
 from upparat.core.commands import AskHookInfo, CallHook, CancelDownload, StartDownload
 from upparat.core.events import (
     DownloadInterrupted,
@@ -20,9 +23,9 @@ from upparat.core.events import (
     HookUnavailable,
 )
 from upparat.core.model import CallId, DownloadId, HookContext, HookKind, JobId
-from upparat.hooks.worker import HookLedger
+from upparat.hooks.worker import HookLedger, HookSetup
 from upparat.io.child import Garbage, Unexpected
-from upparat.io.download_worker import DownloadLedger
+from upparat.io.download_worker import DownloadLedger, DownloadSetup
 from upparat.worker import JobLedger, _job_command
 
 JOB = JobId("upparat_fw_2")
@@ -92,3 +95,98 @@ def test_the_child_takes_hook_and_download_commands_only() -> None:
     assert _job_command(call(3)) == call(3)
     with pytest.raises(Garbage, match="not a hook or download command"):
         _job_command(JOB)
+
+
+class _Fake:
+    """A driver that records its commands, and the thread it was built in."""
+
+    def __init__(self) -> None:
+        self.built_in = threading.current_thread().name
+        self.commands: list[object] = []
+        self.closed = False
+
+    def execute(self, command: object) -> None:
+        self.commands.append(command)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Builds:
+    """The drivers `_Both` built, and how many downloader builds are still to fail."""
+
+    def __init__(self) -> None:
+        self.hooks: list[_Fake] = []
+        self.download: list[_Fake] = []
+        self.failures = 0
+
+    def client(self, setup: object, on_event: object) -> _Fake:
+        self.hooks.append(_Fake())
+        return self.hooks[-1]
+
+    def downloader(self, setup: object, on_event: object) -> _Fake:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("no CA store")
+        self.download.append(_Fake())
+        return self.download[-1]
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> _Builds:
+    builds = _Builds()
+    monkeypatch.setattr(worker, "build_client", builds.client)
+    monkeypatch.setattr(worker, "build_downloader", builds.downloader)
+    return builds
+
+
+def both(tmp_path: Path) -> worker._Both:
+    setup = worker.JobSetup(
+        hooks=HookSetup(endpoint="unix:///nonexistent", info_timeout=5.0),
+        download=DownloadSetup.of(DownloadConfig(location=tmp_path), None),
+    )
+    return worker._Both(setup, lambda event: None)
+
+
+def hook(kind: HookKind, attempt: int = 1) -> CallHook:
+    context = HookContext(job_id=JOB, meta="", attempt=attempt, elapsed=0.0, force=False)
+    return CallHook(call_id=CallId(attempt), hook=kind, context=context, timeout=60.0)
+
+
+def test_the_download_hook_has_the_downloader_built_ahead_in_a_thread(
+    tmp_path: Path, built: _Builds
+) -> None:
+    driver = both(tmp_path)
+    driver.execute(hook(HookKind.VERSION))
+    assert built.download == []  # a job may end at its version check
+    driver.execute(hook(HookKind.DOWNLOAD))
+    driver.execute(start())
+
+    [downloader] = built.download
+    assert downloader.built_in == "download-prepare"
+    assert downloader.commands == [start()]
+    driver.close()
+    assert downloader.closed
+
+
+def test_a_retried_download_hook_builds_nothing_ahead(tmp_path: Path, built: _Builds) -> None:
+    driver = both(tmp_path)
+    driver.execute(hook(HookKind.DOWNLOAD, attempt=2))
+    assert built.download == []
+    driver.execute(start())
+    [downloader] = built.download
+    assert downloader.built_in == threading.current_thread().name
+    driver.close()
+
+
+def test_a_downloader_that_fails_ahead_is_built_again_when_needed(
+    tmp_path: Path, built: _Builds
+) -> None:
+    built.failures = 1
+    driver = both(tmp_path)
+    driver.execute(hook(HookKind.DOWNLOAD))
+    driver.execute(start())
+    [downloader] = built.download
+    assert downloader.built_in == threading.current_thread().name
+    assert downloader.commands == [start()]
+    driver.close()

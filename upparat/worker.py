@@ -15,7 +15,9 @@ download finds it running. It imports neither grpc nor the download stack outsid
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, assert_never
 
@@ -36,6 +38,7 @@ from upparat.core.events import (
     DownloadProgressed,
     Event,
 )
+from upparat.core.model import HookKind
 from upparat.hooks.values import INFO_TIMEOUT
 from upparat.hooks.worker import HookCommand, HookLedger, HookSetup, build_client, hook_command
 from upparat.io.child import LINGER, ChildDriver, Driver, Garbage, Unexpected, serve
@@ -50,6 +53,8 @@ from upparat.io.download_worker import (
 if TYPE_CHECKING:
     from upparat.config import DownloadConfig  # the child never reads the config
     from upparat.signing import TrustedKeys  # the daemon loads it only with trusted_keys
+
+log = logging.getLogger("upparat.worker")
 
 JobCommand = HookCommand | DownloadCommand
 
@@ -136,13 +141,21 @@ def job_worker(
 
 class _Both:
     """The child's driver: each command to the driver of its kind, built when first needed
-    (a spell of hook calls only, the start-up GetInfo, never loads the download stack)."""
+    (a spell of hook calls only, the start-up GetInfo, never loads the download stack).
+
+    The downloader is built ahead, in a thread, when the download hook is called: the core
+    downloads next unless that hook says not yet, and building it (importing the download
+    stack, loading the TLS context: ~60 ms here, several times that on a small board)
+    then overlaps the hook's script and the cloud's answer to download_start instead of
+    delaying the first byte. Only on the hook's first attempt: a device told "not yet" every
+    retry_interval for hours builds it once per attempt that gets to download."""
 
     def __init__(self, setup: JobSetup, on_event: Callable[[Event], None]) -> None:
         self._setup = setup
         self._on_event = on_event
         self._hooks: Driver[HookCommand] | None = None
         self._download: Driver[DownloadCommand] | None = None
+        self._preparing: threading.Thread | None = None
 
     def execute(self, command: JobCommand) -> None:
         match command:
@@ -150,17 +163,46 @@ class _Both:
                 if self._hooks is None:
                     self._hooks = build_client(self._setup.hooks, self._on_event)
                 self._hooks.execute(command)
+                if isinstance(command, CallHook) and _downloads_next(command):
+                    self._prepare_downloader()
             case StartDownload() | CancelDownload() | DiscardDownload():
-                if self._download is None:
-                    self._download = build_downloader(self._setup.download, self._on_event)
-                self._download.execute(command)
+                self._downloader().execute(command)
             case _:
                 assert_never(command)
 
+    def _prepare_downloader(self) -> None:
+        if self._download is not None or self._preparing is not None:
+            return
+        self._preparing = threading.Thread(
+            target=self._build_downloader, name="download-prepare", daemon=True
+        )
+        self._preparing.start()
+
+    def _build_downloader(self) -> None:
+        try:
+            self._download = build_downloader(self._setup.download, self._on_event)
+        except Exception:  # built again by _downloader, which raises it
+            log.debug("building the downloader ahead failed", exc_info=True)
+
+    def _downloader(self) -> Driver[DownloadCommand]:
+        if self._preparing is not None:
+            self._preparing.join()
+            self._preparing = None
+        if self._download is None:
+            self._download = build_downloader(self._setup.download, self._on_event)
+        return self._download
+
     def close(self) -> None:
+        if self._preparing is not None:
+            self._preparing.join()
+            self._preparing = None
         for driver in (self._download, self._hooks):
             if driver is not None:
                 driver.close()
+
+
+def _downloads_next(call: CallHook) -> bool:
+    return call.hook is HookKind.DOWNLOAD and call.context.attempt == 1
 
 
 def main() -> int:

@@ -199,11 +199,16 @@ def build_downloader(setup: object, on_event: Callable[[Event], None]) -> Driver
     """In the child: the download driver for `setup` (a `DownloadSetup`)."""
     if not isinstance(setup, DownloadSetup):
         raise TypeError(f"download worker: expected DownloadSetup, got {type(setup).__name__}")
+    import ssl
+
     from upparat.io.download import Downloader
 
     return Downloader(
         setup.directory,
         on_event,
+        # Now, not at the first download: a downloader is built in the child only when a
+        # download follows, and building it ahead (upparat.worker) should load this too.
+        ssl_context=ssl.create_default_context(),
         allow_http=setup.allow_http,
         proxy=setup.proxy,
         min_speed=setup.min_speed,

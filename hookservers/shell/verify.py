@@ -47,6 +47,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import queue
 import re
@@ -524,7 +525,9 @@ class _ReadAhead:
     def __init__(self, fd: int, limit: int) -> None:
         self._fd = fd
         self._limit = limit
-        self._buffers = [memoryview(bytearray(CHUNK)) for _ in range(self.SLOTS)]
+        # Anonymous mappings: a page costs only once it is read into, so a small file
+        # (a 1 MB bundle, a test's) pays for what it fills, not for four zeroed MiB.
+        self._buffers = [memoryview(mmap.mmap(-1, CHUNK)) for _ in range(self.SLOTS)]
         self._free: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._full: queue.SimpleQueue[tuple[int, int] | OSError] = queue.SimpleQueue()
         for slot in range(self.SLOTS):

@@ -33,7 +33,9 @@ from upbench import wakeups
 from upbench.procstat import cpu_seconds, memory, pss_kb, smaps, switches_since, thread_switches
 from upbench.rigs import JobRun, LegacyRig, Rig, UpparatRig
 from upbench.wakeups import ProcessWakeups
+from upparat.devstack.procs import child_pids
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
+from upparat.io.child import LINGER
 
 FLOOR_IMPORTS = "import grpc, paho.mqtt.client, attrs"
 
@@ -920,6 +922,9 @@ def measure_pinned(
             wall, cpu = _timed([*prefix, curl, "-s", "-f", "-o", "/dev/null", url])
             walls.append(wall)
             cpus_used.append(cpu)
+        # As every download of the all-core run comes, and a device's: to a daemon whose
+        # job worker has stopped (the latency jobs just before left it running).
+        _await_no_worker(ours, timeout=3 * LINGER)
         job_id, version = ours.next_job("dl1")
         run = ours.run_job(
             job_id,
@@ -962,6 +967,14 @@ def measure_pinned(
         upparat=(run,),
         legacy=tuple(legacy_runs),
     )
+
+
+def _await_no_worker(rig: UpparatRig, *, timeout: float) -> None:
+    """Until the daemon has no child process (its job worker stopped), at most `timeout` s."""
+    daemon = rig.daemon_pid()
+    deadline = time.monotonic() + timeout
+    while child_pids(daemon) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 # --- the cloud's share of a phase change -----------------------------------------------------

@@ -454,31 +454,13 @@ def measure_download(
             f"download {rep}/{repeat}: curl -o /dev/null {null[-1]:.2f} s, -o FILE "
             f"{wall_file:.2f} s, sha256sum {wall_sum:.2f} s, dd oflag=direct {wall_dd:.2f} s"
         )
-        job_id, version = ours.next_job("dl")
-        run = ours.run_job(
-            job_id,
-            url=url,
-            version=version,
-            sha256=sha256,
-            size=size,
-            timeout=timeout,
-            sample_cpu=True,
-        )
+        run = _download_job(ours, "dl", url=url, sha256=sha256, size=size, timeout=timeout)
         runs.append(run)
         say(f"download {rep}/{repeat}: upparat {_show_run(run)}")
         if legacy is not None:
-            job_id, version = legacy.next_job("dl")
-            run = legacy.run_job(
-                job_id,
-                url=url,
-                version=version,
-                sha256=sha256,
-                size=size,
-                timeout=timeout,
-                sample_cpu=True,
-            )
+            run = _download_job(legacy, "dl", url=url, sha256=sha256, size=size, timeout=timeout)
             legacy_runs.append(run)
-            legacy_ok.append(_check_legacy_file(legacy.download_folder / job_id, size, sha256))
+            legacy_ok.append(_check_legacy_file(legacy.download_folder / run.job_id, size, sha256))
             say(f"download {rep}/{repeat}: upparat 1.12 {_show_run(run)}")
     return DownloadResult(
         size=size,
@@ -925,31 +907,15 @@ def measure_pinned(
         # As every download of the all-core run comes, and a device's: to a daemon whose
         # job worker has stopped (the latency jobs just before left it running).
         _await_no_worker(ours, timeout=3 * LINGER)
-        job_id, version = ours.next_job("dl1")
-        run = ours.run_job(
-            job_id,
-            url=url,
-            version=version,
-            sha256=sha256,
-            size=size,
-            timeout=timeout,
-            sample_cpu=True,
-        )
+        run = _download_job(ours, "dl1", url=url, sha256=sha256, size=size, timeout=timeout)
         shown = ", ".join(f"{w:.2f}" for w in walls)
         say(f"one core: curl -o /dev/null {shown} s, upparat {_show_run(run)}")
         legacy_runs: list[JobRun] = []
         if legacy is not None:
-            job_id, version = legacy.next_job("dl1")
-            legacy_run = legacy.run_job(
-                job_id,
-                url=url,
-                version=version,
-                sha256=sha256,
-                size=size,
-                timeout=timeout,
-                sample_cpu=True,
+            legacy_run = _download_job(
+                legacy, "dl1", url=url, sha256=sha256, size=size, timeout=timeout
             )
-            _check_legacy_file(legacy.download_folder / job_id, size, sha256)
+            _check_legacy_file(legacy.download_folder / legacy_run.job_id, size, sha256)
             legacy_runs.append(legacy_run)
             say(f"one core: upparat 1.12 {_show_run(legacy_run)}")
     finally:
@@ -966,6 +932,22 @@ def measure_pinned(
         curl_cpu=Timing(samples=tuple(cpus_used)),
         upparat=(run,),
         legacy=tuple(legacy_runs),
+    )
+
+
+def _download_job(
+    rig: Rig, prefix: str, *, url: str, sha256: str, size: int, timeout: float
+) -> JobRun:
+    """One download job on `rig`, its daemon's CPU sampled (report.download_cpu)."""
+    job_id, version = rig.next_job(prefix)
+    return rig.run_job(
+        job_id,
+        url=url,
+        version=version,
+        sha256=sha256,
+        size=size,
+        timeout=timeout,
+        sample_cpu=True,
     )
 
 

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Self
 
 import attrs
 
@@ -128,25 +129,22 @@ def tree_rss_kb(pid: int) -> int:
     return total + sum(tree_rss_kb(child) for child in child_pids(pid))
 
 
-class PeakSampler:
-    """Samples VmRSS of some processes every `interval` seconds, each with the processes
-    it started (the daemon's workers); keeps the largest sum seen."""
+class _Sampler:
+    """Calls `_sample` at enter, every `interval` seconds in a thread of its own, and at exit."""
 
-    def __init__(self, pids: Iterable[int], interval: float = 0.05) -> None:
-        self.peaks: dict[int, int] = dict.fromkeys(pids, 0)
+    def __init__(self, interval: float) -> None:
         self._interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
 
     def _sample(self) -> None:
-        for pid in self.peaks:
-            self.peaks[pid] = max(self.peaks[pid], tree_rss_kb(pid))
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self._sample()
 
-    def __enter__(self) -> PeakSampler:
+    def __enter__(self) -> Self:
         self._sample()
         self._thread.start()
         return self
@@ -157,7 +155,20 @@ class PeakSampler:
         self._sample()
 
 
-class CpuSampler:
+class PeakSampler(_Sampler):
+    """Samples VmRSS of some processes every `interval` seconds, each with the processes
+    it started (the daemon's workers); keeps the largest sum seen."""
+
+    def __init__(self, pids: Iterable[int], interval: float = 0.05) -> None:
+        self.peaks: dict[int, int] = dict.fromkeys(pids, 0)
+        super().__init__(interval)
+
+    def _sample(self) -> None:
+        for pid in self.peaks:
+            self.peaks[pid] = max(self.peaks[pid], tree_rss_kb(pid))
+
+
+class CpuSampler(_Sampler):
     """Reads the CPU seconds of a process tree (`tree_cpu_seconds`) every `interval` seconds,
     each with the wall clock (epoch) of the reading, so that the CPU spent between two
     moments another clock recorded (the emulator's time of an update) can be read off."""
@@ -165,26 +176,10 @@ class CpuSampler:
     def __init__(self, pid: int, interval: float = 0.01) -> None:
         self.samples: list[tuple[float, float]] = []
         self._pid = pid
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        super().__init__(interval)
 
     def _sample(self) -> None:
         self.samples.append((time.time(), tree_cpu_seconds(self._pid)))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._sample()
-
-    def __enter__(self) -> CpuSampler:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 def cpu_at(samples: Sequence[tuple[float, float]], at: float) -> float | None:

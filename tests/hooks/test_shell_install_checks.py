@@ -613,18 +613,18 @@ def _check_started(factory: HookServerFactory, conf: Path) -> tuple[int | None, 
 # -- the gate on its own --------------------------------------------------------------------
 
 
-def test_a_call_that_goes_away_while_the_file_is_read_leaves_nothing_behind(
-    tmp_path: Path,
-) -> None:
+def _gate_with(
+    tmp_path: Path, content: bytes
+) -> tuple[verify.FileGate, verify.InstallRequest, Path]:
+    """A gate over a download folder holding the job's file (`content`) and its sidecar,
+    the Install request for that file, and the file's path."""
     downloads = tmp_path / "dl" / "upparat"
     downloads.mkdir(parents=True, mode=0o700)
-    content = b"x" * (3 * verify.CHUNK)
     (downloads / JOB).write_bytes(content)
     (downloads / JOB).chmod(0o600)
     sidecar(downloads / JOB).write_text("{}")
     gate = verify.FileGate(download_dir=downloads, state_dir=tmp_path / "state")
     gate.prepare()
-    chunks = iter([True, True, False])
     request = verify.InstallRequest(
         job_id=JOB,
         file_path=str(downloads / JOB),
@@ -632,20 +632,29 @@ def test_a_call_that_goes_away_while_the_file_is_read_leaves_nothing_behind(
         size=len(content),
         signature=b"",
     )
+    return gate, request, downloads / JOB
+
+
+def test_a_call_that_goes_away_while_the_file_is_read_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    content = b"x" * (3 * verify.CHUNK)
+    gate, request, download = _gate_with(tmp_path, content)
+    chunks = iter([True, True, False])
 
     with pytest.raises(verify.Interrupted):
         gate.check(request, keep_going=lambda: next(chunks))
 
     assert list(gate.copy_dir.iterdir()) == []
-    assert (downloads / JOB).read_bytes() == content  # given back
+    assert download.read_bytes() == content  # given back
     checked = gate.check(request, keep_going=lambda: True)
     assert isinstance(checked, verify.Checked)
     assert checked.taken
     assert checked.copy.read_bytes() == content
-    assert not (downloads / JOB).exists()
+    assert not download.exists()
     gate.release(JOB)
     assert not checked.copy.exists()
-    assert (downloads / JOB).read_bytes() == content
+    assert download.read_bytes() == content
 
 
 def _verify_threads() -> list[str]:
@@ -674,14 +683,8 @@ def test_the_read_ahead_gives_every_byte_in_order_and_no_more_than_asked(tmp_pat
 def test_a_read_error_reaches_the_check_as_a_refusal_and_stops_the_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    downloads = tmp_path / "dl" / "upparat"
-    downloads.mkdir(parents=True, mode=0o700)
     content = os.urandom(5 * verify.CHUNK)
-    (downloads / JOB).write_bytes(content)
-    (downloads / JOB).chmod(0o600)
-    sidecar(downloads / JOB).write_text("{}")
-    gate = verify.FileGate(download_dir=downloads, state_dir=tmp_path / "state")
-    gate.prepare()
+    gate, request, download = _gate_with(tmp_path, content)
     real_readv = os.readv
     calls = 0
 
@@ -693,13 +696,6 @@ def test_a_read_error_reaches_the_check_as_a_refusal_and_stops_the_reader(
         return real_readv(fd, buffers)
 
     monkeypatch.setattr(os, "readv", failing_readv)
-    request = verify.InstallRequest(
-        job_id=JOB,
-        file_path=str(downloads / JOB),
-        sha256=hashlib.sha256(content).hexdigest(),
-        size=len(content),
-        signature=b"",
-    )
 
     refused = gate.check(request, keep_going=lambda: True)
 
@@ -708,7 +704,7 @@ def test_a_read_error_reaches_the_check_as_a_refusal_and_stops_the_reader(
     assert "Input/output error" in refused.message
     assert _verify_threads() == []
     assert list(gate.copy_dir.iterdir()) == []
-    assert (downloads / JOB).read_bytes() == content  # given back
+    assert download.read_bytes() == content  # given back
 
 
 def test_a_consumer_that_stops_early_stops_the_reader(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.e2e.conftest import StackFactory
 from tests.e2e.device import (
+    NEW,
     OLD,
     Device,
     MiB,
@@ -138,6 +139,15 @@ def wait_workers_gone(stack: Stack) -> int:
     return pid
 
 
+def job_leaves_no_grpc(stack: Stack, pid: int, job_id: str, version: str = NEW) -> None:
+    """Runs `job_id` to SUCCEEDED; once its worker has stopped, the daemon (still `pid`)
+    maps no gRPC or protobuf."""
+    create_update(stack, job_id, version=version)
+    assert outcome(finished(stack, job_id)) == ("SUCCEEDED", "complete_ready")
+    assert wait_workers_gone(stack) == pid
+    assert grpc_mapped(pid) == []
+
+
 def test_an_idle_daemon_holds_no_grpc_before_or_after_a_job_and_still_runs_the_next(
     stack: Stack,
 ) -> None:
@@ -149,15 +159,9 @@ def test_an_idle_daemon_holds_no_grpc_before_or_after_a_job_and_still_runs_the_n
     wait_until(lambda: "hook server upparat-hookserver" in stack.daemon_log(), "GetInfo")
     pid = wait_workers_gone(stack)
     assert grpc_mapped(pid) == []
-    create_update(stack, JOB)
-    assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
-    assert wait_workers_gone(stack) == pid
-    assert grpc_mapped(pid) == []
+    job_leaves_no_grpc(stack, pid, JOB)
     assert not any(n in ("event_engine", "grpc_global_tim") for n in thread_names(pid))
-    create_update(stack, "upparat_fw_3_0_0", version="3.0.0")
-    assert outcome(finished(stack, "upparat_fw_3_0_0")) == ("SUCCEEDED", "complete_ready")
-    assert wait_workers_gone(stack) == pid
-    assert grpc_mapped(pid) == []
+    job_leaves_no_grpc(stack, pid, "upparat_fw_3_0_0", version="3.0.0")
 
 
 def test_the_package_report_at_start_leaves_no_grpc_in_the_daemon(
@@ -169,10 +173,7 @@ def test_the_package_report_at_start_leaves_no_grpc_in_the_daemon(
     wait_until(lambda: "runs (the version hook)" in stack.daemon_log(), "the start-up report")
     pid = wait_workers_gone(stack)
     assert grpc_mapped(pid) == []
-    create_update(stack, JOB)
-    assert outcome(finished(stack, JOB)) == ("SUCCEEDED", "complete_ready")
-    assert wait_workers_gone(stack) == pid
-    assert grpc_mapped(pid) == []
+    job_leaves_no_grpc(stack, pid, JOB)
 
 
 # --- an upparat 1.12 config file ----------------------------------------------------------

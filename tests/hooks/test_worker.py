@@ -1,10 +1,10 @@
-"""The hook worker: the real hook client in a child process, against the shell hook server.
-Its answers are the in-process client's, event for event; the daemon's side never loads
+"""The hook side of the job worker: the real hook client in a child process, against the
+shell hook server. Its answers are the in-process client's, event for event; the daemon's side never loads
 gRPC (tests/test_idle_imports.py, tests/e2e/test_process.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,11 +17,21 @@ from tests.hooks.contract_cases import (
     hook_server_factory,
 )
 from tests.hooks.test_client import Recorder, call_hook, downloaded
+from upparat.config import DownloadConfig
 from upparat.core.commands import AskHookInfo, CancelHook
-from upparat.core.events import HookInfoFailed, HookProgressed, HookSuccess
+from upparat.core.events import Event, HookInfoFailed, HookProgressed, HookSuccess
 from upparat.core.model import HookKind
 from upparat.hooks.client import HookClient
-from upparat.hooks.worker import hook_worker
+from upparat.hooks.values import INFO_TIMEOUT
+from upparat.io.child import ChildDriver
+from upparat.worker import JobCommand, job_worker
+
+
+def hook_worker(
+    endpoint: str, on_event: Callable[[Event], None], info_timeout: float = INFO_TIMEOUT
+) -> ChildDriver[JobCommand]:
+    """The daemon's job worker, given hook calls only here."""
+    return job_worker(endpoint, DownloadConfig(), None, on_event, info_timeout=info_timeout)
 
 
 @pytest.fixture(scope="module")

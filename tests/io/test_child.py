@@ -337,14 +337,15 @@ def test_close_stops_the_child_sends_nothing_more_and_reaps_it(driven: Driven) -
 
 
 def test_a_child_whose_stdin_ends_without_stop_exits(tmp_path: Path) -> None:
-    """What a SIGKILLed daemon leaves: its hook worker, busy with a GetInfo, reads the end
+    """What a SIGKILLed daemon leaves: its job worker, busy with a GetInfo, reads the end
     of its stdin and goes (serve's rule, in the real hook worker)."""
     code = textwrap.dedent(
         f"""
         import os
         from upparat.core.commands import AskHookInfo
-        from upparat.hooks.worker import hook_worker
-        driver = hook_worker("unix://{tmp_path}/absent.sock", print)
+        from upparat.config import DownloadConfig
+        from upparat.worker import job_worker
+        driver = job_worker("unix://{tmp_path}/absent.sock", DownloadConfig(), None, print)
         driver.execute(AskHookInfo())
         print(driver.pid, flush=True)
         os._exit(0)
@@ -354,7 +355,7 @@ def test_a_child_whose_stdin_ends_without_stop_exits(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     pid = int(done.stdout.split()[-1])
-    wait_until(lambda: not pid_alive(pid), "the orphaned hook worker to exit")
+    wait_until(lambda: not pid_alive(pid), "the orphaned job worker to exit")
 
 
 def test_a_call_after_close_ends_at_once_and_nothing_of_before_comes(driven: Driven) -> None:

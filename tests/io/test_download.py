@@ -1098,6 +1098,29 @@ def test_close_keeps_the_partial_file_and_refuses_new_work(
         start(downloader, server.url(), download_id=2)
 
 
+class _Syncs:
+    """Wraps os.fsync and os.fdatasync: each call as (name, inode, whether DownloadCompleted
+    had been sent when it was made)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> None:
+        self.calls: list[tuple[str, int, bool]] = []
+        self._recorder = recorder
+        monkeypatch.setattr(os, "fsync", self._wrap("fsync", os.fsync))
+        monkeypatch.setattr(os, "fdatasync", self._wrap("fdatasync", os.fdatasync))
+
+    def _wrap(self, name: str, real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            done = any(isinstance(e, DownloadCompleted) for e in self._recorder.events)
+            self.calls.append((name, os.fstat(fd).st_ino, done))
+            real(fd)
+
+        return sync
+
+    def of(self, inode: int) -> list[tuple[str, bool]]:
+        """The calls on one file, in order: (name, after DownloadCompleted)."""
+        return [(name, done) for name, ino, done in self.calls if ino == inode]
+
+
 def test_the_file_is_fsynced_every_few_mib_and_once_complete(
     make: Make,
     server: ScriptedServer,
@@ -1108,29 +1131,13 @@ def test_the_file_is_fsynced_every_few_mib_and_once_complete(
 ) -> None:
     monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 512 * 1024)
     monkeypatch.setattr(download_module, "SYNC_PERIOD", 0.0)
-    calls: list[tuple[str, int, bool]] = []
-    real_fsync, real_fdatasync = os.fsync, os.fdatasync
-
-    def note(name: str, fd: int) -> None:
-        done = any(isinstance(e, DownloadCompleted) for e in recorder.events)
-        calls.append((name, os.fstat(fd).st_ino, done))
-
-    def fsync(fd: int) -> None:
-        note("fsync", fd)
-        real_fsync(fd)
-
-    def fdatasync(fd: int) -> None:
-        note("fdatasync", fd)
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    syncs = _Syncs(monkeypatch, recorder)
     start(make(), server.url(), sha256=blob.sha256())
     recorder.completed()
     inode = (folder / JOB).stat().st_ino
-    _eventually(lambda: ("fsync", inode, True) in calls, "the final fsync")
+    _eventually(lambda: ("fsync", inode, True) in syncs.calls, "the final fsync")
 
-    ours = [(name, done) for name, ino, done in calls if ino == inode]
+    ours = syncs.of(inode)
     # The last one after DownloadCompleted: Install does not wait for the disk, and the
     # sidecar says the whole file is durable only once it is (the test above).
     assert ours[-1] == ("fsync", True)
@@ -1151,24 +1158,13 @@ def test_a_download_faster_than_the_sync_period_is_synced_once_at_the_end(
     # fast link is not slowed by a sync and a sidecar write every few MiB.
     monkeypatch.setattr(download_module, "FSYNC_INTERVAL", 64 * 1024)
     monkeypatch.setattr(download_module, "SYNC_PERIOD", 600.0)
-    calls: list[str] = []
-    real_fsync, real_fdatasync = os.fsync, os.fdatasync
-
-    def note(name: str, real: Callable[[int], None]) -> Callable[[int], None]:
-        def sync(fd: int) -> None:
-            if os.fstat(fd).st_ino == (folder / JOB).stat().st_ino:
-                calls.append(name)
-            real(fd)
-
-        return sync
-
-    monkeypatch.setattr(os, "fsync", note("fsync", real_fsync))
-    monkeypatch.setattr(os, "fdatasync", note("fdatasync", real_fdatasync))
+    syncs = _Syncs(monkeypatch, recorder)
     start(make(), server.url(), sha256=blob.sha256())
     recorder.completed()
-    _eventually(lambda: "fsync" in calls, "the final fsync")
+    inode = (folder / JOB).stat().st_ino
+    _eventually(lambda: ("fsync", inode, True) in syncs.calls, "the final fsync")
 
-    assert calls == ["fsync"]  # the last sync of all, after DownloadCompleted
+    assert syncs.of(inode) == [("fsync", True)]  # the last sync of all, after DownloadCompleted
 
 
 class _Writes:

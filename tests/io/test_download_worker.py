@@ -1,4 +1,4 @@
-"""The download worker: its ledger keeps the download driver's promises across the pipe
+"""The download side of the job worker: its ledger keeps the download driver's promises across the pipe
 (cancel and discard keep their meaning, a download lost with its child is interrupted,
 not failed), and the real `Downloader` in a child process downloads and resumes.
 The kill -9 of a child mid-download with the whole stack: tests/faults/test_worker_crash.py.
@@ -27,8 +27,9 @@ from upparat.core.events import (
 from upparat.core.model import DownloadFailure, DownloadId, JobId
 from upparat.devstack.faults import pid_alive, wait_until
 from upparat.io.child import Unexpected
-from upparat.io.download_worker import DownloadLedger, download_worker
+from upparat.io.download_worker import DownloadLedger
 from upparat.io.folder import SIDECAR_SUFFIX
+from upparat.worker import job_worker
 
 JOB = JobId("upparat_fw_2")
 
@@ -154,7 +155,8 @@ def test_a_download_in_a_child_resumes_after_the_child_was_killed(tmp_path: Path
     config = DownloadConfig(location=tmp_path, allow_http=True, min_free_space=0)
     folder = config.directory
     folder.mkdir(mode=0o700)
-    driver = download_worker(config, None, recorder)
+    # The daemon's job worker, given download commands only here.
+    driver = job_worker(f"unix://{tmp_path}/no-hook-server.sock", config, None, recorder)
     first = StartDownload(
         download_id=DownloadId(1),
         job_id=JOB,
@@ -174,7 +176,7 @@ def test_a_download_in_a_child_resumes_after_the_child_was_killed(tmp_path: Path
             interrupted = recorder.wait_for(DownloadInterrupted)
             assert interrupted.download_id == first.download_id
             assert interrupted.reason == (
-                f"download worker (pid {pid}) was killed by signal 9 (SIGKILL)"
+                f"job worker (pid {pid}) was killed by signal 9 (SIGKILL)"
             )
             partial = path.stat().st_size
             assert interrupted.bytes_done == partial

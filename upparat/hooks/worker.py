@@ -1,7 +1,7 @@
 """The hook side of the daemon's job worker (upparat.worker): the gRPC hook client
 (upparat.hooks.client, unchanged) in a child process that runs only while it has work
 (upparat.io.child), so the daemon never loads gRPC or protobuf, at start (GetInfo, the
-`$package` version report) or after jobs. `hook_worker` runs it alone (the tests do).
+`$package` version report) or after jobs.
 
 Owns the parent's ledger of hook calls: what a call in flight is owed when the child ends
 before answering (a `CallHook`: `HookUnavailable`, as from a hook server that cannot be
@@ -12,7 +12,6 @@ and the child's builder. Imports neither grpc nor protobuf outside `build_client
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 
 import attrs
@@ -27,15 +26,12 @@ from upparat.core.events import (
     HookUnavailable,
 )
 from upparat.core.model import CallId
-from upparat.hooks.values import INFO_TIMEOUT, clean_line
+from upparat.hooks.values import clean_line
 from upparat.io.child import (
-    LINGER,
     START_ALLOWANCE,
-    ChildDriver,
     Driver,
     Garbage,
     Unexpected,
-    serve,
 )
 
 log = logging.getLogger("upparat.hooks")
@@ -111,32 +107,7 @@ class HookLedger:
         pass
 
 
-def hook_worker(
-    endpoint: str,
-    on_event: Callable[[Event], None],
-    *,
-    info_timeout: float = INFO_TIMEOUT,
-    linger: float = LINGER,
-    python: str = sys.executable,
-) -> ChildDriver[HookCommand]:
-    """The runtime's hook driver for the hook server at `endpoint`."""
-    return ChildDriver(
-        name="hook worker",
-        module=__name__,
-        setup=HookSetup(endpoint=endpoint, info_timeout=info_timeout),
-        ledger=HookLedger(info_timeout=info_timeout),
-        on_event=on_event,
-        linger=linger,
-        python=python,
-    )
-
-
 # --- the child ---------------------------------------------------------------------------
-
-
-def main() -> int:
-    """The child: `HookClient` on the commands the daemon sends."""
-    return serve(build_client, accepts=hook_command, reads={__name__})
 
 
 def hook_command(message: object) -> HookCommand:

@@ -1,7 +1,7 @@
 """The download side of the daemon's job worker (upparat.worker): upparat.io.download's
 `Downloader` (used as it is) in a child process that runs only while it has work
 (upparat.io.child), so the daemon never holds the driver, its TLS context (the CA store),
-threads and buffers, before or after jobs. `download_worker` runs it alone (the tests do).
+threads and buffers, before or after jobs.
 
 Owns the parent's ledger of downloads: a download running when the child ends is owed
 `DownloadInterrupted` (a transient failure: the core's backoff starts it again and the
@@ -13,7 +13,6 @@ one sent to a child that then dies is done here once it has exited.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ from upparat.core.events import (
     Event,
 )
 from upparat.core.model import JobId
-from upparat.io.child import LINGER, ChildDriver, Driver, Garbage, Unexpected, serve
+from upparat.io.child import Driver, Garbage, Unexpected
 from upparat.io.folder import remove_job_files
 
 if TYPE_CHECKING:
@@ -155,37 +154,7 @@ class DownloadLedger:
         self.discarded.clear()
 
 
-def download_worker(
-    download: DownloadConfig,
-    trusted_keys: TrustedKeys | None,
-    on_event: Callable[[Event], None],
-    *,
-    linger: float = LINGER,
-    python: str = sys.executable,
-) -> ChildDriver[DownloadCommand]:
-    """The runtime's download driver for the `[service]` download settings."""
-    return ChildDriver(
-        name="download worker",
-        module=__name__,
-        setup=DownloadSetup.of(download, trusted_keys),
-        ledger=DownloadLedger(folder=download.directory),
-        on_event=on_event,
-        linger=linger,
-        python=python,
-    )
-
-
 # --- the child ---------------------------------------------------------------------------
-
-
-def main() -> int:
-    """The child: `Downloader` on the commands the daemon sends."""
-    # The setup holds plain values, paths and the trusted keys (upparat.signing).
-    return serve(
-        build_downloader,
-        accepts=download_command,
-        reads={__name__, "upparat.signing", "pathlib"},
-    )
 
 
 def download_command(message: object) -> DownloadCommand:

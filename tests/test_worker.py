@@ -148,30 +148,36 @@ def both(tmp_path: Path) -> worker._Both:
     return worker._Both(setup, lambda event: None)
 
 
-def hook(kind: HookKind, attempt: int = 1) -> CallHook:
-    context = HookContext(job_id=JOB, meta="", attempt=attempt, elapsed=0.0, force=False)
-    return CallHook(call_id=CallId(attempt), hook=kind, context=context, timeout=60.0)
+def hook(kind: HookKind, *, download_follows: bool = False) -> CallHook:
+    context = HookContext(job_id=JOB, meta="", attempt=1, elapsed=0.0, force=False)
+    return CallHook(
+        call_id=CallId(1),
+        hook=kind,
+        context=context,
+        timeout=60.0,
+        download_follows=download_follows,
+    )
 
 
-def test_the_download_hook_has_the_downloader_built_ahead_in_a_thread(
+def test_a_call_a_download_follows_has_the_downloader_built_ahead_in_a_thread(
     tmp_path: Path, built: _Builds
 ) -> None:
     driver = both(tmp_path)
-    driver.execute(hook(HookKind.VERSION))
-    assert built.download == []  # a job may end at its version check
-    driver.execute(hook(HookKind.DOWNLOAD))
+    driver.execute(hook(HookKind.VERSION, download_follows=True))
+    driver.execute(hook(HookKind.DOWNLOAD, download_follows=True))
     driver.execute(start())
 
-    [downloader] = built.download
+    [downloader] = built.download  # built once
     assert downloader.built_in == "download-prepare"
     assert downloader.commands == [start()]
     driver.close()
     assert downloader.closed
 
 
-def test_a_retried_download_hook_builds_nothing_ahead(tmp_path: Path, built: _Builds) -> None:
+def test_a_call_no_download_follows_builds_nothing_ahead(tmp_path: Path, built: _Builds) -> None:
     driver = both(tmp_path)
-    driver.execute(hook(HookKind.DOWNLOAD, attempt=2))
+    driver.execute(hook(HookKind.VERSION))
+    driver.execute(hook(HookKind.DOWNLOAD))
     assert built.download == []
     driver.execute(start())
     [downloader] = built.download
@@ -184,7 +190,7 @@ def test_a_downloader_that_fails_ahead_is_built_again_when_needed(
 ) -> None:
     built.failures = 1
     driver = both(tmp_path)
-    driver.execute(hook(HookKind.DOWNLOAD))
+    driver.execute(hook(HookKind.DOWNLOAD, download_follows=True))
     driver.execute(start())
     [downloader] = built.download
     assert downloader.built_in == threading.current_thread().name

@@ -38,7 +38,6 @@ from upparat.core.events import (
     DownloadProgressed,
     Event,
 )
-from upparat.core.model import HookKind
 from upparat.hooks.values import INFO_TIMEOUT
 from upparat.hooks.worker import HookCommand, HookLedger, HookSetup, build_client, hook_command
 from upparat.io.child import LINGER, ChildDriver, Driver, Garbage, Unexpected, serve
@@ -143,12 +142,13 @@ class _Both:
     """The child's driver: each command to the driver of its kind, built when first needed
     (a spell of hook calls only, the start-up GetInfo, never loads the download stack).
 
-    The downloader is built ahead, in a thread, when the download hook is called: the core
-    downloads next unless that hook says not yet, and building it (importing the download
-    stack, loading the TLS context: ~60 ms here, several times that on a small board)
-    then overlaps the hook's script and the cloud's answer to download_start instead of
-    delaying the first byte. Only on the hook's first attempt: a device told "not yet" every
-    retry_interval for hours builds it once per attempt that gets to download."""
+    The downloader is built ahead, in a thread, on the first hook call after which the core
+    says a download follows (`CallHook.download_follows`: a fresh job's version check, or its
+    download check): building it (importing the download stack, loading the TLS context:
+    ~60 ms here, several times that on a small board) then overlaps the hook calls, the
+    hook server's start after a quiet spell and the cloud's answers instead of delaying the
+    first byte. A job that ends at its version check has built it for nothing (once); the
+    checks after a restart, and a download hook retried for hours, build nothing ahead."""
 
     def __init__(self, setup: JobSetup, on_event: Callable[[Event], None]) -> None:
         self._setup = setup
@@ -163,7 +163,7 @@ class _Both:
                 if self._hooks is None:
                     self._hooks = build_client(self._setup.hooks, self._on_event)
                 self._hooks.execute(command)
-                if isinstance(command, CallHook) and _downloads_next(command):
+                if isinstance(command, CallHook) and command.download_follows:
                     self._prepare_downloader()
             case StartDownload() | CancelDownload() | DiscardDownload():
                 self._downloader().execute(command)
@@ -199,10 +199,6 @@ class _Both:
         for driver in (self._download, self._hooks):
             if driver is not None:
                 driver.close()
-
-
-def _downloads_next(call: CallHook) -> bool:
-    return call.hook is HookKind.DOWNLOAD and call.context.attempt == 1
 
 
 def main() -> int:

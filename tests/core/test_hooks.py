@@ -219,3 +219,30 @@ def test_the_hook_context_carries_job_meta_and_force() -> None:
     p = at_hook(HookKind.VERSION)
     context = p.last(CallHook).context
     assert (context.job_id, context.meta, context.force) == (JOB, "m", False)
+
+
+@pytest.mark.parametrize("hook", ALL_HOOKS)
+def test_only_a_fresh_jobs_first_version_and_download_checks_say_a_download_follows(
+    hook: HookKind,
+) -> None:
+    p = at_hook(hook, Settings(retry_interval=5))
+    follows = hook in (HookKind.VERSION, HookKind.DOWNLOAD)
+    assert p.last(CallHook).download_follows is follows
+    # Not on a retry: a download hook saying "not yet" for hours gets nothing ready.
+    p.answer(HookRetryLater())
+    p.fire(TimerKind.HOOK_RETRY)
+    assert p.last(CallHook).download_follows is False
+
+
+def test_the_version_checks_after_a_restart_or_an_interrupted_install_say_no_download() -> None:
+    p = Playbook(auto_accept=True)
+    p.boot()
+    p.list_jobs(in_progress=[summary()])
+    p.describe(execution(status=JobStatus.IN_PROGRESS, state="reboot_start"))
+    assert like(CallHook, hook=HookKind.VERSION, download_follows=False) in p.history
+
+    p = Playbook(auto_accept=True)
+    p.boot()
+    p.list_jobs(in_progress=[summary()])
+    p.describe(execution(status=JobStatus.IN_PROGRESS, state="installation_progress"))
+    assert like(CallHook, hook=HookKind.VERSION, download_follows=False) in p.history

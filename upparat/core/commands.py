@@ -98,6 +98,10 @@ class CallHook:
     """Deadline of the RPC in seconds."""
     file: InstallFile | None = None
     """Install only."""
+    download_follows: bool = False
+    """The job downloads next unless this call's answer stops it (a fresh job's first
+    version or download check): a driver may get ready for the download meanwhile. A hint
+    only; nothing depends on it."""
 
 
 @attrs.frozen(kw_only=True)

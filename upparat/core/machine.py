@@ -918,7 +918,7 @@ def _take_valid_job(state: State, execution: JobExecution, job: Job, now: float)
     if document.force or HookKind.VERSION in state.absent_hooks:
         state, more = _download_phase(state, job, now)
         return state, [*persist, logged, *more]
-    state, call, more = _start_call(state, job, HookKind.VERSION, now)
+    state, call, more = _start_call(state, job, HookKind.VERSION, now, download_follows=True)
     state = attrs.evolve(state, stage=CheckingVersion(job=job, call=call))
     # The version hook only reads, so its call starts before the journal's fsync and runs
     # while it lasts; its answer is handled after every command here, the write included.
@@ -983,7 +983,7 @@ def _back_from_restart(state: State, job: Job, now: float) -> Out:
 def _download_phase(state: State, job: Job, now: float) -> Out:
     if job.document.force or HookKind.DOWNLOAD in state.absent_hooks:
         return _start_download(state, job, now, refusals=0)
-    state, call, commands = _start_call(state, job, HookKind.DOWNLOAD, now)
+    state, call, commands = _start_call(state, job, HookKind.DOWNLOAD, now, download_follows=True)
     return attrs.evolve(state, stage=CheckingDownload(job=job, call=call)), commands
 
 
@@ -1206,14 +1206,31 @@ def _previous_version(state: State, job_id: JobId) -> str | None:
 
 
 def _start_call(
-    state: State, job: Job, hook: HookKind, now: float, *, file: InstallFile | None = None
+    state: State,
+    job: Job,
+    hook: HookKind,
+    now: float,
+    *,
+    file: InstallFile | None = None,
+    download_follows: bool = False,
 ) -> tuple[State, Call, list[Command]]:
+    """The first attempt of `hook`. `download_follows`: this is a fresh job's version or
+    download check, after which the job downloads unless the answer stops it. Never said
+    on a retry: a download hook that says "not yet" for hours must not have the driver get
+    ready for a download every retry_interval."""
     call = Call(attempt=1, started_at=now, pending=Sleeping(timer=0))
-    return _invoke(state, job, hook, call, now, file)
+    return _invoke(state, job, hook, call, now, file, download_follows=download_follows)
 
 
 def _invoke(
-    state: State, job: Job, hook: HookKind, call: Call, now: float, file: InstallFile | None
+    state: State,
+    job: Job,
+    hook: HookKind,
+    call: Call,
+    now: float,
+    file: InstallFile | None,
+    *,
+    download_follows: bool = False,
 ) -> tuple[State, Call, list[Command]]:
     state, serial = _next(state)
     call_id = CallId(serial)
@@ -1227,7 +1244,14 @@ def _invoke(
         force=document.force,
     )
     timeout = settings.install_timeout if hook is HookKind.INSTALL else settings.hook_timeout
-    command = CallHook(call_id=call_id, hook=hook, context=context, timeout=timeout, file=file)
+    command = CallHook(
+        call_id=call_id,
+        hook=hook,
+        context=context,
+        timeout=timeout,
+        file=file,
+        download_follows=download_follows,
+    )
     return state, attrs.evolve(call, pending=Running(call_id=call_id)), [command]
 
 

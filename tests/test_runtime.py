@@ -179,6 +179,9 @@ class Hooks:
             self.version = "2.0"
         self.inbox.post(e.HookFinished(call_id=command.call_id, hook=command.hook, result=result))
 
+    def expect(self, within: float) -> None:
+        self.log.append(("hooks", ("expect", within)))
+
     def close(self) -> None:
         self.log.append(("hooks", "close"))
 
@@ -188,12 +191,21 @@ class Downloads:
     inbox: EventQueue
     log: Log
     fail_on: type[c.Command] | None = None
+    interruptions: int = 0
+    """Attempts that end on a transient error before one completes."""
 
     def execute(self, command: c.StartDownload | c.CancelDownload | c.DiscardDownload) -> None:
         self.log.append(("download", command))
         if self.fail_on is not None and isinstance(command, self.fail_on):
             raise OSError("the download driver has a bug")
-        if isinstance(command, c.StartDownload):
+        if isinstance(command, c.StartDownload) and self.interruptions:
+            self.interruptions -= 1
+            self.inbox.post(
+                e.DownloadInterrupted(
+                    download_id=command.download_id, bytes_done=0, reason="reset", retry_after=0.05
+                )
+            )
+        elif isinstance(command, c.StartDownload):
             self.inbox.post(
                 e.DownloadCompleted(
                     download_id=command.download_id,
@@ -202,6 +214,9 @@ class Downloads:
                     sha256="0" * 64,
                 )
             )
+
+    def expect(self, within: float) -> None:
+        self.log.append(("download", ("expect", within)))
 
     def close(self) -> None:
         self.log.append(("download", "close"))
@@ -428,6 +443,25 @@ def test_timers_fire_through_the_loop(make_rig: Callable[..., Rig]) -> None:
     calls = [item for _, item in rig.log if isinstance(item, c.CallHook)]
     downloads = [call.context.attempt for call in calls if call.hook is HookKind.DOWNLOAD]
     assert downloads == [1, 2, 3]
+    # Each retry is announced to the hook driver (the job worker stays for it).
+    expected = [(source, item) for source, item in rig.log if isinstance(item, tuple)]
+    assert expected == [("hooks", ("expect", 0.05))] * 2
+
+
+def test_a_download_retry_is_announced_to_the_download_driver(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    rig.downloads.interruptions = 1
+    rig.start()
+    rig.wait_for_status(JobStatus.SUCCEEDED)
+    rig.stop()
+
+    starts = [item for _, item in rig.log if isinstance(item, c.StartDownload)]
+    assert len(starts) == 2
+    [(source, (what, within))] = [(s, i) for s, i in rig.log if isinstance(i, tuple)]
+    assert (source, what) == ("download", "expect")
+    assert within >= 0.05  # the backoff's delay, at least the server's Retry-After
 
 
 def test_a_failed_job_is_reported_to_the_services(make_rig: Callable[..., Rig]) -> None:

@@ -80,11 +80,13 @@ class MqttDriver(Protocol):
 
 class HookDriver(Protocol):
     def execute(self, command: c.AskHookInfo | c.CallHook | c.CancelHook) -> None: ...
+    def expect(self, within: float) -> None: ...
     def close(self) -> None: ...
 
 
 class DownloadDriver(Protocol):
     def execute(self, command: c.StartDownload | c.CancelDownload | c.DiscardDownload) -> None: ...
+    def expect(self, within: float) -> None: ...
     def close(self) -> None: ...
 
 
@@ -292,6 +294,12 @@ class Runtime:
                 self._downloader.execute(command)
             case c.SetTimer(timer=kind, token=token, delay=delay):
                 self._timers.set(kind, token, now + delay)
+                # A job's retry: its driver gets the command again when the timer fires (the
+                # job worker stays for it rather than starting again for every retry).
+                if kind is TimerKind.HOOK_RETRY:
+                    self._hooks.expect(delay)
+                elif kind is TimerKind.DOWNLOAD_RETRY:
+                    self._downloader.expect(delay)
             case c.Persist(record=record):
                 self._journal.save(record)
             case c.Log(level=level, message=message, job_id=job_id):

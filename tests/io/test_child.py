@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -114,7 +115,14 @@ def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 class Driven:
     """A ChildDriver running the fake worker with the hook ledger, and what it sent."""
 
-    def __init__(self, journal: Path, *, linger: float = 30.0, python: str | None = None) -> None:
+    def __init__(
+        self,
+        journal: Path,
+        *,
+        linger: float = 30.0,
+        hold: float = 60.0,
+        python: str | None = None,
+    ) -> None:
         self.journal = journal
         self.events = Recorder()
         self.lines: list[bytes] = []
@@ -125,6 +133,7 @@ class Driven:
             ledger=HookLedger(info_timeout=5.0),
             on_event=self.events,
             linger=linger,
+            hold=hold,
             stderr=self.lines.append,
             **({"python": python} if python is not None else {}),
         )
@@ -180,6 +189,38 @@ def test_one_child_runs_the_calls_of_a_busy_spell_and_stops_after_the_linger(
     finally:
         made.driver.close()
     made.wait_note(f"stop {second}")
+
+
+def test_a_child_is_kept_for_a_command_expected_within_the_hold(journal: Path) -> None:
+    made = Driven(journal, linger=0.5, hold=60.0)
+    try:
+        first = call_hook(HookKind.DOWNLOAD, "answer")
+        made.driver.execute(first)
+        pid = answered_by(made.events.finished(first.call_id))
+        made.driver.expect(30.0)  # the core's retry timer: called again in 30 s
+        # A child nobody expects is told to stop after the linger; this one stays for the
+        # retry, and runs it.
+        time.sleep(1.5)
+        assert made.notes() == [f"start {pid}"]
+        again = call_hook(HookKind.DOWNLOAD, "answer")
+        made.driver.execute(again)
+        assert answered_by(made.events.finished(again.call_id)) == pid
+        # The command came: the expectation is over, and the linger applies again.
+        made.wait_note(f"stop {pid}")
+    finally:
+        made.driver.close()
+
+
+def test_a_child_is_not_kept_for_a_command_expected_beyond_the_hold(journal: Path) -> None:
+    made = Driven(journal, linger=0.5, hold=60.0)
+    try:
+        first = call_hook(HookKind.DOWNLOAD, "answer")
+        made.driver.execute(first)
+        pid = answered_by(made.events.finished(first.call_id))
+        made.driver.expect(61.0)  # started again then: its memory is back meanwhile
+        made.wait_note(f"stop {pid}")
+    finally:
+        made.driver.close()
 
 
 def test_calls_back_to_back_share_the_child_while_it_lingers(driven: Driven) -> None:

@@ -58,6 +58,12 @@ start with grpc's import (~0.3 s here, a few seconds on a small board busy booti
 A child that overstays a deadline by this much is killed, and its calls end as lost."""
 STOP_WAIT = 5.0
 """Seconds a child told to stop has to close its driver and exit before it is killed."""
+HOLD = 1200.0
+"""Longest wait for an expected command (`ChildDriver.expect`) the child is kept through.
+Kept idle, a child costs memory only (its driver holds no gRPC channel, so no thread of it
+wakes); started again, the job worker costs ~0.2 CPU s here. After 20 minutes that is
+0.01 CPU s per minute, the daemon's idle budget (issue 16): for longer waits the memory
+goes back and the child is started again when the command comes."""
 MAX_FRAME = 4 * 1024 * 1024
 """No message comes near this (a hook result's detail is cut to 16 KiB): a larger length
 is garbage."""
@@ -253,6 +259,7 @@ class ChildDriver(Generic[Cmd]):
         ledger: Ledger[Cmd],
         on_event: Callable[[Event], None],
         linger: float = LINGER,
+        hold: float = HOLD,
         python: str = sys.executable,
         stderr: Callable[[bytes], None] = _write_stderr,
     ) -> None:
@@ -262,6 +269,9 @@ class ChildDriver(Generic[Cmd]):
         self._ledger = ledger
         self._on_event = on_event
         self._linger = linger
+        self._hold = hold
+        self._expected = 0.0
+        """When a command is expected (monotonic; 0: none is): no stop before then."""
         self._python = python
         self._stderr = stderr
         self._lock = threading.Lock()
@@ -290,6 +300,7 @@ class ChildDriver(Generic[Cmd]):
             self._await_exit(stopping)
         with self._lock:
             now = time.monotonic()
+            self._expected = 0.0  # the command expected came, or the job went on without it
             child = self._child
             if not self._ledger.sent(command, now, running=child is not None and not self._closed):
                 self._idle_from(now)
@@ -304,6 +315,18 @@ class ChildDriver(Generic[Cmd]):
                     return
                 child = started
             self._send(child, command)
+            self._idle_from(now)
+            self._changed.notify_all()
+
+    def expect(self, within: float) -> None:
+        """A command is expected `within` seconds (a job's retry: its hook is called again
+        then): the child is kept until then instead of stopping `linger` after its last
+        answer and starting again for it, if that is at most `hold` seconds away. Only
+        ever keeps a running child longer; the next command or expectation ends this one
+        (a job cancelled meanwhile leaves the child until the time it expected)."""
+        with self._lock:
+            now = time.monotonic()
+            self._expected = now + within if 0 <= within <= self._hold else 0.0
             self._idle_from(now)
             self._changed.notify_all()
 
@@ -392,7 +415,7 @@ class ChildDriver(Generic[Cmd]):
 
     def _idle_from(self, now: float) -> None:
         if not self._ledger.busy():
-            self._close_at = now + self._linger
+            self._close_at = max(now, self._expected) + self._linger
 
     def _emit(self, event: Event) -> None:
         try:

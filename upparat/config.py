@@ -25,6 +25,7 @@ import attrs
 from upparat import scriptenv, urls
 from upparat.aws import shadow, topics
 from upparat.core.model import LogLevel, Settings, ThingName
+from upparat.hooks import RETRY_HOLD
 
 if TYPE_CHECKING:
     from upparat import signing
@@ -117,6 +118,7 @@ KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
         "log_level",
         "state_dir",
         "idle_release",
+        "retry_hold",
     ),
 }
 """Every section and key the file may contain (1.12's and the new ones)."""
@@ -319,6 +321,9 @@ class HookServerConfig:
     idle_release: float = 20.0
     """Seconds after the last connection before the hook server drops gRPC and re-executes
     itself, so that gRPC's memory goes back to the system until the next job."""
+    retry_hold: float = RETRY_HOLD
+    """Seconds after a script last said "retry later" during which the hook server, idle,
+    drops gRPC's server but does not re-execute: the daemon's next call comes soon."""
 
     @property
     def listen_path(self) -> Path:
@@ -399,7 +404,8 @@ class Config:
             f"[hookserver] listen={hs.listen}"
             f" default_retry_after={opt(hs.default_retry_after)}"
             f" cancel_grace_period={hs.cancel_grace_period:g} socket_mode={hs.socket_mode:04o}"
-            f" script_path={opt(hs.script_path)} idle_release={hs.idle_release:g}",
+            f" script_path={opt(hs.script_path)} idle_release={hs.idle_release:g}"
+            f" retry_hold={hs.retry_hold:g}",
         )
         return "\n".join(lines)
 
@@ -1063,4 +1069,5 @@ def _build_hookserver(r: _Reader, hooks: HooksConfig) -> HookServerConfig:
         log_level=r.value(sec, "log_level", _log_level, d.log_level),
         state_dir=r.value(sec, "state_dir", _path, None),
         idle_release=r.value(sec, "idle_release", _seconds(allow_zero=False), d.idle_release),
+        retry_hold=r.value(sec, "retry_hold", _seconds(allow_zero=True), d.retry_hold),
     )

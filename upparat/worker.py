@@ -38,6 +38,7 @@ from upparat.core.events import (
     DownloadProgressed,
     Event,
 )
+from upparat.hooks import RETRY_HOLD
 from upparat.hooks.values import INFO_TIMEOUT
 from upparat.hooks.worker import HookCommand, HookLedger, HookSetup, build_client, hook_command
 from upparat.io.child import LINGER, ChildDriver, Driver, Garbage, Unexpected, serve
@@ -131,6 +132,7 @@ def job_worker(
         ),
         on_event=on_event,
         linger=linger,
+        hold=RETRY_HOLD,
         python=python,
     )
 

@@ -95,6 +95,8 @@ class HookServer:
         """The gRPC server of a TCP listen; a unix socket gets one on demand."""
         self._ondemand: ondemand.OnDemandServer | None = None
         self._socket_inode: tuple[int, int] | None = None
+        self._held_for_retry: threading.Timer | None = None
+        """Wakes the main thread once a retry is no longer waited for (`reexec`)."""
 
     def _make_server(self) -> grpc.Server:
         with self._lock:
@@ -236,6 +238,15 @@ class HookServer:
         with self._lock:
             if self._stopping or (self._services is not None and self._services.busy()):
                 return
+            services = self._services
+        # A script said "retry later" (a maintenance window not open yet): the daemon calls
+        # again, maybe every minute for hours. gRPC's server is dropped (nothing wakes);
+        # its import is kept, so the call builds a server in ~10 ms instead of a fresh
+        # program's ~0.2 CPU s, until retry_hold has passed without another such answer.
+        left = 0.0 if services is None else services.retry_expected(time.monotonic())
+        if left > 0:
+            self._reexec_after(left)
+            return
         now = config_fingerprint(self.config, config_path)
         if now != self._fingerprint:
             if not self._stale_warned:
@@ -268,12 +279,29 @@ class HookServer:
             self._fingerprint = ""  # once is enough to know
             self._ondemand.resume(held)
 
+    def _reexec_after(self, seconds: float) -> None:
+        """The main thread tries `reexec` again in `seconds` (a connection meanwhile drops
+        gRPC again when it ends, and that tries it as well)."""
+        wake = self._wake
+        if wake is None:
+            return
+        with self._lock:
+            if self._held_for_retry is not None:
+                self._held_for_retry.cancel()
+            timer = threading.Timer(seconds, wake.set)
+            timer.name = "hook-retry-hold"
+            timer.daemon = True
+            self._held_for_retry = timer
+        timer.start()
+
     def stop(self) -> None:
         """NOT_SERVING, stop every script (SIGTERM, SIGKILL after the grace period), close."""
         log.info("stopping: no new calls; stopping running scripts")
         with self._lock:
             self._stopping = True
             services = self._services
+            if self._held_for_retry is not None:
+                self._held_for_retry.cancel()
         runs = services.stop() if services is not None else []
         deadline = time.monotonic() + self.config.cancel_grace_period + 2.0
         for run in runs:

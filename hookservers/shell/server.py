@@ -203,6 +203,8 @@ class Runner:
         )
         self.gate = gate
         """Prepared at start (main.HookServer), before any call."""
+        self._retry_later_at: float | None = None
+        """When a script last said "retry later" (monotonic)."""
 
     def begin(
         self,
@@ -334,6 +336,9 @@ class Runner:
         else:
             result, _ = hook_result(call.hook, script, outcome, self.config.default_retry_after)
             how = f"{_describe(result)} ({_ending(outcome)})"
+            if result.outcome == hooks_pb2.OUTCOME_RETRY_LATER:
+                with self._lock:
+                    self._retry_later_at = time.monotonic()
         if outcome.leftovers:
             how += f", {outcome.leftovers} leftover process(es) killed"
         log.info(
@@ -351,6 +356,13 @@ class Runner:
         """A call holds a hook's slot (checking its file or running its script)."""
         with self._lock:
             return bool(self._calls)
+
+    def retry_expected(self, now: float) -> float:
+        """Seconds left of `[hookserver] retry_hold` since a script last said "retry
+        later" (0: none)."""
+        with self._lock:
+            at = self._retry_later_at
+        return 0.0 if at is None else max(0.0, at + self.config.retry_hold - now)
 
     def stop_all(self) -> list[ScriptRun]:
         """Refuses new calls and stops every running script; returns them to wait for."""
@@ -643,6 +655,9 @@ class Services:
 
     def busy(self) -> bool:
         return self.runner.busy()
+
+    def retry_expected(self, now: float) -> float:
+        return self.runner.retry_expected(now)
 
     def stop(self) -> list[ScriptRun]:
         """NOT_SERVING, no new calls; stops every running script and returns them."""

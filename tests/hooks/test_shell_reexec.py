@@ -128,6 +128,42 @@ def test_a_running_script_is_never_cut_off_by_a_re_exec(
     wait_for(lambda: server.log().count("re-executed") == 2, "the re-exec after it")
 
 
+def test_after_a_retry_later_grpc_goes_but_the_program_stays_until_the_hold_ends(
+    factory: HookServerFactory,
+) -> None:
+    # A download hook that says "not yet" is called again every retry_interval: the
+    # server drops gRPC's server between calls (nothing of it wakes), but keeps gRPC
+    # loaded for the next call until retry_hold has passed, then re-executes as always.
+    server = factory.start(
+        {"version": "echo 1.0.0", "download": "echo 'window closed'; exit 3"},
+        options={"idle_release": f"{RELEASE}", "retry_hold": "3", "log_level": "DEBUG"},
+    )
+    server.close()
+    pid = server.pid
+    wait_for(lambda: "re-executed to give back" in server.log(), "the re-exec after start")
+    wait_for(lambda: not grpc_loaded(pid), "gRPC unloaded")
+    dropped = server.log().count("gRPC server dropped")
+
+    for _ in range(2):  # the second call comes to the program the first one left
+        channel = server.new_channel()
+        try:
+            reply = hooks_pb2_grpc.HookServiceStub(channel).CheckDownload(
+                hooks_pb2.CheckDownloadRequest(context=job()), timeout=10
+            )
+        finally:
+            channel.close()
+        assert reply.result.outcome == hooks_pb2.OUTCOME_RETRY_LATER, reply.result
+        dropped += 1
+        wait_for(lambda n=dropped: server.log().count("gRPC server dropped") >= n, "the drop")
+        time.sleep(RELEASE + 0.2)  # a re-exec would follow the drop at once
+        assert server.log().count("re-executed") == 1  # the one after start only
+        assert grpc_loaded(pid)
+
+    wait_for(lambda: server.log().count("re-executed") == 2, "the re-exec once the hold ended")
+    wait_for(lambda: not grpc_loaded(pid), "gRPC unloaded")
+    assert version_call(server) == "1.0.0"
+
+
 # -- the hand-over, on its own ------------------------------------------------------------
 
 

@@ -6,3 +6,12 @@ the client's builder) that runs it in a child process of the daemon (upparat.wor
 Nothing outside this package imports grpc or the generated code; the daemon imports
 neither.
 """
+
+RETRY_HOLD = 1200.0
+"""Seconds a retry is waited for with what makes it cheap kept, and nothing that wakes: a
+hook that said "retry later" (a maintenance window not open yet) is called again after
+retry_interval (60 s by default), for hours maybe. The daemon keeps its job worker (no gRPC
+channel open between calls; download retries too), the shell hook server its process with
+gRPC imported but no server running, instead of starting them again for each call: that
+costs ~0.2 CPU s at each end here. After 20 minutes that is 0.01 CPU s per minute, the
+idle budget (issue 16): longer waits give the memory back."""

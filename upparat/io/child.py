@@ -58,12 +58,7 @@ start with grpc's import (~0.3 s here, a few seconds on a small board busy booti
 A child that overstays a deadline by this much is killed, and its calls end as lost."""
 STOP_WAIT = 5.0
 """Seconds a child told to stop has to close its driver and exit before it is killed."""
-HOLD = 1200.0
-"""Longest wait for an expected command (`ChildDriver.expect`) the child is kept through.
-Kept idle, a child costs memory only (its driver holds no gRPC channel, so no thread of it
-wakes); started again, the job worker costs ~0.2 CPU s here. After 20 minutes that is
-0.01 CPU s per minute, the daemon's idle budget (issue 16): for longer waits the memory
-goes back and the child is started again when the command comes."""
+
 MAX_FRAME = 4 * 1024 * 1024
 """No message comes near this (a hook result's detail is cut to 16 KiB): a larger length
 is garbage."""
@@ -259,7 +254,7 @@ class ChildDriver(Generic[Cmd]):
         ledger: Ledger[Cmd],
         on_event: Callable[[Event], None],
         linger: float = LINGER,
-        hold: float = HOLD,
+        hold: float = 0.0,
         python: str = sys.executable,
         stderr: Callable[[bytes], None] = _write_stderr,
     ) -> None:
@@ -321,9 +316,10 @@ class ChildDriver(Generic[Cmd]):
     def expect(self, within: float) -> None:
         """A command is expected `within` seconds (a job's retry: its hook is called again
         then): the child is kept until then instead of stopping `linger` after its last
-        answer and starting again for it, if that is at most `hold` seconds away. Only
-        ever keeps a running child longer; the next command or expectation ends this one
-        (a job cancelled meanwhile leaves the child until the time it expected)."""
+        answer and starting again for it, if that is at most `hold` seconds away (0: never;
+        the job worker's is upparat.hooks.RETRY_HOLD). Only ever keeps a running child
+        longer; the next command or expectation ends this one (a job cancelled meanwhile
+        leaves the child until the time it expected)."""
         with self._lock:
             now = time.monotonic()
             self._expected = now + within if 0 <= within <= self._hold else 0.0

@@ -76,6 +76,11 @@ class Mode:
     after_jobs_settle: float
     """Seconds after the last latency job before memory is sampled "idle after jobs"; the
     full and quick runs wait for the hook server's gRPC to be dropped (DEFAULT_IDLE_RELEASE)."""
+    wait_interval: int
+    """retry_interval of the job waiting for its maintenance window: past the hook
+    server's DEFAULT_IDLE_RELEASE plus the channel's linger in the full and quick runs, so
+    each call finds the hook server without gRPC, as the default of 60 s does."""
+    wait_window: float
 
 
 MODES = {
@@ -98,6 +103,8 @@ MODES = {
         pinned_windows=3,
         pinned_latency_jobs=6,
         after_jobs_settle=DEFAULT_IDLE_RELEASE + 10.0,
+        wait_interval=30,
+        wait_window=90.0,
     ),
     "quick": Mode(
         name="quick",
@@ -118,6 +125,8 @@ MODES = {
         pinned_windows=2,
         pinned_latency_jobs=3,
         after_jobs_settle=DEFAULT_IDLE_RELEASE + 5.0,
+        wait_interval=30,
+        wait_window=30.0,
     ),
     "smoke": Mode(
         name="smoke",
@@ -138,6 +147,8 @@ MODES = {
         pinned_windows=1,
         pinned_latency_jobs=1,
         after_jobs_settle=1.0,
+        wait_interval=1,
+        wait_window=2.0,
     ),
 }
 LATENCY_SIZE = 1_000_000
@@ -510,6 +521,17 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
                     lambda: measure.measure_hook_overhead(ours, count=mode.hook_calls),
                 )
             )
+        # Last: it leaves both daemons with a job that waits (cancelled at the end).
+        say(
+            f"waiting for a maintenance window: download hook 'not yet' every"
+            f" {mode.wait_interval} s, CPU over {mode.wait_window:.0f} s"
+        )
+        waiting, *waiting_rest = measure.measure_waiting(
+            [rig for _, rig in both],
+            interval=mode.wait_interval,
+            window=mode.wait_window,
+            timeout=mode.timeout,
+        )
     finally:
         if floor is not None:
             floor.close()
@@ -527,6 +549,8 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
         after_jobs=after_jobs,
         latency_cold=cold,
         latency_cold_legacy=cold_rest[0] if cold_rest else None,
+        waiting=waiting,
+        waiting_legacy=waiting_rest[0] if waiting_rest else None,
         imports=imports,
         imports_from_source=imports_from_source,
         download=download,

@@ -116,6 +116,10 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
             judged = ("no target",) if unjudged else ("met", "**missed**")
             assert verdict in (*judged, "not measured"), (label, verdict)
     assert "| I2b hook server idle wakeups/s, no daemon connected |" in issue16
+    # Measured on all cores only: a job whose download hook says "not yet", retried.
+    waiting = "I4b a job waiting for its maintenance window: CPU s/min, daemon + hook server"
+    assert issue16.count(f"| {waiting} |") == 1
+    assert _rows(issue16)[waiting][4] == "no target"
     download_rows = _rows(_section(markdown, "## 1. Download"))
 
     results = json.loads((tmp_path / "results.json").read_text())
@@ -129,6 +133,7 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
         assert {run["status"] for run in results[series]["runs"]} == {"SUCCEEDED"}, series
     assert len(results["hooks"]["grpc"]["samples"]) == 5
     assert results["idle"]["daemon"]["rss_kb"] > 0
+    assert results["waiting"]["calls"] >= 1
     assert results["idle"]["floor"]["rss_kb"] > 0
 
     # 1.12 runs only when bench/.venv112 exists (the smoke run installs nothing); either

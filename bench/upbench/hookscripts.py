@@ -38,6 +38,12 @@ class HookScripts:
     def version_file(self) -> Path:
         return self.folder / "installed-version"
 
+    @property
+    def not_yet(self) -> Path:
+        """While this file exists, the download hook says "not yet" (exit 3): the
+        maintenance window is closed."""
+        return self.folder / "not-yet"
+
     def paths(self) -> dict[str, Path]:
         return {name: self.folder / name for name in HOOK_NAMES}
 
@@ -61,9 +67,10 @@ def write_hook_scripts(folder: Path, installed_version: str) -> HookScripts:
     scripts.version_file.write_text(installed_version + "\n")
     log = shlex.quote(str(scripts.calls_log))
     version = shlex.quote(str(scripts.version_file))
+    not_yet = shlex.quote(str(scripts.not_yet))
     bodies = {
         "version": f'v=0\nread -r v < {version}\nprintf "%s\\n" "$v"\n',
-        "download": "",
+        "download": f"if [[ -e {not_yet} ]]; then echo 'window closed' >&2; exit 3; fi\n",
         "install": f'printf "%s\\n" "$3" > {version}\n',
         "restart": "",
         "ready": "",

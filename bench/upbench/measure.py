@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
@@ -30,7 +31,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from upbench import wakeups
-from upbench.procstat import cpu_seconds, memory, pss_kb, smaps, switches_since, thread_switches
+from upbench.procstat import (
+    cpu_seconds,
+    memory,
+    pss_kb,
+    smaps,
+    switches_since,
+    thread_switches,
+    tree_cpu_seconds,
+)
 from upbench.rigs import JobRun, LegacyRig, Rig, UpparatRig
 from upbench.wakeups import ProcessWakeups
 from upparat.devstack.procs import child_pids
@@ -957,6 +966,86 @@ def _await_no_worker(rig: UpparatRig, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while child_pids(daemon) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+# --- a job waiting for its maintenance window --------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class WaitResult:
+    """One daemon's job waiting for its maintenance window: its download hook says "not
+    yet" (exit 3) on every call, `interval` seconds apart (retry_interval)."""
+
+    interval: float
+    window: float
+    calls: int
+    """Download hook calls in the window."""
+    daemon_cpu: float
+    """CPU s in the window of the daemon and every process it started (upparat's job
+    worker; 1.12's hook scripts)."""
+    hookserver_cpu: float | None
+    """CPU s in the window of the hook server and its scripts (1.12 has none)."""
+
+    @property
+    def cpu_per_minute(self) -> float:
+        return (self.daemon_cpu + (self.hookserver_cpu or 0.0)) * 60.0 / self.window
+
+
+def measure_waiting(
+    rigs: Sequence[Rig], *, interval: int, window: float, timeout: float
+) -> list[WaitResult]:
+    """Each rig's daemon restarted with `interval` as its retry_interval, then one job whose
+    download hook says "not yet" on every call; CPU over `window` seconds from halfway
+    between two calls. The rigs side by side (CPU seconds are each process's own)."""
+    with ThreadPoolExecutor(len(rigs)) as pool:
+        return list(
+            pool.map(
+                lambda rig: _wait_on(rig, interval=interval, window=window, timeout=timeout),
+                rigs,
+            )
+        )
+
+
+def _wait_on(rig: Rig, *, interval: int, window: float, timeout: float) -> WaitResult:
+    rig.retry_hooks(interval, max_retries=1000)
+
+    def downloads() -> int:
+        return sum(1 for c in rig.scripts.calls() if c.hook == "download")
+
+    rig.scripts.not_yet.touch()
+    job_id, version = rig.next_job("wait")
+    try:
+        before = downloads()
+        rig.stack.create_job(
+            job_id,
+            url="http://127.0.0.1:9/never.bin",  # never fetched: the window stays closed
+            version=version,
+            meta=version,
+            sha256="0" * 64,
+            size=1,
+        )
+        deadline = time.monotonic() + timeout
+        while downloads() == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(interval / 2)
+        daemon, hookserver = rig.daemon_pid(), rig.hookserver_pid()
+        cpu0 = tree_cpu_seconds(daemon)
+        hs0 = None if hookserver is None else tree_cpu_seconds(hookserver)
+        calls0 = downloads()
+        time.sleep(window)
+        return WaitResult(
+            interval=interval,
+            window=window,
+            calls=downloads() - calls0,
+            daemon_cpu=tree_cpu_seconds(daemon) - cpu0,
+            hookserver_cpu=None
+            if hookserver is None or hs0 is None
+            else tree_cpu_seconds(hookserver) - hs0,
+        )
+    finally:
+        rig.scripts.not_yet.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):  # the job ends with the section either way
+            rig.stack.control.cancel_job(job_id, force=True)
 
 
 # --- the cloud's share of a phase change -----------------------------------------------------

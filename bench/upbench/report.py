@@ -26,6 +26,7 @@ from upbench.measure import (
     Profile,
     Step,
     Timing,
+    WaitResult,
 )
 from upbench.procstat import cpu_at
 from upbench.rigs import JobRun
@@ -112,6 +113,9 @@ class Results:
     """One job after that quiet spell (the hook server's gRPC and the daemon's hook
     worker gone, as before a device's next job)."""
     latency_cold_legacy: LatencyResult | None = None
+    waiting: WaitResult | None = None
+    """A job whose download hook says "not yet" on every call (None: not measured)."""
+    waiting_legacy: WaitResult | None = None
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -1226,6 +1230,7 @@ ISSUE16_LABELS = (
     "I2 hook server idle wakeups/s",
     "I3 daemon idle CPU s/min",
     "I4 hook server idle CPU s/min",
+    "I4b a job waiting for its maintenance window: CPU s/min, daemon + hook server",
     "I5 daemon idle RSS above the floor",
     "I6 daemon + hook server idle PSS summed",
     "I7 trivial job latency, median",
@@ -1290,6 +1295,8 @@ class _Run16:
     sha256_cpu: float | None
     cores: int
     """The cores the daemon had."""
+    waiting: WaitResult | None = None
+    waiting_legacy: WaitResult | None = None
 
 
 def _runs16(r: Results) -> list[tuple[str, _Run16]]:
@@ -1311,6 +1318,8 @@ def _runs16(r: Results) -> list[tuple[str, _Run16]]:
                 sha256=d.hashlib.median,
                 sha256_cpu=sha_cpu,
                 cores=r.env.cores,
+                waiting=r.waiting,
+                waiting_legacy=r.waiting_legacy,
             ),
         )
     ]
@@ -1406,6 +1415,8 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         "the wakeups of I2: " + _bound_by_threads(i.hookserver, 2),
         3,
     )
+    if run.waiting is not None:
+        rows.append(_waiting_row(run.waiting, run.waiting_legacy))
     above = (i.daemon.rss_kb - i.floor.rss_kb) / 1024
     rows.append(
         [
@@ -1527,6 +1538,34 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         ]
     )
     return rows
+
+
+def _waiting_row(w: WaitResult, legacy: WaitResult | None) -> list[str]:
+    """A job waiting for its maintenance window, side by side with 1.12: not idle (a job
+    runs), so the idle target is not its verdict; what one call costs is its text."""
+
+    def per_call(cpu: float | None, calls: int) -> str:
+        return "-" if cpu is None or not calls else f"{cpu / calls:.3f} s"
+
+    return [
+        "I4b a job waiting for its maintenance window: CPU s/min, daemon + hook server",
+        "none (the idle rows' ≤ 0.01 is for no job)",
+        f"{w.cpu_per_minute:.3f}",
+        "-" if legacy is None else f"{legacy.cpu_per_minute:.3f}",
+        "",
+        NO_TARGET,
+        f'the download hook said "not yet" (exit 3) {w.calls} times in {w.window:.0f} s'
+        f" (retry_interval {w.interval:g} s; 60 s by default). Per call: the daemon"
+        f" {per_call(w.daemon_cpu, w.calls)} (its job worker stays through the wait, with no gRPC"
+        f" channel open between calls, and makes the call), the hook server"
+        f" {per_call(w.hookserver_cpu, w.calls)} (the script, and, when the wait is longer than its"
+        " idle_release, re-executing itself and building its gRPC server again)"
+        + (
+            ""
+            if legacy is None
+            else f"; 1.12 {per_call(legacy.daemon_cpu, legacy.calls)} (a thread runs the script)"
+        ),
+    ]
 
 
 def download_windows(runs: Sequence[JobRun]) -> list[float | None]:

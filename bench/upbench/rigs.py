@@ -167,6 +167,11 @@ class Rig(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def retry_hooks(self, interval: int, max_retries: int) -> None:
+        """Restart the daemon calling a hook that said "retry later" again `interval`
+        seconds after, up to `max_retries` times (both daemons' [hooks] keys)."""
+
     def _remove_runtime_dir(self) -> None:
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
@@ -343,6 +348,11 @@ class UpparatRig(Rig):
         self.stack.write_config()
         self.start_daemon()
 
+    def retry_hooks(self, interval: int, max_retries: int) -> None:
+        self.reconfigure(
+            "hooks", {"retry_interval": str(interval), "max_retries": str(max_retries)}
+        )
+
     def daemon_pid(self) -> int:
         assert self.stack.daemon is not None, "the daemon is not running"
         return self.stack.daemon.pid
@@ -372,6 +382,8 @@ class LegacyRig(Rig):
         super().__init__(workdir)
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_path = workdir / "upparat-1.12.ini"
+        self.retries = (1, 5)
+        """[hooks] retry_interval and max_retries."""
 
     def write_config(self) -> None:
         hooks = "".join(f"{name} = {path}\n" for name, path in self.scripts.paths().items())
@@ -386,14 +398,17 @@ class LegacyRig(Rig):
             f"client_id = {THING}\n"
             "\n[hooks]\n"
             f"{hooks}"
-            "retry_interval = 1\n"
-            "max_retries = 5\n"
+            f"retry_interval = {self.retries[0]}\n"
+            f"max_retries = {self.retries[1]}\n"
         )
 
     def start(self) -> None:
         self.stack.broker.start()
         self.stack.files.start()
         self.stack.start_emulator()
+        self.start_daemon()
+
+    def start_daemon(self) -> None:
         self.write_config()
         self.stack.download_dir.mkdir(parents=True, exist_ok=True)
         # Not in the repository's tree and without PYTHONPATH: `import upparat` must find
@@ -419,12 +434,20 @@ class LegacyRig(Rig):
         assert self.proc is not None, "1.12 is not running"
         return self.proc.pid
 
-    def close(self) -> None:
+    def retry_hooks(self, interval: int, max_retries: int) -> None:
+        self.stop_daemon()
+        self.retries = (interval, max_retries)
+        self.start_daemon()
+
+    def stop_daemon(self) -> None:
         if self.proc is not None:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.send_signal(signal.SIGTERM)
             stop_process(self.proc)
             self.proc = None
+
+    def close(self) -> None:
+        self.stop_daemon()
         self.stack.close()
         self._remove_runtime_dir()

@@ -45,6 +45,8 @@ SERVER_NAME = "upparat-hookserver"
 HANDOVER_ENV = "UPPARAT_HOOKSERVER_HANDOVER"
 """Set only across the hook server's own re-exec: `<listener fd> <socket dev>:<ino>
 [<held connection fd> ...]`. Removed from the environment as soon as it is read."""
+PRIVATE_RECORD = "grpc-private-dir"
+"""In state_dir: the path of the on-demand gRPC server's private directory in /tmp."""
 
 
 class StartupError(Exception):
@@ -176,8 +178,18 @@ class HookServer:
             listener.close()
             raise StartupError(f"cannot set the mode of unix://{path}: {e}") from None
         self._socket_inode = (st.st_dev, st.st_ino)
+        # A hook server killed with its gRPC server running left that server's private
+        # directory in /tmp; its record in state_dir says which (started anew: by systemd
+        # after a crash, by hand after a power cut).
+        left = ondemand.remove_recorded(self._private_record)
+        if left is not None:
+            log.info("removed %s, left by a hook server that did not stop", left)
         self._ondemand = ondemand.OnDemandServer(
-            listener, self._make_server, on_idle=self._idle, idle_stop=self.config.idle_release
+            listener,
+            self._make_server,
+            on_idle=self._idle,
+            idle_stop=self.config.idle_release,
+            record=self._private_record,
         )
         self._ondemand.start()
 
@@ -216,6 +228,7 @@ class HookServer:
             on_idle=self._idle,
             held=held,
             idle_stop=self.config.idle_release,
+            record=self._private_record,
         )
         self._ondemand.start()
         log.info(
@@ -224,6 +237,11 @@ class HookServer:
             f", {len(held)} connection(s) taken over" if held else "",
         )
         return True
+
+    @property
+    def _private_record(self) -> Path:
+        """Names the on-demand gRPC server's private directory while it exists."""
+        return self.config.state_dir / PRIVATE_RECORD
 
     def _idle(self) -> None:
         if self._wake is not None:

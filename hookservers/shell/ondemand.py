@@ -21,6 +21,7 @@ import os
 import select
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -33,6 +34,32 @@ if TYPE_CHECKING:  # the gRPC server itself is built by make_server, on demand
 log = logging.getLogger("upparat.hookserver")
 
 _CHUNK = 256 * 1024
+PRIVATE_PREFIX = "upparat-hookserver-"
+"""Of the private directory of each gRPC server, made in the temporary directory."""
+
+
+def remove_recorded(record: Path) -> Path | None:
+    """Removes the private directory `record` names, left by a server of this hook server
+    that did not stop (SIGKILL, OOM, a power cut with /tmp on disk), and the record;
+    returns the directory removed. Only a directory of ours with the private prefix, never
+    through a symlink: the record is in root's state_dir, but what it names is in /tmp."""
+    try:
+        named = Path(record.read_text().strip())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("ignoring %s: %s", record, e)
+        named = None
+    removed = None
+    if named is not None and named.is_absolute() and named.name.startswith(PRIVATE_PREFIX):
+        with contextlib.suppress(OSError):
+            st = named.lstat()
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                shutil.rmtree(named, ignore_errors=True)
+                removed = named
+    with contextlib.suppress(OSError):
+        record.unlink()
+    return removed
 
 
 class OnDemandServer:
@@ -51,8 +78,12 @@ class OnDemandServer:
         idle_stop: float,
         on_idle: Callable[[], None] | None = None,
         held: tuple[socket.socket, ...] = (),
+        record: Path | None = None,
     ) -> None:
         self._listener = listener
+        self._record = record
+        """Names the running server's private directory while there is one, so that the
+        next start removes it if this process never could (`remove_recorded`)."""
         self._idle_stop = idle_stop
         self._make_server = make_server
         self._on_idle = on_idle
@@ -119,18 +150,35 @@ class OnDemandServer:
         if self._server is None:
             # A fresh directory per server, made now and removed with it: nothing of it
             # waits for months in /tmp for a cleaner to take away.
-            folder = Path(tempfile.mkdtemp(prefix="upparat-hookserver-"))
+            folder = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
+            self._write_record(folder)
             path = folder / "grpc.sock"
             server = self._make_server()
             try:
                 server.add_insecure_port(f"unix://{path}")
                 server.start()
             except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
+                self._remove(folder)
                 raise
             self._server, self._dir, self._address = server, folder, str(path)
             log.debug("gRPC server started on %s", path)
         return self._address
+
+    def _write_record(self, folder: Path) -> None:
+        if self._record is None:
+            return
+        temporary = self._record.with_name(self._record.name + ".tmp")
+        try:
+            temporary.write_text(f"{folder}\n")
+            temporary.replace(self._record)
+        except OSError as e:  # only a crash's leftover would stay; serving goes on
+            log.warning("cannot record %s in %s: %s", folder, self._record, e)
+
+    def _remove(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if self._record is not None:
+            with contextlib.suppress(OSError):
+                self._record.unlink()
 
     def _drop_server(self) -> tuple[grpc.Server | None, Path | None]:
         """Forgets the running server (called with the lock); the caller stops it."""
@@ -146,7 +194,7 @@ class OnDemandServer:
             assert server is not None
             server.stop(grace=None).wait(5.0)
             if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+                self._remove(folder)
         log.debug("no connection for %g s: gRPC server dropped", self._idle_stop)
         if self._on_idle is not None:
             self._on_idle()
@@ -242,7 +290,7 @@ class OnDemandServer:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
         if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+            self._remove(folder)
 
 
 class _Relay:

@@ -8,7 +8,9 @@ not fail), and once the server is back Install is called again, with the same at
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+from hookservers.shell.main import PRIVATE_RECORD
 from tests.faults.conftest import StackFactory
 from tests.faults.device import Device, MiB, create_update
 from tests.faults.observe import assert_ends_once, download_path, finished, journal, outcome
@@ -26,6 +28,9 @@ def test_hook_server_killed_mid_install_the_daemon_waits_and_installs_again(
     _, sha = create_update(stack, JOB, size=MiB)
     pid = device.wait_held("install")
     daemon_log.skip_to_end()
+    # The gRPC server runs (a call is in flight): its private directory is recorded.
+    private = Path((stack.hookserver_state_dir / PRIVATE_RECORD).read_text().strip())
+    assert (private / "grpc.sock").exists()
 
     crash_hookserver(stack)
     # A script outlives its server unless something ends it: under systemd the unit's
@@ -47,8 +52,10 @@ def test_hook_server_killed_mid_install_the_daemon_waits_and_installs_again(
     assert status == "IN_PROGRESS", state
     assert state.startswith("installation_"), state
 
+    assert private.exists()  # nobody could remove it
     stack.start_hookserver()
     wait_connectable(stack.socket)
+    assert not private.exists()  # the new hook server did, from the record
     done = finished(stack, JOB)
     assert outcome(done) == ("SUCCEEDED", "complete_ready")
     assert_ends_once(stack, JOB, "SUCCEEDED", "complete_ready")

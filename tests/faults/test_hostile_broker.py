@@ -37,7 +37,9 @@ MAX_GROWTH_KIB = 30 * 1024
 PREFIX = f"$aws/things/{THING}/jobs/"
 _DOWNLOAD_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}(\.meta\.json(\.tmp)?)?")
 _OURS = re.compile(
-    r"(downloads/.*|files/.*|state/|state/journal\.json|state/status\.json|[^/]+\.(log|conf)|emulator-state\.json.*)"
+    r"(downloads/.*|files/.*|state/|state/journal\.json|state/status\.json|[^/]+\.(log|conf)"
+    # the hook server's record of its running gRPC server's private directory
+    r"|emulator-state\.json.*|hookserver-state/grpc-private-dir)"
 )
 
 

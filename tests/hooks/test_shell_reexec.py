@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -268,3 +269,47 @@ def test_the_idle_callback_runs_once_grpc_is_dropped(relay: _Relay) -> None:
     assert idle.wait(10)
     assert not server.grpc_running
     assert os.path.exists(relay.path)  # the socket file is main.py's to remove
+
+
+# -- what a killed server left in /tmp -----------------------------------------------------
+
+
+def test_the_record_names_the_private_directory_while_a_server_runs(
+    relay: _Relay, tmp_path: Path
+) -> None:
+    record = tmp_path / "record"
+    relay.serve(record=record)
+    channel = relay.channel()
+    assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    private = Path(record.read_text().strip())
+    assert private.name.startswith(ondemand.PRIVATE_PREFIX)
+    assert (private / "grpc.sock").exists()
+    channel.close()
+    wait_for(lambda: not record.exists(), "the record removed with the server")
+    assert not private.exists()
+
+
+def test_a_start_removes_what_the_record_names_and_nothing_else(tmp_path: Path) -> None:
+    record = tmp_path / "record"
+    assert ondemand.remove_recorded(record) is None  # none: a clean stop before
+
+    left = Path(tempfile.mkdtemp(prefix=ondemand.PRIVATE_PREFIX))
+    (left / "grpc.sock").touch()
+    record.write_text(f"{left}\n")
+    assert ondemand.remove_recorded(record) == left
+    assert not left.exists()
+    assert not record.exists()
+
+    # Never anything but a private directory of ours, and never through a symlink.
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    link = Path(tempfile.gettempdir()) / f"{ondemand.PRIVATE_PREFIX}link-{os.getpid()}"
+    link.symlink_to(other)
+    try:
+        for named in (other, link, Path("relative") / f"{ondemand.PRIVATE_PREFIX}x"):
+            record.write_text(f"{named}\n")
+            assert ondemand.remove_recorded(record) is None
+            assert not record.exists()
+        assert other.is_dir()
+    finally:
+        link.unlink()

@@ -25,7 +25,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
@@ -45,6 +45,7 @@ SERVER_NAME = "upparat-hookserver"
 HANDOVER_ENV = "UPPARAT_HOOKSERVER_HANDOVER"
 """Set only across the hook server's own re-exec: `<listener fd> <socket dev>:<ino>
 [<held connection fd> ...]`. Removed from the environment as soon as it is read."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PRIVATE_RECORD = "grpc-private-dir"
 """In state_dir: the path of the on-demand gRPC server's private directory in /tmp."""
 
@@ -71,14 +72,14 @@ class HookServer:
         config: cfg.ServerConfig,
         *,
         fingerprint: str = "",
-        wake: threading.Event | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._fingerprint = fingerprint
         """Of the configuration as loaded (`config_fingerprint`): a re-exec would load the
         files again, so it is done only while they are unchanged."""
         self._wake = wake
-        """Set when the gRPC server has been dropped: the main thread then calls reexec."""
+        """Called when the gRPC server has been dropped: the main thread then calls reexec."""
         self._stale_warned = False
         self.gate = verify.FileGate(
             download_dir=config.download_dir,
@@ -245,12 +246,14 @@ class HookServer:
 
     def _idle(self) -> None:
         if self._wake is not None:
-            self._wake.set()
+            self._wake()
 
-    def reexec(self, config_path: Path) -> None:
+    def reexec(self, config_path: Path, stop_requested: Callable[[], bool]) -> None:
         """Replaces this program by a fresh one in the same process, passing the listening
         socket on; returns (and goes on serving) when it must not: a connection came, a
-        script still runs, the configuration changed on disk since start, or exec failed."""
+        script still runs, the configuration changed on disk since start, a stop was
+        asked for, or exec failed. A stop signal that comes during the exec stays pending
+        for the next program (STOP_SIGNALS are blocked across it)."""
         if self._ondemand is None or not self._fingerprint:
             return
         with self._lock:
@@ -288,14 +291,20 @@ class HookServer:
         env[HANDOVER_ENV] = " ".join([str(fds[0]), f"{dev}:{ino}", *map(str, fds[1:])])
         for handler in logging.getLogger().handlers:
             handler.flush()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
+            if stop_requested():
+                raise InterruptedError("a stop was asked for")
             os.execve(sys.executable, sys.orig_argv, env)
         except OSError as e:
             for fd in fds:
                 os.set_inheritable(fd, False)
-            log.error("cannot re-execute %s: %s; serving on", sys.executable, e.strerror or e)
-            self._fingerprint = ""  # once is enough to know
+            if not isinstance(e, InterruptedError):
+                log.error("cannot re-execute %s: %s; serving on", sys.executable, e.strerror or e)
+                self._fingerprint = ""  # once is enough to know
             self._ondemand.resume(held)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def _reexec_after(self, seconds: float) -> None:
         """The main thread tries `reexec` again in `seconds` (a connection meanwhile drops
@@ -306,7 +315,7 @@ class HookServer:
         with self._lock:
             if self._held_for_retry is not None:
                 self._held_for_retry.cancel()
-            timer = threading.Timer(seconds, wake.set)
+            timer = threading.Timer(seconds, wake)
             timer.name = "hook-retry-hold"
             timer.daemon = True
             self._held_for_retry = timer
@@ -439,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: hook server configuration is usable")
         return 0
 
-    wake, stopping = threading.Event(), threading.Event()
+    wake, stopping = _Wake(), threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -448,28 +457,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, on_signal)
+        signal.set_wakeup_fd(wake.write_fd, warn_on_full_buffer=False)
+        # Blocked across a re-exec (HookServer.reexec): one that came then is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     # Re-executing replaces the whole program: only when it is the program (not a test
     # calling main() in a thread).
     fingerprint = config_fingerprint(config, args.config) if main_thread else ""
-    server = HookServer(config, fingerprint=fingerprint, wake=wake)
+    server = HookServer(config, fingerprint=fingerprint, wake=wake.set)
     try:
         server.start()
     except StartupError as e:
         log.error("%s", e)
         return 2
     # No timeout: a timed wait would wake this thread for nothing once a second, for
-    # months. The signal handler runs in this thread and sets the event; so does the
-    # on-demand server when it has dropped gRPC.
+    # months. A signal wakes it through the pipe (the handler runs in this thread once
+    # it is awake); so does the on-demand server when it has dropped gRPC.
     while True:
         wake.wait()
-        wake.clear()
         if stopping.is_set():
             break
-        server.reexec(args.config)
+        server.reexec(args.config, stopping.is_set)
     server.stop()
     return 0
+
+
+class _Wake:
+    """What the main thread sleeps on: a pipe, so that a signal wakes it whichever thread
+    the kernel delivered it to (the pipe is the signal wakeup fd). With an Event, only a
+    signal delivered to the main thread itself woke it; among gRPC's threads, SIGTERM often
+    went to another one, and the hook server went on until systemd's SIGKILL."""
+
+    def __init__(self) -> None:
+        self._read, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: it wakes anyway
+            os.write(self.write_fd, b"\0")
+
+    def wait(self) -> None:
+        """Until something was written since the last wait (all of it is taken)."""
+        os.read(self._read, 4096)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import queue
 import signal
 import threading
@@ -51,13 +52,18 @@ class EventQueue:
     """Thread-safe and signal-safe inbox of the loop (SimpleQueue is reentrant)."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[e.Event] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[e.Event | None] = queue.SimpleQueue()
 
     def post(self, event: e.Event) -> None:
         self._queue.put(event)
 
+    def wake(self) -> None:
+        """Ends a `get` now, as its timeout would."""
+        self._queue.put(None)
+
     def get(self, timeout: float | None) -> e.Event | None:
-        """The next event, waiting up to `timeout` seconds (None: for ever, 0: not at all)."""
+        """The next event, waiting up to `timeout` seconds (None: for ever, 0: not at all);
+        None when the wait ended without one."""
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -166,6 +172,7 @@ class Runtime:
         self._state: State = initial_state(settings)
         self._exit = False
         self._signals = 0
+        self._signal_pipe: int | None = None
 
     @property
     def state(self) -> State:
@@ -176,6 +183,21 @@ class Runtime:
             return
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # Python runs a handler in the main thread, once that thread runs; a signal the
+        # kernel delivers to another thread (paho's, a worker's reader) does not interrupt
+        # its wait in the inbox, and SIGTERM went unheard until systemd's SIGKILL. The
+        # C handler writes the signal to this pipe in whatever thread it ran; a thread
+        # asleep on the pipe (no timeout: it wakes for signals only) wakes the loop.
+        wakeup, self._signal_pipe = os.pipe()
+        os.set_blocking(self._signal_pipe, False)
+        signal.set_wakeup_fd(self._signal_pipe, warn_on_full_buffer=False)
+        threading.Thread(
+            target=self._wake_on_signal, args=(wakeup,), name="signal-wake", daemon=True
+        ).start()
+
+    def _wake_on_signal(self, wakeup: int) -> None:
+        while os.read(wakeup, 64):
+            self._inbox.wake()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1

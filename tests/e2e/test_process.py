@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import ssl
 import subprocess
 import time
@@ -25,6 +26,7 @@ from tests.e2e.device import (
     wait_until,
 )
 from upparat.core.model import JobId, JournalRecord, Phase
+from upparat.devstack.faults import signal_other_thread
 from upparat.devstack.procs import child_pids, free_port
 from upparat.devstack.stack import Stack
 
@@ -72,6 +74,19 @@ def test_sigterm_exits_0_within_5_s_mid_download_and_when_idle(stack: Stack) -> 
     status, took = stop_timed(stack)
     assert status == 0
     assert took < 5
+    assert "upparat stopped" in stack.daemon_log()
+
+
+def test_sigterm_delivered_to_any_thread_stops_the_daemon(stack: Stack) -> None:
+    # The kernel may hand a signal sent to the process to any of its threads (paho's, a
+    # worker's reader); Python runs the handler in the main thread, asleep in the inbox.
+    wait_idle(stack)  # paho's thread runs, and the one asleep on the signal pipe
+    daemon = stack.daemon
+    assert daemon is not None
+    # Quiet: the job worker of the start-up GetInfo has gone, no event is on its way.
+    wait_until(lambda: not child_pids(daemon.pid), "the job worker to stop", 30)
+    signal_other_thread(daemon.pid, signal.SIGTERM)
+    assert daemon.wait(timeout=10) == 0
     assert "upparat stopped" in stack.daemon_log()
 
 

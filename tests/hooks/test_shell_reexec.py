@@ -8,9 +8,7 @@ is read from /proc/<pid>/maps (cygrpc's shared object), not from timings.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import signal
 import socket
 import tempfile
@@ -32,6 +30,7 @@ from tests.hooks.contract_cases import (
     health_status,
     job,
 )
+from upparat.devstack.faults import signal_other_thread
 from upparat.hooks.v1 import hooks_pb2, hooks_pb2_grpc
 
 RELEASE = 0.3
@@ -320,24 +319,11 @@ def test_a_start_removes_what_the_record_names_and_nothing_else(tmp_path: Path) 
 
 # -- stopping -------------------------------------------------------------------------------
 
-_TGKILL = {"x86_64": 234, "aarch64": 131, "armv7l": 268}
-
-
-def _signal_thread(pid: int, tid: int, signum: int) -> None:
-    """tgkill(2): `signum` to one thread of `pid`, as the kernel may pick any thread that
-    does not block it for a signal sent to the process."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(_TGKILL[platform.machine()], pid, tid, signum) != 0:
-        raise OSError(ctypes.get_errno(), "tgkill")
-
 
 def test_sigterm_delivered_to_any_thread_stops_the_server(factory: HookServerFactory) -> None:
     server = factory.start({"version": "echo 1.0.0"})
     assert version_call(server) == "1.0.0"  # gRPC's threads run now
-    pid = server.pid
-    others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
-    assert others
-    _signal_thread(pid, others[-1], signal.SIGTERM)
+    signal_other_thread(server.pid, signal.SIGTERM)
     assert server.proc.wait(timeout=10) == 0
     assert "received SIGTERM" in server.log()
     assert server.log().rstrip().endswith("stopped")

@@ -8,7 +8,9 @@ found by name. Nothing here runs on devices.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import platform
 import pwd
 import shutil
 import signal
@@ -162,6 +164,21 @@ def kill_group(pgid: int) -> None:
     """SIGKILL a process group we know the id of (a hook script runs in a group of its own)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+_TGKILL = {"x86_64": 234, "aarch64": 131, "armv7l": 268}
+"""tgkill(2)'s system call number per machine."""
+
+
+def signal_other_thread(pid: int, signum: int) -> int:
+    """`signum` to a thread of `pid` other than its main one (tgkill(2)), as the kernel may
+    deliver a signal sent to the process to any thread that does not block it; returns the
+    thread's id."""
+    tid = max(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_TGKILL[platform.machine()], pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {signum})")
+    return tid
 
 
 def crash_hookserver(stack: Stack) -> None:

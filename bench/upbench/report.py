@@ -1558,8 +1558,9 @@ def _waiting_row(w: WaitResult, legacy: WaitResult | None) -> list[str]:
         f" (retry_interval {w.interval:g} s; 60 s by default). Per call: the daemon"
         f" {per_call(w.daemon_cpu, w.calls)} (its job worker stays through the wait, with no gRPC"
         f" channel open between calls, and makes the call), the hook server"
-        f" {per_call(w.hookserver_cpu, w.calls)} (the script, and, when the wait is longer than its"
-        " idle_release, re-executing itself and building its gRPC server again)"
+        f" {per_call(w.hookserver_cpu, w.calls)} (the script, and building its gRPC server again:"
+        " it drops it idle_release after the call, but keeps gRPC loaded and does not"
+        " re-execute while a retry is expected, [hookserver] retry_hold)"
         + (
             ""
             if legacy is None
@@ -1619,8 +1620,10 @@ def _download_bound(run: _Run16, limit: float) -> str:
     )
     if cores < 0.9 * run.cores or run.sha256_cpu is None:
         return text + (
-            ": not its CPU, so the slowest of its threads, each waiting on the network, the"
-            " hash or the disk in turn"
+            ": not all of them, but on this machine the origin sending the file and the"
+            " loopback network's kernel work share those cores (on a device they are"
+            " remote); the hash thread, the slowest of the three, keeps hashlib's pace only"
+            " while it has a core and its next buffer (not measured per thread)"
         )
     floor = (run.curl_cpu + run.sha256_cpu) / run.cores
     ours = _median(download_windows(run.downloads))

@@ -58,7 +58,6 @@ start with grpc's import (~0.3 s here, a few seconds on a small board busy booti
 A child that overstays a deadline by this much is killed, and its calls end as lost."""
 STOP_WAIT = 5.0
 """Seconds a child told to stop has to close its driver and exit before it is killed."""
-
 MAX_FRAME = 4 * 1024 * 1024
 """No message comes near this (a hook result's detail is cut to 16 KiB): a larger length
 is garbage."""

@@ -191,20 +191,23 @@ def test_one_child_runs_the_calls_of_a_busy_spell_and_stops_after_the_linger(
     made.wait_note(f"stop {second}")
 
 
+def answered_once(made: Driven) -> int:
+    """The PID of the child that answered one call, made now."""
+    call = call_hook(HookKind.DOWNLOAD, "answer")
+    made.driver.execute(call)
+    return answered_by(made.events.finished(call.call_id))
+
+
 def test_a_child_is_kept_for_a_command_expected_within_the_hold(journal: Path) -> None:
     made = Driven(journal, linger=0.5, hold=60.0)
     try:
-        first = call_hook(HookKind.DOWNLOAD, "answer")
-        made.driver.execute(first)
-        pid = answered_by(made.events.finished(first.call_id))
+        pid = answered_once(made)
         made.driver.expect(30.0)  # the core's retry timer: called again in 30 s
         # A child nobody expects is told to stop after the linger; this one stays for the
         # retry, and runs it.
         time.sleep(1.5)
         assert made.notes() == [f"start {pid}"]
-        again = call_hook(HookKind.DOWNLOAD, "answer")
-        made.driver.execute(again)
-        assert answered_by(made.events.finished(again.call_id)) == pid
+        assert answered_once(made) == pid
         # The command came: the expectation is over, and the linger applies again.
         made.wait_note(f"stop {pid}")
     finally:
@@ -214,9 +217,7 @@ def test_a_child_is_kept_for_a_command_expected_within_the_hold(journal: Path) -
 def test_a_child_is_not_kept_for_a_command_expected_beyond_the_hold(journal: Path) -> None:
     made = Driven(journal, linger=0.5, hold=60.0)
     try:
-        first = call_hook(HookKind.DOWNLOAD, "answer")
-        made.driver.execute(first)
-        pid = answered_by(made.events.finished(first.call_id))
+        pid = answered_once(made)
         made.driver.expect(61.0)  # started again then: its memory is back meanwhile
         made.wait_note(f"stop {pid}")
     finally:

@@ -1555,7 +1555,8 @@ def _waiting_row(w: WaitResult, legacy: WaitResult | None) -> list[str]:
         "",
         NO_TARGET,
         f'the download hook said "not yet" (exit 3) {w.calls} times in {w.window:.0f} s'
-        f" (retry_interval {w.interval:g} s; 60 s by default). Per call: the daemon"
+        f" (retry_interval {w.interval:g} s; 60 s by default; CPU read in clock ticks of"
+        f" 10 ms, so ± {0.01 / max(1, w.calls):.3f} s per call). Per call: the daemon"
         f" {per_call(w.daemon_cpu, w.calls)} (its job worker stays through the wait, with no gRPC"
         f" channel open between calls, and makes the call), the hook server"
         f" {per_call(w.hookserver_cpu, w.calls)} (the script, and building its gRPC server again:"

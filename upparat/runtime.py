@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import queue
 import signal
 import threading
@@ -21,6 +20,7 @@ from upparat.core import commands as c
 from upparat.core import events as e
 from upparat.core.machine import State, initial_state, step
 from upparat.core.model import HookKind, JobStatus, JournalRecord, LogLevel, Settings, TimerKind
+from upparat.io.signals import SignalWake
 
 log = logging.getLogger("upparat")
 
@@ -172,7 +172,6 @@ class Runtime:
         self._state: State = initial_state(settings)
         self._exit = False
         self._signals = 0
-        self._signal_pipe: int | None = None
 
     @property
     def state(self) -> State:
@@ -183,20 +182,17 @@ class Runtime:
             return
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        # Python runs a handler in the main thread, once that thread runs; a signal the
-        # kernel delivers to another thread (paho's, a worker's reader) does not interrupt
-        # its wait in the inbox, and SIGTERM went unheard until systemd's SIGKILL. The
-        # C handler writes the signal to this pipe in whatever thread it ran; a thread
-        # asleep on the pipe (no timeout: it wakes for signals only) wakes the loop.
-        wakeup, self._signal_pipe = os.pipe()
-        os.set_blocking(self._signal_pipe, False)
-        signal.set_wakeup_fd(self._signal_pipe, warn_on_full_buffer=False)
+        # A signal the kernel hands to another thread must still end the loop's wait in
+        # the inbox (upparat.io.signals): a thread asleep on the wakeup pipe wakes it.
+        wake = SignalWake()
+        wake.install()
         threading.Thread(
-            target=self._wake_on_signal, args=(wakeup,), name="signal-wake", daemon=True
+            target=self._wake_on_signal, args=(wake,), name="signal-wake", daemon=True
         ).start()
 
-    def _wake_on_signal(self, wakeup: int) -> None:
-        while os.read(wakeup, 64):
+    def _wake_on_signal(self, wake: SignalWake) -> None:
+        while True:
+            wake.wait()
             self._inbox.wake()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -186,18 +186,20 @@ class _Both:
         except Exception:  # built again by _downloader, which raises it
             log.debug("building the downloader ahead failed", exc_info=True)
 
-    def _downloader(self) -> Driver[DownloadCommand]:
+    def _prepared(self) -> None:
+        """Until a downloader building ahead is built (or failed)."""
         if self._preparing is not None:
             self._preparing.join()
             self._preparing = None
+
+    def _downloader(self) -> Driver[DownloadCommand]:
+        self._prepared()
         if self._download is None:
             self._download = build_downloader(self._setup.download, self._on_event)
         return self._download
 
     def close(self) -> None:
-        if self._preparing is not None:
-            self._preparing.join()
-            self._preparing = None
+        self._prepared()
         for driver in (self._download, self._hooks):
             if driver is not None:
                 driver.close()

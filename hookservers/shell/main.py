@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, assert_never
 
 from hookservers.shell import config as cfg
 from hookservers.shell import ondemand, verify
+from upparat.io.signals import SignalWake
 
 if TYPE_CHECKING:
     import grpc
@@ -448,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: hook server configuration is usable")
         return 0
 
-    wake, stopping = _Wake(), threading.Event()
+    wake, stopping = SignalWake(), threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -459,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if main_thread:
         for signum in STOP_SIGNALS:
             signal.signal(signum, on_signal)
-        signal.set_wakeup_fd(wake.write_fd, warn_on_full_buffer=False)
+        wake.install()
         # Blocked across a re-exec (HookServer.reexec): one that came then is handled now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     # Re-executing replaces the whole program: only when it is the program (not a test
@@ -472,8 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     # No timeout: a timed wait would wake this thread for nothing once a second, for
-    # months. A signal wakes it through the pipe (the handler runs in this thread once
-    # it is awake); so does the on-demand server when it has dropped gRPC.
+    # months. A signal wakes it through the pipe, whichever thread got it
+    # (upparat.io.signals); so does the on-demand server when it has dropped gRPC.
     while True:
         wake.wait()
         if stopping.is_set():
@@ -481,25 +482,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.reexec(args.config, stopping.is_set)
     server.stop()
     return 0
-
-
-class _Wake:
-    """What the main thread sleeps on: a pipe, so that a signal wakes it whichever thread
-    the kernel delivered it to (the pipe is the signal wakeup fd). With an Event, only a
-    signal delivered to the main thread itself woke it; among gRPC's threads, SIGTERM often
-    went to another one, and the hook server went on until systemd's SIGKILL."""
-
-    def __init__(self) -> None:
-        self._read, self.write_fd = os.pipe()
-        os.set_blocking(self.write_fd, False)
-
-    def set(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: it wakes anyway
-            os.write(self.write_fd, b"\0")
-
-    def wait(self) -> None:
-        """Until something was written since the last wait (all of it is taken)."""
-        os.read(self._read, 4096)
 
 
 if __name__ == "__main__":

@@ -1049,6 +1049,22 @@ def test_cancel_stops_a_blocked_transfer_at_once(
         assert server.requests[-1].header("Range") == "bytes=300000-"
 
 
+def test_the_download_threads_are_named_in_the_kernel(
+    make: Make, server: ScriptedServer, blob: Blob, folder: Path
+) -> None:
+    # `top -H` shows which of them uses the CPU; the benchmark reads their time by name.
+    server.plan(Reply(stall_after=300_000))
+    downloader = make(min_speed=0)
+    start(downloader, server.url(), download_id=7, sha256=blob.sha256())
+    _eventually(
+        lambda: (folder / JOB).exists() and (folder / JOB).stat().st_size >= 300_000,
+        "the first 300000 bytes on disk",
+    )
+    names = {(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()}
+    assert {"download-7", "download-hash", "download-write"} <= names
+    downloader.execute(CancelDownload(download_id=DownloadId(7), discard=True))
+
+
 def test_cancel_of_a_trickling_transfer(
     make: Make, server: ScriptedServer, recorder: Recorder, folder: Path
 ) -> None:

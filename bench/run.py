@@ -73,6 +73,8 @@ class Mode:
     pinned_window: float
     pinned_windows: int
     pinned_latency_jobs: int
+    pinned_downloads: int
+    """Downloads on one core, the median reported (each comes after the job worker stopped)."""
     after_jobs_settle: float
     """Seconds after the last latency job before memory is sampled "idle after jobs"; the
     full and quick runs wait for the hook server's gRPC to be dropped (DEFAULT_IDLE_RELEASE)."""
@@ -87,7 +89,7 @@ MODES = {
     "full": Mode(
         name="full",
         size=500_000_000,
-        repeat=3,
+        repeat=5,
         latency_jobs=10,
         latency_pause=1.0,
         hook_calls=100,
@@ -102,6 +104,7 @@ MODES = {
         pinned_window=30.0,
         pinned_windows=3,
         pinned_latency_jobs=6,
+        pinned_downloads=3,
         after_jobs_settle=DEFAULT_IDLE_RELEASE + 10.0,
         wait_interval=30,
         wait_window=90.0,
@@ -124,6 +127,7 @@ MODES = {
         pinned_window=10.0,
         pinned_windows=2,
         pinned_latency_jobs=3,
+        pinned_downloads=1,
         after_jobs_settle=DEFAULT_IDLE_RELEASE + 5.0,
         wait_interval=30,
         wait_window=30.0,
@@ -146,6 +150,7 @@ MODES = {
         pinned_window=1.0,
         pinned_windows=1,
         pinned_latency_jobs=1,
+        pinned_downloads=1,
         after_jobs_settle=1.0,
         wait_interval=1,
         wait_window=2.0,
@@ -482,6 +487,7 @@ def run(mode: Mode, workdir: Path, *, allow_install: bool, argv: Sequence[str]) 
             latency_sha256=sha_small,
             latency_size=LATENCY_SIZE,
             latency_jobs=mode.pinned_latency_jobs,
+            downloads=mode.pinned_downloads,
             latency_pause=mode.latency_pause,
             timeout=mode.timeout,
             say=say,

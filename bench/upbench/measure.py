@@ -875,9 +875,10 @@ def measure_pinned(
     latency_pause: float,
     timeout: float,
     say: Callable[[str], None],
+    downloads: int = 1,
 ) -> PinnedResult:
-    """Idle, latency and one download with the product (daemon and hook server) started
-    on `cpus`, and 1.12's threads moved there; both are put back on all cores after."""
+    """Idle, latency and `downloads` downloads with the product (daemon and hook server)
+    started on `cpus`, and 1.12's threads moved there; both are put back on all cores after."""
     all_cpus = os.sched_getaffinity(0)
     restart_product(ours, cpus)
     if legacy is not None:
@@ -913,20 +914,24 @@ def measure_pinned(
             wall, cpu = _timed([*prefix, curl, "-s", "-f", "-o", "/dev/null", url])
             walls.append(wall)
             cpus_used.append(cpu)
-        # As every download of the all-core run comes, and a device's: to a daemon whose
-        # job worker has stopped (the latency jobs just before left it running).
-        _await_no_worker(ours, timeout=3 * LINGER)
-        run = _download_job(ours, "dl1", url=url, sha256=sha256, size=size, timeout=timeout)
-        shown = ", ".join(f"{w:.2f}" for w in walls)
-        say(f"one core: curl -o /dev/null {shown} s, upparat {_show_run(run)}")
+        runs: list[JobRun] = []
         legacy_runs: list[JobRun] = []
-        if legacy is not None:
-            legacy_run = _download_job(
-                legacy, "dl1", url=url, sha256=sha256, size=size, timeout=timeout
-            )
-            _check_legacy_file(legacy.download_folder / legacy_run.job_id, size, sha256)
-            legacy_runs.append(legacy_run)
-            say(f"one core: upparat 1.12 {_show_run(legacy_run)}")
+        shown = ", ".join(f"{w:.2f}" for w in walls)
+        say(f"one core: curl -o /dev/null {shown} s")
+        for n in range(1, downloads + 1):
+            # As every download of the all-core run comes, and a device's: to a daemon whose
+            # job worker has stopped (the latency jobs, or the last download, left it running).
+            _await_no_worker(ours, timeout=3 * LINGER)
+            run = _download_job(ours, f"dl{n}", url=url, sha256=sha256, size=size, timeout=timeout)
+            runs.append(run)
+            say(f"one core: download {n}/{downloads}: upparat {_show_run(run)}")
+            if legacy is not None:
+                legacy_run = _download_job(
+                    legacy, f"dl{n}", url=url, sha256=sha256, size=size, timeout=timeout
+                )
+                _check_legacy_file(legacy.download_folder / legacy_run.job_id, size, sha256)
+                legacy_runs.append(legacy_run)
+                say(f"one core: download {n}/{downloads}: upparat 1.12 {_show_run(legacy_run)}")
     finally:
         say("back on all cores: restarting the hook server and the daemon")
         restart_product(ours, None)
@@ -939,7 +944,7 @@ def measure_pinned(
         latency_legacy=rest[0] if rest else None,
         curl_null=Timing(samples=tuple(walls)),
         curl_cpu=Timing(samples=tuple(cpus_used)),
-        upparat=(run,),
+        upparat=tuple(runs),
         legacy=tuple(legacy_runs),
     )
 

@@ -1,7 +1,7 @@
 """What the kernel says about a process: resident memory and CPU time, from /proc.
 
-Owns the parsing of /proc/<pid>/status and /proc/<pid>/stat and a sampler thread for
-peaks. It reads only; resetting a peak (clear_refs) is the one write, and optional.
+Owns the parsing of /proc/<pid>/status, /proc/<pid>/stat and the threads' schedstat, and
+sampler threads for peaks and CPU. It reads only; resetting a peak (clear_refs) is the one write, and optional.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -168,18 +169,79 @@ class PeakSampler(_Sampler):
             self.peaks[pid] = max(self.peaks[pid], tree_rss_kb(pid))
 
 
+@attrs.frozen(kw_only=True)
+class ThreadTime:
+    """One thread's scheduler figures (/proc/<pid>/task/<tid>/schedstat) as last read."""
+
+    name: str
+    """Its name (comm), digits replaced by N: one thread of each download has its id."""
+    seen_from: float
+    """Epoch of the first reading that found it."""
+    seen_to: float
+    """Epoch of the last: within a sampling interval of its end, if it ended."""
+    ran: float
+    """Seconds on a CPU."""
+    waited: float
+    """Seconds runnable but waiting for a CPU (the run queue's delay)."""
+
+
+def _schedstat(pid: int, tid: int) -> tuple[float, float]:
+    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+        ran, waited, _ = f.read().split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
 class CpuSampler(_Sampler):
     """Reads the CPU seconds of a process tree (`tree_cpu_seconds`) every `interval` seconds,
     each with the wall clock (epoch) of the reading, so that the CPU spent between two
-    moments another clock recorded (the emulator's time of an update) can be read off."""
+    moments another clock recorded (the emulator's time of an update) can be read off.
+    With `threads`, also the scheduler figures of every thread in the tree whose name
+    starts with it (`ThreadTime`; names are read once per thread)."""
 
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
+    def __init__(self, pid: int, interval: float = 0.01, threads: str | None = None) -> None:
         self.samples: list[tuple[float, float]] = []
+        self.threads: dict[tuple[int, int], ThreadTime] = {}
         self._pid = pid
+        self._prefix = threads
+        self._names: dict[tuple[int, int], str | None] = {}
         super().__init__(interval)
 
     def _sample(self) -> None:
-        self.samples.append((time.time(), tree_cpu_seconds(self._pid)))
+        now = time.time()
+        self.samples.append((now, tree_cpu_seconds(self._pid)))
+        if self._prefix is not None:
+            self._sample_threads(self._pid, now)
+
+    def _sample_threads(self, pid: int, now: float) -> None:
+        with contextlib.suppress(OSError):  # it ended meanwhile: its last figures stay
+            for entry in os.listdir(f"/proc/{pid}/task"):
+                key = (pid, int(entry))
+                if key not in self._names:
+                    self._names[key] = self._name(pid, key[1])
+                name = self._names[key]
+                if name is None:
+                    continue
+                with contextlib.suppress(OSError):
+                    ran, waited = _schedstat(pid, key[1])
+                    first = self.threads.get(key)
+                    self.threads[key] = ThreadTime(
+                        name=name,
+                        seen_from=now if first is None else first.seen_from,
+                        seen_to=now,
+                        ran=ran,
+                        waited=waited,
+                    )
+        for child in child_pids(pid):
+            self._sample_threads(child, now)
+
+    def _name(self, pid: int, tid: int) -> str | None:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            return None
+        assert self._prefix is not None
+        return re.sub(r"\d+", "N", comm) if comm.startswith(self._prefix) else None
 
 
 def cpu_at(samples: Sequence[tuple[float, float]], at: float) -> float | None:

@@ -1519,9 +1519,17 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             "-" if legacy_dl is None else f"{legacy_dl / limit:.2f} x ({_s(legacy_dl)} s)",
             f"{_s(limit)} s: {which}",
             _verdict16(ratio, 1.15),
-            ""
-            if ratio is None or ratio <= 1.15
-            else f"{which} ({_s(limit)} s) is the limit; " + _download_bound(run, limit),
+            "; ".join(
+                part
+                for part in (
+                    ""
+                    if ratio is None or ratio <= 1.15
+                    else f"{which} ({_s(limit)} s) is the limit; " + _download_bound(run, limit),
+                    _runs_spread(run.downloads, limit),
+                    _threads_text(run.downloads),
+                )
+                if part
+            ),
         ]
     )
     whole = _median(download_seconds(run.downloads))
@@ -1570,6 +1578,15 @@ def _waiting_row(w: WaitResult, legacy: WaitResult | None) -> list[str]:
     ]
 
 
+def _runs_spread(runs: Sequence[JobRun], limit: float) -> str:
+    """Each run's download against the limit, in the order they ran: the median is the
+    row's figure; a busy moment of this shared machine shows as one run far from the rest."""
+    shown = [f"{w / limit:.2f}" for w in download_windows(runs) if w is not None]
+    if len(shown) < 2:
+        return ""
+    return f"each of the {len(shown)} runs: {', '.join(shown)} x"
+
+
 def download_windows(runs: Sequence[JobRun]) -> list[float | None]:
     """The daemon's download as the cloud saw it (`traffic`'s window: download_start to
     installation_start, which it sends once the file is received and verified) of each
@@ -1603,6 +1620,58 @@ def _fixed_costs(run: _Run16, r: Results) -> str:
     return text
 
 
+_THREAD_ROLES = (
+    ("download-hash", "hashing"),
+    ("download-N", "receiving"),
+    ("download-write", "writing"),
+)
+"""The download's threads by their kernel names (rigs.DOWNLOAD_THREADS), slowest first."""
+
+
+@attrs.frozen(kw_only=True)
+class _ThreadSplit:
+    """One download thread's time, the median of the runs (schedstat, read every 10 ms)."""
+
+    ran: float
+    waited: float
+    """Runnable, waiting for a core."""
+    idle: float
+    """Neither: waiting for work (its next buffer, the socket, the disk); its life is read
+    to within 0.02 s (the sampler's interval at each end), so this is too."""
+
+
+def _thread_splits(runs: Sequence[JobRun]) -> dict[str, _ThreadSplit]:
+    found: dict[str, list[tuple[float, float, float]]] = {}
+    for r in runs:
+        for name, role in _THREAD_ROLES:
+            times = [t for t in r.download_threads if t.name == name]
+            if len(times) != 1:
+                continue  # not sampled, or two downloads in one job: not this row's case
+            t = times[0]
+            idle = max(0.0, (t.seen_to - t.seen_from) - t.ran - t.waited)
+            found.setdefault(role, []).append((t.ran, t.waited, idle))
+    return {
+        role: _ThreadSplit(
+            ran=statistics.median(x[0] for x in rows),
+            waited=statistics.median(x[1] for x in rows),
+            idle=statistics.median(x[2] for x in rows),
+        )
+        for role, rows in found.items()
+    }
+
+
+def _threads_text(runs: Sequence[JobRun]) -> str:
+    """What each download thread did (median of the runs), slowest first."""
+    splits = _thread_splits(runs)
+    if not splits:
+        return ""
+    parts = [
+        f"{role} ran {_s(t.ran)} s, waited {_s(t.waited)} s for a core and {_s(t.idle)} s for work"
+        for role, t in splits.items()
+    ]
+    return "the download's threads (median of the runs, from schedstat): " + "; ".join(parts)
+
+
 def _download_bound(run: _Run16, limit: float) -> str:
     """Why the daemon's download took longer than the limit, from the run's own figures:
     how many cores its threads kept busy during it, and, where that is all it had, the
@@ -1623,8 +1692,7 @@ def _download_bound(run: _Run16, limit: float) -> str:
         return text + (
             ": not all of them, but on this machine the origin sending the file and the"
             " loopback network's kernel work share those cores (on a device they are"
-            " remote); the hash thread, the slowest of the three, keeps hashlib's pace only"
-            " while it has a core and its next buffer (not measured per thread)"
+            " remote)" + _hash_thread_text(run)
         )
     floor = (run.curl_cpu + run.sha256_cpu) / run.cores
     ours = _median(download_windows(run.downloads))
@@ -1634,6 +1702,19 @@ def _download_bound(run: _Run16, limit: float) -> str:
         f" hashing them (sha256's, {_s(run.sha256_cpu)} s) take {_s(floor)} s of the"
         " core(s) at least, without any writing"
         + ("" if ours is None else f": the daemon's {_s(ours)} s is {ours / floor:.2f} x that")
+    )
+
+
+def _hash_thread_text(run: _Run16) -> str:
+    own = (
+        ""
+        if run.sha256_cpu is None
+        else f" (hashlib's CPU for the file, reading it included: {_s(run.sha256_cpu)} s)"
+    )
+    return (
+        "; the hash thread, the slowest of the three, keeps hashlib's pace only while it has a"
+        f" core and its next buffer{own}"
+        + ("" if _thread_splits(run.downloads) else " (not measured per thread in this run)")
     )
 
 

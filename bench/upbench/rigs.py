@@ -27,6 +27,7 @@ from upbench.hookscripts import HookScripts, write_hook_scripts
 from upbench.procstat import (
     CpuSampler,
     PeakSampler,
+    ThreadTime,
     cpu_seconds,
     memory,
     reset_peak,
@@ -37,6 +38,10 @@ from upparat.devstack.stack import Stack
 from upparat.emulator.wire import JsonValue
 
 T = TypeVar("T")
+
+DOWNLOAD_THREADS = "download-"
+"""The download driver's threads name themselves so in the kernel (comm): the transfer
+thread download-<id>, download-hash, download-write, download-fsync_0."""
 
 THING = "bench-device"
 INSTALLED_VERSION = "1.0.0"
@@ -88,6 +93,9 @@ class JobRun:
     cpu_samples: tuple[tuple[float, float], ...] = ()
     """(epoch, CPU seconds of the daemon's process tree) every 10 ms from job created to
     its terminal status seen: the CPU of any window inside it (report.download_cpu)."""
+    download_threads: tuple[ThreadTime, ...] = ()
+    """The download's threads (receiving, hashing, writing, syncing), their time on a CPU
+    and waiting for one, read every 10 ms with `cpu_samples`."""
 
     @property
     def install_seconds(self) -> float | None:
@@ -237,7 +245,7 @@ class Rig(ABC):
 
         watcher = threading.Thread(target=watch, name="job-watch", daemon=True)
         # Until the terminal status: the cloud may log an update after the install call.
-        cpu_sampler = CpuSampler(daemon) if sample_cpu else None
+        cpu_sampler = CpuSampler(daemon, threads=DOWNLOAD_THREADS) if sample_cpu else None
         with cpu_sampler or contextlib.nullcontext():
             with PeakSampler([daemon]) as sampler:
                 created_at = time.time()
@@ -287,6 +295,7 @@ class Rig(ABC):
             peak_hwm_kb=hwm,
             rss_before_kb=rss_before,
             cpu_samples=() if cpu_sampler is None else tuple(cpu_sampler.samples),
+            download_threads=() if cpu_sampler is None else tuple(cpu_sampler.threads.values()),
         )
 
     def _terminal(self, job_id: str) -> bool:

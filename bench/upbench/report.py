@@ -1698,9 +1698,9 @@ def _download_bound(run: _Run16, limit: float) -> str:
     ours = _median(download_windows(run.downloads))
     return text + (
         f": its CPU is the bound. The three limits run side by side only on cores to spare;"
-        f" on {run.cores} core(s) receiving the bytes (curl's CPU, {_s(run.curl_cpu)} s) and"
-        f" hashing them (sha256's, {_s(run.sha256_cpu)} s) take {_s(floor)} s of the"
-        " core(s) at least, without any writing"
+        f" on {run.cores} core(s) receiving the bytes as curl does ({_s(run.curl_cpu)} s of"
+        f" CPU) and hashing them as hashlib does reading the file ({_s(run.sha256_cpu)} s)"
+        f" take {_s(floor)} s of the core(s), without any writing"
         + ("" if ours is None else f": the daemon's {_s(ours)} s is {ours / floor:.2f} x that")
     )
 

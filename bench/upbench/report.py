@@ -1702,6 +1702,19 @@ def _download_bound(run: _Run16, limit: float) -> str:
         f" CPU) and hashing them as hashlib does reading the file ({_s(run.sha256_cpu)} s)"
         f" take {_s(floor)} s of the core(s), without any writing"
         + ("" if ours is None else f": the daemon's {_s(ours)} s is {ours / floor:.2f} x that")
+        + _threads_ran(run, limit)
+    )
+
+
+def _threads_ran(run: _Run16, limit: float) -> str:
+    splits = _thread_splits(run.downloads)
+    if not splits:
+        return ""
+    ran = sum(t.ran for t in splits.values())
+    least = ran / run.cores
+    return (
+        f". Its download threads alone ran {_s(ran)} s (medians, summed): on {run.cores}"
+        f" core(s) no less than {_s(least)} s, {least / limit:.2f} x the limit"
     )
 
 

@@ -1264,6 +1264,13 @@ def _bound_by_threads(p: ProcIdle | None, n: int = 3) -> str:
     return ", ".join(parts)
 
 
+def _woke(p: ProcIdle | None, n: int = 3) -> str:
+    """The threads that woke (I1-I4's bound), or that none did."""
+    if p is None or p.detail is None:
+        return ""
+    return _bound_by_threads(p, n) or "no thread woke 0.05 times a second or more"
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -1363,17 +1370,8 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         bound: str,
         digits: int = 1,
     ) -> None:
-        verdict = _verdict16(ours, goal)
         rows.append(
-            [
-                label,
-                goal_text,
-                _num(ours, digits),
-                legacy,
-                floor,
-                verdict,
-                bound if verdict != "met" else "",
-            ]
+            [label, goal_text, _num(ours, digits), legacy, floor, _verdict16(ours, goal), bound]
         )
 
     # wakeups
@@ -1384,7 +1382,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         _num(_rate(legacy_idle)),
         _num(_rate(i.floor)),
         1.0,
-        _bound_by_threads(i.daemon),
+        _woke(i.daemon),
     )
     row(
         "I2 hook server idle wakeups/s",
@@ -1393,7 +1391,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         "(no hook server)",
         _num(_rate(i.floor)),
         1.0,
-        _bound_by_threads(i.hookserver),
+        _woke(i.hookserver),
     )
     row(
         "I3 daemon idle CPU s/min",
@@ -1402,7 +1400,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         _num(_cpu_min(legacy_idle, w), 3),
         _num(_cpu_min(i.floor, w), 3),
         0.01,
-        "the wakeups of I1: " + _bound_by_threads(i.daemon, 2),
+        "the wakeups of I1: " + _woke(i.daemon, 2),
         3,
     )
     row(
@@ -1412,7 +1410,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         "(no hook server)",
         _num(_cpu_min(i.floor, w), 3),
         0.01,
-        "the wakeups of I2: " + _bound_by_threads(i.hookserver, 2),
+        "the wakeups of I2: " + _woke(i.hookserver, 2),
         3,
     )
     if run.waiting is not None:
@@ -1426,7 +1424,11 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             "-" if legacy_idle is None else f"1.12's RSS: {_mb(legacy_idle.rss_kb)} MB",
             f"{_mb(i.floor.rss_kb)} MB",
             _verdict16(above, 3.0),
-            ""
+            (
+                "its largest mappings: "
+                + ", ".join(f"{kind} {_mb(kb)} MB" for kind, kb in i.daemon.mappings[:3])
+                + " (section 3)"
+            )
             if above <= 3
             else "imports and start-up steps (section 3 and `What dominates`)"
             + (" and gRPC core, mapped in the idle daemon" if _holds_grpc(i.daemon) else ""),
@@ -1446,7 +1448,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
                 else f"RSS {_mb(legacy_idle.rss_kb)}, PSS {_mb(legacy_idle.pss_kb)} MB",
                 f"PSS {_mb(i.floor.pss_kb)} MB",
                 _verdict16(pss, goal),
-                "" if goal is None or pss <= goal else _pss_bound(i),
+                _pss_bound(i),
             ]
         )
     lat = _median([x.done_seconds for x in run.latency.runs if x.status == "SUCCEEDED"])
@@ -1463,7 +1465,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             f"{_ms(lat_legacy)} ms",
             "",
             _verdict16(lat, 0.060),
-            "" if lat is not None and lat <= 0.060 else _latency_bound(run.latency, r),
+            _latency_bound(run.latency, r),
         ]
     )
     gb = run.size / 1e9
@@ -1482,11 +1484,19 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
             f"{_num(legacy_cpu, 2)} s",
             parts,
             _verdict16(cpu, limit_cpu),
-            ""
-            if cpu is None or limit_cpu is None or cpu <= limit_cpu
-            else "what curl -o /dev/null and a bare sha256 do not: writing the file (O_DIRECT:"
-            " the disk's DMA, no copy; the fdatasyncs), the hand-over of each buffer between"
-            " the three threads, the progress updates (profile in `What dominates`)",
+            "; ".join(
+                part
+                for part in (
+                    ""
+                    if cpu is None or limit_cpu is None or cpu <= limit_cpu
+                    else "what curl -o /dev/null and a bare sha256 do not: writing the file"
+                    " (O_DIRECT: the disk's DMA, no copy; the fdatasyncs), the hand-over of each"
+                    " buffer between the three threads, the progress updates (profile in"
+                    " `What dominates`)",
+                    _threads_per_gb(run.downloads, run.size),
+                )
+                if part
+            ),
         ]
     )
     whole = _cpu_per_gb(run.downloads, run.size)
@@ -1658,6 +1668,16 @@ def _thread_splits(runs: Sequence[JobRun]) -> dict[str, _ThreadSplit]:
         )
         for role, rows in found.items()
     }
+
+
+def _threads_per_gb(runs: Sequence[JobRun], size: int) -> str:
+    """The download threads' CPU per GB (I8's bound), largest first."""
+    splits = _thread_splits(runs)
+    if not splits:
+        return ""
+    gb = size / 1e9
+    parts = [f"{role} {t.ran / gb:.2f} s" for role, t in splits.items()]
+    return "per GB, its threads ran: " + ", ".join(parts) + " (medians, schedstat)"
 
 
 def _threads_text(runs: Sequence[JobRun]) -> str:

@@ -146,9 +146,10 @@ class _Both:
 
     The downloader is built ahead, in a thread, on the first hook call after which the core
     says a download follows (`CallHook.download_follows`: a fresh job's version check, or its
-    download check): building it (importing the download stack, loading the TLS context:
-    ~60 ms here, several times that on a small board) then overlaps the hook calls, the
-    hook server's start after a quiet spell and the cloud's answers instead of delaying the
+    download check): building it (importing the download stack: ~30 ms here, several times
+    that on a small board; the TLS context loads in a thread of its own, `TlsContext`, and
+    is waited for only at the first TLS handshake) then overlaps the hook calls, the hook
+    server's start after a quiet spell and the cloud's answers instead of delaying the
     first byte. A job that ends at its version check has built it for nothing (once); the
     checks after a restart, and a download hook retried for hours, build nothing ahead."""
 

@@ -1658,6 +1658,31 @@ def test_https_directly_and_through_a_connect_tunnel(
         assert proxy.requests == []
 
 
+def test_a_plain_http_download_never_waits_for_the_tls_context(
+    make: Make, server: ScriptedServer, blob: Blob, recorder: Recorder
+) -> None:
+    asked = threading.Event()
+
+    def still_loading() -> ssl.SSLContext:
+        asked.set()
+        threading.Event().wait(10)  # a CA store that never finishes loading
+        raise AssertionError("unreachable")
+
+    start(make(ssl_context=still_loading), server.url(), sha256=blob.sha256())
+    assert recorder.completed().sha256 == blob.sha256()
+    assert not asked.is_set()
+
+
+def test_a_tls_context_that_failed_to_load_fails_each_handshake() -> None:
+    def broken() -> ssl.SSLContext:
+        raise ssl.SSLError("no CA store")
+
+    context = download_module.TlsContext(broken)
+    for _ in range(2):
+        with pytest.raises(ssl.SSLError, match="no CA store"):
+            context()
+
+
 def test_an_untrusted_certificate_is_retried_not_accepted(
     make: Make, blob: Blob, recorder: Recorder, certificate: tuple[Path, Path]
 ) -> None:

@@ -659,10 +659,61 @@ class _Connection(http.client.HTTPConnection):
         self._create_connection = opener
 
 
-class _TLSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, *, context: ssl.SSLContext, opener: _Opener) -> None:
-        super().__init__(host, port, context=context)
+class _TLSConnection(http.client.HTTPConnection):
+    """What CPython's HTTPSConnection does (TLS on the TCP connection, or on a proxy's
+    tunnel, checking the certificate for the host asked for), except that it asks for the
+    TLS context only once the TCP connection stands: the context may still be loading
+    (`TlsContext`), and its CA store then loads while the SYN goes out."""
+
+    default_port = http.client.HTTPS_PORT
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        server_hostname: str,
+        tls: Callable[[], ssl.SSLContext],
+        opener: _Opener,
+    ) -> None:
+        super().__init__(host, port)
+        self._server_hostname = server_hostname
+        """The origin's host: `host` itself, or the host a proxy tunnels to."""
+        self._tls = tls
         self._create_connection = opener
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._tls().wrap_socket(self.sock, server_hostname=self._server_hostname)
+
+
+class TlsContext:
+    """The downloads' TLS context (ssl.create_default_context), loaded in a thread of its
+    own from construction: the CA store takes ~25 ms here, more on a small board, and the
+    load mostly runs without the GIL. Calling it waits for it; a plain-HTTP download never
+    does, an HTTPS one only at its first handshake. A load that failed raises again."""
+
+    def __init__(self, load: Callable[[], ssl.SSLContext] = ssl.create_default_context) -> None:
+        self._load = load
+        self._context: ssl.SSLContext | None = None
+        self._error: BaseException | None = None
+        self._loaded = threading.Event()
+        threading.Thread(target=self._run, name="download-tls", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._context = self._load()
+        except BaseException as e:  # noqa: BLE001 - raised where the context is needed
+            self._error = e
+        finally:
+            self._loaded.set()
+
+    def __call__(self) -> ssl.SSLContext:
+        self._loaded.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._context is not None
+        return self._context
 
 
 # --- one download -------------------------------------------------------------------------
@@ -700,7 +751,7 @@ class _Transfer:
         options: _Options,
         on_event: Callable[[Event], None],
         statvfs: StatVfs,
-        ssl_context: ssl.SSLContext,
+        tls: Callable[[], ssl.SSLContext],
         boot_id: str | None,
     ) -> None:
         self.command = command
@@ -711,7 +762,7 @@ class _Transfer:
         self._opt = options
         self._on_event = on_event
         self._statvfs = statvfs
-        self._ssl_context = ssl_context
+        self._tls = tls
         # Guards `cancelled`, the event callback and the creation of files, so that after
         # cancel() returns no event is sent and no file of this job is created.
         self._lock = threading.RLock()
@@ -1199,7 +1250,9 @@ class _Transfer:
         conn: http.client.HTTPConnection
         if url.scheme == "https":
             host, port = (url.host, url.port) if proxy is None else (proxy.host, proxy.port)
-            conn = _TLSConnection(host, port, context=self._ssl_context, opener=self._open_socket)
+            conn = _TLSConnection(
+                host, port, server_hostname=url.host, tls=self._tls, opener=self._open_socket
+            )
             if proxy is not None:
                 conn.set_tunnel(url.host, url.port, headers=dict(proxy.headers))
             return conn, url.target, headers
@@ -1535,7 +1588,7 @@ class Downloader:
         max_download_size: int | None = None,
         statvfs: StatVfs = os.statvfs,
         boot_id: Callable[[], str | None] = current_boot_id,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         trusted_keys: TrustedKeys | None = None,
     ) -> None:
         if chunk_size < 4096:
@@ -1567,9 +1620,10 @@ class Downloader:
         )
         self._statvfs = statvfs
         self._boot_id = boot_id
-        # Built on the first download, not at start: loading the CA store costs an idle
-        # daemon ~1.6 MB of RSS (bench/RESULTS.md).
-        self._ssl_context = ssl_context
+        # Without one, a TlsContext starts loading at the first download.
+        self._tls: Callable[[], ssl.SSLContext] | None = (
+            (lambda: ssl_context) if isinstance(ssl_context, ssl.SSLContext) else ssl_context
+        )
         self._lock = threading.Lock()
         self._current: _Transfer | None = None
         self._closed = False
@@ -1606,15 +1660,15 @@ class Downloader:
                 command.download_id,
             )
             previous.cancel()
-        if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context()
+        if self._tls is None:
+            self._tls = TlsContext()
         transfer = _Transfer(
             command,
             self._folder,
             self._options,
             self._on_event,
             self._statvfs,
-            self._ssl_context,
+            self._tls,
             self._boot_id(),
         )
         with self._lock:

@@ -168,16 +168,14 @@ def build_downloader(setup: object, on_event: Callable[[Event], None]) -> Driver
     """In the child: the download driver for `setup` (a `DownloadSetup`)."""
     if not isinstance(setup, DownloadSetup):
         raise TypeError(f"download worker: expected DownloadSetup, got {type(setup).__name__}")
-    import ssl
-
-    from upparat.io.download import Downloader
+    from upparat.io.download import Downloader, TlsContext
 
     return Downloader(
         setup.directory,
         on_event,
-        # Now, not at the first download: a downloader is built in the child only when a
-        # download follows, and building it ahead (upparat.worker) should load this too.
-        ssl_context=ssl.create_default_context(),
+        # Starts loading now, not at the first download: a downloader is built in the child
+        # only when a download follows, and then ahead of it (upparat.worker).
+        ssl_context=TlsContext(),
         allow_http=setup.allow_http,
         proxy=setup.proxy,
         min_speed=setup.min_speed,

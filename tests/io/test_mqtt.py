@@ -614,6 +614,30 @@ def test_a_refused_subscription_is_reported_and_subscribed_again_on_request(
         assert events.count(SubscriptionsAcked) == 0
 
 
+def _voluntary_switches(thread_name: str) -> int:
+    (thread,) = [t for t in threading.enumerate() if t.name == thread_name]
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_session_wakes_only_to_ping_and_read_the_answer(
+    mosquitto: Mosquitto, make_driver: DriverFactory
+) -> None:
+    # mosquitto drops a client silent for 1.5 x keepalive (4.5 s here): the session living
+    # through 10 s shows every PINGREQ went out in time. A wait of a fixed quarter keepalive
+    # (at least 1 s, as paho's loop_forever was given) woke ~13 times in those 10 s.
+    events = Recorder()
+    driver = make_driver(mosquitto.port, events, keepalive=3)
+    connect_and_subscribe(driver, events)
+    time.sleep(0.5)
+    before = _voluntary_switches("mqtt-1")
+    time.sleep(10)
+    woke = _voluntary_switches("mqtt-1") - before
+
+    assert not [e for e in events.events if isinstance(e, MqttDisconnected)]
+    assert 3 <= woke <= 9  # a PINGREQ per 3 s, its PINGRESP if it comes later, some slack
+
+
 def test_stop_is_quick_and_silent(mosquitto: Mosquitto, make_driver: DriverFactory) -> None:
     events = Recorder()
     driver = make_driver(mosquitto.port, events)

@@ -32,9 +32,10 @@ the driver's network thread and must only queue the event):
 * `stop()` disconnects and returns within about `stop_timeout` seconds; no event is
   emitted after it returns.
 
-The network thread waits in select() for a quarter of the keepalive at a time (paho's
-default is one second): an idle daemon wakes rarely, and the PINGREQ still goes out
-well before the broker's 1.5 x keepalive limit.
+The network thread waits in select() until the socket has something or paho's keepalive
+check is due (`_keepalive_wait`): an idle session wakes twice per keepalive, to send the
+PINGREQ when it is due and to read the PINGRESP, well before the broker's 1.5 x keepalive
+limit (paho's loop_forever wakes at a fixed interval, one second by default).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import assert_never
 
@@ -95,6 +97,10 @@ AWS_ALPN_PROTOCOL = "x-amzn-mqtt-ca"
 
 QOS = 1
 """AWS IoT supports QoS 0 and 1; jobs requests and replies must not be lost silently."""
+
+KEEPALIVE_LATE = 0.01
+"""Seconds the network thread sleeps past the moment paho's keepalive check is due, so
+that the wakeup finds it due rather than a hair early (and sleeps again at once)."""
 
 StrPath = str | os.PathLike[str]
 
@@ -275,7 +281,7 @@ class MqttDriver:
                 reason = f"TCP or TLS connection failed: {_why(err)}"
                 self._end_attempt(MqttConnectFailed(reason=reason))
                 return
-            self._client.loop_forever(timeout=max(1.0, self._keepalive / 4))
+            self._serve()
             with self._lock:
                 was_connected = self._connection != sessions
                 self._connected = False
@@ -297,6 +303,26 @@ class MqttDriver:
                 else MqttConnectFailed(reason=f"internal error: {err!r}")
             )
             self._end_attempt(ended)
+
+    def _serve(self) -> None:
+        """paho's loop_forever without its reconnects (the core decides those): serve the
+        session until it ends, each wait as long as the keepalive allows."""
+        client = self._client
+        while client.loop(timeout=self._keepalive_wait()) == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            pass
+
+    def _keepalive_wait(self) -> float:
+        """Seconds until paho's keepalive check, which runs after every wait, has work: a
+        PINGREQ once nothing went out or came in for `keepalive` seconds, or giving up on
+        one left unanswered as long. paho keeps both times (its own attributes, read without
+        its lock: a float is read whole); were they gone, a quarter keepalive at a time."""
+        sent = getattr(self._client, "_last_msg_out", None)
+        received = getattr(self._client, "_last_bytes_received", None)
+        if not isinstance(sent, float) or not isinstance(received, float):
+            return max(1.0, self._keepalive / 4)
+        due = min(sent, received) + self._keepalive
+        # paho's clock; a little after the moment, so that the check finds it due.
+        return max(0.0, due - time.monotonic()) + KEEPALIVE_LATE
 
     def _end_attempt(self, event: Event) -> None:
         """The attempt's last event. The slot is freed first, under the same lock: the

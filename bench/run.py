@@ -66,7 +66,7 @@ class Mode:
     install: bool
     profile: bool
     idle_windows: int
-    """The idle window is split into this many; per-thread rates are their medians."""
+    """The idle window is split into this many; rates and CPU are their means."""
     evidence: bool
     """strace and py-spy dump of the idle processes (what each thread waits in)."""
     pinned_settle: float
@@ -101,8 +101,8 @@ MODES = {
         idle_windows=6,
         evidence=True,
         pinned_settle=30.0,
-        pinned_window=30.0,
-        pinned_windows=3,
+        pinned_window=60.0,
+        pinned_windows=6,
         pinned_latency_jobs=6,
         pinned_downloads=3,
         after_jobs_settle=DEFAULT_IDLE_RELEASE + 10.0,

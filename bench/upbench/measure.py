@@ -91,7 +91,7 @@ class IdleResult:
     settle_seconds: float
     window_seconds: float
     windows: int
-    """The window was split into this many; idle rates are their medians."""
+    """The window was split into this many; idle rates and CPU are their means."""
     floor: ProcIdle
     daemon: ProcIdle
     hookserver: ProcIdle | None
@@ -132,7 +132,7 @@ def measure_idle(
     evidence: bool = False,
 ) -> IdleResult:
     """RSS `settle` seconds after each daemon started, then CPU and wakeups over `window`
-    more seconds, split into `windows` windows (medians of those are reported), then with
+    more seconds, split into `windows` windows (their means are reported), then with
     `evidence` py-spy dump and strace of each process.
 
     The rigs were started together; each is sampled at its own `settle` mark.

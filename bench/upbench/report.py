@@ -1260,7 +1260,11 @@ def _cpu_min(p: ProcIdle | None, window: float) -> float | None:
 def _bound_by_threads(p: ProcIdle | None, n: int = 3) -> str:
     if p is None or p.detail is None:
         return ""
-    parts = [f"{who} {rate:.1f}/s" for who, rate in grouped(p.detail.threads)[:n] if rate >= 0.05]
+    parts = [
+        f"{who} {rate:.2f}/s" if rate < 0.1 else f"{who} {rate:.1f}/s"
+        for who, rate in grouped(p.detail.threads)[:n]
+        if rate >= 0.01
+    ]
     return ", ".join(parts)
 
 
@@ -1268,7 +1272,15 @@ def _woke(p: ProcIdle | None, n: int = 3) -> str:
     """The threads that woke (I1-I4's bound), or that none did."""
     if p is None or p.detail is None:
         return ""
-    return _bound_by_threads(p, n) or "no thread woke 0.05 times a second or more"
+    return _bound_by_threads(p, n) or "no thread woke 0.01 times a second or more"
+
+
+def _per_wakeup(p: ProcIdle | None, window: float) -> str:
+    """The CPU each wakeup cost, where both were measured."""
+    rate, cpu = _rate(p), _cpu_min(p, window)
+    if not rate or cpu is None:
+        return ""
+    return f", {cpu / (rate * 60) * 1000:.1f} ms of CPU each"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -1383,6 +1395,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         _num(_rate(i.floor)),
         1.0,
         _woke(i.daemon),
+        2,
     )
     row(
         "I2 hook server idle wakeups/s",
@@ -1392,6 +1405,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         _num(_rate(i.floor)),
         1.0,
         _woke(i.hookserver),
+        2,
     )
     row(
         "I3 daemon idle CPU s/min",
@@ -1400,7 +1414,7 @@ def _rows16(run: _Run16, r: Results) -> list[list[str]]:
         _num(_cpu_min(legacy_idle, w), 3),
         _num(_cpu_min(i.floor, w), 3),
         0.01,
-        "the wakeups of I1: " + _woke(i.daemon, 2),
+        "the wakeups of I1: " + _woke(i.daemon, 2) + _per_wakeup(i.daemon, w),
         3,
     )
     row(
@@ -1837,7 +1851,7 @@ def _issue16(r: Results) -> str:
     out = [
         "## Issue 16: waiting is free, jobs are quick\n\n"
         "Each row measured in this run, side by side with upparat 1.12 and the floor"
-        f' (`python -c "{FLOOR_IMPORTS}"`) or the physical limit. Idle figures are the median'
+        f' (`python -c "{FLOOR_IMPORTS}"`) or the physical limit. Idle figures are the mean'
         f" of {r.idle.windows} windows of {r.idle.window_seconds / r.idle.windows:.0f} s"
         " (context switches of every thread, CPU from schedstat), taken"
         f" {r.idle.settle_seconds:.0f} s after the start; `what bounds it` names the threads"
@@ -1904,7 +1918,7 @@ def _evidence(r: Results) -> str:
     notes = "; ".join(s for s in skipped if s)
     return (
         "\n### Idle wakeups per thread (all cores)\n\n"
-        "Context switches per second of each thread (median of the windows), the thread's"
+        "Context switches per second of each thread (mean of the windows), the thread's"
         " Python name and the frame it waits in (`py-spy dump`), and its most frequent system"
         " call under `strace -f` in a separate window after the counted ones (strace's own"
         " attach adds a call or two per thread).\n\n"

@@ -33,7 +33,7 @@ class ThreadWakeups:
     where: str
     """Innermost Python frame the thread waits in, from py-spy dump ("" when not known)."""
     rate: float
-    """Median over the windows of this thread's context switches per second."""
+    """This thread's context switches per second, the mean over the windows."""
     syscall: str
     """Its most frequent system call under strace, with the typical timeout ("" if none)."""
     syscall_rate: float | None
@@ -55,13 +55,16 @@ class ProcessWakeups:
     evidence_skipped: str | None
     """Why strace or py-spy evidence is missing, if it is."""
 
+    # Means, not medians: an idle daemon's one wakeup a minute (its MQTT keepalive) falls
+    # in one 10 s window of six, and the median of the six would be 0.
+
     @property
     def rate(self) -> float:
-        return statistics.median(self.windows) if self.windows else 0.0
+        return statistics.fmean(self.windows) if self.windows else 0.0
 
     @property
     def cpu(self) -> float:
-        return statistics.median(self.cpu_per_minute) if self.cpu_per_minute else 0.0
+        return statistics.fmean(self.cpu_per_minute) if self.cpu_per_minute else 0.0
 
 
 def _switches(pid: int) -> dict[int, tuple[str, int]]:
@@ -265,7 +268,7 @@ def measure(
                 comm=comm,
                 python_name=names.get(tid, ("", ""))[0],
                 where=names.get(tid, ("", ""))[1],
-                rate=statistics.median(rates) if rates else 0.0,
+                rate=statistics.fmean(rates) if rates else 0.0,
                 syscall=calls.get(tid, ("", 0.0))[0],
                 syscall_rate=calls[tid][1] if tid in calls else None,
             )

@@ -33,9 +33,9 @@ the driver's network thread and must only queue the event):
   emitted after it returns.
 
 The network thread waits in select() until the socket has something or paho's keepalive
-check is due (`_keepalive_wait`): an idle session wakes twice per keepalive, to send the
-PINGREQ when it is due and to read the PINGRESP, well before the broker's 1.5 x keepalive
-limit (paho's loop_forever wakes at a fixed interval, one second by default).
+check is due (`_keepalive_wait`): an idle session wakes at most twice per keepalive, to
+send the PINGREQ when it is due and to read the PINGRESP, well before the broker's
+1.5 x keepalive limit (paho's loop_forever wakes at a fixed interval, 1 s by default).
 """
 
 from __future__ import annotations

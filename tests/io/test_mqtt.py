@@ -638,6 +638,27 @@ def test_an_idle_session_wakes_only_to_ping_and_read_the_answer(
     assert 3 <= woke <= 9  # a PINGREQ per 3 s, its PINGRESP if it comes later, some slack
 
 
+def test_a_broker_gone_silent_is_noticed_within_two_keepalives(
+    mosquitto: Mosquitto, make_driver: DriverFactory
+) -> None:
+    # The broker (ours, by PID) stops answering while the session idles: no FIN, no RST,
+    # as when a mobile link goes away. The PINGREQ at keepalive goes unanswered, and paho
+    # gives up keepalive later: at most 2 x keepalive after the last PINGRESP.
+    events = Recorder()
+    driver = make_driver(mosquitto.port, events, keepalive=2, redial=None)
+    connect_and_subscribe(driver, events)
+    assert mosquitto.proc is not None
+    mark = len(events)
+    os.kill(mosquitto.proc.pid, signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        events.wait_for(MqttDisconnected, timeout=10, after=mark)
+        silent_for = time.monotonic() - stopped
+    finally:
+        os.kill(mosquitto.proc.pid, signal.SIGCONT)
+    assert silent_for <= 2 * 2 + 1.0
+
+
 def test_stop_is_quick_and_silent(mosquitto: Mosquitto, make_driver: DriverFactory) -> None:
     events = Recorder()
     driver = make_driver(mosquitto.port, events)

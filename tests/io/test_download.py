@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
@@ -1671,6 +1672,42 @@ def test_a_plain_http_download_never_waits_for_the_tls_context(
     start(make(ssl_context=still_loading), server.url(), sha256=blob.sha256())
     assert recorder.completed().sha256 == blob.sha256()
     assert not asked.is_set()
+
+
+def test_an_https_connection_asks_for_the_tls_context_once_tcp_stands() -> None:
+    # The CA store may still be loading (TlsContext): it is waited for after the connect,
+    # not before, and the certificate is checked for the origin, not the proxy.
+    order: list[str] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def opener(
+        address: tuple[str, int], timeout: float | None, source: tuple[str, int] | None
+    ) -> socket.socket:
+        order.append(f"tcp {address[0]}:{address[1]}")
+        return socket.create_connection(listener.getsockname()[:2])
+
+    class Stop(Exception):
+        pass
+
+    class Recording(ssl.SSLContext):
+        def wrap_socket(self, sock: socket.socket, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+            order.append(f"tls for {kwargs['server_hostname']}")
+            raise Stop
+
+    def tls() -> ssl.SSLContext:
+        order.append("context asked for")
+        return Recording(ssl.PROTOCOL_TLS_CLIENT)
+
+    conn = download_module._TLSConnection(
+        "proxy.example", 3128, server_hostname="origin.example", tls=tls, opener=opener
+    )
+    try:
+        with pytest.raises(Stop):
+            conn.connect()
+    finally:
+        conn.close()
+        listener.close()
+    assert order == ["tcp proxy.example:3128", "context asked for", "tls for origin.example"]
 
 
 def test_a_tls_context_that_failed_to_load_fails_each_handshake() -> None:

@@ -467,9 +467,11 @@ def measure_download(
         runs.append(run)
         say(f"download {rep}/{repeat}: upparat {_show_run(run)}")
         if legacy is not None:
-            run = _download_job(legacy, "dl", url=url, sha256=sha256, size=size, timeout=timeout)
+            run, ok = _legacy_download(
+                legacy, "dl", url=url, sha256=sha256, size=size, timeout=timeout
+            )
             legacy_runs.append(run)
-            legacy_ok.append(_check_legacy_file(legacy.download_folder / run.job_id, size, sha256))
+            legacy_ok.append(ok)
             say(f"download {rep}/{repeat}: upparat 1.12 {_show_run(run)}")
     return DownloadResult(
         size=size,
@@ -485,6 +487,14 @@ def measure_download(
         legacy=tuple(legacy_runs),
         legacy_file_ok=tuple(legacy_ok),
     )
+
+
+def _legacy_download(
+    legacy: LegacyRig, prefix: str, *, url: str, sha256: str, size: int, timeout: float
+) -> tuple[JobRun, bool]:
+    """One download job on 1.12, and whether the file it left is the right one."""
+    run = _download_job(legacy, prefix, url=url, sha256=sha256, size=size, timeout=timeout)
+    return run, _check_legacy_file(legacy.download_folder / run.job_id, size, sha256)
 
 
 def _check_legacy_file(path: Path, size: int, sha256: str) -> bool:
@@ -926,10 +936,9 @@ def measure_pinned(
             runs.append(run)
             say(f"one core: download {n}/{downloads}: upparat {_show_run(run)}")
             if legacy is not None:
-                legacy_run = _download_job(
+                legacy_run, _ = _legacy_download(
                     legacy, f"dl{n}", url=url, sha256=sha256, size=size, timeout=timeout
                 )
-                _check_legacy_file(legacy.download_folder / legacy_run.job_id, size, sha256)
                 legacy_runs.append(legacy_run)
                 say(f"one core: download {n}/{downloads}: upparat 1.12 {_show_run(legacy_run)}")
     finally:

@@ -1,7 +1,8 @@
 """What the kernel says about a process: resident memory and CPU time, from /proc.
 
 Owns the parsing of /proc/<pid>/status, /proc/<pid>/stat and the threads' schedstat, and
-sampler threads for peaks and CPU. It reads only; resetting a peak (clear_refs) is the one write, and optional.
+sampler threads for peaks and CPU. It reads only; resetting a peak (clear_refs) is the one
+write, and optional.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from upbench.measure import (
 from upbench.procstat import cpu_at
 from upbench.rigs import JobRun
 from upbench.wakeups import ProcessWakeups, grouped, owner
+from upparat.io.download import HASH_THREAD, THREADS, WRITE_THREAD
 
 NOT_MEASURED = "not measured"
 
@@ -1645,11 +1646,11 @@ def _fixed_costs(run: _Run16, r: Results) -> str:
 
 
 _THREAD_ROLES = (
-    ("download-hash", "hashing"),
-    ("download-N", "receiving"),
-    ("download-write", "writing"),
+    (HASH_THREAD, "hashing"),
+    (THREADS + "N", "receiving"),  # download-<id>, its digits made N by the sampler
+    (WRITE_THREAD, "writing"),
 )
-"""The download's threads by their kernel names (rigs.DOWNLOAD_THREADS), slowest first."""
+"""The download's threads by their kernel names, slowest first."""
 
 
 @attrs.frozen(kw_only=True)

@@ -36,12 +36,9 @@ from upbench.procstat import (
 from upparat.devstack.procs import stop_process
 from upparat.devstack.stack import Stack
 from upparat.emulator.wire import JsonValue
+from upparat.io.download import THREADS as DOWNLOAD_THREADS
 
 T = TypeVar("T")
-
-DOWNLOAD_THREADS = "download-"
-"""The download driver's threads name themselves so in the kernel (comm): the transfer
-thread download-<id>, download-hash, download-write, download-fsync_0."""
 
 THING = "bench-device"
 INSTALLED_VERSION = "1.0.0"

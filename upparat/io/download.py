@@ -308,6 +308,15 @@ def _write_some(fd: int, data: memoryview) -> int:
     return os.write(fd, data)
 
 
+THREADS = "download-"
+"""What the names of a download's threads start with, in Python and in the kernel: the
+transfer thread's goes on with the download id, then the ones below."""
+HASH_THREAD = THREADS + "hash"
+WRITE_THREAD = THREADS + "write"
+FSYNC_THREADS = THREADS + "fsync"
+TLS_THREAD = THREADS + "tls"
+
+
 def _name_os_thread() -> None:
     """Give the calling thread its Python name in the kernel too (15 bytes), so that
     `top -H`, `ps -L` and /proc show which of the download's threads uses the CPU
@@ -407,7 +416,7 @@ class _PartFile:
         self._unsynced = 0
         self._next_sync = time.monotonic() + SYNC_PERIOD
         self._syncing = ThreadPoolExecutor(
-            1, thread_name_prefix="download-fsync", initializer=_name_os_thread
+            1, thread_name_prefix=FSYNC_THREADS, initializer=_name_os_thread
         )
         self._sync_pending: Future[None] | None = None
         # Anonymous mappings: page-aligned, as direct writes need, and given back at close.
@@ -425,8 +434,8 @@ class _PartFile:
         self._fill = 0
         self._hand_on = 0.0
         self._lanes = (
-            _Lane("download-hash", self._hash, self._done_with, self._views),
-            _Lane("download-write", self._write, self._done_with, self._views),
+            _Lane(HASH_THREAD, self._hash, self._done_with, self._views),
+            _Lane(WRITE_THREAD, self._write, self._done_with, self._views),
         )
 
     # -- the transfer thread --
@@ -698,7 +707,7 @@ class TlsContext:
         self._context: ssl.SSLContext | None = None
         self._error: BaseException | None = None
         self._loaded = threading.Event()
-        threading.Thread(target=self._run, name="download-tls", daemon=True).start()
+        threading.Thread(target=self._run, name=TLS_THREAD, daemon=True).start()
 
     def _run(self) -> None:
         try:
@@ -772,7 +781,7 @@ class _Transfer:
         self._sidecar: _Sidecar | None = None
         self._total: int | None = command.size
         self.thread = threading.Thread(
-            target=self._run, name=f"download-{command.download_id}", daemon=True
+            target=self._run, name=f"{THREADS}{command.download_id}", daemon=True
         )
 
     # -- control, from the runtime's thread --
